@@ -1,0 +1,274 @@
+"""The typed configuration of one training run: YAML -> frozen dataclasses -> Ray's flat dict, and back.
+
+Every option lives here with a comment saying why. A YAML file is a short diff from these defaults::
+
+    data: {name: mnist, data_dir: ../shared/data}
+    model: {name: mlp}
+    lr: {method: rthpo, eta0: 0.1, beta: 1.0e-4}
+    train: {epochs: 5}
+
+Load with :func:`load_config`; unknown keys, wrong types and out-of-range values raise
+:class:`~ray_rthpo.errors.ConfigError` naming the key, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ray_rthpo.config_schema import check, check_choice, flatten, from_dict, merge, to_dict, unflatten
+from ray_rthpo.errors import ConfigError
+
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "fake")
+MODELS = ("mlp", "lenet", "resnet18")
+#: Learning-rate methods. The first four adapt eta online by a hypergradient.
+HYPERGRADIENT_METHODS = ("rthpo", "marthe", "hd_train", "hd_val")
+SCHEDULE_METHODS = ("fixed", "exp_decay", "cosine")
+OPTIMIZER_METHODS = ("adadelta",)
+METHODS = HYPERGRADIENT_METHODS + SCHEDULE_METHODS + OPTIMIZER_METHODS
+HVP_MODES = ("auto", "double_backward", "forward_over_reverse")
+VAL_MODES = ("backward", "forward")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "float64")
+
+
+def _positive(name: str, value: float) -> None:
+    check(math.isfinite(value) and value > 0, f"{name} must be a finite number > 0, but got {value!r}.")
+
+
+def _non_negative(name: str, value: float) -> None:
+    check(math.isfinite(value) and value >= 0, f"{name} must be a finite number >= 0, but got {value!r}.")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, where it lives, and how it is split and batched."""
+
+    # digits (sklearn, always offline), mnist, fashion_mnist, cifar10, cifar100, or fake (tests).
+    name: str = "digits"
+    # Folder holding the data (torchvision layout, MNIST IDX files, CIFAR-10 JPEG archives/ImageFolder).
+    # null: ~/.cache/ray_rthpo/data. Relative paths are resolved against the current directory.
+    data_dir: str | None = None
+    # Let torchvision download the data when it is not in data_dir (needs internet).
+    download: bool = False
+    # Fraction of the *training* set held out as validation set: hypergradients and model selection
+    # use it; the test set is only ever used to report final accuracy.
+    val_fraction: float = 0.1
+    # Minibatch size of the SGD steps.
+    batch_size: int = 128
+    # Minibatch size of the validation gradient in hypergradient methods.
+    val_batch_size: int = 128
+    # Batch size for full-set evaluation (no gradients): larger is faster.
+    eval_batch_size: int = 1024
+    # Random crop (pad 4) + horizontal flip for 32x32 colour images (CIFAR), off for the paper's setup.
+    augment: bool = False
+    # Use only the first N training examples (after the validation split); null = all. For quick runs.
+    train_subset: int | None = None
+    # Shape, classes and sizes of the synthetic 'fake' dataset (torchvision FakeData).
+    fake_shape: tuple[int, ...] = (3, 32, 32)
+    fake_classes: int = 10
+    fake_train_size: int = 512
+    fake_test_size: int = 128
+
+    def __post_init__(self) -> None:
+        check_choice("data.name", self.name, DATASETS)
+        check(0.0 < self.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), but got {self.val_fraction!r}.")
+        for key in ("batch_size", "val_batch_size", "eval_batch_size", "fake_classes", "fake_train_size",
+                    "fake_test_size"):
+            value = getattr(self, key)
+            check(value >= 1, f"data.{key} must be an integer >= 1, but got {value!r}.")
+        check(self.train_subset is None or self.train_subset >= 1,
+              f"data.train_subset must be null or an integer >= 1, but got {self.train_subset!r}.")
+        check(len(self.fake_shape) in (1, 3) and all(s >= 1 for s in self.fake_shape),
+              f"data.fake_shape must be [C, H, W] or [D] with positive sizes, but got {list(self.fake_shape)!r}.")
+        if self.fake_classes < 2:
+            raise ConfigError(f"data.fake_classes must be >= 2, but got {self.fake_classes!r}.")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: the paper's MLP 784-512-256-10, LeNet-5, or the CIFAR ResNet-18."""
+
+    name: str = "mlp"
+    # Hidden layer widths of the MLP (the paper: 512, 256).
+    hidden: tuple[int, ...] = (512, 256)
+
+    def __post_init__(self) -> None:
+        check_choice("model.name", self.name, MODELS)
+        check(all(h >= 1 for h in self.hidden), f"model.hidden must be positive widths, but got {list(self.hidden)!r}.")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The inner optimizer: SGD as in the paper (momentum and weight decay are extensions)."""
+
+    # Heavy-ball momentum (torch.optim.SGD, dampening 0). The paper uses 0.
+    momentum: float = 0.0
+    # L2 weight decay added to the gradient; enters the tangent's Jacobian as (1 - eta*lambda).
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.momentum < 1.0, f"optim.momentum must be in [0, 1), but got {self.momentum!r}.")
+        _non_negative("optim.weight_decay", self.weight_decay)
+
+
+@dataclass(frozen=True)
+class LRConfig:
+    """How the learning rate is chosen: a hypergradient method, a fixed schedule, or AdaDelta."""
+
+    # rthpo | marthe | hd_train | hd_val | fixed | exp_decay | cosine | adadelta
+    method: str = "rthpo"
+    # Initial learning rate eta-bar (for AdaDelta: its lr multiplier, 1.0 in torch and the paper).
+    eta0: float = 0.1
+    # Hyper-learning rate beta of eq. (2): eta_{t+1} = eta_t - beta * h_t. Scales differ by decades
+    # between methods (see field notes), so search it on a log scale.
+    beta: float = 1.0e-4
+    # MARTHE's discount of the tangent: z_{t+1} = mu (I - eta H) z_t - g_t. 1 = RT-HPO, 0 = First-order (Val).
+    mu: float = 1.0
+    # eta is kept within [0, eta_max] after every hypergradient step.
+    eta_max: float = 10.0
+    # Clip the hypergradient h_t to [-c, c] (null: no clipping). The training gradient is never clipped.
+    hypergrad_clip: float | None = None
+    # exp_decay: eta = eta0 * gamma ** epoch.
+    gamma: float = 0.9
+    # cosine: eta goes from eta0 to eta_min over the run.
+    eta_min: float = 0.0
+    # How the Hessian-vector product is computed: auto (measure both on the first batch, keep the
+    # faster; double_backward for BatchNorm models), double_backward or forward_over_reverse.
+    hvp: str = "auto"
+    # How grad E(w) . z is computed: backward (a validation gradient) or forward (a JVP of the
+    # validation loss along z: one forward-mode pass, no backward).
+    val_mode: str = "backward"
+    # Sub-sampled hypergradients (the paper's proposal): the HVP on this fraction of the minibatch...
+    hvp_batch_fraction: float = 1.0
+    # ... and only every k-th step (in between, z_{t+1} = z_t - eta_t v_{t+1}, i.e. H z is dropped).
+    hvp_every: int = 1
+    # The hypergradient (validation term) only every k-th step; eta is unchanged in between.
+    val_every: int = 1
+
+    def __post_init__(self) -> None:
+        check_choice("lr.method", self.method, METHODS)
+        _positive("lr.eta0", self.eta0)
+        _non_negative("lr.beta", self.beta)
+        check(0.0 <= self.mu <= 1.0, f"lr.mu must be in [0, 1], but got {self.mu!r}.")
+        _positive("lr.eta_max", self.eta_max)
+        check(self.eta0 <= self.eta_max,
+              f"lr.eta0 ({self.eta0!r}) must not exceed lr.eta_max ({self.eta_max!r}); raise lr.eta_max.")
+        if self.hypergrad_clip is not None:
+            _positive("lr.hypergrad_clip", self.hypergrad_clip)
+        check(0.0 < self.gamma <= 1.0, f"lr.gamma must be in (0, 1], but got {self.gamma!r}.")
+        _non_negative("lr.eta_min", self.eta_min)
+        check_choice("lr.hvp", self.hvp, HVP_MODES)
+        check_choice("lr.val_mode", self.val_mode, VAL_MODES)
+        check(0.0 < self.hvp_batch_fraction <= 1.0,
+              f"lr.hvp_batch_fraction must be in (0, 1], but got {self.hvp_batch_fraction!r}.")
+        check(self.hvp_every >= 1, f"lr.hvp_every must be an integer >= 1, but got {self.hvp_every!r}.")
+        check(self.val_every >= 1, f"lr.val_every must be an integer >= 1, but got {self.val_every!r}.")
+
+    @property
+    def is_hypergradient(self) -> bool:
+        """True for the methods that adapt eta online by a hypergradient."""
+        return self.method in HYPERGRADIENT_METHODS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Length of the run, seed, device and precision."""
+
+    epochs: int = 10
+    seed: int = 0
+    # auto: CUDA when available, else CPU.
+    device: str = "auto"
+    # float64 is for checks of the maths; float32 for training.
+    dtype: str = "float32"
+    # Evaluate validation and test sets every epoch (test accuracy is reported, never used to choose).
+    eval_test: bool = True
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 1, f"train.epochs must be an integer >= 1, but got {self.epochs!r}.")
+        check(self.seed >= 0, f"train.seed must be an integer >= 0, but got {self.seed!r}.")
+        check_choice("train.device", self.device, DEVICES)
+        check_choice("train.dtype", self.dtype, DTYPES)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One training run: data, model, inner optimizer, learning-rate method, and run settings."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    lr: LRConfig = field(default_factory=LRConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict, ready for YAML/JSON (the resolved config kept beside results)."""
+        return to_dict(self)
+
+    def to_flat(self) -> dict[str, Any]:
+        """Flat ``{"lr.beta": ..., "data.name": ...}`` dict: the form Ray Tune passes to a trainable."""
+        return flatten(self.to_dict())
+
+    def replace(self, **flat_overrides: Any) -> Config:
+        """A copy with dotted-key overrides applied, e.g. ``cfg.replace(**{"lr.beta": 1e-3})``."""
+        return config_from_dict(merge(self.to_dict(), unflatten(flat_overrides)))
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from a nested (YAML) or flat (Ray) dict; strict about keys and types."""
+    if any("." in str(k) for k in data):
+        data = unflatten(data)
+    return from_dict(Config, data)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping from ``path`` with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pass the path of a YAML file.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}".replace("\n", " ")) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, but holds {type(data).__name__}.")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``--set key=value`` override; the value is read as YAML (``1.0e-3``, ``true``, ``[1, 2]``)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value (e.g. lr.beta=1.0e-4), but got {text!r}.")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a run config: defaults, then the YAML file at ``path``, then ``--set key=value`` overrides."""
+    data = load_yaml(path) if path is not None else {}
+    for text in overrides or []:
+        key, value = parse_override(text)
+        data = merge(data, unflatten({key: value}))
+    return config_from_dict(data)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (kept with the results of a run)."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+__all__ = [
+    "Config", "DataConfig", "ModelConfig", "OptimConfig", "LRConfig", "TrainConfig",
+    "config_from_dict", "load_config", "load_yaml", "save_config", "parse_override",
+    "DATASETS", "MODELS", "METHODS", "HYPERGRADIENT_METHODS",
+]
