@@ -145,7 +145,7 @@ class LRConfig:
     val_mode: str = "backward"
     # Sub-sampled hypergradients (the paper's proposal): the HVP on this fraction of the minibatch...
     hvp_batch_fraction: float = 1.0
-    # ... and only every k-th step (in between, z_{t+1} = z_t - eta_t v_{t+1}, i.e. H z is dropped).
+    # ... and only every k-th step (in between, the H z term of the tangent recursion is dropped).
     hvp_every: int = 1
     # The hypergradient (validation term) only every k-th step; eta is unchanged in between.
     val_every: int = 1

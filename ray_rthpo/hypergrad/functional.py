@@ -1,0 +1,126 @@
+"""The hypergradient maths as pure functions over lists of tensors (one tensor per parameter).
+
+No ``nn.Module``, no optimizer, no Ray. Notation (paper: Majumder, Donini, Chaudhari 2019; MARTHE:
+Donini et al. 2020; field notes), for SGD with momentum ``m`` and weight decay ``lam``::
+
+    d_t     = g_t + lam * w_t                    # gradient of the regularised minibatch loss
+    v_{t+1} = m * v_t + d_t                      # velocity (v_{t+1} = d_t when m = 0)
+    w_{t+1} = w_t - eta_t * v_{t+1}
+
+The tangents ``z_t = dw_t/d eta`` and ``u_t = dv_t/d eta`` follow the linear recursion
+``(z, u)_{t+1} = mu * A_t (z, u)_t + B_t`` (paper section 3.1 with MARTHE's discount ``mu``)::
+
+    u_{t+1} = mu * (m * u_t + H_t z_t + lam * z_t)
+    z_{t+1} = mu * z_t - eta_t * u_{t+1} - v_{t+1}
+
+With ``m = 0`` this is ``z_{t+1} = mu (I - eta_t (H_t + lam I)) z_t - d_t``: the paper's recursion
+for ``mu = 1`` (RT-HPO) and the one-step truncation ``z_{t+1} = -d_t`` for ``mu = 0`` (first order).
+``H_t z_t`` is a Hessian-vector product of the training loss at ``w_t`` on minibatch ``b_t``.
+
+The hypergradient (paper eq. 5) is ``h_t = grad E(w_t) . z_t`` and the learning rate follows
+eq. (2): ``eta_{t+1} = clip(eta_t - beta * h_t, 0, eta_max)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+Tensors = Sequence[torch.Tensor]
+
+
+def dot(a: Tensors, b: Tensors) -> torch.Tensor:
+    """Inner product ``sum_i <a_i, b_i>`` of two parameter-shaped lists, as a 0-d tensor."""
+    if len(a) != len(b):
+        raise ValueError(f"dot needs lists of equal length, but got {len(a)} and {len(b)} tensors.")
+    if not a:
+        raise ValueError("dot needs at least one tensor.")
+    return torch.stack([torch.sum(x * y) for x, y in zip(a, b, strict=True)]).sum()
+
+
+def hypergradient(grad_e: Tensors, z: Tensors) -> float:
+    """Paper eq. (5): ``h_t = grad E(w_t) . z_t`` (a Python float).
+
+    ``grad_e`` is the gradient of the performance metric (validation loss for RT-HPO, MARTHE and
+    First-order (Val); the regularised training minibatch gradient ``d_t`` for First-order (Train))
+    and ``z`` the tangent ``dw_t/d eta``.
+    """
+    return float(dot(grad_e, z))
+
+
+def first_order_hypergradient(grad_e: Tensors, prev_direction: Tensors) -> float:
+    """Paper eq. (6) as a hypergradient: ``h_t = -<v_t, grad E(w_t)>``.
+
+    ``prev_direction`` is the previous update direction ``v_t`` (``d_{t-1}`` for plain SGD). With
+    ``grad_e = d_t`` this is Baydin et al.'s First-order (Train); with the validation gradient it is
+    First-order (Val). Equal to :func:`hypergradient` with the ``mu = 0`` tangent ``z_t = -v_t``.
+    """
+    return -float(dot(grad_e, prev_direction))
+
+
+def lr_step(eta: float, h: float, *, beta: float, eta_max: float, clip: float | None = None) -> float:
+    """Paper eq. (2) with the safety users asked for: ``clip(eta - beta * clip(h, -c, c), 0, eta_max)``.
+
+    ``h`` must be finite (callers treat a non-finite hypergradient as divergence). Returns a float.
+    """
+    if not math.isfinite(h):
+        raise ValueError(f"hypergradient must be finite, but got {h!r}.")
+    if clip is not None:
+        h = max(-clip, min(clip, h))
+    return float(min(eta_max, max(0.0, eta - beta * h)))
+
+
+@torch.no_grad()
+def tangent_step(
+    z: Tensors,
+    u: Tensors | None,
+    hz: Tensors | None,
+    v_next: Tensors,
+    w: Tensors | None = None,
+    *,
+    eta: float,
+    mu: float,
+    momentum: float,
+    weight_decay: float,
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """One step of the tangent recursion; returns ``(z_{t+1}, u_{t+1})`` as new tensors.
+
+    ``z``, ``u`` are ``z_t``, ``u_t`` (``u`` is ``None`` when ``momentum == 0``: it is not needed),
+    ``hz`` is ``H_t z_t`` (``None`` is allowed only when ``mu == 0``: the term is discounted away),
+    ``v_next`` is ``v_{t+1}`` (the direction the optimizer stepped along, weight decay included),
+    ``eta`` is the learning rate ``eta_t`` used for this very step (never a stale copy). ``w`` is
+    unused and kept for signature symmetry with the reference implementation.
+    """
+    if hz is None and mu != 0.0:
+        raise ValueError(f"tangent_step needs the Hessian-vector product unless mu == 0, but mu = {mu!r}.")
+    if momentum != 0.0 and u is None:
+        raise ValueError("tangent_step needs the velocity tangent u when momentum != 0.")
+    if mu == 0.0:
+        z_next = [-v for v in v_next]
+        u_next = [torch.zeros_like(v) for v in v_next] if momentum != 0.0 else None
+        return z_next, u_next
+    assert hz is not None  # for type checkers; guarded above
+    u_next: list[torch.Tensor] = []
+    for i, (zi, hzi) in enumerate(zip(z, hz, strict=True)):
+        a = hzi + weight_decay * zi if weight_decay != 0.0 else hzi
+        if momentum != 0.0:
+            a = a + momentum * u[i]  # type: ignore[index]
+        u_next.append(mu * a)
+    z_next = [mu * zi - eta * ui - vi for zi, ui, vi in zip(z, u_next, v_next, strict=True)]
+    return z_next, (u_next if momentum != 0.0 else None)
+
+
+@torch.no_grad()
+def tangent_step_without_hvp(
+    z: Tensors, u: Tensors | None, v_next: Tensors, *, eta: float, mu: float, momentum: float,
+    weight_decay: float,
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """The tangent step with the Hessian term dropped (``H_t z_t := 0``), for sub-sampled steps.
+
+    Used between HVP steps when ``hvp_every > 1``: ``u_{t+1} = mu (m u_t + lam z_t)``,
+    ``z_{t+1} = mu z_t - eta_t u_{t+1} - v_{t+1}`` (for plain SGD: ``z_{t+1} = mu z_t - v_{t+1}``).
+    """
+    zeros = [torch.zeros_like(zi) for zi in z]
+    return tangent_step(z, u, zeros, v_next, eta=eta, mu=mu, momentum=momentum, weight_decay=weight_decay)

@@ -1,0 +1,277 @@
+"""Learning-rate methods as steppers: one object per run that performs a training step.
+
+* :class:`HypergradientController` (``rthpo``, ``marthe``, ``hd_train``, ``hd_val``) sits beside a
+  ``torch.optim.SGD`` and, every step, computes the training gradient (with ``H z`` when the
+  tangent needs it), the hypergradient, the new learning rate (paper eq. 2), the SGD step, and the
+  tangent update. The learning rate lives only in ``param_group["lr"]`` as a Python float, read
+  every step and written back; it is saved by the optimizer's own ``state_dict()``.
+* :class:`ScheduleStepper` (``fixed``, ``exp_decay``, ``cosine``) and ``adadelta`` are plain
+  optimizer steps with the learning rate set from a schedule.
+
+Call order, for every minibatch::
+
+    stepper = build_stepper(model, config, steps_per_epoch)
+    out = stepper.train_step(x, y, epoch=epoch, val_batch=sample_validation_batch)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ray_rthpo.config import Config, LRConfig, OptimConfig
+from ray_rthpo.errors import ConfigError
+from ray_rthpo.hypergrad import functional as fn
+from ray_rthpo.hypergrad.hvp import (
+    default_hvp_route,
+    frozen_batchnorm_stats,
+    grad_and_hvp_double_backward,
+    grad_and_hvp_forward_over_reverse,
+    has_batchnorm,
+    validation_directional_derivative,
+    validation_gradient,
+)
+
+ValBatchFn = Callable[[], tuple[torch.Tensor, torch.Tensor]]
+
+
+class StepOutput(NamedTuple):
+    """What one training step reports: minibatch loss and logits (detached), eta used, hypergradient."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    eta: float
+    hypergrad: float | None
+    hyper_seconds: float
+    diverged: bool
+
+
+def read_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The one learning rate of ``optimizer`` (all param groups share it), as a Python float."""
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def write_lr(optimizer: torch.optim.Optimizer, eta: float) -> None:
+    """Set the learning rate of every param group to the Python float ``eta``."""
+    for group in optimizer.param_groups:
+        group["lr"] = float(eta)
+
+
+class HypergradientController:
+    """RT-HPO (paper eq. 2 and 5), MARTHE's discounted tangent, and the first-order rules (eq. 6).
+
+    ``method``: ``rthpo`` (mu = 1), ``marthe`` (mu from the config), ``hd_val`` (mu = 0, validation
+    gradient), ``hd_train`` (mu = 0, the regularised training gradient ``d_t`` in place of grad E).
+    The step at time t, with weights ``w_t`` and tangent ``z_t = dw_t/d eta``:
+
+    1. ``g_t`` and (if mu != 0) ``H_t z_t`` at ``w_t`` on the training minibatch;
+    2. ``h_t = grad E(w_t) . z_t`` and ``eta_t = clip(eta_{t-1} - beta h_t, 0, eta_max)``;
+    3. the SGD step with ``eta_t`` (momentum and weight decay as in ``torch.optim.SGD``);
+    4. ``z_{t+1} = mu z_t - eta_t u_{t+1} - v_{t+1}`` with the *current* ``eta_t``.
+    """
+
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.SGD, lr_cfg: LRConfig, optim_cfg: OptimConfig,
+        *, hvp_route: str,
+    ) -> None:
+        if lr_cfg.method not in ("rthpo", "marthe", "hd_train", "hd_val"):
+            raise ConfigError(f"lr.method {lr_cfg.method!r} is not a hypergradient method.")
+        self.model = model
+        self.optimizer = optimizer
+        self.cfg = lr_cfg
+        self.momentum = optim_cfg.momentum
+        self.weight_decay = optim_cfg.weight_decay
+        self.method = lr_cfg.method
+        self.mu = {"rthpo": 1.0, "hd_train": 0.0, "hd_val": 0.0}.get(lr_cfg.method, lr_cfg.mu)
+        self.hvp_route = hvp_route
+        if hvp_route == "forward_over_reverse" and has_batchnorm(model):
+            raise ConfigError(
+                "lr.hvp is forward_over_reverse, but the model has BatchNorm, whose running statistics "
+                "torch.func cannot update; set lr.hvp to double_backward or auto."
+            )
+        self.named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in self.named_params]
+        self.z = [torch.zeros_like(p) for p in self.params]
+        self.u = [torch.zeros_like(p) for p in self.params] if self.momentum != 0.0 else None
+        self.step_count = 0
+        self.last_hypergrad = 0.0
+
+    # -- the step -------------------------------------------------------------------------------
+    def _grad_and_hvp(self, x: torch.Tensor, y: torch.Tensor, want_hvp: bool) -> tuple[Any, list | None]:
+        if not want_hvp:
+            out = grad_and_hvp_double_backward(self.model, x, y, self.params, None)
+            return out, None
+        frac = self.cfg.hvp_batch_fraction
+        if frac < 1.0:
+            out = grad_and_hvp_double_backward(self.model, x, y, self.params, None)
+            k = max(1, int(round(frac * x.shape[0])))
+            with frozen_batchnorm_stats(self.model):
+                sub = self._route(x[:k], y[:k])
+            return out, sub.hz
+        out = self._route(x, y)
+        return out, out.hz
+
+    def _route(self, x: torch.Tensor, y: torch.Tensor) -> Any:
+        if self.hvp_route == "forward_over_reverse":
+            return grad_and_hvp_forward_over_reverse(self.model, x, y, self.named_params, self.z)
+        return grad_and_hvp_double_backward(self.model, x, y, self.params, self.z)
+
+    def _hypergradient(self, grads: list[torch.Tensor], val_batch: ValBatchFn | None) -> float:
+        if self.method == "hd_train":
+            d = self._regularised(grads)
+            return fn.hypergradient(d, self.z)
+        if val_batch is None:
+            raise ValueError(f"lr.method {self.method!r} needs a validation batch every step; pass val_batch.")
+        xv, yv = val_batch()
+        if self.cfg.val_mode == "forward":
+            _, h = validation_directional_derivative(self.model, xv, yv, self.named_params, self.z)
+            return float(h)
+        _, grad_e = validation_gradient(self.model, xv, yv, self.params)
+        return fn.hypergradient(grad_e, self.z)
+
+    def _regularised(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.weight_decay == 0.0:
+            return grads
+        return [g + self.weight_decay * p.detach() for g, p in zip(grads, self.params, strict=True)]
+
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, *, epoch: int = 0, val_batch: ValBatchFn | None = None
+    ) -> StepOutput:
+        """One RT-HPO/MARTHE/first-order step on minibatch ``(x, y)``; see the class docstring."""
+        t = self.step_count
+        want_hvp = self.mu != 0.0 and t % self.cfg.hvp_every == 0
+        out, hz = self._grad_and_hvp(x, y, want_hvp)
+        if not bool(torch.isfinite(out.loss)):
+            return StepOutput(out.loss, out.logits, read_lr(self.optimizer), None, 0.0, True)
+        start = time.perf_counter()
+        eta = read_lr(self.optimizer)
+        h: float | None = None
+        if t > 0 and t % self.cfg.val_every == 0:  # z_0 = 0, so h_0 = 0: skip the work
+            h = self._hypergradient(out.grads, val_batch)
+            if not math.isfinite(h):
+                return StepOutput(out.loss, out.logits, eta, h, time.perf_counter() - start, True)
+            eta = fn.lr_step(eta, h, beta=self.cfg.beta, eta_max=self.cfg.eta_max, clip=self.cfg.hypergrad_clip)
+            write_lr(self.optimizer, eta)
+            self.last_hypergrad = h
+        hyper_s = time.perf_counter() - start
+
+        direction = self._regularised(out.grads) if self.momentum == 0.0 else None
+        for p, g in zip(self.params, out.grads, strict=True):
+            p.grad = g
+        self.optimizer.step()
+        if direction is None:
+            direction = [self.optimizer.state[p]["momentum_buffer"] for p in self.params]
+
+        start = time.perf_counter()
+        if hz is None and self.mu != 0.0:
+            self.z, self.u = fn.tangent_step_without_hvp(
+                self.z, self.u, direction, eta=eta, mu=self.mu, momentum=self.momentum,
+                weight_decay=self.weight_decay,
+            )
+        else:
+            self.z, self.u = fn.tangent_step(
+                self.z, self.u, hz, direction, eta=eta, mu=self.mu, momentum=self.momentum,
+                weight_decay=self.weight_decay,
+            )
+        self.step_count += 1
+        hyper_s += time.perf_counter() - start
+        return StepOutput(out.loss, out.logits, eta, h, hyper_s, False)
+
+    # -- checkpointing --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Tangents, mu, step count and last hypergradient (eta is in the optimizer's state_dict)."""
+        return {
+            "z": [t.detach().clone() for t in self.z],
+            "u": None if self.u is None else [t.detach().clone() for t in self.u],
+            "mu": self.mu,
+            "step": self.step_count,
+            "last_hypergrad": self.last_hypergrad,
+            "hvp_route": self.hvp_route,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (tensors are copied onto the parameters' devices)."""
+        self.z = [t.to(p.device, p.dtype) for t, p in zip(state["z"], self.params, strict=True)]
+        self.u = None if state["u"] is None else [
+            t.to(p.device, p.dtype) for t, p in zip(state["u"], self.params, strict=True)
+        ]
+        self.mu = float(state["mu"])
+        self.step_count = int(state["step"])
+        self.last_hypergrad = float(state["last_hypergrad"])
+        self.hvp_route = str(state.get("hvp_route", self.hvp_route))
+
+
+def scheduled_lr(lr_cfg: LRConfig, *, epoch: int, step: int, total_steps: int) -> float:
+    """The learning rate of the fixed schedules: ``fixed``, ``exp_decay`` (eta0 gamma^epoch), ``cosine``."""
+    if lr_cfg.method == "exp_decay":
+        return lr_cfg.eta0 * lr_cfg.gamma**epoch
+    if lr_cfg.method == "cosine":
+        progress = min(1.0, step / max(1, total_steps))
+        return lr_cfg.eta_min + 0.5 * (lr_cfg.eta0 - lr_cfg.eta_min) * (1.0 + math.cos(math.pi * progress))
+    return lr_cfg.eta0
+
+
+class ScheduleStepper:
+    """A plain optimizer step (SGD or AdaDelta) with the learning rate from :func:`scheduled_lr`."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, lr_cfg: LRConfig, total_steps: int):
+        self.model = model
+        self.optimizer = optimizer
+        self.cfg = lr_cfg
+        self.total_steps = total_steps
+        self.step_count = 0
+        self.last_hypergrad = 0.0
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, *, epoch: int = 0, val_batch: ValBatchFn | None = None
+    ) -> StepOutput:
+        """Set the scheduled learning rate, then one forward, backward and optimizer step."""
+        if self.cfg.method != "adadelta":
+            write_lr(self.optimizer, scheduled_lr(self.cfg, epoch=epoch, step=self.step_count,
+                                                  total_steps=self.total_steps))
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        self.optimizer.step()
+        self.step_count += 1
+        return StepOutput(loss.detach(), logits.detach(), read_lr(self.optimizer), None, 0.0, False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The step count (the learning rate and optimizer state are in the optimizer's state_dict)."""
+        return {"step": self.step_count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the step count saved by :meth:`state_dict`."""
+        self.step_count = int(state["step"])
+
+
+Stepper = HypergradientController | ScheduleStepper
+
+
+def build_stepper(
+    model: nn.Module, config: Config, steps_per_epoch: int, device: torch.device
+) -> tuple[torch.optim.Optimizer, Stepper]:
+    """Create the inner optimizer and the stepper for ``config.lr.method``."""
+    lr_cfg, optim_cfg = config.lr, config.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    if lr_cfg.method == "adadelta":
+        optimizer: torch.optim.Optimizer = torch.optim.Adadelta(
+            params, lr=lr_cfg.eta0, weight_decay=optim_cfg.weight_decay
+        )
+        return optimizer, ScheduleStepper(model, optimizer, lr_cfg, steps_per_epoch * config.train.epochs)
+    sgd = torch.optim.SGD(params, lr=lr_cfg.eta0, momentum=optim_cfg.momentum,
+                          weight_decay=optim_cfg.weight_decay)
+    if lr_cfg.is_hypergradient:
+        route = lr_cfg.hvp
+        if route == "auto":
+            route = default_hvp_route(model, config.model.name, device)
+        return sgd, HypergradientController(model, sgd, lr_cfg, optim_cfg, hvp_route=route)
+    return sgd, ScheduleStepper(model, sgd, lr_cfg, steps_per_epoch * config.train.epochs)

@@ -1,0 +1,296 @@
+"""The training loop, without Ray: one run of one configuration, reported every epoch.
+
+    from ray_rthpo.config import load_config
+    from ray_rthpo.trainer import run_training
+
+    history = run_training(load_config("configs/digits.yaml"), report=lambda metrics, trainer: print(metrics))
+
+:class:`Trainer` holds the whole state of a run (model, optimizer with eta, tangents, mu, step, data
+order and RNG). ``trainer.save(path)`` at an epoch boundary and ``Trainer.load(...)`` continue the
+run exactly as if it had not been interrupted (on CPU; CUDA kernels may not be bitwise deterministic).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ray_rthpo import metrics as M
+from ray_rthpo.config import Config, config_from_dict
+from ray_rthpo.data import DataBundle, Split, augment_batch, load_data
+from ray_rthpo.errors import ConfigError
+from ray_rthpo.lr_methods import build_stepper, read_lr
+from ray_rthpo.models import build_model
+from ray_rthpo.results_io import atomic_write_bytes
+
+ReportFn = Callable[[dict[str, Any], "Trainer"], None]
+CHECKPOINT_VERSION = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA if available else CPU; ``cuda`` without a GPU is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda', but no CUDA device is available; set train.device: auto or cpu.")
+    return torch.device(name)
+
+
+class ValidationSampler:
+    """Cycles through the validation set in seeded random order, one minibatch at a time."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.generator = n, min(batch_size, n), generator
+        self.order = torch.randperm(n, generator=generator)
+        self.pos = 0
+
+    def next_indices(self) -> torch.Tensor:
+        """Indices of the next validation minibatch (a new permutation once the current one is used)."""
+        if self.pos + self.batch_size > self.n:
+            self.order = torch.randperm(self.n, generator=self.generator)
+            self.pos = 0
+        idx = self.order[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+    def state_dict(self) -> dict[str, Any]:
+        """Current permutation and position."""
+        return {"order": self.order.clone(), "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        self.order, self.pos = state["order"].clone(), int(state["pos"])
+
+
+class Trainer:
+    """One training run: build data, model and learning-rate method from ``config``; run epochs."""
+
+    def __init__(self, config: Config, data: DataBundle | None = None) -> None:
+        self.config = config
+        self.device = resolve_device(config.train.device)
+        self.dtype = torch.float64 if config.train.dtype == "float64" else torch.float32
+        seed = config.train.seed
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self.data = data if data is not None else load_data(config.data, seed)
+        self.model = build_model(config.model, self.data.input_shape, self.data.num_classes)
+        self.model.to(device=self.device, dtype=self.dtype)
+        self.generator = torch.Generator().manual_seed(seed + 1)
+        self.train_x = self.data.train.x.to(self.device)
+        self.train_y = self.data.train.y.to(self.device)
+        self.val_x = self.data.val.x.to(self.device)
+        self.val_y = self.data.val.y.to(self.device)
+        n = len(self.data.train)
+        bs = config.data.batch_size
+        self.steps_per_epoch = max(1, n // bs) if n >= bs else 1
+        self.optimizer, self.stepper = build_stepper(self.model, config, self.steps_per_epoch, self.device)
+        self.val_sampler = ValidationSampler(len(self.data.val), config.data.val_batch_size, self.generator)
+        self.epoch = 0
+        self.total_seconds = 0.0
+        self.history: list[dict[str, Any]] = []
+        self.status = M.STATUS_RUNNING
+
+    @property
+    def done(self) -> bool:
+        """True once all epochs ran or the run diverged."""
+        return self.status != M.STATUS_RUNNING or self.epoch >= self.config.train.epochs
+
+    # -- batches -----------------------------------------------------------------------------------
+    def _inputs(self, x_raw: torch.Tensor) -> torch.Tensor:
+        return self.data.normalize(x_raw, self.dtype)
+
+    def _val_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.val_sampler.next_indices().to(self.device)
+        return self._inputs(self.val_x[idx]), self.val_y[idx]
+
+    @torch.no_grad()
+    def evaluate(self, split: Split) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy of the model on a whole split (eval mode, no gradients)."""
+        was_training = self.model.training
+        self.model.eval()
+        total_loss, correct, n = 0.0, 0, len(split)
+        bs = self.config.data.eval_batch_size
+        try:
+            for start in range(0, n, bs):
+                x = self._inputs(split.x[start:start + bs].to(self.device))
+                y = split.y[start:start + bs].to(self.device)
+                logits = self.model(x)
+                total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+                correct += int((logits.argmax(1) == y).sum())
+        finally:
+            self.model.train(was_training)
+        return total_loss / max(1, n), correct / max(1, n)
+
+    # -- one epoch ---------------------------------------------------------------------------------
+    def run_epoch(self) -> dict[str, Any]:
+        """Train one epoch, evaluate on validation (and test), and return the epoch's metrics."""
+        if self.done:
+            raise RuntimeError(f"the run is already {self.status} after {self.epoch} epochs; nothing to run.")
+        cfg = self.config
+        self.model.train()
+        start = time.perf_counter()
+        hyper_s = 0.0
+        n = len(self.data.train)
+        bs = min(cfg.data.batch_size, n)
+        order = torch.randperm(n, generator=self.generator).to(self.device)
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = 0
+        diverged = False
+        for b in range(self.steps_per_epoch):
+            idx = order[b * bs:(b + 1) * bs]
+            x_raw = self.train_x[idx]
+            if cfg.data.augment:
+                x_raw = augment_batch(x_raw, self.generator)
+            x, y = self._inputs(x_raw), self.train_y[idx]
+            out = self.stepper.train_step(x, y, epoch=self.epoch, val_batch=self._val_batch)
+            hyper_s += out.hyper_seconds
+            loss_sum += out.loss.double() * y.shape[0]
+            correct += (out.logits.argmax(1) == y).sum()
+            seen += y.shape[0]
+            if out.diverged or not math.isfinite(out.eta):
+                diverged = True
+                break
+            if b % 50 == 49 and not bool(torch.isfinite(loss_sum)):
+                diverged = True
+                break
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        train_s = time.perf_counter() - start
+        train_loss = float(loss_sum) / max(1, seen)
+        if not math.isfinite(train_loss):
+            diverged = True
+        if not diverged and not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            diverged = True
+        eval_start = time.perf_counter()
+        val_loss, val_acc = self.evaluate(self.data.val)
+        test_loss, test_acc = self.evaluate(self.data.test) if cfg.train.eval_test else (math.nan, math.nan)
+        eval_s = time.perf_counter() - eval_start
+        if not math.isfinite(val_loss):
+            diverged = True
+        epoch_s = time.perf_counter() - start
+        self.total_seconds += epoch_s
+        self.epoch += 1
+        if diverged:
+            self.status = M.STATUS_DIVERGED
+        elif self.epoch >= cfg.train.epochs:
+            self.status = M.STATUS_FINISHED
+        result = {
+            M.EPOCH: self.epoch,
+            M.STEP: int(self.stepper.step_count),
+            M.TRAIN_LOSS: _finite_loss(train_loss),
+            M.TRAIN_ACC: float(correct) / max(1, seen),
+            M.VAL_LOSS: _finite_loss(val_loss),
+            M.VAL_ACC: val_acc,
+            M.TEST_LOSS: _finite_loss(test_loss) if cfg.train.eval_test else None,
+            M.TEST_ACC: test_acc if cfg.train.eval_test else None,
+            M.LR: read_lr(self.optimizer),
+            M.BETA: cfg.lr.beta if cfg.lr.is_hypergradient else 0.0,
+            M.MU: float(getattr(self.stepper, "mu", 0.0)),
+            M.HYPERGRAD: float(self.stepper.last_hypergrad) if math.isfinite(self.stepper.last_hypergrad) else 0.0,
+            M.EPOCH_SECONDS: epoch_s,
+            M.TOTAL_SECONDS: self.total_seconds,
+            M.TRAIN_SECONDS: train_s,
+            M.HYPER_SECONDS: hyper_s,
+            M.EVAL_SECONDS: eval_s,
+            M.DIVERGED: diverged,
+            M.STATUS: self.status,
+            M.DEVICE: str(self.device),
+        }
+        self.history.append(result)
+        return result
+
+    # -- checkpointing -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the run exactly: model, optimizer (eta), tangents, RNGs, history."""
+        return {
+            "version": CHECKPOINT_VERSION,
+            "config": self.config.to_dict(),
+            "epoch": self.epoch,
+            "status": self.status,
+            "total_seconds": self.total_seconds,
+            "history": list(self.history),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "stepper": self.stepper.state_dict(),
+            "generator": self.generator.get_state(),
+            "val_sampler": self.val_sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; the run's config must match (epochs may be extended)."""
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise ConfigError(f"checkpoint version {state.get('version')!r} is not {CHECKPOINT_VERSION}; "
+                              "it was written by another ray_rthpo release: start the run afresh.")
+        saved = config_from_dict(state["config"]).replace(**{"train.epochs": self.config.train.epochs})
+        if saved != self.config.replace(**{"train.device": saved.train.device}):
+            raise ConfigError("the checkpoint was written for a different configuration; resume with the "
+                              "config it was saved with, or start afresh in a new output folder.")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.stepper.load_state_dict(state["stepper"])
+        self.generator.set_state(state["generator"])
+        self.val_sampler.load_state_dict(state["val_sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+        self.epoch = int(state["epoch"])
+        self.total_seconds = float(state["total_seconds"])
+        self.history = list(state["history"])
+        self.status = state["status"]
+        if self.status == M.STATUS_FINISHED and self.epoch < self.config.train.epochs:
+            self.status = M.STATUS_RUNNING
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`state_dict` to ``path`` atomically (a temporary file, then a rename)."""
+        buf = io.BytesIO()
+        torch.save(self.state_dict(), buf)
+        return atomic_write_bytes(path, buf.getvalue())
+
+    def load(self, path: str | os.PathLike[str]) -> None:
+        """Restore the state saved by :meth:`save` at ``path``."""
+        # RNG states must stay on the CPU; load_state_dict moves model/optimizer tensors to the device.
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.load_state_dict(state)
+
+
+def _finite_loss(value: float) -> float:
+    return value if math.isfinite(value) else M.DIVERGED_LOSS_PENALTY
+
+
+def run_training(
+    config: Config, report: ReportFn | None = None, *, data: DataBundle | None = None,
+    resume_from: str | os.PathLike[str] | dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``config`` to the end (or divergence), calling ``report(metrics, trainer)`` every epoch.
+
+    ``resume_from`` is a checkpoint path or state dict saved by :meth:`Trainer.save`; the run then
+    continues from that epoch. Returns the per-epoch metrics, including the epochs before a resume.
+    """
+    trainer = Trainer(config, data=data)
+    if isinstance(resume_from, dict):
+        trainer.load_state_dict(resume_from)
+    elif resume_from is not None:
+        trainer.load(resume_from)
+    while not trainer.done:
+        result = trainer.run_epoch()
+        if report is not None:
+            report(result, trainer)
+    return trainer.history

@@ -1,0 +1,60 @@
+"""Tiny float64 models, batches and an unrolled-SGD oracle shared by the hypergradient tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ray_rthpo.config import LRConfig, OptimConfig
+from ray_rthpo.hypergrad.reference import flat_loss_fn, flat_params
+from ray_rthpo.lr_methods import HypergradientController
+
+
+def tiny_model(seed: int = 0, batchnorm: bool = False) -> nn.Module:
+    """A smooth 4-5-3 tanh MLP in float64 (optionally with a BatchNorm layer)."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Linear(4, 5)]
+    if batchnorm:
+        layers.append(nn.BatchNorm1d(5))
+    layers += [nn.Tanh(), nn.Linear(5, 3)]
+    return nn.Sequential(*layers).double()
+
+
+def batches(n: int, size: int = 8, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n`` random float64 minibatches of 4 features and 3 classes."""
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(size, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (size,), generator=gen))
+        for _ in range(n)
+    ]
+
+
+def controller(
+    model: nn.Module, *, method: str = "rthpo", eta0: float = 0.3, beta: float = 0.0, mu: float = 1.0,
+    momentum: float = 0.0, weight_decay: float = 0.0, hvp: str = "double_backward", **lr_kwargs: object,
+) -> HypergradientController:
+    """A hypergradient controller over ``model`` with a fresh ``torch.optim.SGD``."""
+    lr_cfg = LRConfig(method=method, eta0=eta0, beta=beta, mu=mu, hvp=hvp, **lr_kwargs)  # type: ignore[arg-type]
+    optim_cfg = OptimConfig(momentum=momentum, weight_decay=weight_decay)
+    sgd = torch.optim.SGD(model.parameters(), lr=eta0, momentum=momentum, weight_decay=weight_decay)
+    return HypergradientController(model, sgd, lr_cfg, optim_cfg, hvp_route=hvp)
+
+
+def unrolled_weights(
+    model: nn.Module, w0: torch.Tensor, eta: torch.Tensor, data: list, *, momentum: float, weight_decay: float
+) -> torch.Tensor:
+    """``w_T`` as a differentiable function of a constant ``eta``: SGD unrolled over ``data``."""
+    w, v = w0, torch.zeros_like(w0)
+    for x, y in data:
+        g = torch.func.grad(flat_loss_fn(model, x, y))(w)
+        v = momentum * v + g + weight_decay * w
+        w = w - eta * v
+    return w
+
+
+def controller_flat_z(ctrl: HypergradientController) -> torch.Tensor:
+    """The controller's tangent ``z`` as one flat vector."""
+    return torch.cat([t.reshape(-1) for t in ctrl.z])
+
+
+__all__ = ["tiny_model", "batches", "controller", "unrolled_weights", "controller_flat_z", "flat_params"]
