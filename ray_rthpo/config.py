@@ -187,12 +187,16 @@ class TrainConfig:
     dtype: str = "float32"
     # Evaluate validation and test sets every epoch (test accuracy is reported, never used to choose).
     eval_test: bool = True
+    # A mean training loss above this (or a NaN/inf one) ends the run as 'diverged'. Chance level
+    # of cross-entropy is ln(classes), about 2.3 for 10 classes.
+    diverge_loss: float = 1.0e4
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, f"train.epochs must be an integer >= 1, but got {self.epochs!r}.")
         check(self.seed >= 0, f"train.seed must be an integer >= 0, but got {self.seed!r}.")
         check_choice("train.device", self.device, DEVICES)
         check_choice("train.dtype", self.dtype, DTYPES)
+        check(self.diverge_loss > 0, f"train.diverge_loss must be > 0, but got {self.diverge_loss!r}.")
 
 
 @dataclass(frozen=True)

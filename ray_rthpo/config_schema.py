@@ -80,7 +80,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, str) and _FLOAT_STRING.match(value.strip()):
             raise ConfigError(
                 f"{path} must be a number, but got the string {value!r}: YAML reads exponents without a "
-                f"decimal point as strings; write it as {_yaml_float(value)} (with a '.0')."
+                f"decimal point (or without a sign) as strings; write it as {_yaml_float(value)}."
             )
         raise ConfigError(f"{path} must be a number, but got {value!r}.")
     if tp is str:
@@ -93,9 +93,12 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
 
 
 def _yaml_float(text: str) -> str:
+    """The spelling PyYAML (YAML 1.1) reads as a float: a '.' in the mantissa, a sign in the exponent."""
     mantissa, _, exponent = text.strip().lower().partition("e")
     if "." not in mantissa:
         mantissa += ".0"
+    if exponent and exponent[0] not in "+-":
+        exponent = "+" + exponent
     return f"{mantissa}e{exponent}" if exponent else mantissa
 
 

@@ -132,6 +132,9 @@ class Trainer:
             self.model.train(was_training)
         return total_loss / max(1, n), correct / max(1, n)
 
+    def _loss_ok(self, mean_loss: float) -> bool:
+        return math.isfinite(mean_loss) and mean_loss <= self.config.train.diverge_loss
+
     # -- one epoch ---------------------------------------------------------------------------------
     def run_epoch(self) -> dict[str, Any]:
         """Train one epoch, evaluate on validation (and test), and return the epoch's metrics."""
@@ -162,14 +165,14 @@ class Trainer:
             if out.diverged or not math.isfinite(out.eta):
                 diverged = True
                 break
-            if b % 50 == 49 and not bool(torch.isfinite(loss_sum)):
+            if b % 50 == 49 and not self._loss_ok(float(loss_sum) / seen):
                 diverged = True
                 break
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         train_s = time.perf_counter() - start
         train_loss = float(loss_sum) / max(1, seen)
-        if not math.isfinite(train_loss):
+        if not self._loss_ok(train_loss):
             diverged = True
         if not diverged and not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             diverged = True

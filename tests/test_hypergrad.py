@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-
 from hypergrad_helpers import batches, controller, controller_flat_z, tiny_model, unrolled_weights
+
 from ray_rthpo.errors import ConfigError
 from ray_rthpo.hypergrad import functional as fn
 from ray_rthpo.hypergrad.hvp import (
