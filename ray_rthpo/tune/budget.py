@@ -1,0 +1,193 @@
+"""Equal-compute accounting: end a Ray Tune experiment when the compute summed over all trials is spent.
+
+A fair comparison of tuning methods gives each the same compute, however it is spread over trials
+(one long run of RT-HPO vs. many short runs of a grid, run 1 or 8 at a time). Wall-clock limits
+(``TuneConfig(time_budget_s=...)``) do not measure that: they count parallel trials once and idle
+time too. This stopper sums what the trials themselves report.
+
+Metric contract (what every trainable must report, at every epoch)::
+
+    tune.report({TOTAL_SECONDS: seconds_so_far, ...})    # TOTAL_SECONDS == "time/total_s"
+
+``seconds_so_far`` is the cumulative compute seconds this trial has spent so far (training,
+hypergradients, evaluation), measured by the training loop, never reset within a trial. A trial
+resumed from a checkpoint should continue from the checkpoint's count. Report every epoch: the
+experiment can only stop at a report, so the budget is overshot by at most one report interval
+per running trial.
+
+Use::
+
+    stopper = ComputeBudgetStopper(budget_s=3600.0)
+    tune.Tuner(trainable, tune_config=..., run_config=tune.RunConfig(stop=stopper)).fit()
+
+When resuming an experiment whose finished trials will not report again, pass their compute as
+``already_spent_s`` so that the budget stays the same in total.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+from ray.tune.stopper import Stopper
+
+from ray_rthpo.errors import ConfigError
+from ray_rthpo.metrics import TOTAL_SECONDS
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ComputeBudgetStopper"]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _lookup(result: Mapping[str, Any], key: str) -> Any:
+    """``result[key]``, or the nested ``result["a"]["b"]`` for ``key="a/b"``; None when absent.
+
+    Ray hands stoppers the result as the trainable reported it (not flattened), so both a flat
+    ``{"time/total_s": 3.0}`` and a nested ``{"time": {"total_s": 3.0}}`` are found.
+    """
+    if key in result:
+        return result[key]
+    node: Any = result
+    for part in key.split("/"):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+class ComputeBudgetStopper(Stopper):
+    """Stop every trial once the compute seconds summed over all trials reach ``budget_s``.
+
+    The stopper keeps the latest cumulative seconds reported by each trial; the compute spent is
+    ``already_spent_s`` + the sum of those + the seconds of restarted trials (below).
+    ``__call__`` returns True (stop this trial) and :meth:`stop_all` returns True (stop the
+    experiment; Ray then starts no new trial) as soon as that sum is >= ``budget_s``.
+
+    A trial whose cumulative count goes down was restarted (from scratch or from a checkpoint):
+    the drop is kept as spent compute, since that work was done and lost, so the count is at most
+    one report interval short of the truth, never larger.
+
+    Reports without ``time_key``, or with a NaN, infinite or negative value, are not counted; a
+    warning is logged once per trial.
+
+    The stopper is plain data: it pickles (Ray may pickle it with the Tuner state).
+
+    Args:
+        budget_s: Compute budget in seconds, summed over all trials; finite and > 0.
+        time_key: The metric holding each trial's cumulative compute seconds.
+        already_spent_s: Compute already spent by a previous run of this experiment (>= 0).
+
+    Raises:
+        ConfigError (a ValueError): an argument out of range; the message says which and the fix.
+    """
+
+    def __init__(self, budget_s: float, time_key: str = TOTAL_SECONDS, already_spent_s: float = 0.0) -> None:
+        if not _finite(budget_s) or budget_s <= 0:
+            raise ConfigError(
+                f"budget_s must be a finite number of seconds > 0, but got {budget_s!r}. "
+                "Fix: give the compute budget summed over all trials, e.g. budget_s=3600.0."
+            )
+        if not isinstance(time_key, str) or not time_key:
+            raise ConfigError(
+                f"time_key must be the name of a reported metric, but got {time_key!r}. "
+                f"Fix: leave the default {TOTAL_SECONDS!r} (ray_rthpo.metrics.TOTAL_SECONDS)."
+            )
+        if not _finite(already_spent_s) or already_spent_s < 0:
+            raise ConfigError(
+                f"already_spent_s must be a finite number of seconds >= 0, but got {already_spent_s!r}. "
+                "Fix: pass the compute of the previous run's finished trials, or 0.0."
+            )
+        self._budget_s = float(budget_s)
+        self._time_key = time_key
+        self._already_spent_s = float(already_spent_s)
+        self._latest_s: dict[str, float] = {}  # trial id -> latest cumulative seconds
+        self._restarted_s = 0.0  # seconds lost by trials that restarted
+        self._warned: set[str] = set()
+        self._announced = False
+
+    # ------------------------------------------------------------------------------- Ray's API
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        """Record the trial's cumulative seconds; True when the whole budget is spent."""
+        value = _lookup(result, self._time_key) if isinstance(result, Mapping) else None
+        if value is None:
+            self._warn_once(
+                trial_id,
+                f"reported no {self._time_key!r}; this report is not counted. "
+                f"Fix: report the cumulative compute seconds as {self._time_key!r} every epoch.",
+            )
+        elif not _finite(value) or value < 0:
+            self._warn_once(
+                trial_id, f"reported {self._time_key!r}={value!r}, not counted (must be finite, >= 0)."
+            )
+        else:
+            seconds = float(value)
+            previous = self._latest_s.get(trial_id)
+            if previous is not None and seconds < previous:
+                logger.info(
+                    "ComputeBudgetStopper: trial %s's %r went down (%.3f -> %.3f): counted as a restart.",
+                    trial_id,
+                    self._time_key,
+                    previous,
+                    seconds,
+                )
+                self._restarted_s += previous - seconds
+            self._latest_s[trial_id] = seconds
+        return self.stop_all()
+
+    def stop_all(self) -> bool:
+        """True once the compute summed over all trials is >= the budget."""
+        spent = self.spent_s >= self._budget_s
+        if spent and not self._announced:
+            self._announced = True
+            logger.info(
+                "ComputeBudgetStopper: %.3f s of compute spent (budget %.3f s): stopping all trials.",
+                self.spent_s,
+                self._budget_s,
+            )
+        return spent
+
+    # ------------------------------------------------------------------------------- inspection
+
+    @property
+    def budget_s(self) -> float:
+        """The compute budget in seconds, summed over all trials."""
+        return self._budget_s
+
+    @property
+    def time_key(self) -> str:
+        """The metric read from each result."""
+        return self._time_key
+
+    @property
+    def spent_s(self) -> float:
+        """Compute seconds spent so far: previous runs + restarts + every trial's latest count."""
+        return self._already_spent_s + self._restarted_s + sum(self._latest_s.values())
+
+    @property
+    def remaining_s(self) -> float:
+        """Compute seconds left (0 once spent)."""
+        return max(0.0, self._budget_s - self.spent_s)
+
+    @property
+    def per_trial_s(self) -> dict[str, float]:
+        """Trial id -> latest cumulative seconds it reported (a copy)."""
+        return dict(self._latest_s)
+
+    def _warn_once(self, trial_id: str, message: str) -> None:
+        if trial_id not in self._warned:
+            self._warned.add(trial_id)
+            logger.warning("ComputeBudgetStopper: trial %s %s", trial_id, message)
+
+    def __repr__(self) -> str:
+        return (
+            f"ComputeBudgetStopper(budget_s={self._budget_s!r}, time_key={self._time_key!r}, "
+            f"spent_s={self.spent_s:.3f}, trials={len(self._latest_s)})"
+        )

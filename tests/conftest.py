@@ -1,0 +1,35 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """One real local Ray for the whole test session (2 CPUs, no dashboard), shut down at the end.
+
+    Tests that use it should also pass ``RunConfig(storage_path=str(tmp_path))`` (or
+    ``tune.run(storage_path=...)``) so that nothing is written under the home directory.
+    """
+    import ray
+
+    # Ray workers unpickle trainables defined in test modules by importing those modules: put
+    # tests/ on the path that the Ray processes started below inherit.
+    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "RAY_DEDUP_LOGS")}
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, saved["PYTHONPATH"]) if p)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
