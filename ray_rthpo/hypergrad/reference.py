@@ -81,7 +81,7 @@ class ReferenceHypergradient:
         return torch.func.grad(flat_loss_fn(self.model, x, y))(w)
 
     def _hessian(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return torch.autograd.functional.hessian(flat_loss_fn(self.model, x, y), w)
+        return torch.func.hessian(flat_loss_fn(self.model, x, y))(w)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor | None, yv: torch.Tensor | None) -> dict:
         """One step of the literal algorithm; returns ``{"h", "eta", "w_next"}`` for comparison."""
