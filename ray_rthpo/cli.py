@@ -142,4 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Plugins register into ray_rthpo.cli, a different module object than this __main__: run that one.
+    from ray_rthpo.cli import main as _main
+
+    raise SystemExit(_main())

@@ -1,0 +1,316 @@
+"""The typed configuration of a Ray Tune experiment: a base run config, a compute budget, and strategies.
+
+    name: compare_digits
+    base: {data: {name: digits}, model: {hidden: [64]}, train: {epochs: 6}}   # or base: digits.yaml
+    budget_s: 30          # compute seconds per strategy, summed over its trials (time/total_s)
+    resources: {cpu: 1, gpu: 0}
+    max_concurrent: 2
+    seed: 0
+    strategies:
+      - name: rthpo
+        method: rthpo
+        searcher: random               # grid | random | optuna_tpe | optuna_gp | skopt
+        space:
+          lr.eta0: {loguniform: [1.0e-3, 1.0]}
+          lr.beta: {loguniform: [1.0e-9, 1.0e-1]}
+        scheduler: asha                # optional early stopping on top of any searcher
+
+Every strategy gets the same ``budget_s`` and the same ``resources``; the searched metric is always
+``val/acc`` (maximised). A plain run config (``configs/digits.yaml``, no ``strategies``) is an
+experiment with one trial of that config. Unknown keys and wrong types fail with the key's path.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray_rthpo import metrics as M
+from ray_rthpo.config import (
+    HYPERGRADIENT_METHODS,
+    METHODS,
+    Config,
+    config_from_dict,
+    load_yaml,
+    parse_override,
+)
+from ray_rthpo.config_schema import check, check_choice, flatten, from_dict
+from ray_rthpo.errors import ConfigError
+from ray_rthpo.tune.data_paths import resolve_data_dir
+from ray_rthpo.tune.searchers import check_searcher
+from ray_rthpo.tune.spaces import GRID_KIND, check_space
+
+RUN_SECTIONS = ("data", "model", "optim", "lr", "train")
+SCHEDULERS = ("fifo", "asha")
+#: Run-config keys that only some methods read: searching them for another method wastes the budget.
+_ONLY_FOR = {
+    "lr.beta": HYPERGRADIENT_METHODS, "lr.mu": ("marthe",), "lr.hypergrad_clip": HYPERGRADIENT_METHODS,
+    "lr.gamma": ("exp_decay",), "lr.eta_min": ("cosine",),
+}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: Trials a sampling strategy may start at most when num_samples is not given: the budget ends it first.
+DEFAULT_MAX_SAMPLES = 1000
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial asks Ray for. Fractional GPUs (0.25) share a GPU; nothing isolates its memory."""
+
+    cpu: float = 1.0
+    gpu: float = 0.0
+    # Custom Ray resources per trial, e.g. {trial_slot: 1} with a node started as --resources='{"trial_slot": 2}'.
+    custom: Any = None
+    # When the local Ray has no GPU at all, run trials on the CPU (gpu 0) instead of waiting forever.
+    # Never applied when joining a cluster with --address (its autoscaler may still add GPU nodes).
+    cpu_fallback: bool = True
+
+    def __post_init__(self) -> None:
+        check(math.isfinite(self.cpu) and self.cpu >= 0, f"resources.cpu must be >= 0, but got {self.cpu!r}.")
+        check(math.isfinite(self.gpu) and self.gpu >= 0, f"resources.gpu must be >= 0, but got {self.gpu!r}.")
+        check(self.gpu <= 1 or float(self.gpu).is_integer(),
+              f"resources.gpu above 1 must be a whole number of GPUs, but got {self.gpu!r}.")
+        check(self.cpu > 0 or self.gpu > 0, "resources must ask for some cpu or gpu; set resources.cpu: 1.")
+        custom = self.custom or {}
+        check(isinstance(custom, dict) and all(isinstance(k, str) and isinstance(v, (int, float))
+                                                and not isinstance(v, bool) and v >= 0 for k, v in custom.items()),
+              f"resources.custom must map resource names to amounts >= 0, but got {self.custom!r}.")
+
+    def as_ray(self, *, use_gpu: bool = True) -> dict[str, float]:
+        """The per-trial resource dict for ``tune.with_resources`` (``gpu`` dropped when ``use_gpu`` is False)."""
+        out = {"cpu": float(self.cpu), "gpu": float(self.gpu) if use_gpu else 0.0}
+        out.update({k: float(v) for k, v in (self.custom or {}).items()})
+        return out
+
+
+@dataclass(frozen=True)
+class AshaConfig:
+    """Asynchronous successive halving over epochs (Ray's ASHAScheduler); max_t is train.epochs."""
+
+    grace_period: int = 1
+    reduction_factor: float = 3.0
+
+    def __post_init__(self) -> None:
+        check(self.grace_period >= 1, f"asha.grace_period must be an integer >= 1, but got {self.grace_period!r}.")
+        check(self.reduction_factor > 1, f"asha.reduction_factor must be > 1, but got {self.reduction_factor!r}.")
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """One way of choosing the learning rate: a method, a searcher over its space, a scheduler."""
+
+    name: str = ""
+    # lr.method of every trial (null: the base config's).
+    method: str | None = None
+    searcher: str = "random"
+    # Trials to start at most (null: 1 for grid or an empty space, else DEFAULT_MAX_SAMPLES: the budget ends it).
+    num_samples: int | None = None
+    # Run-config key -> {loguniform|uniform|randint|choice|grid: [...]} (see ray_rthpo.tune.spaces).
+    space: Any = None
+    searcher_options: Any = None
+    scheduler: str = "fifo"
+    asha: AshaConfig = field(default_factory=AshaConfig)
+    # Run-config values for this strategy only (flat dotted keys or sections), e.g. {train.epochs: 4}.
+    overrides: Any = None
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.name, str) and bool(_NAME.match(self.name)),
+              f"strategies[].name must be letters, digits, '_', '-' or '.', but got {self.name!r}.")
+        if self.method is not None:
+            check_choice(f"strategy {self.name}: method", self.method, METHODS)
+        check_choice(f"strategy {self.name}: scheduler", self.scheduler, SCHEDULERS)
+        check(self.num_samples is None or self.num_samples >= 1,
+              f"strategy {self.name}: num_samples must be null or an integer >= 1, but got {self.num_samples!r}.")
+        for key in ("space", "searcher_options", "overrides"):
+            value = getattr(self, key)
+            check(value is None or isinstance(value, dict),
+                  f"strategy {self.name}: {key} must be a mapping, but got {value!r}.")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A Tune experiment per strategy, all under the same compute budget and resources."""
+
+    name: str = "experiment"
+    # The run config every trial starts from (a Config once loaded; sections or a path in YAML).
+    base: Any = None
+    # Compute seconds per strategy, summed over its trials' time/total_s; the experiment ends when spent.
+    budget_s: float = 60.0
+    resources: Resources = field(default_factory=Resources)
+    # Trials running at once per strategy (the budget counts compute, so this changes wall time only).
+    max_concurrent: int = 2
+    seed: int = 0
+    # Always val/acc: the test set is never used to choose anything.
+    metric: str = M.SELECTION_METRIC
+    # Retries of a crashed trial (from its last checkpoint).
+    max_failures: int = 1
+    # Ray storage (checkpoints, Ray's own result files). null: <output>/ray. Multi-node: s3://... or NFS.
+    storage_path: str | None = None
+    strategies: tuple[StrategyConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.base, Config), "experiment base must be a run config (internal: use load_experiment).")
+        check(math.isfinite(self.budget_s) and self.budget_s > 0,
+              f"budget_s must be a number of seconds > 0, but got {self.budget_s!r}.")
+        check(self.max_concurrent >= 1, f"max_concurrent must be an integer >= 1, but got {self.max_concurrent!r}.")
+        check(self.seed >= 0, f"seed must be an integer >= 0, but got {self.seed!r}.")
+        check(self.max_failures >= 0, f"max_failures must be an integer >= 0, but got {self.max_failures!r}.")
+        check(self.metric == M.SELECTION_METRIC, f"metric is always {M.SELECTION_METRIC!r} (validation accuracy, "
+              f"never test), but got {self.metric!r}; delete the key.")
+        check(bool(self.strategies), "strategies is empty; list at least one strategy (name, method, searcher, space).")
+        names = [s.name for s in self.strategies]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        check(not dupes, f"strategy names must be unique, but {dupes} appear twice; rename one.")
+        for strategy in self.strategies:
+            self.space_of(strategy)  # checks the space against the strategy's run config
+
+    def strategy(self, name: str) -> StrategyConfig:
+        """The strategy called ``name``."""
+        for s in self.strategies:
+            if s.name == name:
+                return s
+        raise ConfigError(f"no strategy {name!r}; this experiment has: {', '.join(s.name for s in self.strategies)}.")
+
+    def run_config(self, strategy: StrategyConfig) -> Config:
+        """The run config of ``strategy``'s trials before searching: base, then method, then overrides."""
+        flat: dict[str, Any] = flatten(dict(strategy.overrides or {}))
+        if strategy.method is not None:
+            flat = {"lr.method": strategy.method, **flat}
+        try:
+            return self.base.replace(**flat) if flat else self.base
+        except ConfigError as err:
+            raise ConfigError(f"strategy {strategy.name}: overrides: {err}") from None
+
+    def space_of(self, strategy: StrategyConfig) -> dict[str, tuple[str, list[Any]]]:
+        """``{key: (kind, values)}`` of ``strategy``'s space, checked against its run config and searcher."""
+        config = self.run_config(strategy)
+        where = f"strategy {strategy.name}: space"
+        space = check_space(strategy.space or {}, config, where)
+        for key in space:
+            methods = _ONLY_FOR.get(key)
+            if methods is not None and config.lr.method not in methods:
+                raise ConfigError(f"{where}.{key} has no effect with lr.method {config.lr.method}; remove it "
+                                  f"(it is read by {', '.join(methods)} only) so the budget is not spent on it.")
+        check_searcher(strategy.searcher, [kind for kind, _ in space.values()],
+                       strategy.searcher_options or {}, f"strategy {strategy.name}")
+        return space
+
+    def num_samples(self, strategy: StrategyConfig) -> int:
+        """Trials to start at most: the given num_samples, else 1 (grid or nothing to search) or the default cap."""
+        if strategy.num_samples is not None:
+            return strategy.num_samples
+        space = self.space_of(strategy)
+        if not space or any(kind == GRID_KIND for kind, _ in space.values()):
+            return 1
+        return DEFAULT_MAX_SAMPLES
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict for the resolved ``config.yaml`` kept beside the results."""
+        from ray_rthpo.config_schema import to_dict
+
+        out = to_dict(self)
+        out["base"] = self.base.to_dict()
+        return out
+
+
+def _read_base(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
+    """``data`` with ``base: path`` replaced by that file's sections (the path is relative to ``base_dir``)."""
+    base = data.get("base")
+    if not isinstance(base, str):
+        return data
+    path = Path(base).expanduser()
+    return {**data, "base": load_yaml(path if path.is_absolute() else (base_dir or Path.cwd()) / path)}
+
+
+def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", base_dir: Path | None = None,
+                         cwd: Path | None = None) -> ExperimentConfig:
+    """Build an :class:`ExperimentConfig` from a YAML mapping (strict), resolving ``base: path`` against
+    ``base_dir`` and ``data.data_dir`` against ``cwd``. A mapping without ``strategies`` is a run config."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"an experiment config must be a mapping, but got {data!r}.")
+    if "strategies" not in data and "base" not in data:
+        run = config_from_dict(data)
+        data = {"name": name, "base": data, "strategies": [{"name": run.lr.method, "num_samples": 1}]}
+    data = _read_base(data, base_dir)
+    data = {"name": name, **data}
+    base = data.get("base")
+    if base is None:
+        base = {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"base must be run-config sections or the path of a run-config YAML, but got {base!r}.")
+    config = resolve_data_dir(config_from_dict(base), cwd)
+    strategies = data.get("strategies")
+    if isinstance(strategies, list):  # a strategy may read other data: make its data_dir absolute too
+        strategies = [_resolve_override_data_dir(s, cwd) if isinstance(s, dict) else s for s in strategies]
+        data = {**data, "strategies": strategies}
+    return from_dict(ExperimentConfig, {**data, "base": config})
+
+
+def _resolve_override_data_dir(strategy: dict[str, Any], cwd: Path | None) -> dict[str, Any]:
+    overrides = strategy.get("overrides")
+    if not isinstance(overrides, dict):
+        return strategy
+    flat = flatten(overrides)
+    if not isinstance(flat.get("data.data_dir"), str):
+        return strategy
+    path = Path(flat["data.data_dir"]).expanduser()
+    flat["data.data_dir"] = str(path if path.is_absolute() else ((cwd or Path.cwd()) / path).resolve())
+    return {**strategy, "overrides": flat}
+
+
+def _assign(node: Any, parts: list[str], value: Any, key: str) -> dict[str, Any]:
+    """A copy of mapping ``node`` with ``node[parts[0]][parts[1]]... = value`` (the last level replaced)."""
+    if node is None:
+        node = {}
+    if not isinstance(node, dict):
+        raise ConfigError(f"--set {key}: {node!r} is not a section that can hold '{'.'.join(parts)}'.")
+    if len(parts) == 1:
+        return {**node, parts[0]: value}
+    return {**node, parts[0]: _assign(node.get(parts[0]), parts[1:], value, key)}
+
+
+def apply_override(data: dict[str, Any], text: str) -> dict[str, Any]:
+    """Apply one ``--set key=value`` to a raw experiment mapping (the value replaces what was there).
+
+    ``lr.eta0=0.1`` (a run-config section) goes to ``base``; ``strategies.NAME.num_samples=8`` and
+    ``strategies.NAME.space.lr.beta={loguniform: [1.0e-6, 1.0e-2]}`` to that strategy; anything else
+    (``budget_s=120``, ``resources.gpu=0``, ``resources.custom={}``) to the experiment itself.
+    """
+    key, value = parse_override(text)
+    parts = key.split(".")
+    if parts[0] in RUN_SECTIONS:
+        if "strategies" not in data and "base" not in data:  # a plain run config
+            return _assign(data, parts, value, key)
+        if isinstance(data.get("base"), str):
+            raise ConfigError(f"--set {key}: base must be run-config sections here, but got {data['base']!r}.")
+        return _assign(data, ["base", *parts], value, key)
+    if parts[0] == "strategies":
+        name, field_path = (parts[1], parts[2:]) if len(parts) > 2 else ("", [])
+        strategies = [dict(s) if isinstance(s, dict) else s for s in data.get("strategies") or []]
+        index = next((i for i, s in enumerate(strategies) if isinstance(s, dict) and s.get("name") == name), None)
+        if index is None or not field_path:
+            known = ", ".join(str(s.get("name")) for s in strategies if isinstance(s, dict))
+            raise ConfigError(f"--set {key}: write strategies.NAME.FIELD=value with NAME one of: {known}.")
+        if field_path[0] in ("space", "overrides", "searcher_options") and len(field_path) > 1:
+            field_path = [field_path[0], ".".join(field_path[1:])]  # their keys are dotted run-config keys
+        strategies[index] = _assign(strategies[index], field_path, value, key)
+        return {**data, "strategies": strategies}
+    return _assign(data, parts, value, key)
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None, *,
+                    cwd: Path | None = None) -> ExperimentConfig:
+    """Load an experiment YAML (or a plain run config) with ``--set`` overrides; strict about keys and types."""
+    path = Path(path)
+    data = load_yaml(path)
+    if isinstance(data, dict):
+        data = _read_base(data, path.parent)
+    for text in overrides or []:
+        data = apply_override(data, text)
+    return experiment_from_dict(data, name=path.stem, base_dir=path.parent, cwd=cwd)
+
+
+__all__ = ["ExperimentConfig", "StrategyConfig", "Resources", "AshaConfig", "load_experiment",
+           "experiment_from_dict", "apply_override", "SCHEDULERS"]

@@ -1,0 +1,227 @@
+"""Run one strategy of an experiment as one Ray Tune experiment, under the experiment's compute budget.
+
+    from ray_rthpo.tune.experiment_config import load_experiment
+    from ray_rthpo.tune.runner import init_ray, run_strategy
+
+    exp = load_experiment("configs/compare_digits.yaml")
+    init_ray()
+    outcome = run_strategy(exp, exp.strategies[0], storage_path="/abs/out/ray")
+    outcome.table          # pandas DataFrame: one row per reported epoch of every trial
+
+The Tuner gets the strategy's run config as ``param_space`` (flat dotted keys) with its searched keys
+replaced by Ray domains, the searcher from :mod:`ray_rthpo.tune.searchers`, ASHA if asked, the metric
+``val/acc`` (max), and a :class:`~ray_rthpo.tune.budget.ComputeBudgetStopper` that ends the experiment
+once the trials' compute seconds (``time/total_s``) add up to ``budget_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from ray_rthpo import metrics as M
+from ray_rthpo.errors import ConfigError, RTHPOError
+from ray_rthpo.tune.analysis import RECEIVED_AT
+from ray_rthpo.tune.experiment_config import ExperimentConfig, StrategyConfig
+from ray_rthpo.tune.spaces import to_domain
+
+ProgressFn = Callable[[str], None]
+#: Run-config values copied into every row of the results table (beside the searched ones).
+CONFIG_COLUMNS = ("lr.method", "lr.eta0", "lr.beta", "lr.gamma", "lr.mu")
+
+
+@dataclass(frozen=True)
+class StrategyOutcome:
+    """What one strategy's Tune experiment produced."""
+
+    name: str
+    table: pd.DataFrame
+    wall_s: float
+    errors: tuple[str, ...]
+    storage: str
+
+
+def _quiet_ray() -> None:
+    """Ray's own console output off (our callback prints one line per trial); set before Tune runs."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool:
+    """Start a local Ray (or join ``address``, e.g. ``auto`` or ``ray://head:10001``) unless one is
+    already initialised. Returns True when trials run on a cluster this process joined."""
+    _quiet_ray()
+    import ray
+
+    joined = bool(address or os.environ.get("RAY_ADDRESS"))
+    if ray.is_initialized():
+        return joined
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                              "logging_level": logging.WARNING, "configure_logging": True}
+    if not joined and num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
+    try:
+        ray.init(address=address or None, **kwargs)
+    except ConnectionError as err:
+        raise RTHPOError(f"cannot join the Ray cluster at --address {address!r}: {err}. Start it with "
+                         "`ray start --head` (or `ray up`), or drop --address to run locally.") from None
+    return joined
+
+
+def trial_resources(exp: ExperimentConfig, *, joined: bool, note: ProgressFn = print) -> dict[str, float]:
+    """The per-trial resource dict, checked against the running Ray cluster.
+
+    On a local Ray without any GPU, a strategy asking for GPUs runs on the CPU when
+    ``resources.cpu_fallback`` is true (a note is printed), else this raises. A request no node can
+    ever satisfy raises too (locally) or prints a warning (joined cluster: its autoscaler may add nodes).
+    """
+    import ray
+
+    wanted = exp.resources.as_ray()
+    totals = ray.cluster_resources()
+    if wanted["gpu"] > 0 and totals.get("GPU", 0) == 0 and not joined:
+        if not exp.resources.cpu_fallback:
+            raise ConfigError(f"resources.gpu is {exp.resources.gpu}, but this Ray has no GPU; run on a GPU "
+                              "machine or cluster (--address), or set resources.cpu_fallback: true.")
+        note(f"note: no GPU in this Ray; trials run on the CPU (resources.gpu {exp.resources.gpu} -> 0)")
+        wanted = exp.resources.as_ray(use_gpu=False)
+    names = {"cpu": "CPU", "gpu": "GPU"}
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if not any(all(node.get(names.get(k, k), 0) >= v for k, v in wanted.items() if v > 0) for node in nodes):
+        message = (f"no Ray node has the resources one trial asks for ({wanted}); nodes have "
+                   f"{[{k: v for k, v in n.items() if not k.startswith('node:')} for n in nodes]}. "
+                   "Lower resources.cpu/gpu/custom with --set, or add such a node.")
+        if not joined:
+            raise ConfigError(message)
+        note(f"warning: {message}")
+    return wanted
+
+
+def param_space(exp: ExperimentConfig, strategy: StrategyConfig) -> dict[str, Any]:
+    """Ray's ``param_space``: the strategy's flat run config with its searched keys as Ray domains."""
+    space = {key: to_domain(kind, values) for key, (kind, values) in exp.space_of(strategy).items()}
+    return {**exp.run_config(strategy).to_flat(), **space}
+
+
+def _scheduler(exp: ExperimentConfig, strategy: StrategyConfig) -> Any:
+    if strategy.scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    epochs = exp.run_config(strategy).train.epochs
+    return ASHAScheduler(time_attr="training_iteration", max_t=epochs,
+                         grace_period=min(strategy.asha.grace_period, epochs),
+                         reduction_factor=strategy.asha.reduction_factor)
+
+
+def _callback_class() -> type:
+    from ray import tune
+
+    class ProgressCallback(tune.Callback):
+        """Collects every reported epoch as a row and prints one line per finished trial."""
+
+        def __init__(self, exp: ExperimentConfig, strategy: StrategyConfig, progress: ProgressFn) -> None:
+            self.exp, self.strategy, self.progress = exp, strategy, progress
+            self.searched = list(exp.space_of(strategy))
+            self.method = exp.run_config(strategy).lr.method
+            self.rows: list[dict[str, Any]] = []
+            self.compute = 0.0
+            self.start = time.time()
+            self.ended: set[str] = set()
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            now = time.time()
+            row: dict[str, Any] = {"strategy": self.strategy.name, "method": self.method,
+                                   "searcher": self.strategy.searcher, "scheduler": self.strategy.scheduler,
+                                   "trial_id": trial.trial_id}
+            config = trial.config
+            row.update({f"searched/{k}": config.get(k) for k in self.searched})
+            row.update({f"config/{k}": config.get(k) for k in CONFIG_COLUMNS})
+            row.update({k: v for k, v in result.items() if k != "config" and not isinstance(v, dict)})
+            row[RECEIVED_AT] = now  # the driver's clock orders reports from every node
+            row["time/wall_elapsed_s"] = now - self.start
+            self.compute += float(result.get(M.EPOCH_SECONDS, 0.0))
+            self.rows.append(row)
+
+        def _line(self, trial: Any, how: str) -> None:
+            if trial.trial_id in self.ended:
+                return
+            self.ended.add(trial.trial_id)
+            last = [r for r in self.rows if r["trial_id"] == trial.trial_id]
+            params = ", ".join(f"{k}={_short(trial.config.get(k))}" for k in self.searched)
+            if last:
+                r = last[-1]
+                test = r.get(M.TEST_ACC)
+                test_txt = f" test/acc {test:.4f}" if isinstance(test, float) and math.isfinite(test) else ""
+                flag = " DIVERGED" if r.get(M.DIVERGED) else ""
+                what = f"{r[M.EPOCH]} epochs, val/acc {r[M.VAL_ACC]:.4f}{test_txt}, lr {r[M.LR]:.3g}{flag}"
+            else:
+                what = "no epoch reported"
+            self.progress(f"[{self.strategy.name}] trial {trial.trial_id} {how} ({params or 'no search'}): {what}"
+                          f"  | compute {self.compute:.1f}/{self.exp.budget_s:g}s, "
+                          f"wall {time.time() - self.start:.0f}s")
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._line(trial, "done")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._line(trial, "FAILED")
+
+        def on_experiment_end(self, trials: list, **info: Any) -> None:
+            for trial in trials:
+                if trial.trial_id not in self.ended and any(r["trial_id"] == trial.trial_id for r in self.rows):
+                    self._line(trial, "stopped by the budget")
+
+    return ProgressCallback
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_path: str,
+                 resources: dict[str, float] | None = None, progress: ProgressFn = print) -> StrategyOutcome:
+    """Run ``strategy`` as one Tune experiment named after it under ``storage_path`` (absolute or a URI)
+    until its trials are done or its compute reaches ``exp.budget_s``; return every reported epoch."""
+    from ray import tune
+
+    from ray_rthpo.tune.budget import ComputeBudgetStopper
+    from ray_rthpo.tune.searchers import build_searcher, is_basic
+    from ray_rthpo.tune.trainable import fresh_train_fn
+
+    _quiet_ray()
+    callback = _callback_class()(exp, strategy, progress)
+    search_alg = build_searcher(strategy.searcher, seed=exp.seed, options=strategy.searcher_options,
+                                max_concurrent=exp.max_concurrent)
+    tuner = tune.Tuner(
+        tune.with_resources(fresh_train_fn(), resources or exp.resources.as_ray()),
+        param_space=param_space(exp, strategy),
+        tune_config=tune.TuneConfig(
+            metric=M.SELECTION_METRIC, mode=M.SELECTION_MODE,
+            search_alg=search_alg, scheduler=_scheduler(exp, strategy), num_samples=exp.num_samples(strategy),
+            max_concurrent_trials=None if is_basic(search_alg) else exp.max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=strategy.name, storage_path=storage_path, verbose=0, callbacks=[callback],
+            stop=ComputeBudgetStopper(exp.budget_s),
+            failure_config=tune.FailureConfig(max_failures=exp.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )
+    start = time.time()
+    grid = tuner.fit()
+    wall = time.time() - start
+    errors = tuple(f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+                   for e in grid.errors)
+    return StrategyOutcome(strategy.name, pd.DataFrame(callback.rows), wall, errors,
+                           f"{storage_path.rstrip('/')}/{strategy.name}")
+
+
+__all__ = ["StrategyOutcome", "init_ray", "trial_resources", "param_space", "run_strategy"]

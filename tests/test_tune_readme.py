@@ -1,0 +1,65 @@
+"""The README's Ray Tune examples run as written (tune.run and tune.Tuner), on the session's Ray."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def section(title: str) -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else None]
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_readme_main_command_is_the_digits_comparison() -> None:
+    first = (REPO / "README.md").read_text().split("```bash\n", 1)[1].splitlines()[0]
+    assert first.startswith("pip install -e . && rthpo compare configs/compare_digits.yaml")
+    assert (REPO / "configs" / "compare_digits.yaml").is_file()
+
+
+@pytest.mark.ray
+def test_readme_tune_run_and_tuner_examples_run(ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    blocks = python_blocks(section("Ray Tune"))
+    assert len(blocks) == 2 and "tune.run(" in blocks[0] and "tune.Tuner(" in blocks[1]
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    try:
+        for block in blocks:  # the second block continues the first, as a reader would run them
+            exec(compile(block, "README.md", "exec"), namespace)
+    finally:  # tune.with_resources(train_fn, ...) sets train_fn._resources; later tune.run calls refuse it
+        from ray_rthpo.tune.trainable import train_fn
+
+        vars(train_fn).pop("_resources", None)
+    number = r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?"
+    printed = [line for line in capsys.readouterr().out.splitlines()
+               if re.fullmatch(rf"{number} {number} {number}", line.strip())]
+    assert len(printed) == 2, printed  # the two print() calls of the examples
+    for line in printed:
+        eta0, beta, test_acc = (float(v) for v in line.split())
+        assert 1e-3 <= eta0 <= 1.0 and 1e-9 <= beta <= 1e-1 and 0.0 <= test_acc <= 1.0
+    assert (tmp_path / "runs" / "ray" / "readme_tune_run").is_dir()
+    assert (tmp_path / "runs" / "ray" / "readme_tuner").is_dir()
+
+
+def test_cluster_config_is_valid_for_ray_up() -> None:
+    import yaml
+    from ray.autoscaler._private.util import fillout_defaults, validate_config
+
+    config = yaml.safe_load((REPO / "configs" / "cluster" / "aws-gpu.yaml").read_text())
+    assert config["head_node_type"] in config["available_node_types"]
+    assert "g5.xlarge" in str(config["available_node_types"])
+    assert any("pip install -e ." in c for c in config["setup_commands"])
+    validate_config(fillout_defaults(config))  # what `ray up` checks; raises on a schema error

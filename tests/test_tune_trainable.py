@@ -1,0 +1,113 @@
+"""The Ray Tune trainable under a real local Ray: tune.run, Tuner, and exact resume from a checkpoint."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ray import cloudpickle, tune
+from tune_helpers import TINY_BASE
+
+from ray_rthpo import metrics as M
+from ray_rthpo.config import config_from_dict
+from ray_rthpo.tune import trainable as T
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
+
+pytestmark = pytest.mark.ray
+
+
+def flat_config(**overrides: Any) -> dict[str, Any]:
+    return config_from_dict(TINY_BASE).replace(**overrides).to_flat()
+
+
+def test_config_from_ray_accepts_numpy_scalars_and_rejects_unknown_keys() -> None:
+    import numpy as np
+
+    config = T.config_from_ray({**flat_config(), "lr.eta0": np.float64(0.2), "train.epochs": np.int64(3)})
+    assert config.lr.eta0 == 0.2 and config.train.epochs == 3 and isinstance(config.train.epochs, int)
+    with pytest.raises(ValueError, match="unknown key 'lr.eta'"):
+        T.config_from_ray({"lr.eta": 0.1})
+
+
+def test_tune_run_reports_every_epoch_with_node_and_time(ray_local: None, tmp_path: Path) -> None:
+    analysis = tune.run(
+        T.train_fn, config={**flat_config(**{"train.epochs": 3}), "lr.eta0": tune.loguniform(1e-2, 1.0)},
+        num_samples=2, metric=M.VAL_ACC, mode="max", storage_path=str(tmp_path), name="tune_run", verbose=0,
+        resources_per_trial={"cpu": 1},
+    )
+    assert len(analysis.trials) == 2
+    for trial in analysis.trials:
+        df = analysis.trial_dataframes[trial.trial_id]
+        assert df[M.EPOCH].tolist() == [1, 2, 3]
+        assert df[M.TOTAL_SECONDS].is_monotonic_increasing
+        for key in (M.TRAIN_SECONDS, M.EVAL_SECONDS, M.HYPER_SECONDS, T.NODE_ID, T.NODE_IP, T.HOSTNAME,
+                    T.DEVICE_NAME, M.DEVICE):
+            assert key in df.columns, key
+        assert df[T.NODE_ID].iloc[0] and df[M.DEVICE].iloc[0] == "cpu"
+        assert trial.checkpoint is not None and trial.status == "TERMINATED"
+    assert analysis.best_config["lr.eta0"] > 0
+
+
+def test_tuner_checkpoints_every_epoch(ray_local: None, tmp_path: Path) -> None:
+    tuner = tune.Tuner(
+        tune.with_resources(T.fresh_train_fn(), {"cpu": 1}),  # with_resources marks the function
+        param_space={**flat_config(), "lr.eta0": tune.grid_search([0.05, 0.5])},
+        tune_config=tune.TuneConfig(metric=M.VAL_ACC, mode="max"),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="tuner", verbose=0),
+    )
+    grid = tuner.fit()
+    assert not grid.errors and len(grid) == 2
+    best = grid.get_best_result()
+    assert best.metrics[M.EPOCH] == 2 and best.metrics[M.STATUS] == M.STATUS_FINISHED
+    with best.checkpoint.as_directory() as folder:
+        state_file = Path(folder) / T.CHECKPOINT_FILE
+        assert state_file.is_file()
+        from ray_rthpo.trainer import Trainer
+
+        trainer = Trainer(T.config_from_ray(best.config))
+        trainer.load(state_file)
+        assert trainer.epoch == 2 and trainer.done
+
+
+def flaky_train_fn(config: dict[str, Any]) -> None:
+    """train_fn that crashes right after reporting epoch 2, the first time only (marker file)."""
+    config = dict(config)
+    marker = Path(config.pop("test.marker"))
+    real_report = tune.report
+    calls: list[int] = []
+
+    def report(metrics: dict[str, Any], checkpoint: Any = None) -> None:
+        real_report(metrics, checkpoint=checkpoint)
+        calls.append(1)
+        if len(calls) == 2 and not marker.exists():
+            marker.touch()
+            raise RuntimeError("simulated crash after epoch 2")
+
+    tune.report = report
+    try:
+        T.train_fn(config)
+    finally:
+        tune.report = real_report
+
+
+def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_local: None, tmp_path: Path) -> None:
+    config = flat_config(**{"lr.method": "rthpo", "lr.beta": 1.0e-3, "train.epochs": 4})
+    runs = {}
+    for name, fn, extra in (("plain", T.train_fn, {}),
+                            ("flaky", flaky_train_fn, {"test.marker": str(tmp_path / "crashed")})):
+        grid = tune.Tuner(
+            fn, param_space={**config, **extra},
+            run_config=tune.RunConfig(storage_path=str(tmp_path), name=name, verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=1)),
+        ).fit()
+        assert not grid.errors, grid.errors
+        runs[name] = grid[0].metrics_dataframe
+    assert (tmp_path / "crashed").exists()  # the flaky run did crash once
+    plain, flaky = runs["plain"], runs["flaky"]
+    assert flaky[M.EPOCH].tolist() == [1, 2, 3, 4]  # resumed at epoch 3, not from scratch
+    for key in (M.TRAIN_LOSS, M.VAL_LOSS, M.LR, M.HYPERGRAD, M.STEP):
+        assert flaky[key].tolist() == plain[key].tolist(), key
+    assert flaky[M.TOTAL_SECONDS].is_monotonic_increasing

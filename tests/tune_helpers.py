@@ -1,0 +1,20 @@
+"""Tiny, fast experiments for the Ray Tune tests (digits, a 32-unit MLP, a couple of epochs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: A run config that trains in well under a second per epoch on one CPU core.
+TINY_BASE: dict[str, Any] = {
+    "data": {"name": "digits", "batch_size": 64, "val_batch_size": 64},
+    "model": {"name": "mlp", "hidden": [32]},
+    "lr": {"method": "exp_decay", "eta0": 0.3, "gamma": 0.9},
+    "train": {"epochs": 2, "seed": 0},
+}
+ETA_SPACE: dict[str, Any] = {"lr.eta0": {"loguniform": [1.0e-2, 1.0]}, "lr.gamma": {"uniform": [0.5, 1.0]}}
+
+
+def tiny_experiment(*strategies: dict[str, Any], **top: Any) -> dict[str, Any]:
+    """An experiment mapping over TINY_BASE: a large budget, 2 trials at once, the given strategies."""
+    return {"name": "tiny", "base": TINY_BASE, "budget_s": 1000.0, "max_concurrent": 2, "seed": 0,
+            "strategies": list(strategies), **top}
