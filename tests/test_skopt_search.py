@@ -309,7 +309,10 @@ def test_every_base_estimator_runs_with_numpy2_and_current_sklearn(estimator: st
 
 
 def test_missing_skopt_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray_rthpo.tune import _skopt_space
+
     monkeypatch.setattr(skopt_search, "skopt", None)
+    monkeypatch.setattr(_skopt_space, "skopt", None)
     with pytest.raises(ImportError, match="pip install scikit-optimize"):
         SkOptSearch(SPACE)
 

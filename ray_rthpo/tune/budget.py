@@ -36,6 +36,7 @@ from ray.tune.stopper import Stopper
 
 from ray_rthpo.errors import ConfigError
 from ray_rthpo.metrics import TOTAL_SECONDS
+from ray_rthpo.tune._results import lookup as _lookup
 
 logger = logging.getLogger(__name__)
 
@@ -46,20 +47,6 @@ def _finite(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _lookup(result: Mapping[str, Any], key: str) -> Any:
-    """``result[key]``, or the nested ``result["a"]["b"]`` for ``key="a/b"``; None when absent.
-
-    Ray hands stoppers the result as the trainable reported it (not flattened), so both a flat
-    ``{"time/total_s": 3.0}`` and a nested ``{"time": {"total_s": 3.0}}`` are found.
-    """
-    if key in result:
-        return result[key]
-    node: Any = result
-    for part in key.split("/"):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 class ComputeBudgetStopper(Stopper):
