@@ -175,7 +175,7 @@ def test_null_data_dir_finds_the_shared_copy_when_there_is_one() -> None:
 
 
 @pytest.mark.parametrize("name", ["compare_digits", "compare_mnist_mlp", "compare_mnist_lenet",
-                                  "compare_cifar10_resnet18"])
+                                  "compare_cifar10_resnet18", "compare_cifar100_resnet18"])
 def test_shipped_compare_configs_load(name: str) -> None:
     exp = E.load_experiment(REPO / "configs" / f"{name}.yaml", cwd=REPO)
     assert exp.strategies and exp.budget_s > 0
