@@ -79,11 +79,11 @@ def _train(args: argparse.Namespace) -> int:
                          "or choose another --output.")
     if args.resume and not checkpoint.is_file():
         raise RTHPOError(f"--resume: no checkpoint at {str(checkpoint)!r}; run without --resume to start afresh.")
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
     print(f"rthpo train: {config.lr.method} on {config.data.name}/{config.model.name}, "
           f"{config.train.epochs} epochs -> {out}", flush=True)
-    trainer = Trainer(config)
+    trainer = Trainer(config)  # loads the data: a missing or corrupt file fails before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
     if args.resume:
         trainer.load(checkpoint)
         print(f"resumed at epoch {trainer.epoch}", flush=True)

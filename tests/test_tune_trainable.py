@@ -111,3 +111,26 @@ def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_local: None, tm
     for key in (M.TRAIN_LOSS, M.VAL_LOSS, M.LR, M.HYPERGRAD, M.STEP):
         assert flaky[key].tolist() == plain[key].tolist(), key
     assert flaky[M.TOTAL_SECONDS].is_monotonic_increasing
+
+
+def test_a_worker_killed_with_sigkill_resumes_from_its_checkpoint_exactly(ray_local: None, tmp_path: Path) -> None:
+    from tune_helpers import killed_once_train_fn
+
+    config = flat_config(**{"lr.method": "rthpo", "lr.beta": 1.0e-3, "train.epochs": 4})
+    runs = {}
+    for name, fn, extra in (("plain", T.train_fn, {}),
+                            ("killed", killed_once_train_fn, {"test.marker": str(tmp_path / "killed")})):
+        grid = tune.Tuner(
+            fn, param_space={**config, **extra},
+            run_config=tune.RunConfig(storage_path=str(tmp_path), name=name, verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=1)),
+        ).fit()
+        assert not grid.errors, grid.errors
+        runs[name] = grid[0]
+    assert (tmp_path / "killed").exists()  # the worker process did die once
+    plain, killed = runs["plain"].metrics, runs["killed"].metrics
+    assert killed[M.EPOCH] == 4 and killed[M.STATUS] == M.STATUS_FINISHED
+    for key in (M.TRAIN_LOSS, M.VAL_LOSS, M.VAL_ACC, M.TEST_ACC, M.LR, M.HYPERGRAD, M.STEP):
+        assert killed[key] == plain[key], key
+    epochs = runs["killed"].metrics_dataframe[M.EPOCH].tolist()
+    assert epochs[-2:] == [3, 4] and 1 not in epochs[2:]  # continued from a checkpoint, not from scratch

@@ -18,3 +18,33 @@ def tiny_experiment(*strategies: dict[str, Any], **top: Any) -> dict[str, Any]:
     """An experiment mapping over TINY_BASE: a large budget, 2 trials at once, the given strategies."""
     return {"name": "tiny", "base": TINY_BASE, "budget_s": 1000.0, "max_concurrent": 2, "seed": 0,
             "strategies": list(strategies), **top}
+
+
+def killed_once_train_fn(config: dict[str, Any]) -> None:
+    """The real ``train_fn``, whose worker process kills itself with SIGKILL right after reporting epoch 2
+    (its checkpoint included), the first time only: ``config["test.marker"]`` is a file that records it."""
+    import os
+    import signal
+    from pathlib import Path
+
+    from ray import tune
+
+    from ray_rthpo.tune import trainable
+
+    config = dict(config)
+    marker = Path(config.pop("test.marker"))
+    real_report = tune.report
+    calls: list[int] = []
+
+    def report(metrics: dict[str, Any], checkpoint: Any = None) -> None:
+        real_report(metrics, checkpoint=checkpoint)
+        calls.append(1)
+        if len(calls) == 2 and not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)  # a real dying worker: no exception, no cleanup
+
+    tune.report = report
+    try:
+        trainable.train_fn(config)
+    finally:
+        tune.report = real_report

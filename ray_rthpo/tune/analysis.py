@@ -201,6 +201,10 @@ def plot_lr_trajectories(df: pd.DataFrame) -> Any:
         method = str(trial["method"].iloc[0]) if "method" in trial else ""
         note = " lr multiplier" if method == "adadelta" else ""
         label = f"{strategy} ({method}{note}), chosen epoch {int(best[M.EPOCH])}"
+        if M.DIVERGED in group:
+            diverged = int(group.groupby(TRIAL_ID)[M.DIVERGED].any().sum())
+            label += (" DIVERGED" if bool(best[M.DIVERGED]) else "") + (f"; {diverged} trial(s) diverged"
+                                                                         if diverged else "")
         (line,) = ax.plot(epochs, [max(v, 1e-12) for v in lrs], marker=markers[i % len(markers)], markersize=4,
                           linestyle=styles[i % len(styles)], label=label, markerfacecolor="none")
         ax.plot([int(best[M.EPOCH])], [max(float(best[M.LR]), 1e-12)], marker="*", markersize=11,

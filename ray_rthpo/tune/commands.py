@@ -4,6 +4,7 @@
     rthpo run configs/compare_digits.yaml --strategy rthpo          # one strategy = one Tune experiment
     rthpo compare configs/compare_mnist_mlp.yaml --set budget_s=120 --output runs/mnist
     rthpo compare configs/compare_digits.yaml --address auto        # on a running Ray cluster
+    rthpo compare configs/compare_digits.yaml --output runs/x --resume   # continue a killed/interrupted one
 
 Ray is imported only when one of these runs, so ``rthpo train`` never pays for it.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -27,6 +29,9 @@ def _experiment_arguments(parser: argparse.ArgumentParser) -> None:
                              "starting a local Ray")
     parser.add_argument("--num-cpus", type=int, default=None, metavar="N",
                         help="CPUs of the local Ray (default: all); ignored with --address")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted experiment in --output (same config and --set values): "
+                             "finished strategies and trials are not rerun")
 
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,13 +54,31 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
     else:
         strategies = list(exp.strategies)
         stem = Path(args.config).stem
-    out = Path(args.output) if args.output else default_output(stem)
+    out = Path(args.output) if args.output else default_output(stem, resume=args.resume)
     if args.num_cpus is not None and args.num_cpus < 1:
         raise RTHPOError(f"--num-cpus must be >= 1, but got {args.num_cpus}.")
+    from ray_rthpo.tune.compare import prepare_output
+
+    # Refuse a bad --output before Ray starts (prepare_output runs again, and creates it, once Ray is up).
+    if args.resume or out.exists():
+        import yaml
+
+        if out.exists():
+            prepare_output(out, resume=args.resume, config_text=yaml.safe_dump(exp.to_dict(), sort_keys=False))
+        else:
+            prepare_output(out, resume=True)  # raises: nothing to resume
+    again = shlex.join(["rthpo", command, args.config, *(["--strategy", strategy_name] if strategy_name else []),
+                        *[a for o in args.overrides for a in ("--set", o)],
+                        *(["--address", args.address] if args.address else []), "--output", str(out), "--resume"])
     start = time.time()
     print(f"rthpo {command}: {len(strategies)} strateg{'y' if len(strategies) == 1 else 'ies'} "
           f"({', '.join(s.name for s in strategies)}) on {exp.base.data.name}/{exp.base.model.name}, "
           f"{exp.budget_s:g} compute-s each -> {out}", flush=True)
+    if not args.address and not os.environ.get("RAY_ADDRESS"):  # on a cluster the data may live on the workers
+        from ray_rthpo.tune.data_paths import check_data
+
+        for strategy in strategies:
+            check_data(exp.run_config(strategy))  # a missing or truncated data file: fail before Ray starts
     from ray_rthpo.tune.runner import init_ray
 
     # Ctrl-C: stop everything (Tune's own handler would only end the current strategy, then go on).
@@ -68,9 +91,9 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
           flush=True)
     try:
         result = run_comparison(exp, out, joined=joined, strategies=strategies,
-                                progress=lambda line: print(line, flush=True))
+                                progress=lambda line: print(line, flush=True), resume=args.resume)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; finished strategies are in {out}/trials.csv.", file=sys.stderr)
+        print(f"\ninterrupted; every finished epoch is kept in {out}. Continue with: {again}", file=sys.stderr)
         return 130
     print()
     print(result.markdown, end="")

@@ -17,11 +17,13 @@ Output folder (every file written atomically)::
     lr_trajectories.png  eta per epoch of each strategy's best-by-validation run
     config.yaml          the resolved experiment config
     ray/                 Ray Tune's storage (checkpoints, Ray's own result files), unless storage_path is set
+    progress/            per strategy: every reported epoch as it arrived (NAME.jsonl), NAME.done.json once over
 """
 
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,10 +38,13 @@ from ray_rthpo.results_io import atomic_save_figure, atomic_write_bytes, atomic_
 from ray_rthpo.tune import analysis
 from ray_rthpo.tune.data_paths import check_data
 from ray_rthpo.tune.experiment_config import ExperimentConfig, StrategyConfig
-from ray_rthpo.tune.runner import ProgressFn, run_strategy, trial_resources
+from ray_rthpo.tune.runner import ProgressFn, load_rows, run_strategy, trial_resources
 
 #: Files whose presence means a folder already holds an experiment (never overwritten silently).
 MARKERS = ("config.yaml", "summary.md", "trials.csv", "ray")
+#: Sub-folder of the output holding each strategy's journal (``NAME.jsonl``, every reported epoch as it
+#: arrives) and, once the strategy is over, ``NAME.done.json`` (its wall seconds and errors).
+PROGRESS_DIR = "progress"
 
 
 @dataclass(frozen=True)
@@ -53,14 +58,25 @@ class ComparisonResult:
     output: Path
 
 
-def prepare_output(out: Path, *, resume: bool = False) -> Path:
-    """Create ``out``; refuse a folder that already holds an experiment (resuming one is future work)."""
+def prepare_output(out: Path, *, resume: bool = False, config_text: str | None = None) -> Path:
+    """Create ``out``; refuse a folder that already holds an experiment unless ``resume``.
+
+    With ``resume``, ``out`` must hold an experiment whose ``config.yaml`` equals ``config_text`` (when
+    given): resuming with other settings would mix two experiments in one table.
+    """
     held = [m for m in MARKERS if (out / m).exists()]
     if held and not resume:
         raise RTHPOError(f"output folder {str(out)!r} already holds an experiment ({', '.join(held)}); "
-                         "choose another --output (or delete that folder).")
+                         "continue it with --resume, or choose another --output (or delete that folder).")
     if resume:
-        raise RTHPOError("resuming an experiment is not supported yet; start it afresh with another --output.")
+        saved = out / "config.yaml"
+        if not saved.is_file():
+            raise RTHPOError(f"--resume: {str(saved)!r} does not exist, so {str(out)!r} holds no experiment to "
+                             "resume; run without --resume to start it.")
+        if config_text is not None and saved.read_text(encoding="utf-8") != config_text:
+            raise RTHPOError(f"--resume: the experiment in {str(out)!r} was started with another config "
+                             f"(see {str(saved)!r}); resume with the same config file and --set values, or "
+                             "start afresh with another --output.")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -113,27 +129,48 @@ def summary_markdown(exp: ExperimentConfig, summary: pd.DataFrame, resources: di
 
 def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
                    strategies: Sequence[StrategyConfig] | None = None,
-                   progress: ProgressFn = print) -> ComparisonResult:
+                   progress: ProgressFn = print, resume: bool = False) -> ComparisonResult:
     """Run ``strategies`` (default: all of ``exp``'s) sequentially, each under ``exp.budget_s``, and
-    write the output folder ``out`` (see the module doc). Ray must be initialised (:func:`init_ray`)."""
+    write the output folder ``out`` (see the module doc). Ray must be initialised (:func:`init_ray`).
+
+    ``resume``: continue the interrupted experiment in ``out`` (same config): strategies that had
+    finished are read back, not rerun; the one that was running is restored from Ray's experiment state
+    (its finished trials kept, the others continued from their last checkpoint, the searcher restored,
+    the compute already spent counted against the budget); the rest run as usual."""
     start = time.time()
     strategies = list(strategies or exp.strategies)
     if not joined:  # on a cluster the data may live on the workers only
         for strategy in strategies:
             check_data(exp.run_config(strategy))
     resources = trial_resources(exp, joined=joined, note=progress)
-    out = prepare_output(Path(out))  # checked first: a refused experiment leaves no folder behind
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(exp.to_dict(), sort_keys=False))
+    config_text = yaml.safe_dump(exp.to_dict(), sort_keys=False)
+    out = prepare_output(Path(out), resume=resume, config_text=config_text)  # checked before anything is written
+    if not resume:
+        atomic_write_text(out / "config.yaml", config_text)
     storage = ray_storage(exp, out)
+    journals = out / PROGRESS_DIR
+    journals.mkdir(exist_ok=True)
     tables: list[pd.DataFrame] = []
     walls: dict[str, float] = {}
     errors: dict[str, tuple[str, ...]] = {}
     for i, strategy in enumerate(strategies, 1):
         config = exp.run_config(strategy)
+        journal, done = journals / f"{strategy.name}.jsonl", journals / f"{strategy.name}.done.json"
+        if resume and done.is_file():  # finished before the interruption: never rerun
+            state = json.loads(done.read_text(encoding="utf-8"))
+            walls[strategy.name], errors[strategy.name] = float(state["wall_s"]), tuple(state["errors"])
+            table = pd.DataFrame(load_rows(journal))
+            if not table.empty:
+                tables.append(table)
+            progress(f"== [{i}/{len(strategies)}] {strategy.name}: finished before the interruption "
+                     f"({table['trial_id'].nunique() if not table.empty else 0} trials), not rerun")
+            continue
         progress(f"== [{i}/{len(strategies)}] {strategy.name}: {config.lr.method} by {strategy.searcher}"
                  f"{' + ASHA' if strategy.scheduler == 'asha' else ''}, budget {exp.budget_s:g} compute-s")
-        outcome = run_strategy(exp, strategy, storage_path=storage, resources=resources, progress=progress)
+        outcome = run_strategy(exp, strategy, storage_path=storage, resources=resources, progress=progress,
+                               journal=journal, resume=resume)
         walls[strategy.name], errors[strategy.name] = outcome.wall_s, outcome.errors
+        atomic_write_text(done, json.dumps({"wall_s": outcome.wall_s, "errors": list(outcome.errors)}))
         for err in outcome.errors[:3]:
             progress(f"[{strategy.name}] trial error: {err}")
         if not outcome.table.empty:
@@ -146,6 +183,7 @@ def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
         first = next((e[0] for e in errors.values() if e), "no trial reported an epoch")
         raise RTHPOError(f"every trial failed (e.g. {first}); Ray's logs are in {storage}.")
     trials = pd.concat(tables, ignore_index=True)
+    write_trials(trials, out)  # again: a resumed experiment may have read every strategy back
     summary = analysis.summary_table(trials, walls)
     wall = time.time() - start
     markdown = summary_markdown(exp, summary, resources, errors, wall)
@@ -157,4 +195,4 @@ def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
 
 
 __all__ = ["ComparisonResult", "run_comparison", "prepare_output", "ray_storage", "write_trials", "summary_markdown",
-           "MARKERS"]
+           "MARKERS", "PROGRESS_DIR"]

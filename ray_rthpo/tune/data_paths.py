@@ -7,6 +7,7 @@ command; :func:`check_data` fails before Ray starts when a local dataset is miss
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from ray_rthpo import _datasets_io as dio
@@ -52,6 +53,16 @@ def check_data(config: Config) -> None:
     if name != "cifar100" and not _holds(root, name):  # cifar100 is read by torchvision: not checked here
         raise DataError(f"{name} not found in data.data_dir {str(root)!r}; point --set data.data_dir=... at the "
                         "folder that holds it, or --set data.download=true with internet.")
+    if name in dio.IDX_FOLDERS:  # small enough to read here: a truncated file fails now, not in every trial
+        folder = dio.find_idx_dir(root, name)
+        if folder is not None:
+            _check_idx(folder, tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir())))
+
+
+@functools.lru_cache(maxsize=8)
+def _check_idx(folder: Path, stamp: tuple[tuple[str, int], ...]) -> None:
+    """Read and validate the four IDX files of ``folder`` once per content stamp (raises DataError)."""
+    dio.load_idx(folder)
 
 
 __all__ = ["resolve_data_dir", "check_data"]

@@ -16,12 +16,14 @@ once the trials' compute seconds (``time/total_s``) add up to ``budget_s``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -52,6 +54,8 @@ def _quiet_ray() -> None:
     """Ray's own console output off (our callback prints one line per trial); set before Tune runs."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Save Tune's experiment state (trials, searcher) often, so a killed driver resumes from recent state.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -123,17 +127,37 @@ def _scheduler(exp: ExperimentConfig, strategy: StrategyConfig) -> Any:
                          reduction_factor=strategy.asha.reduction_factor)
 
 
+def load_rows(path: str | Path | None) -> list[dict[str, Any]]:
+    """The rows a :func:`run_strategy` journal (JSON lines) holds, one per reported epoch; the last report
+    of each (trial, epoch) wins (a trial restored from its checkpoint reports the next epochs again). A
+    line cut short by a crash is skipped. A missing file gives no rows."""
+    if path is None or not Path(path).is_file():
+        return []
+    rows: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # the half-written last line of a killed driver
+        if isinstance(row, dict):
+            rows[(row.get("trial_id"), row.get(M.EPOCH))] = row
+    return list(rows.values())
+
+
 def _callback_class() -> type:
     from ray import tune
 
     class ProgressCallback(tune.Callback):
-        """Collects every reported epoch as a row and prints one line per finished trial."""
+        """Collects every reported epoch as a row (also appended to ``journal``, so a killed driver loses
+        nothing that was reported) and prints one line per finished trial."""
 
-        def __init__(self, exp: ExperimentConfig, strategy: StrategyConfig, progress: ProgressFn) -> None:
+        def __init__(self, exp: ExperimentConfig, strategy: StrategyConfig, progress: ProgressFn,
+                     journal: Path | None = None, rows: list[dict[str, Any]] | None = None) -> None:
             self.exp, self.strategy, self.progress = exp, strategy, progress
             self.searched = list(exp.space_of(strategy))
             self.method = exp.run_config(strategy).lr.method
-            self.rows: list[dict[str, Any]] = []
+            self.rows: list[dict[str, Any]] = list(rows or [])
+            self.journal = journal
             self.compute = 0.0
             self.start = time.time()
             self.ended: set[str] = set()
@@ -151,6 +175,10 @@ def _callback_class() -> type:
             row["time/wall_elapsed_s"] = now - self.start
             self.compute += float(result.get(M.EPOCH_SECONDS, 0.0))
             self.rows.append(row)
+            if self.journal is not None:
+                with open(self.journal, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(row, default=_jsonable) + "\n")
+                    fh.flush()
 
         def _line(self, trial: Any, how: str) -> None:
             if trial.trial_id in self.ended:
@@ -179,9 +207,24 @@ def _callback_class() -> type:
         def on_experiment_end(self, trials: list, **info: Any) -> None:
             for trial in trials:
                 if trial.trial_id not in self.ended and any(r["trial_id"] == trial.trial_id for r in self.rows):
-                    self._line(trial, "stopped by the budget")
+                    last = max(r.get(M.EPOCH, 0) for r in self.rows if r["trial_id"] == trial.trial_id)
+                    complete = last == trial.config.get("train.epochs") or any(
+                        r.get(M.DIVERGED) for r in self.rows if r["trial_id"] == trial.trial_id)
+                    self._line(trial, "done" if complete else "stopped by the budget")
 
     return ProgressCallback
+
+
+def _jsonable(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def _dedupe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last row of each (trial, epoch), in the order first seen."""
+    last: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for row in rows:
+        last[(row.get("trial_id"), row.get(M.EPOCH))] = row
+    return list(last.values())
 
 
 def _short(value: Any) -> str:
@@ -189,9 +232,17 @@ def _short(value: Any) -> str:
 
 
 def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_path: str,
-                 resources: dict[str, float] | None = None, progress: ProgressFn = print) -> StrategyOutcome:
+                 resources: dict[str, float] | None = None, progress: ProgressFn = print,
+                 journal: str | Path | None = None, resume: bool = False) -> StrategyOutcome:
     """Run ``strategy`` as one Tune experiment named after it under ``storage_path`` (absolute or a URI)
-    until its trials are done or its compute reaches ``exp.budget_s``; return every reported epoch."""
+    until its trials are done or its compute reaches ``exp.budget_s``; return every reported epoch.
+
+    ``journal``: a JSON-lines file every reported epoch is appended to as it arrives. ``resume``: when
+    ``<storage_path>/<strategy name>`` holds this strategy's interrupted Tune experiment, restore it
+    (``Tuner.restore``: finished trials are kept, unfinished and errored ones continue from their last
+    checkpoint, the searcher's state is restored) instead of starting afresh; the journal's earlier rows
+    are kept and their compute seeds the budget stopper, so the budget is counted once.
+    """
     from ray import tune
 
     from ray_rthpo.tune.budget import ComputeBudgetStopper
@@ -199,29 +250,59 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
     from ray_rthpo.tune.trainable import fresh_train_fn
 
     _quiet_ray()
-    callback = _callback_class()(exp, strategy, progress)
-    search_alg = build_searcher(strategy.searcher, seed=exp.seed, options=strategy.searcher_options,
-                                max_concurrent=exp.max_concurrent)
-    tuner = tune.Tuner(
-        tune.with_resources(fresh_train_fn(), resources or exp.resources.as_ray()),
-        param_space=param_space(exp, strategy),
-        tune_config=tune.TuneConfig(
-            metric=M.SELECTION_METRIC, mode=M.SELECTION_MODE,
-            search_alg=search_alg, scheduler=_scheduler(exp, strategy), num_samples=exp.num_samples(strategy),
-            max_concurrent_trials=None if is_basic(search_alg) else exp.max_concurrent, reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=strategy.name, storage_path=storage_path, verbose=0, callbacks=[callback],
-            stop=ComputeBudgetStopper(exp.budget_s),
-            failure_config=tune.FailureConfig(max_failures=exp.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
-    )
+    experiment_path = f"{storage_path.rstrip('/')}/{strategy.name}"
+    restoring = resume and tune.Tuner.can_restore(experiment_path)
+    earlier = load_rows(journal) if restoring else []
+    if restoring and journal is not None and Path(journal).is_file():
+        with open(journal, "rb+") as fh:  # end a line cut short by the kill, so the next row starts clean
+            fh.seek(0, os.SEEK_END)
+            if fh.tell() and (fh.seek(-1, os.SEEK_END), fh.read(1))[1] != b"\n":
+                fh.write(b"\n")
+    if journal is not None and not restoring and Path(journal).exists():
+        Path(journal).unlink()  # rows of a run that never got as far as Ray's experiment state
+    callback = _callback_class()(exp, strategy, progress, Path(journal) if journal else None, earlier)
+    stopper = ComputeBudgetStopper(exp.budget_s)
+    latest: dict[str, float] = {}
+    for row in earlier:  # the compute of the interrupted run, counted once per trial
+        seconds = row.get(M.TOTAL_SECONDS)
+        if isinstance(seconds, (int, float)) and math.isfinite(seconds):
+            latest[str(row["trial_id"])] = max(latest.get(str(row["trial_id"]), 0.0), float(seconds))
+    for trial_id, seconds in latest.items():
+        stopper(trial_id, {M.TOTAL_SECONDS: seconds})
+    trainable = tune.with_resources(fresh_train_fn(), resources or exp.resources.as_ray())
+    if restoring:
+        progress(f"[{strategy.name}] resuming the Tune experiment in {experiment_path} "
+                 f"({len(latest)} trial(s) already reported, {stopper.spent_s:.1f} compute-s spent)")
+        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True, param_space=param_space(exp, strategy))
+        # Tuner.restore brings back the RunConfig pickled when the experiment *started*: its stopper has
+        # forgotten the compute spent since, and its callback is a copy this process cannot read. Put in
+        # the live ones (Ray has no public argument for this).
+        run_config = tuner._local_tuner.get_run_config()
+        run_config.callbacks = [callback]
+        run_config.stop = stopper
+    else:
+        search_alg = build_searcher(strategy.searcher, seed=exp.seed, options=strategy.searcher_options,
+                                    max_concurrent=exp.max_concurrent)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(exp, strategy),
+            tune_config=tune.TuneConfig(
+                metric=M.SELECTION_METRIC, mode=M.SELECTION_MODE,
+                search_alg=search_alg, scheduler=_scheduler(exp, strategy), num_samples=exp.num_samples(strategy),
+                max_concurrent_trials=None if is_basic(search_alg) else exp.max_concurrent, reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=strategy.name, storage_path=storage_path, verbose=0, callbacks=[callback],
+                stop=stopper,
+                failure_config=tune.FailureConfig(max_failures=exp.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        )
     start = time.time()
     grid = tuner.fit()
     wall = time.time() - start
     errors = tuple(f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
                    for e in grid.errors)
-    return StrategyOutcome(strategy.name, pd.DataFrame(callback.rows), wall, errors,
-                           f"{storage_path.rstrip('/')}/{strategy.name}")
+    return StrategyOutcome(strategy.name, pd.DataFrame(_dedupe(callback.rows)), wall, errors, experiment_path)
 
 
-__all__ = ["StrategyOutcome", "init_ray", "trial_resources", "param_space", "run_strategy"]
+__all__ = ["StrategyOutcome", "init_ray", "trial_resources", "param_space", "run_strategy", "load_rows"]
