@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -30,8 +30,17 @@ HYPERGRADIENT_METHODS = ("rthpo", "marthe", "hd_train", "hd_val")
 SCHEDULE_METHODS = ("fixed", "exp_decay", "cosine")
 OPTIMIZER_METHODS = ("adadelta",)
 METHODS = HYPERGRADIENT_METHODS + SCHEDULE_METHODS + OPTIMIZER_METHODS
-HVP_MODES = ("auto", "double_backward", "forward_over_reverse")
+HVP_MODES = ("auto", "double_backward", "forward_over_reverse", "forward_over_reverse_bn")
 VAL_MODES = ("backward", "forward")
+#: lr.preset: which values the sub-sampling options take when a config leaves them at null.
+PRESETS = ("exact", "fast")
+#: The values behind each preset (docs/performance.md measures the cost and accuracy of ``fast``).
+#: ``fast``: the HVP on the first quarter of every 4th minibatch, the hypergradient every 4th step
+#: on the first half of the validation minibatch: about 1.4x the cost of an SGD step on CPU.
+PRESET_VALUES: dict[str, dict[str, float | int]] = {
+    "exact": {"hvp_every": 1, "hvp_batch_fraction": 1.0, "val_every": 1, "val_batch_fraction": 1.0},
+    "fast": {"hvp_every": 4, "hvp_batch_fraction": 0.25, "val_every": 4, "val_batch_fraction": 0.5},
+}
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
 
@@ -116,6 +125,15 @@ class OptimConfig:
         _non_negative("optim.weight_decay", self.weight_decay)
 
 
+class Subsampling(NamedTuple):
+    """The sub-sampled hypergradient settings in effect (:attr:`LRConfig.subsampling`)."""
+
+    hvp_every: int
+    hvp_batch_fraction: float
+    val_every: int
+    val_batch_fraction: float
+
+
 @dataclass(frozen=True)
 class LRConfig:
     """How the learning rate is chosen: a hypergradient method, a fixed schedule, or AdaDelta."""
@@ -137,18 +155,28 @@ class LRConfig:
     gamma: float = 0.9
     # cosine: eta goes from eta0 to eta_min over the run.
     eta_min: float = 0.0
-    # How the Hessian-vector product is computed: auto (measure both on the first batch, keep the
-    # faster; double_backward for BatchNorm models), double_backward or forward_over_reverse.
+    # How the Hessian-vector product is computed: auto (a fixed rule per model and device, see
+    # ray_rthpo.hypergrad.hvp.default_hvp_route; never a timing race, so runs reproduce),
+    # double_backward, forward_over_reverse (refuses BatchNorm), or forward_over_reverse_bn (the
+    # same with BatchNorm running statistics updated once outside torch.func).
     hvp: str = "auto"
     # How grad E(w) . z is computed: backward (a validation gradient) or forward (a JVP of the
-    # validation loss along z: one forward-mode pass, no backward).
+    # validation loss along z: one forward-mode pass, no backward). On CPU backward is never slower
+    # (docs/performance.md), so it is the default.
     val_mode: str = "backward"
-    # Sub-sampled hypergradients (the paper's proposal): the HVP on this fraction of the minibatch...
-    hvp_batch_fraction: float = 1.0
+    # exact | fast. Sub-sampled hypergradients (the paper's proposal to close the cost gap): the
+    # four options below, when left at null, take the preset's value (config.PRESET_VALUES);
+    # a value set explicitly always wins over the preset. exact = 1, 1.0, 1, 1.0.
+    preset: str = "exact"
+    # The HVP on this fraction of the minibatch (its first examples)...
+    hvp_batch_fraction: float | None = None
     # ... and only every k-th step (in between, the H z term of the tangent recursion is dropped).
-    hvp_every: int = 1
-    # The hypergradient (validation term) only every k-th step; eta is unchanged in between.
-    val_every: int = 1
+    hvp_every: int | None = None
+    # The hypergradient (validation term) only every k-th step; eta is unchanged in between and
+    # moves by k * beta * h on a due step (h stands for the k steps), so beta keeps its per-step scale.
+    val_every: int | None = None
+    # The validation term on this fraction of the validation minibatch (its first examples).
+    val_batch_fraction: float | None = None
 
     def __post_init__(self) -> None:
         check_choice("lr.method", self.method, METHODS)
@@ -164,15 +192,30 @@ class LRConfig:
         _non_negative("lr.eta_min", self.eta_min)
         check_choice("lr.hvp", self.hvp, HVP_MODES)
         check_choice("lr.val_mode", self.val_mode, VAL_MODES)
-        check(0.0 < self.hvp_batch_fraction <= 1.0,
-              f"lr.hvp_batch_fraction must be in (0, 1], but got {self.hvp_batch_fraction!r}.")
-        check(self.hvp_every >= 1, f"lr.hvp_every must be an integer >= 1, but got {self.hvp_every!r}.")
-        check(self.val_every >= 1, f"lr.val_every must be an integer >= 1, but got {self.val_every!r}.")
+        check_choice("lr.preset", self.preset, PRESETS)
+        for key in ("hvp_batch_fraction", "val_batch_fraction"):
+            value = getattr(self, key)
+            check(value is None or 0.0 < value <= 1.0,
+                  f"lr.{key} must be in (0, 1] (or null for the preset's value), but got {value!r}.")
+        for key in ("hvp_every", "val_every"):
+            value = getattr(self, key)
+            check(value is None or value >= 1,
+                  f"lr.{key} must be an integer >= 1 (or null for the preset's value), but got {value!r}.")
 
     @property
     def is_hypergradient(self) -> bool:
         """True for the methods that adapt eta online by a hypergradient."""
         return self.method in HYPERGRADIENT_METHODS
+
+    @property
+    def subsampling(self) -> Subsampling:
+        """The sub-sampling options in effect: each explicit value, else the value of ``lr.preset``."""
+        preset = PRESET_VALUES[self.preset]
+        values = {key: preset[key] if getattr(self, key) is None else getattr(self, key) for key in preset}
+        return Subsampling(hvp_every=int(values["hvp_every"]),
+                           hvp_batch_fraction=float(values["hvp_batch_fraction"]),
+                           val_every=int(values["val_every"]),
+                           val_batch_fraction=float(values["val_batch_fraction"]))
 
 
 @dataclass(frozen=True)
@@ -274,5 +317,5 @@ def save_config(config: Config, path: str | Path) -> None:
 __all__ = [
     "Config", "DataConfig", "ModelConfig", "OptimConfig", "LRConfig", "TrainConfig",
     "config_from_dict", "load_config", "load_yaml", "save_config", "parse_override",
-    "DATASETS", "MODELS", "METHODS", "HYPERGRADIENT_METHODS",
+    "DATASETS", "MODELS", "METHODS", "HYPERGRADIENT_METHODS", "PRESETS", "PRESET_VALUES", "Subsampling",
 ]

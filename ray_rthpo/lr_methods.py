@@ -29,6 +29,8 @@ from ray_rthpo.config import Config, LRConfig, OptimConfig
 from ray_rthpo.errors import ConfigError
 from ray_rthpo.hypergrad import functional as fn
 from ray_rthpo.hypergrad.hvp import (
+    HVP_ROUTES,
+    GradHVP,
     default_hvp_route,
     frozen_batchnorm_stats,
     grad_and_hvp_double_backward,
@@ -70,10 +72,19 @@ class HypergradientController:
     gradient), ``hd_train`` (mu = 0, the regularised training gradient ``d_t`` in place of grad E).
     The step at time t, with weights ``w_t`` and tangent ``z_t = dw_t/d eta``:
 
-    1. ``g_t`` and (if mu != 0) ``H_t z_t`` at ``w_t`` on the training minibatch;
+    1. ``g_t`` and (if mu != 0) ``H_t z_t`` at ``w_t`` on the training minibatch, in one pass
+       (``hvp_route``: ``double_backward``, ``forward_over_reverse`` or ``forward_over_reverse_bn``);
     2. ``h_t = grad E(w_t) . z_t`` and ``eta_t = clip(eta_{t-1} - beta h_t, 0, eta_max)``;
     3. the SGD step with ``eta_t`` (momentum and weight decay as in ``torch.optim.SGD``);
     4. ``z_{t+1} = mu z_t - eta_t u_{t+1} - v_{t+1}`` with the *current* ``eta_t``.
+
+    Sub-sampling (``lr_cfg.subsampling``, the paper's proposal): the HVP only every ``hvp_every``
+    steps (``H z`` dropped in between) on the first ``hvp_batch_fraction`` of the minibatch (the
+    gradient of the step stays the full-batch one), and step 2 only every ``val_every`` steps on
+    the first ``val_batch_fraction`` of the validation minibatch: eta is unchanged in between and
+    moves by ``val_every * beta * h_t`` on a due step, ``h_t`` standing for the ``val_every``
+    hypergradients since the last update, so that beta means the same per step as in exact RT-HPO. One
+    host sync per step: the loss's finiteness, read together with ``h_t`` when there is one.
     """
 
     def __init__(
@@ -82,9 +93,14 @@ class HypergradientController:
     ) -> None:
         if lr_cfg.method not in ("rthpo", "marthe", "hd_train", "hd_val"):
             raise ConfigError(f"lr.method {lr_cfg.method!r} is not a hypergradient method.")
+        if hvp_route not in HVP_ROUTES:
+            raise ConfigError(f"hvp_route must be one of {', '.join(HVP_ROUTES)}, but got {hvp_route!r}; "
+                              "resolve lr.hvp: auto with default_hvp_route first.")
         self.model = model
         self.optimizer = optimizer
         self.cfg = lr_cfg
+        self.sub = lr_cfg.subsampling
+        self.val_mode = lr_cfg.val_mode
         self.momentum = optim_cfg.momentum
         self.weight_decay = optim_cfg.weight_decay
         self.method = lr_cfg.method
@@ -93,7 +109,7 @@ class HypergradientController:
         if hvp_route == "forward_over_reverse" and has_batchnorm(model):
             raise ConfigError(
                 "lr.hvp is forward_over_reverse, but the model has BatchNorm, whose running statistics "
-                "torch.func cannot update; set lr.hvp to double_backward or auto."
+                "torch.func cannot update; set lr.hvp to forward_over_reverse_bn, double_backward or auto."
             )
         self.named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.named_params]
@@ -103,62 +119,70 @@ class HypergradientController:
         self.last_hypergrad = 0.0
 
     # -- the step -------------------------------------------------------------------------------
-    def _grad_and_hvp(self, x: torch.Tensor, y: torch.Tensor, want_hvp: bool) -> tuple[Any, list | None]:
+    def _grad_and_hvp(self, x: torch.Tensor, y: torch.Tensor, want_hvp: bool) -> tuple[GradHVP, list | None]:
+        """``g`` on the whole minibatch and, when ``want_hvp``, ``H z`` on its first examples."""
         if not want_hvp:
-            out = grad_and_hvp_double_backward(self.model, x, y, self.params, None)
-            return out, None
-        frac = self.cfg.hvp_batch_fraction
-        if frac < 1.0:
-            out = grad_and_hvp_double_backward(self.model, x, y, self.params, None)
-            k = max(1, int(round(frac * x.shape[0])))
-            with frozen_batchnorm_stats(self.model):
-                sub = self._route(x[:k], y[:k])
-            return out, sub.hz
-        out = self._route(x, y)
-        return out, out.hz
+            return grad_and_hvp_double_backward(self.model, x, y, self.params, None), None
+        k = _head_size(x.shape[0], self.sub.hvp_batch_fraction)
+        if k >= x.shape[0]:
+            out = self._route(x, y)  # g and H z in one pass: the gradient is never computed twice
+            return out, out.hz
+        out = grad_and_hvp_double_backward(self.model, x, y, self.params, None)
+        with frozen_batchnorm_stats(self.model):  # the full-batch forward already moved the statistics
+            sub = self._route(x[:k], y[:k])
+        return out, sub.hz
 
-    def _route(self, x: torch.Tensor, y: torch.Tensor) -> Any:
-        if self.hvp_route == "forward_over_reverse":
-            return grad_and_hvp_forward_over_reverse(self.model, x, y, self.named_params, self.z)
-        return grad_and_hvp_double_backward(self.model, x, y, self.params, self.z)
+    def _route(self, x: torch.Tensor, y: torch.Tensor) -> GradHVP:
+        if self.hvp_route == "double_backward":
+            return grad_and_hvp_double_backward(self.model, x, y, self.params, self.z)
+        return grad_and_hvp_forward_over_reverse(
+            self.model, x, y, self.named_params, self.z, replay_batchnorm=self.hvp_route == "forward_over_reverse_bn"
+        )
 
-    def _hypergradient(self, grads: list[torch.Tensor], val_batch: ValBatchFn | None) -> float:
+    def _hypergradient(self, grads: list[torch.Tensor], val_batch: ValBatchFn | None) -> torch.Tensor:
+        """``h_t`` as a 0-d tensor (no host sync): eq. (5), or eq. (6) for ``hd_train``."""
         if self.method == "hd_train":
-            d = self._regularised(grads)
-            return fn.hypergradient(d, self.z)
+            return fn.dot(self._regularised(grads), self.z)
         if val_batch is None:
             raise ValueError(f"lr.method {self.method!r} needs a validation batch every step; pass val_batch.")
         xv, yv = val_batch()
-        if self.cfg.val_mode == "forward":
+        k = _head_size(xv.shape[0], self.sub.val_batch_fraction)
+        xv, yv = xv[:k], yv[:k]
+        if self.val_mode == "forward":
             _, h = validation_directional_derivative(self.model, xv, yv, self.named_params, self.z)
-            return float(h)
+            return h
         _, grad_e = validation_gradient(self.model, xv, yv, self.params)
-        return fn.hypergradient(grad_e, self.z)
+        return fn.dot(grad_e, self.z)
 
     def _regularised(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.weight_decay == 0.0:
             return grads
-        return [g + self.weight_decay * p.detach() for g, p in zip(grads, self.params, strict=True)]
+        return torch._foreach_add(grads, [p.detach() for p in self.params], alpha=self.weight_decay)
 
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, *, epoch: int = 0, val_batch: ValBatchFn | None = None
     ) -> StepOutput:
         """One RT-HPO/MARTHE/first-order step on minibatch ``(x, y)``; see the class docstring."""
         t = self.step_count
-        want_hvp = self.mu != 0.0 and t % self.cfg.hvp_every == 0
+        want_hvp = self.mu != 0.0 and t % self.sub.hvp_every == 0
         out, hz = self._grad_and_hvp(x, y, want_hvp)
-        if not bool(torch.isfinite(out.loss)):
-            return StepOutput(out.loss, out.logits, read_lr(self.optimizer), None, 0.0, True)
         start = time.perf_counter()
         eta = read_lr(self.optimizer)
         h: float | None = None
-        if t > 0 and t % self.cfg.val_every == 0:  # z_0 = 0, so h_0 = 0: skip the work
-            h = self._hypergradient(out.grads, val_batch)
+        if t > 0 and t % self.sub.val_every == 0:  # z_0 = 0, so h_0 = 0: skip the work
+            h_tensor = self._hypergradient(out.grads, val_batch)
+            loss_value, h = torch.stack([out.loss.double(), h_tensor.double()]).tolist()  # the one sync
+            if not math.isfinite(loss_value):
+                return StepOutput(out.loss, out.logits, eta, None, 0.0, True)
             if not math.isfinite(h):
                 return StepOutput(out.loss, out.logits, eta, h, time.perf_counter() - start, True)
-            eta = fn.lr_step(eta, h, beta=self.cfg.beta, eta_max=self.cfg.eta_max, clip=self.cfg.hypergrad_clip)
+            # h_t stands for the val_every steps since the last update, so beta keeps its per-step scale.
+            eta = fn.lr_step(eta, h, beta=self.cfg.beta * self.sub.val_every, eta_max=self.cfg.eta_max,
+                             clip=self.cfg.hypergrad_clip)
             write_lr(self.optimizer, eta)
             self.last_hypergrad = h
+        elif not bool(torch.isfinite(out.loss)):  # the one sync of a step without a hypergradient
+            return StepOutput(out.loss, out.logits, eta, None, 0.0, True)
         hyper_s = time.perf_counter() - start
 
         direction = self._regularised(out.grads) if self.momentum == 0.0 else None
@@ -169,16 +193,8 @@ class HypergradientController:
             direction = [self.optimizer.state[p]["momentum_buffer"] for p in self.params]
 
         start = time.perf_counter()
-        if hz is None and self.mu != 0.0:
-            self.z, self.u = fn.tangent_step_without_hvp(
-                self.z, self.u, direction, eta=eta, mu=self.mu, momentum=self.momentum,
-                weight_decay=self.weight_decay,
-            )
-        else:
-            self.z, self.u = fn.tangent_step(
-                self.z, self.u, hz, direction, eta=eta, mu=self.mu, momentum=self.momentum,
-                weight_decay=self.weight_decay,
-            )
+        fn.tangent_step_(self.z, self.u, hz, direction, eta=eta, mu=self.mu, momentum=self.momentum,
+                         weight_decay=self.weight_decay)
         self.step_count += 1
         hyper_s += time.perf_counter() - start
         return StepOutput(out.loss, out.logits, eta, h, hyper_s, False)
@@ -197,14 +213,20 @@ class HypergradientController:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved (tensors are copied onto the parameters' devices)."""
-        self.z = [t.to(p.device, p.dtype) for t, p in zip(state["z"], self.params, strict=True)]
+        # Copies: the tangents are updated in place, and must never alias the caller's state dict.
+        self.z = [t.to(p.device, p.dtype, copy=True) for t, p in zip(state["z"], self.params, strict=True)]
         self.u = None if state["u"] is None else [
-            t.to(p.device, p.dtype) for t, p in zip(state["u"], self.params, strict=True)
+            t.to(p.device, p.dtype, copy=True) for t, p in zip(state["u"], self.params, strict=True)
         ]
         self.mu = float(state["mu"])
         self.step_count = int(state["step"])
         self.last_hypergrad = float(state["last_hypergrad"])
         self.hvp_route = str(state.get("hvp_route", self.hvp_route))
+
+
+def _head_size(n: int, fraction: float) -> int:
+    """How many leading examples of a batch of ``n`` a sub-sampling ``fraction`` keeps (at least 1)."""
+    return n if fraction >= 1.0 else max(1, min(n, int(round(fraction * n))))
 
 
 def scheduled_lr(lr_cfg: LRConfig, *, epoch: int, step: int, total_steps: int) -> float:

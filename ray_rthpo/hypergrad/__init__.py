@@ -9,6 +9,7 @@ from ray_rthpo.hypergrad.functional import (
     hypergradient,
     lr_step,
     tangent_step,
+    tangent_step_,
     tangent_step_without_hvp,
 )
 
@@ -18,5 +19,6 @@ __all__ = [
     "hypergradient",
     "lr_step",
     "tangent_step",
+    "tangent_step_",
     "tangent_step_without_hvp",
 ]

@@ -32,12 +32,12 @@ Tensors = Sequence[torch.Tensor]
 
 
 def dot(a: Tensors, b: Tensors) -> torch.Tensor:
-    """Inner product ``sum_i <a_i, b_i>`` of two parameter-shaped lists, as a 0-d tensor."""
+    """Inner product ``sum_i <a_i, b_i>`` of two parameter-shaped lists, as a 0-d tensor (no host sync)."""
     if len(a) != len(b):
         raise ValueError(f"dot needs lists of equal length, but got {len(a)} and {len(b)} tensors.")
     if not a:
         raise ValueError("dot needs at least one tensor.")
-    return torch.stack([torch.sum(x * y) for x, y in zip(a, b, strict=True)]).sum()
+    return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b, strict=True)]).sum()
 
 
 def hypergradient(grad_e: Tensors, z: Tensors) -> float:
@@ -91,25 +91,12 @@ def tangent_step(
     ``hz`` is ``H_t z_t`` (``None`` is allowed only when ``mu == 0``: the term is discounted away),
     ``v_next`` is ``v_{t+1}`` (the direction the optimizer stepped along, weight decay included),
     ``eta`` is the learning rate ``eta_t`` used for this very step (never a stale copy). ``w`` is
-    unused and kept for signature symmetry with the reference implementation.
+    unused and kept for signature symmetry with the reference implementation. The per-parameter
+    loops are fused into ``torch._foreach_*`` kernels.
     """
     if hz is None and mu != 0.0:
         raise ValueError(f"tangent_step needs the Hessian-vector product unless mu == 0, but mu = {mu!r}.")
-    if momentum != 0.0 and u is None:
-        raise ValueError("tangent_step needs the velocity tangent u when momentum != 0.")
-    if mu == 0.0:
-        z_next = [-v for v in v_next]
-        u_next = [torch.zeros_like(v) for v in v_next] if momentum != 0.0 else None
-        return z_next, u_next
-    assert hz is not None  # for type checkers; guarded above
-    u_next: list[torch.Tensor] = []
-    for i, (zi, hzi) in enumerate(zip(z, hz, strict=True)):
-        a = hzi + weight_decay * zi if weight_decay != 0.0 else hzi
-        if momentum != 0.0:
-            a = a + momentum * u[i]  # type: ignore[index]
-        u_next.append(mu * a)
-    z_next = [mu * zi - eta * ui - vi for zi, ui, vi in zip(z, u_next, v_next, strict=True)]
-    return z_next, (u_next if momentum != 0.0 else None)
+    return _tangent_update(z, u, hz, v_next, eta=eta, mu=mu, momentum=momentum, weight_decay=weight_decay)
 
 
 @torch.no_grad()
@@ -122,5 +109,75 @@ def tangent_step_without_hvp(
     Used between HVP steps when ``hvp_every > 1``: ``u_{t+1} = mu (m u_t + lam z_t)``,
     ``z_{t+1} = mu z_t - eta_t u_{t+1} - v_{t+1}`` (for plain SGD: ``z_{t+1} = mu z_t - v_{t+1}``).
     """
-    zeros = [torch.zeros_like(zi) for zi in z]
-    return tangent_step(z, u, zeros, v_next, eta=eta, mu=mu, momentum=momentum, weight_decay=weight_decay)
+    return _tangent_update(z, u, None, v_next, eta=eta, mu=mu, momentum=momentum, weight_decay=weight_decay)
+
+
+def _tangent_update(
+    z: Tensors, u: Tensors | None, hz: Tensors | None, v_next: Tensors, *, eta: float, mu: float,
+    momentum: float, weight_decay: float,
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """``u_{t+1} = mu (m u_t + H z_t + lam z_t)``, ``z_{t+1} = mu z_t - eta u_{t+1} - v_{t+1}``.
+
+    ``hz=None`` drops the Hessian term. Every term is one ``torch._foreach_*`` call over all tensors.
+    """
+    if momentum != 0.0 and u is None:
+        raise ValueError("tangent_step needs the velocity tangent u when momentum != 0.")
+    if mu == 0.0:
+        z_next = torch._foreach_neg(list(v_next))
+        u_next = [torch.zeros_like(v) for v in v_next] if momentum != 0.0 else None
+        return z_next, u_next
+    z, v_next = list(z), list(v_next)
+    # u_{t+1} = mu * H z + mu * lam * z + mu * m * u   (terms that are zero are skipped)
+    u_next: list[torch.Tensor] | None = None
+    for coef, term in ((mu, hz), (mu * weight_decay, z if weight_decay != 0.0 else None),
+                       (mu * momentum, u if momentum != 0.0 else None)):
+        if term is None:
+            continue
+        if u_next is None:
+            u_next = torch._foreach_mul(list(term), coef)
+        else:
+            torch._foreach_add_(u_next, list(term), alpha=coef)
+    z_next = torch._foreach_mul(z, mu)
+    if u_next is not None:
+        torch._foreach_add_(z_next, u_next, alpha=-eta)
+    torch._foreach_sub_(z_next, v_next)
+    return z_next, (u_next if momentum != 0.0 else None)
+
+
+@torch.no_grad()
+def tangent_step_(
+    z: Tensors, u: Tensors | None, hz: Tensors | None, v_next: Tensors, *, eta: float, mu: float,
+    momentum: float, weight_decay: float,
+) -> None:
+    """:func:`tangent_step` in place: ``z`` (and ``u``) become ``z_{t+1}`` (and ``u_{t+1}``).
+
+    ``hz=None`` drops the Hessian term (the sub-sampled steps of ``hvp_every > 1``, or ``mu == 0``).
+    Without momentum ``z_{t+1} = mu (1 - eta lam) z_t - eta mu H z_t - v_{t+1}``: two passes over the
+    parameters for RT-HPO, no allocation. With momentum ``u`` is updated first, then ``z`` from it.
+    """
+    if momentum != 0.0 and u is None:
+        raise ValueError("tangent_step_ needs the velocity tangent u when momentum != 0.")
+    z, v_next = list(z), list(v_next)
+    if mu == 0.0:  # z_{t+1} = -v_{t+1}, u_{t+1} = 0
+        torch._foreach_copy_(z, v_next)
+        torch._foreach_neg_(z)
+        if u is not None:
+            torch._foreach_zero_(list(u))
+        return
+    if momentum != 0.0:
+        u = list(u)  # type: ignore[arg-type]
+        torch._foreach_mul_(u, mu * momentum)
+        if hz is not None:
+            torch._foreach_add_(u, list(hz), alpha=mu)
+        if weight_decay != 0.0:
+            torch._foreach_add_(u, z, alpha=mu * weight_decay)
+        if mu != 1.0:
+            torch._foreach_mul_(z, mu)
+        torch._foreach_add_(z, u, alpha=-eta)
+    else:
+        scale = mu * (1.0 - eta * weight_decay)
+        if scale != 1.0:
+            torch._foreach_mul_(z, scale)
+        if hz is not None:
+            torch._foreach_add_(z, list(hz), alpha=-eta * mu)
+    torch._foreach_sub_(z, v_next)

@@ -1,13 +1,16 @@
 """Gradients and Hessian-vector products of a model's loss, without ever forming the Hessian.
 
-Two routes give the training gradient ``g`` and ``H z`` at the same point in one call (Pearlmutter 1994):
+Two ways give the training gradient ``g`` and ``H z`` at the same point in one call (Pearlmutter 1994):
 
 * ``double_backward`` (reverse-over-reverse): one forward, a ``create_graph=True`` backward, and a
   second backward of ``<g, z>``. Works with every module; BatchNorm's running statistics are updated
   exactly once, by the single forward.
-* ``forward_over_reverse``: ``torch.func.jvp`` of ``torch.func.grad``. Often cheaper for
-  convolutions; it cannot run BatchNorm's in-place running-stat update under the transform, so it
-  is refused for models with BatchNorm (use ``double_backward`` there).
+* ``forward_over_reverse``: ``torch.func.jvp`` of ``torch.func.grad``. Much cheaper for
+  convolutions and BatchNorm on CPU (``experiments/bench_step_cost.py``). ``torch.func`` cannot run
+  BatchNorm's in-place running-stat update, so this route refuses a model with BatchNorm in
+  training mode; ``forward_over_reverse_bn`` is the same transform with the statistics frozen
+  inside it and updated once afterwards by replaying each BatchNorm layer on its captured input
+  (identical to ``forward_over_reverse`` for models without BatchNorm).
 
 The validation term ``grad E(w) . z`` is taken with the model in eval mode (BatchNorm uses and never
 moves its running statistics): either as a full validation gradient (``backward``) or as a
@@ -28,7 +31,7 @@ from torch.func import functional_call, grad, jvp
 from ray_rthpo.errors import ConfigError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-HVP_ROUTES = ("double_backward", "forward_over_reverse")
+HVP_ROUTES = ("double_backward", "forward_over_reverse", "forward_over_reverse_bn")
 
 
 class GradHVP(NamedTuple):
@@ -90,39 +93,73 @@ def grad_and_hvp_double_backward(
         return GradHVP(loss.detach(), logits.detach(), _zeros_for_none(grads, params), None)
     grads = _zeros_for_none(torch.autograd.grad(loss, params, create_graph=True, allow_unused=True), params)
     live = [i for i, g in enumerate(grads) if g.requires_grad]
-    hz: list[torch.Tensor] = [torch.zeros_like(p) for p in params]
     if live:
         second = torch.autograd.grad(
             [grads[i] for i in live], list(params), grad_outputs=[z[i] for i in live], allow_unused=True
         )
         hz = _zeros_for_none(second, params)
+    else:  # the loss is linear in every parameter: H = 0
+        hz = [torch.zeros_like(p) for p in params]
     return GradHVP(loss.detach(), logits.detach(), [g.detach() for g in grads], hz)
+
+
+def _tracked_batchnorms(model: nn.Module) -> list[nn.Module]:
+    """BatchNorm layers whose running statistics a train-mode forward of ``model`` would update."""
+    if not model.training:
+        return []
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
 def grad_and_hvp_forward_over_reverse(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, named_params: Sequence[tuple[str, torch.Tensor]],
-    z: Sequence[torch.Tensor], loss_fn: LossFn = F.cross_entropy,
+    z: Sequence[torch.Tensor], loss_fn: LossFn = F.cross_entropy, *, replay_batchnorm: bool = False,
 ) -> GradHVP:
-    """``g`` and ``H z`` in one ``torch.func.jvp`` of ``torch.func.grad`` (forward-over-reverse)."""
-    if model.training and has_batchnorm(model):
+    """``g`` and ``H z`` in one ``torch.func.jvp`` of ``torch.func.grad`` (forward-over-reverse).
+
+    BatchNorm in training mode updates its running statistics in place, which ``torch.func`` cannot
+    do. With ``replay_batchnorm=False`` such a model is refused. With ``replay_batchnorm=True`` the
+    transform runs with the statistics frozen (train-mode BatchNorm still normalises by the batch
+    statistics, so ``g`` and ``H z`` are unchanged), each BatchNorm layer's input is captured by a
+    forward pre-hook and returned as auxiliary output, and afterwards every layer is called once on
+    its captured input under ``no_grad``: the running statistics and ``num_batches_tracked`` move
+    exactly as in one ordinary train-mode forward (the same module code on the same values).
+    Costs one extra BatchNorm forward per layer and keeps the captured inputs until the replay.
+    """
+    bns = _tracked_batchnorms(model)
+    if bns and not replay_batchnorm:
         raise ConfigError(
             "lr.hvp: forward_over_reverse cannot update BatchNorm running statistics under torch.func, "
-            "but the model has BatchNorm; set lr.hvp to double_backward (or auto)."
+            "but the model has BatchNorm; set lr.hvp to forward_over_reverse_bn, double_backward or auto."
         )
     names = [n for n, _ in named_params]
     primals = {n: p.detach() for n, p in named_params}
     tangents = {n: t for n, t in zip(names, z, strict=True)}
+    captured: list[tuple[nn.Module, torch.Tensor]] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args: captured.append((mod, args[0]))) for m in bns]
     buffers = dict(model.named_buffers())
 
-    def loss_and_logits(p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def loss_and_logits(p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple]:
+        captured.clear()
         logits = functional_call(model, (p, buffers), (x,))
         loss = loss_fn(logits, y)
-        return loss, (loss, logits)  # grad's has_aux: (value to differentiate, aux)
+        inputs = [inp for _, inp in captured]
+        return loss, (loss, logits, inputs)  # grad's has_aux: (value to differentiate, aux)
 
     def grad_with_aux(p: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], tuple]:
         return grad(loss_and_logits, has_aux=True)(p)
 
-    grads, hz, (loss, logits) = jvp(grad_with_aux, (primals,), (tangents,), has_aux=True)
+    try:
+        with frozen_batchnorm_stats(model):
+            grads, hz, (loss, logits, inputs) = jvp(grad_with_aux, (primals,), (tangents,), has_aux=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if bns:
+        modules = [mod for mod, _ in captured]
+        with torch.no_grad():
+            for mod, inp in zip(modules, inputs, strict=True):
+                mod(inp)  # train mode, statistics tracked again: the one update of this step
     return GradHVP(loss.detach(), logits.detach(), [grads[n] for n in names], [hz[n] for n in names])
 
 
@@ -155,14 +192,19 @@ def validation_directional_derivative(
 
 
 def default_hvp_route(model: nn.Module, model_name: str, device: torch.device) -> str:
-    """The HVP route ``lr.hvp: auto`` picks: a deterministic rule from measured step costs.
+    """The HVP route ``lr.hvp: auto`` picks: a fixed rule (never a timing race at start-up, so runs
+    reproduce): ``forward_over_reverse_bn`` for models with BatchNorm, else ``double_backward``.
 
-    BatchNorm models need ``double_backward``. Convolutional nets without BatchNorm (LeNet) are
-    cheaper forward-over-reverse on CPU (field notes: 2.7x vs 3.5x an SGD step); MLPs are cheaper
-    by double backward (1.9x vs 2.8x). ``experiments/bench_step_cost.py`` re-measures both.
+    CPU, measured by ``experiments/bench_step_cost.py`` (docs/performance.md): for the MLP double
+    backward is far cheaper (grad + HVP about 2x an SGD step against 3.5-4x); for LeNet-5 the two
+    tie within the noise at batch 128 and double backward is cheaper on the small sub-batches of
+    ``lr.preset: fast``; for ResNet-18 forward-over-reverse is a few per cent cheaper (3.7x against
+    3.9x), replay of the BatchNorm statistics included.
+    CUDA, not measured (no GPU was available): the same rule, reasoned. Small models are bound by
+    per-kernel launch and dispatch overhead, which plain autograd keeps lower than torch.func's two
+    transform layers; BatchNorm nets do about the same arithmetic either way, and forward-over-reverse
+    does not keep the graph of a ``create_graph=True`` backward alive, so it needs less memory.
+    ``bench_step_cost.py --device cuda`` reports both routes and their peak memory to check this.
+    ``model_name`` and ``device`` are part of the signature so that a rule can single them out.
     """
-    if has_batchnorm(model):
-        return "double_backward"
-    if model_name == "lenet":
-        return "forward_over_reverse"
-    return "double_backward"
+    return "forward_over_reverse_bn" if has_batchnorm(model) else "double_backward"
