@@ -28,7 +28,9 @@ MODELS = ("mlp", "lenet", "resnet18")
 #: Learning-rate methods. The first four adapt eta online by a hypergradient.
 HYPERGRADIENT_METHODS = ("rthpo", "marthe", "hd_train", "hd_val")
 SCHEDULE_METHODS = ("fixed", "exp_decay", "cosine")
-OPTIMIZER_METHODS = ("adadelta",)
+#: Optimizers that set their own step size. prodigy and schedule_free need the optional extra
+#: lrfree (pip install -e '.[lrfree]'); they are checked when the run is built, not here.
+OPTIMIZER_METHODS = ("adadelta", "prodigy", "schedule_free")
 METHODS = HYPERGRADIENT_METHODS + SCHEDULE_METHODS + OPTIMIZER_METHODS
 HVP_MODES = ("auto", "double_backward", "forward_over_reverse", "forward_over_reverse_bn")
 VAL_MODES = ("backward", "forward")
@@ -136,11 +138,14 @@ class Subsampling(NamedTuple):
 
 @dataclass(frozen=True)
 class LRConfig:
-    """How the learning rate is chosen: a hypergradient method, a fixed schedule, or AdaDelta."""
+    """How the learning rate is chosen: a hypergradient method, a fixed schedule, or a self-tuning optimizer."""
 
-    # rthpo | marthe | hd_train | hd_val | fixed | exp_decay | cosine | adadelta
+    # rthpo | marthe | hd_train | hd_val | fixed | exp_decay | cosine | adadelta | prodigy | schedule_free
+    # prodigy: prodigyopt.Prodigy (Adam-like, adapts d; optim.momentum is not used). schedule_free:
+    # schedulefree.SGDScheduleFree (momentum = optim.momentum, or the library's 0.9 when that is 0).
     method: str = "rthpo"
-    # Initial learning rate eta-bar (for AdaDelta: its lr multiplier, 1.0 in torch and the paper).
+    # Initial learning rate eta-bar (for AdaDelta and Prodigy: their lr multiplier, 1.0 in torch, the
+    # paper and Prodigy's recommendation; for schedule_free: the SGD learning rate).
     eta0: float = 0.1
     # Hyper-learning rate beta of eq. (2): eta_{t+1} = eta_t - beta * h_t. Scales differ by decades
     # between methods (see field notes), so search it on a log scale.

@@ -5,8 +5,13 @@
   tangent needs it), the hypergradient, the new learning rate (paper eq. 2), the SGD step, and the
   tangent update. The learning rate lives only in ``param_group["lr"]`` as a Python float, read
   every step and written back; it is saved by the optimizer's own ``state_dict()``.
-* :class:`ScheduleStepper` (``fixed``, ``exp_decay``, ``cosine``) and ``adadelta`` are plain
-  optimizer steps with the learning rate set from a schedule.
+* :class:`ScheduleStepper` (``fixed``, ``exp_decay``, ``cosine``) and the optimizer methods
+  (``adadelta``, ``prodigy``, ``schedule_free``) are plain optimizer steps, with the learning rate set
+  from a schedule (or left to the optimizer, which adapts its own step size).
+* ``schedule_free`` (``schedulefree.SGDScheduleFree``) trains at one point ``y`` and evaluates at
+  the average ``x``: the trainer calls ``stepper.train_mode()`` before the steps of an epoch and
+  ``stepper.eval_mode()`` before evaluating, so checkpoints (written after an epoch) hold ``x``.
+  For the other methods both are no-ops.
 
 Call order, for every minibatch::
 
@@ -16,16 +21,17 @@ Call order, for every minibatch::
 
 from __future__ import annotations
 
+import importlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ray_rthpo.config import Config, LRConfig, OptimConfig
+from ray_rthpo.config import SCHEDULE_METHODS, Config, LRConfig, OptimConfig
 from ray_rthpo.errors import ConfigError
 from ray_rthpo.hypergrad import functional as fn
 from ray_rthpo.hypergrad.hvp import (
@@ -55,8 +61,15 @@ class StepOutput(NamedTuple):
 
 
 def read_lr(optimizer: torch.optim.Optimizer) -> float:
-    """The one learning rate of ``optimizer`` (all param groups share it), as a Python float."""
-    return float(optimizer.param_groups[0]["lr"])
+    """The one learning rate of ``optimizer`` (all param groups share it), as a Python float.
+
+    For Prodigy, which keeps its adapted distance estimate ``d`` in the param group, this is the
+    effective step size ``d * lr`` (``lr`` is only a multiplier there, 1.0 by default).
+    """
+    group = optimizer.param_groups[0]
+    if "d" in group and "d0" in group:  # prodigyopt.Prodigy's group: lr, d, d0, d_max, d_coef, ...
+        return float(group["d"]) * float(group["lr"])
+    return float(group["lr"])
 
 
 def write_lr(optimizer: torch.optim.Optimizer, eta: float) -> None:
@@ -199,6 +212,13 @@ class HypergradientController:
         hyper_s += time.perf_counter() - start
         return StepOutput(out.loss, out.logits, eta, h, hyper_s, False)
 
+    def train_mode(self) -> None:
+        """Nothing to do (see :meth:`ScheduleStepper.train_mode`)."""
+
+    def eval_mode(self, bn_batches: Iterable[torch.Tensor] = ()) -> bool:
+        """Nothing to do: the weights are evaluated where they are trained (returns False)."""
+        return False
+
     # -- checkpointing --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Tangents, mu, step count and last hypergradient (eta is in the optimizer's state_dict)."""
@@ -240,7 +260,8 @@ def scheduled_lr(lr_cfg: LRConfig, *, epoch: int, step: int, total_steps: int) -
 
 
 class ScheduleStepper:
-    """A plain optimizer step (SGD or AdaDelta) with the learning rate from :func:`scheduled_lr`."""
+    """A plain optimizer step: SGD with the learning rate from :func:`scheduled_lr`, or an optimizer
+    that sets its own step size (AdaDelta, Prodigy, Schedule-Free SGD), whose ``lr`` is left alone."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, lr_cfg: LRConfig, total_steps: int):
         self.model = model
@@ -250,12 +271,32 @@ class ScheduleStepper:
         self.step_count = 0
         self.last_hypergrad = 0.0
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.schedule_free = lr_cfg.method == "schedule_free"
+
+    def train_mode(self) -> None:
+        """Schedule-Free: move the weights to the training point ``y`` (call before the steps of an epoch)."""
+        if self.schedule_free:
+            self.optimizer.train()  # type: ignore[attr-defined]
+
+    def eval_mode(self, bn_batches: Iterable[torch.Tensor] = ()) -> bool:
+        """Schedule-Free: move the weights to the averaged point ``x`` (call before evaluating or saving).
+
+        When the weights move, BatchNorm running statistics (gathered at ``y``) are re-estimated at
+        ``x`` from ``bn_batches`` (model inputs; consumed only then). Returns True when the weights
+        moved; False when they were already at ``x``, and always for the other methods.
+        """
+        if not self.schedule_free or not self.optimizer.param_groups[0]["train_mode"]:
+            return False
+        self.optimizer.eval()  # type: ignore[attr-defined]
+        if has_batchnorm(self.model):
+            refresh_batchnorm_stats(self.model, bn_batches)
+        return True
 
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, *, epoch: int = 0, val_batch: ValBatchFn | None = None
     ) -> StepOutput:
         """Set the scheduled learning rate, then one forward, backward and optimizer step."""
-        if self.cfg.method != "adadelta":
+        if self.cfg.method in SCHEDULE_METHODS:
             write_lr(self.optimizer, scheduled_lr(self.cfg, epoch=epoch, step=self.step_count,
                                                   total_steps=self.total_steps))
         self.optimizer.zero_grad(set_to_none=True)
@@ -284,11 +325,23 @@ def build_stepper(
     """Create the inner optimizer and the stepper for ``config.lr.method``."""
     lr_cfg, optim_cfg = config.lr, config.optim
     params = [p for p in model.parameters() if p.requires_grad]
+    total_steps = steps_per_epoch * config.train.epochs
     if lr_cfg.method == "adadelta":
         optimizer: torch.optim.Optimizer = torch.optim.Adadelta(
             params, lr=lr_cfg.eta0, weight_decay=optim_cfg.weight_decay
         )
-        return optimizer, ScheduleStepper(model, optimizer, lr_cfg, steps_per_epoch * config.train.epochs)
+        return optimizer, ScheduleStepper(model, optimizer, lr_cfg, total_steps)
+    if lr_cfg.method == "prodigy":
+        prodigyopt = _import_lrfree("prodigy", "prodigyopt")
+        optimizer = prodigyopt.Prodigy(params, lr=lr_cfg.eta0, weight_decay=optim_cfg.weight_decay)
+        return optimizer, ScheduleStepper(model, optimizer, lr_cfg, total_steps)
+    if lr_cfg.method == "schedule_free":
+        schedulefree = _import_lrfree("schedule_free", "schedulefree")
+        # The library's momentum (0.9) unless optim.momentum sets one; it must lie in (0, 1).
+        momentum = optim_cfg.momentum if optim_cfg.momentum > 0.0 else 0.9
+        optimizer = schedulefree.SGDScheduleFree(params, lr=lr_cfg.eta0, momentum=momentum,
+                                                 weight_decay=optim_cfg.weight_decay)
+        return optimizer, ScheduleStepper(model, optimizer, lr_cfg, total_steps)
     sgd = torch.optim.SGD(params, lr=lr_cfg.eta0, momentum=optim_cfg.momentum,
                           weight_decay=optim_cfg.weight_decay)
     if lr_cfg.is_hypergradient:
@@ -296,4 +349,42 @@ def build_stepper(
         if route == "auto":
             route = default_hvp_route(model, config.model.name, device)
         return sgd, HypergradientController(model, sgd, lr_cfg, optim_cfg, hvp_route=route)
-    return sgd, ScheduleStepper(model, sgd, lr_cfg, steps_per_epoch * config.train.epochs)
+    return sgd, ScheduleStepper(model, sgd, lr_cfg, total_steps)
+
+
+def _import_lrfree(method: str, package: str) -> Any:
+    """Import the optional package behind a learning-rate-free method, or say how to install it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError as exc:
+        raise ConfigError(f"lr.method {method} needs the package {package}; install it with "
+                          f"pip install -e '.[lrfree]' (or pip install {package}).") from exc
+
+
+@torch.no_grad()
+def refresh_batchnorm_stats(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """Recompute BatchNorm running statistics at the current weights from ``batches`` (inputs only).
+
+    Schedule-Free evaluates at the average ``x`` while the running statistics were gathered at the
+    training point ``y`` (schedulefree's README, "Caveats"): the statistics are reset and re-estimated
+    as a plain average over ``batches`` with the model in train mode; ``num_batches_tracked`` and the
+    BatchNorm momentum are kept. Deterministic for fixed batches, so runs resume exactly.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in bns]
+    was_training = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch weighs the same
+    model.train()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for m, (momentum, tracked) in zip(bns, saved, strict=True):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+        model.train(was_training)

@@ -17,7 +17,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,15 @@ from ray_rthpo import metrics as M
 from ray_rthpo.config import Config, config_from_dict
 from ray_rthpo.data import DataBundle, Split, augment_batch, load_data
 from ray_rthpo.errors import ConfigError
-from ray_rthpo.lr_methods import build_stepper, read_lr
+from ray_rthpo.lr_methods import build_stepper, read_lr, write_lr
 from ray_rthpo.models import build_model
 from ray_rthpo.results_io import atomic_write_bytes
 
 ReportFn = Callable[[dict[str, Any], "Trainer"], None]
 CHECKPOINT_VERSION = 1
+#: Config keys a restored run may take over from its new config (population-based training mutates
+#: them): the learning-rate hyperparameters, never the method, model, data or seed.
+ADOPTABLE_KEYS = ("lr.eta0", "lr.beta", "lr.gamma", "lr.mu", "lr.eta_min", "lr.eta_max", "lr.hypergrad_clip")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,6 +103,8 @@ class Trainer:
         self.total_seconds = 0.0
         self.history: list[dict[str, Any]] = []
         self.status = M.STATUS_RUNNING
+        #: {key: (checkpoint value, adopted value)} of the last :meth:`load_state_dict` (see ``adopt``).
+        self.adopted: dict[str, tuple[Any, Any]] = {}
 
     @property
     def done(self) -> bool:
@@ -117,6 +122,10 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, split: Split) -> tuple[float, float]:
         """Mean cross-entropy and accuracy of the model on a whole split (eval mode, no gradients)."""
+        # Schedule-Free: evaluate (and later checkpoint) the averaged weights, with BatchNorm statistics
+        # re-estimated there on up to 50 fixed training batches; a no-op for the other methods.
+        tb = self.config.data.batch_size
+        self.stepper.eval_mode(self._inputs(self.train_x[i:i + tb]) for i in range(0, min(len(self.train_x), 50 * tb), tb))
         was_training = self.model.training
         self.model.eval()
         total_loss, correct, n = 0.0, 0, len(split)
@@ -142,6 +151,7 @@ class Trainer:
             raise RuntimeError(f"the run is already {self.status} after {self.epoch} epochs; nothing to run.")
         cfg = self.config
         self.model.train()
+        self.stepper.train_mode()  # Schedule-Free: back to the training weights; a no-op otherwise
         start = time.perf_counter()
         hyper_s = 0.0
         n = len(self.data.train)
@@ -235,17 +245,40 @@ class Trainer:
             "python_rng": random.getstate(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; the run's config must match (epochs may be extended)."""
+    def load_state_dict(self, state: dict[str, Any], *, adopt: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
+        """Restore a :meth:`state_dict`; the run's config must match (epochs may be extended).
+
+        ``adopt``: flat config keys (a subset of :data:`ADOPTABLE_KEYS`, e.g. ``lr.eta0``) on which this
+        trainer's config may differ from the checkpoint's: the weights, optimizer state, tangents and RNGs
+        are the checkpoint's, and these values are this config's. This is how a population-based
+        training exploit continues a better trial's model with a mutated learning rate: a new ``lr.eta0``
+        becomes the current learning rate (written into the optimizer), a new ``lr.beta``/``lr.gamma``/...
+        applies from the next step on. Returns ``{key: (checkpoint value, adopted value)}`` for the keys
+        that differed (empty for an exact resume).
+        """
         if state.get("version") != CHECKPOINT_VERSION:
             raise ConfigError(f"checkpoint version {state.get('version')!r} is not {CHECKPOINT_VERSION}; "
                               "it was written by another ray_rthpo release: start the run afresh.")
-        saved = config_from_dict(state["config"]).replace(**{"train.epochs": self.config.train.epochs})
-        if saved != self.config.replace(**{"train.device": saved.train.device}):
-            raise ConfigError("the checkpoint was written for a different configuration; resume with the "
-                              "config it was saved with, or start afresh in a new output folder.")
+        adopt = tuple(adopt)
+        unknown = sorted(set(adopt) - set(ADOPTABLE_KEYS))
+        if unknown:
+            raise ConfigError(f"adopt={unknown} holds keys a restored run cannot take over; adoptable keys are "
+                              f"{', '.join(ADOPTABLE_KEYS)}.")
+        saved_flat = config_from_dict(state["config"]).to_flat()
+        own_flat = self.config.to_flat()
+        ignored = {"train.epochs", "train.device"}
+        differ = sorted(k for k in set(saved_flat) | set(own_flat)
+                        if k not in ignored and saved_flat.get(k) != own_flat.get(k))
+        refused = [k for k in differ if k not in adopt]
+        if refused:
+            shown = ", ".join(f"{k} (checkpoint {saved_flat.get(k)!r}, now {own_flat.get(k)!r})" for k in refused[:4])
+            raise ConfigError(f"the checkpoint was written for a different configuration: {shown}; resume with "
+                              "the config it was saved with, or start afresh in a new output folder.")
+        adopted = {k: (saved_flat.get(k), own_flat.get(k)) for k in differ}
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if "lr.eta0" in adopted:
+            write_lr(self.optimizer, float(self.config.lr.eta0))
         self.stepper.load_state_dict(state["stepper"])
         self.generator.set_state(state["generator"])
         self.val_sampler.load_state_dict(state["val_sampler"])
@@ -260,6 +293,10 @@ class Trainer:
         self.status = state["status"]
         if self.status == M.STATUS_FINISHED and self.epoch < self.config.train.epochs:
             self.status = M.STATUS_RUNNING
+        if "lr.mu" in adopted and self.config.lr.method == "marthe":
+            self.stepper.mu = float(self.config.lr.mu)  # the checkpoint's mu was restored with the stepper
+        self.adopted = adopted
+        return adopted
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`state_dict` to ``path`` atomically (a temporary file, then a rename)."""
@@ -267,11 +304,11 @@ class Trainer:
         torch.save(self.state_dict(), buf)
         return atomic_write_bytes(path, buf.getvalue())
 
-    def load(self, path: str | os.PathLike[str]) -> None:
-        """Restore the state saved by :meth:`save` at ``path``."""
+    def load(self, path: str | os.PathLike[str], *, adopt: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
+        """Restore the state saved by :meth:`save` at ``path`` (``adopt``: see :meth:`load_state_dict`)."""
         # RNG states must stay on the CPU; load_state_dict moves model/optimizer tensors to the device.
         state = torch.load(path, map_location="cpu", weights_only=False)
-        self.load_state_dict(state)
+        return self.load_state_dict(state, adopt=adopt)
 
 
 def _finite_loss(value: float) -> float:

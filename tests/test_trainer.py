@@ -29,7 +29,7 @@ def without_timing(history: list[dict]) -> list[dict]:
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_trains_and_reports_every_epoch(method: str) -> None:
     history = run_training(digits(f"lr.method={method}", "lr.beta=1.0e-3",
-                                  *(["lr.eta0=1.0"] if method == "adadelta" else [])))
+                                  *(["lr.eta0=1.0"] if method in ("adadelta", "prodigy") else [])))
     assert [row[M.EPOCH] for row in history] == [1, 2]
     for row in history:
         for key in (M.TRAIN_LOSS, M.VAL_LOSS, M.VAL_ACC, M.TEST_ACC, M.LR, M.TOTAL_SECONDS):

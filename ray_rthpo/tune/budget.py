@@ -22,6 +22,10 @@ Use::
 
 When resuming an experiment whose finished trials will not report again, pass their compute as
 ``already_spent_s`` so that the budget stays the same in total.
+
+Population-based training restarts a trial from *another* trial's checkpoint, so a trial's cumulative
+count jumps to its donor's. For it, count per report instead: ``ComputeBudgetStopper(budget_s,
+increment_key=EPOCH_SECONDS)`` adds each report's own epoch seconds (each epoch that ran counts once).
 """
 
 from __future__ import annotations
@@ -70,12 +74,15 @@ class ComputeBudgetStopper(Stopper):
         budget_s: Compute budget in seconds, summed over all trials; finite and > 0.
         time_key: The metric holding each trial's cumulative compute seconds.
         already_spent_s: Compute already spent by a previous run of this experiment (>= 0).
+        increment_key: When given (e.g. ``time/epoch_s``), each report adds this metric's seconds instead
+            of ``time_key`` being read as a cumulative count (for population-based training).
 
     Raises:
         ConfigError (a ValueError): an argument out of range; the message says which and the fix.
     """
 
-    def __init__(self, budget_s: float, time_key: str = TOTAL_SECONDS, already_spent_s: float = 0.0) -> None:
+    def __init__(self, budget_s: float, time_key: str = TOTAL_SECONDS, already_spent_s: float = 0.0,
+                 increment_key: str | None = None) -> None:
         if not _finite(budget_s) or budget_s <= 0:
             raise ConfigError(
                 f"budget_s must be a finite number of seconds > 0, but got {budget_s!r}. "
@@ -91,8 +98,12 @@ class ComputeBudgetStopper(Stopper):
                 f"already_spent_s must be a finite number of seconds >= 0, but got {already_spent_s!r}. "
                 "Fix: pass the compute of the previous run's finished trials, or 0.0."
             )
+        if increment_key is not None and (not isinstance(increment_key, str) or not increment_key):
+            raise ConfigError(f"increment_key must be the name of a reported metric or None, but got "
+                              f"{increment_key!r}. Fix: increment_key='time/epoch_s' (metrics.EPOCH_SECONDS).")
         self._budget_s = float(budget_s)
-        self._time_key = time_key
+        self._increment_key = increment_key
+        self._time_key = increment_key or time_key
         self._already_spent_s = float(already_spent_s)
         self._latest_s: dict[str, float] = {}  # trial id -> latest cumulative seconds
         self._restarted_s = 0.0  # seconds lost by trials that restarted
@@ -114,6 +125,8 @@ class ComputeBudgetStopper(Stopper):
             self._warn_once(
                 trial_id, f"reported {self._time_key!r}={value!r}, not counted (must be finite, >= 0)."
             )
+        elif self._increment_key is not None:
+            self._latest_s[trial_id] = self._latest_s.get(trial_id, 0.0) + float(value)
         else:
             seconds = float(value)
             previous = self._latest_s.get(trial_id)

@@ -110,6 +110,57 @@ def _compare(args: argparse.Namespace) -> int:
     return _execute(args, None, "compare")
 
 
+#: Where ``--workload NAME`` looks for ``NAME.yaml`` (a source checkout's configs/table1).
+TABLE1_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "table1"
+
+
+def _table1_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workload", required=True, metavar="NAME",
+                        help="mlp_mnist, lenet_mnist, resnet18_cifar10, resnet18_cifar100 (configs/table1/NAME.yaml) "
+                             "or the path of a workload YAML")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a value: train.epochs=3 (run config) or bo_trials=4 (workload); repeatable")
+    parser.add_argument("--output", default=None, metavar="DIR", help="output folder (default: runs/table1_NAME)")
+    parser.add_argument("--address", default=None, metavar="ADDR", help="join an existing Ray cluster")
+    parser.add_argument("--num-cpus", type=int, default=None, metavar="N", help="CPUs of the local Ray")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+
+
+def _table1(args: argparse.Namespace) -> int:
+    from ray_rthpo.tune.table1_experiment import load_table1, run_table1, table1_experiments
+
+    path = Path(args.workload)
+    if not path.suffix:
+        path = TABLE1_CONFIGS / f"{args.workload}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in TABLE1_CONFIGS.glob("*.yaml"))
+            raise RTHPOError(f"--workload {args.workload!r} is not one of {', '.join(known) or '(none found)'}; "
+                             "or give the path of a workload YAML.")
+    cfg = load_table1(path, args.overrides)
+    search_exp, _ = table1_experiments(cfg)  # checks every strategy before Ray starts
+    out = Path(args.output) if args.output else Path("runs") / f"table1_{path.stem}"
+    if not args.address and not os.environ.get("RAY_ADDRESS"):
+        from ray_rthpo.tune.data_paths import check_data
+
+        check_data(search_exp.base)
+    command = shlex.join(["python", "experiments/table1.py", "--workload", args.workload,
+                          *[a for o in args.overrides for a in ("--set", o)], "--output", str(out)])
+    from ray_rthpo.tune.runner import init_ray
+
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    joined = init_ray(args.address, num_cpus=args.num_cpus)
+    try:
+        result = run_table1(cfg, out, joined=joined, resume=args.resume,
+                            progress=lambda line: print(line, flush=True), command=command)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished epochs are kept in {out}. Continue with: {command} --resume", file=sys.stderr)
+        return 130
+    print(f"\nwrote {result.output}/table1.md, table1.csv, runs.csv, table1.json, sensitivity.png, "
+          "accuracy_vs_compute.png, eta_schedules.png", flush=True)
+    return 0
+
+
+register("table1", "the paper's Table 1 for one workload (all rows, through Ray Tune)", _table1_arguments, _table1)
 register("run", "one strategy as one Ray Tune experiment (searcher + budget)", _run_arguments, _run)
 register("compare", "several strategies under the same compute budget, with tables and plots",
          _experiment_arguments, _compare)

@@ -166,7 +166,7 @@ def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
                      f"({table['trial_id'].nunique() if not table.empty else 0} trials), not rerun")
             continue
         progress(f"== [{i}/{len(strategies)}] {strategy.name}: {config.lr.method} by {strategy.searcher}"
-                 f"{' + ASHA' if strategy.scheduler == 'asha' else ''}, budget {exp.budget_s:g} compute-s")
+                 f"{' + ' + strategy.scheduler.upper() if strategy.scheduler != 'fifo' else ''}, budget {exp.budget_s:g} compute-s")
         outcome = run_strategy(exp, strategy, storage_path=storage, resources=resources, progress=progress,
                                journal=journal, resume=resume)
         walls[strategy.name], errors[strategy.name] = outcome.wall_s, outcome.errors

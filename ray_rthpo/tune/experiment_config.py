@@ -14,6 +14,14 @@
           lr.eta0: {loguniform: [1.0e-3, 1.0]}
           lr.beta: {loguniform: [1.0e-9, 1.0e-1]}
         scheduler: asha                # optional early stopping on top of any searcher
+      - name: sgd_pbt                  # population-based training of plain SGD's eta, online
+        method: fixed
+        searcher: random
+        num_samples: 4                 # the population
+        scheduler: pbt
+        pbt: {perturbation_interval: 1, mutate: [lr.eta0]}
+        space:
+          lr.eta0: {loguniform: [1.0e-3, 1.0]}
 
 Every strategy gets the same ``budget_s`` and the same ``resources``; the searched metric is always
 ``val/acc`` (maximised). A plain run config (``configs/digits.yaml``, no ``strategies``) is an
@@ -44,7 +52,7 @@ from ray_rthpo.tune.searchers import check_searcher
 from ray_rthpo.tune.spaces import GRID_KIND, check_space
 
 RUN_SECTIONS = ("data", "model", "optim", "lr", "train")
-SCHEDULERS = ("fifo", "asha")
+SCHEDULERS = ("fifo", "asha", "pbt")
 #: Run-config keys that only some methods read: searching them for another method wastes the budget.
 _ONLY_FOR = {
     "lr.beta": HYPERGRADIENT_METHODS, "lr.mu": ("marthe",), "lr.hypergrad_clip": HYPERGRADIENT_METHODS,
@@ -98,6 +106,39 @@ class AshaConfig:
 
 
 @dataclass(frozen=True)
+class PbtConfig:
+    """Population-based training (Ray's PopulationBasedTraining) over epochs: ``num_samples`` trials
+    train at once; every ``perturbation_interval`` epochs a trial in the bottom ``quantile_fraction``
+    (by val/acc) continues from the checkpoint of one in the top fraction, with each key of ``mutate``
+    perturbed (x0.8 or x1.2) or, with ``resample_probability``, redrawn from the strategy's space.
+    The compute of every epoch of every trial counts against the budget once (cloned epochs are not
+    counted again)."""
+
+    perturbation_interval: int = 1
+    quantile_fraction: float = 0.25
+    resample_probability: float = 0.25
+    # Run-config keys PBT mutates; each must be in the strategy's space (its initial distribution).
+    mutate: tuple[str, ...] = ("lr.eta0",)
+    # Synchronous PBT: members wait for each other at every perturbation boundary (paused, freeing their
+    # slot), so the population may be larger than the trials that fit at once, and decisions reproduce.
+    synch: bool = True
+
+    def __post_init__(self) -> None:
+        check(self.perturbation_interval >= 1,
+              f"pbt.perturbation_interval must be an integer >= 1 (epochs), but got {self.perturbation_interval!r}.")
+        check(0 < self.quantile_fraction <= 0.5,
+              f"pbt.quantile_fraction must be in (0, 0.5], but got {self.quantile_fraction!r}.")
+        check(0 <= self.resample_probability <= 1,
+              f"pbt.resample_probability must be in [0, 1], but got {self.resample_probability!r}.")
+        check(len(self.mutate) > 0, "pbt.mutate is empty; list the keys to mutate, e.g. [lr.eta0].")
+        from ray_rthpo.trainer import ADOPTABLE_KEYS
+
+        for key in self.mutate:
+            check(key in ADOPTABLE_KEYS, f"pbt.mutate holds {key!r}, which a running trial cannot take over; "
+                  f"mutate only learning-rate keys: {', '.join(ADOPTABLE_KEYS)}.")
+
+
+@dataclass(frozen=True)
 class StrategyConfig:
     """One way of choosing the learning rate: a method, a searcher over its space, a scheduler."""
 
@@ -112,6 +153,7 @@ class StrategyConfig:
     searcher_options: Any = None
     scheduler: str = "fifo"
     asha: AshaConfig = field(default_factory=AshaConfig)
+    pbt: PbtConfig = field(default_factory=PbtConfig)
     # Run-config values for this strategy only (flat dotted keys or sections), e.g. {train.epochs: 4}.
     overrides: Any = None
 
@@ -195,7 +237,25 @@ class ExperimentConfig:
                                   f"(it is read by {', '.join(methods)} only) so the budget is not spent on it.")
         check_searcher(strategy.searcher, [kind for kind, _ in space.values()],
                        strategy.searcher_options or {}, f"strategy {strategy.name}")
+        if strategy.scheduler == "pbt":
+            self._check_pbt(strategy, config, space)
         return space
+
+    @staticmethod
+    def _check_pbt(strategy: StrategyConfig, config: Config, space: dict[str, tuple[str, list[Any]]]) -> None:
+        where = f"strategy {strategy.name}"
+        check(strategy.searcher in ("random", "grid"),
+              f"{where}: scheduler pbt draws its initial population itself and Ray refuses a search algorithm "
+              f"beside it, but searcher is {strategy.searcher!r}; set searcher: random.")
+        check(strategy.num_samples is not None and strategy.num_samples >= 2,
+              f"{where}: scheduler pbt needs num_samples: the population size (>= 2), but got "
+              f"{strategy.num_samples!r}; set e.g. num_samples: 4.")
+        for key in strategy.pbt.mutate:
+            check(key in space, f"{where}: pbt.mutate holds {key!r}, which is not in the strategy's space; add "
+                  f"it (e.g. {key}: {{loguniform: [1.0e-3, 1.0]}}): PBT draws the population and resamples from it.")
+        check(config.train.epochs > strategy.pbt.perturbation_interval,
+              f"{where}: pbt.perturbation_interval is {strategy.pbt.perturbation_interval} epochs, but train.epochs "
+              f"is {config.train.epochs}: no perturbation would ever happen; lower the interval or add epochs.")
 
     def num_samples(self, strategy: StrategyConfig) -> int:
         """Trials to start at most: the given num_samples, else 1 (grid or nothing to search) or the default cap."""
@@ -312,5 +372,5 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None, *,
     return experiment_from_dict(data, name=path.stem, base_dir=path.parent, cwd=cwd)
 
 
-__all__ = ["ExperimentConfig", "StrategyConfig", "Resources", "AshaConfig", "load_experiment",
+__all__ = ["ExperimentConfig", "StrategyConfig", "Resources", "AshaConfig", "PbtConfig", "load_experiment",
            "experiment_from_dict", "apply_override", "SCHEDULERS"]

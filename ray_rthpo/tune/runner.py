@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ import pandas as pd
 from ray_rthpo import metrics as M
 from ray_rthpo.errors import ConfigError, RTHPOError
 from ray_rthpo.tune.analysis import RECEIVED_AT
-from ray_rthpo.tune.experiment_config import ExperimentConfig, StrategyConfig
+from ray_rthpo.tune.experiment_config import _ONLY_FOR, ExperimentConfig, StrategyConfig
 from ray_rthpo.tune.spaces import to_domain
 
 ProgressFn = Callable[[str], None]
@@ -117,6 +118,16 @@ def param_space(exp: ExperimentConfig, strategy: StrategyConfig) -> dict[str, An
 
 
 def _scheduler(exp: ExperimentConfig, strategy: StrategyConfig) -> Any:
+    if strategy.scheduler == "pbt":
+        from ray.tune.schedulers import PopulationBasedTraining
+
+        space = exp.space_of(strategy)
+        pbt = strategy.pbt
+        return PopulationBasedTraining(
+            time_attr="training_iteration", perturbation_interval=pbt.perturbation_interval,
+            hyperparam_mutations={key: to_domain(*space[key]) for key in pbt.mutate},
+            quantile_fraction=pbt.quantile_fraction, resample_probability=pbt.resample_probability,
+            synch=pbt.synch)
     if strategy.scheduler != "asha":
         return None
     from ray.tune.schedulers import ASHAScheduler
@@ -169,7 +180,9 @@ def _callback_class() -> type:
                                    "trial_id": trial.trial_id}
             config = trial.config
             row.update({f"searched/{k}": config.get(k) for k in self.searched})
-            row.update({f"config/{k}": config.get(k) for k in CONFIG_COLUMNS})
+            # a key this method never reads (beta of plain SGD) is left empty, not shown as if it mattered
+            row.update({f"config/{k}": config.get(k) if self.method in _ONLY_FOR.get(k, (self.method,)) else None
+                        for k in CONFIG_COLUMNS})
             row.update({k: v for k, v in result.items() if k != "config" and not isinstance(v, dict)})
             row[RECEIVED_AT] = now  # the driver's clock orders reports from every node
             row["time/wall_elapsed_s"] = now - self.start
@@ -261,14 +274,22 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
     if journal is not None and not restoring and Path(journal).exists():
         Path(journal).unlink()  # rows of a run that never got as far as Ray's experiment state
     callback = _callback_class()(exp, strategy, progress, Path(journal) if journal else None, earlier)
-    stopper = ComputeBudgetStopper(exp.budget_s)
     latest: dict[str, float] = {}
-    for row in earlier:  # the compute of the interrupted run, counted once per trial
-        seconds = row.get(M.TOTAL_SECONDS)
-        if isinstance(seconds, (int, float)) and math.isfinite(seconds):
-            latest[str(row["trial_id"])] = max(latest.get(str(row["trial_id"]), 0.0), float(seconds))
-    for trial_id, seconds in latest.items():
-        stopper(trial_id, {M.TOTAL_SECONDS: seconds})
+    if strategy.scheduler == "pbt":  # trials restart from each other's checkpoints: count epoch by epoch
+        stopper = ComputeBudgetStopper(exp.budget_s, increment_key=M.EPOCH_SECONDS)
+        for row in earlier:
+            seconds = row.get(M.EPOCH_SECONDS)
+            if isinstance(seconds, (int, float)) and math.isfinite(seconds):
+                stopper(str(row["trial_id"]), {M.EPOCH_SECONDS: seconds})
+                latest[str(row["trial_id"])] = 0.0
+    else:
+        stopper = ComputeBudgetStopper(exp.budget_s)
+        for row in earlier:  # the compute of the interrupted run, counted once per trial
+            seconds = row.get(M.TOTAL_SECONDS)
+            if isinstance(seconds, (int, float)) and math.isfinite(seconds):
+                latest[str(row["trial_id"])] = max(latest.get(str(row["trial_id"]), 0.0), float(seconds))
+        for trial_id, seconds in latest.items():
+            stopper(trial_id, {M.TOTAL_SECONDS: seconds})
     trainable = tune.with_resources(fresh_train_fn(), resources or exp.resources.as_ray())
     if restoring:
         progress(f"[{strategy.name}] resuming the Tune experiment in {experiment_path} "
@@ -282,8 +303,10 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
         run_config.callbacks = [callback]
         run_config.stop = stopper
     else:
+        # PBT: the whole population must be alive at once (synchronous PBT pauses members at each
+        # perturbation boundary, so a population larger than the free slots takes turns).
         search_alg = build_searcher(strategy.searcher, seed=exp.seed, options=strategy.searcher_options,
-                                    max_concurrent=exp.max_concurrent)
+                                    max_concurrent=0 if strategy.scheduler == "pbt" else exp.max_concurrent)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(exp, strategy),
@@ -295,8 +318,12 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
                 name=strategy.name, storage_path=storage_path, verbose=0, callbacks=[callback],
                 stop=stopper,
                 failure_config=tune.FailureConfig(max_failures=exp.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+                # PBT restores trials from *other* trials' latest checkpoints: keep a few, so that a donor's
+                # next report cannot delete the one being cloned (Ray warns below 3).
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if strategy.scheduler == "pbt" else 1)),
         )
+    if strategy.scheduler == "pbt":
+        random.seed(exp.seed)  # PBT draws its exploit partners and perturbations from the driver's `random`
     start = time.time()
     grid = tuner.fit()
     wall = time.time() - start

@@ -14,6 +14,10 @@ keys left out keep their defaults), builds a :class:`~ray_rthpo.trainer.Trainer`
 ``ray.tune.get_checkpoint()`` when Tune restores the trial, and after every epoch reports the
 trainer's metrics plus where the trial ran (node id, IP, hostname, device name), with a checkpoint
 written by ``Trainer.save`` (model, optimizer with eta, tangents, mu, RNGs, history).
+
+Under population-based training (``scheduler: pbt``) Tune restarts a trial from another trial's
+checkpoint with mutated learning-rate keys; ``Trainer.load(..., adopt=ADOPTABLE_KEYS)`` takes over that
+model and applies the new values (see :meth:`ray_rthpo.trainer.Trainer.load_state_dict`).
 """
 
 from __future__ import annotations
@@ -65,13 +69,16 @@ def train_fn(config: dict[str, Any]) -> None:
     """Run one trial of ``config`` (Ray's flat dict), reporting and checkpointing every epoch."""
     from ray import tune
 
-    from ray_rthpo.trainer import Trainer
+    from ray_rthpo.trainer import ADOPTABLE_KEYS, Trainer
 
     trainer = Trainer(config_from_ray(config))
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
+        # A retried trial gets its own checkpoint back (same config). Population-based training restores
+        # a *better trial's* checkpoint with a mutated config: the learning-rate keys are then adopted
+        # (the model, optimizer state and RNGs are the checkpoint's; eta0 becomes the current eta).
         with checkpoint.as_directory() as folder:
-            trainer.load(Path(folder) / CHECKPOINT_FILE)
+            trainer.load(Path(folder) / CHECKPOINT_FILE, adopt=ADOPTABLE_KEYS)
     where = node_info(trainer.device)
     while not trainer.done:
         metrics = {**trainer.run_epoch(), **where, REPORTED_AT: time.time()}
