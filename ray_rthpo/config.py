@@ -79,6 +79,10 @@ class DataConfig:
     augment: bool = False
     # Use only the first N training examples (after the validation split); null = all. For quick runs.
     train_subset: int | None = None
+    # Use only the first N examples of the (seeded) validation split / of the test set; null = all. For runs
+    # where evaluating the full sets would cost more than training (ResNet-18 on a CPU).
+    val_subset: int | None = None
+    test_subset: int | None = None
     # Shape, classes and sizes of the synthetic 'fake' dataset (torchvision FakeData).
     fake_shape: tuple[int, ...] = (3, 32, 32)
     fake_classes: int = 10
@@ -92,8 +96,9 @@ class DataConfig:
                     "fake_test_size"):
             value = getattr(self, key)
             check(value >= 1, f"data.{key} must be an integer >= 1, but got {value!r}.")
-        check(self.train_subset is None or self.train_subset >= 1,
-              f"data.train_subset must be null or an integer >= 1, but got {self.train_subset!r}.")
+        for key in ("train_subset", "val_subset", "test_subset"):
+            value = getattr(self, key)
+            check(value is None or value >= 1, f"data.{key} must be null or an integer >= 1, but got {value!r}.")
         check(len(self.fake_shape) in (1, 3) and all(s >= 1 for s in self.fake_shape),
               f"data.fake_shape must be [C, H, W] or [D] with positive sizes, but got {list(self.fake_shape)!r}.")
         if self.fake_classes < 2:

@@ -94,7 +94,8 @@ class DataBundle:
 
 def load_data(cfg: DataConfig, seed: int) -> DataBundle:
     """Load ``cfg.name``, carve the validation split from the training set with ``seed``, then keep the
-    first ``cfg.train_subset`` remaining training examples (if set; all of them if there are fewer).
+    first ``cfg.train_subset`` remaining training examples (if set; all of them if there are fewer), and
+    likewise the first ``cfg.val_subset`` validation and ``cfg.test_subset`` test examples.
 
     ``cfg.data_dir`` null means :func:`default_data_dir`; as a convenience for the project's offline
     machines, ``../shared/data`` and ``./shared/data`` (relative to the current directory) are tried next
@@ -108,9 +109,12 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
     train_idx, val_idx = _split_indices(len(raw.y_train), cfg.val_fraction, seed)
     if cfg.train_subset is not None:
         train_idx = train_idx[:cfg.train_subset]
+    if cfg.val_subset is not None:
+        val_idx = val_idx[:cfg.val_subset]
+    test_idx = np.arange(len(raw.y_test))[:cfg.test_subset]
     train = _take(raw.x_train, raw.y_train, train_idx)
     val = _take(raw.x_train, raw.y_train, val_idx)
-    test = _take(raw.x_test, raw.y_test, np.arange(len(raw.y_test)))
+    test = _take(raw.x_test, raw.y_test, test_idx)
     mean, std = _channel_stats(train.x, scale)
     c, h, w = train.x.shape[1:]
     return DataBundle(name=cfg.name, train=train, val=val, test=test, num_classes=num_classes,

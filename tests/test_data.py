@@ -21,7 +21,7 @@ from PIL import Image
 from ray_rthpo import _datasets_io as dio
 from ray_rthpo.config import DataConfig
 from ray_rthpo.data import DataBundle, Split, augment_batch, cache_dir, default_data_dir, load_data
-from ray_rthpo.errors import DataError
+from ray_rthpo.errors import ConfigError, DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MNIST_RAW = SHARED / "MNIST" / "raw"
@@ -77,6 +77,16 @@ def test_train_subset_keeps_first_examples() -> None:
     sub = load_data(DataConfig(name="digits", train_subset=100), seed=3)
     assert len(sub.train) == 100 and torch.equal(sub.train.x, full.train.x[:100])
     assert torch.equal(sub.val.x, full.val.x)
+
+
+def test_val_and_test_subsets_keep_first_examples() -> None:
+    full = load_data(DataConfig(name="digits"), seed=3)
+    sub = load_data(DataConfig(name="digits", val_subset=50, test_subset=70), seed=3)
+    assert torch.equal(sub.val.x, full.val.x[:50]) and torch.equal(sub.val.y, full.val.y[:50])
+    assert torch.equal(sub.test.x, full.test.x[:70]) and torch.equal(sub.train.x, full.train.x)
+    assert sub.mean == full.mean and sub.std == full.std  # normalisation comes from the training images only
+    with pytest.raises(ConfigError, match=r"data\.val_subset must be null or an integer >= 1, but got 0"):
+        DataConfig(name="digits", val_subset=0)
 
 
 def test_normalize_digits() -> None:

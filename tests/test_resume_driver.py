@@ -68,8 +68,10 @@ def recorded_finished(experiment: Path) -> set[str]:
     return {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}
 
 
-def test_a_killed_compare_resumes_without_rerunning_finished_trials(tmp_path: Path,
-                                                                    ray_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("command", ["compare", "run"])
+def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path: Path, ray_env: dict[str, str],
+                                                                   command: str) -> None:
+    """``rthpo compare`` (two strategies) and ``rthpo run --strategy skopt`` (one), each killed mid-experiment."""
     config = tmp_path / "killme.yaml"
     config.write_text(yaml.safe_dump(tiny_experiment(
         {"name": "skopt", "method": "exp_decay", "searcher": "skopt", "num_samples": 6, "space": ETA_SPACE,
@@ -77,8 +79,9 @@ def test_a_killed_compare_resumes_without_rerunning_finished_trials(tmp_path: Pa
         {"name": "grid", "method": "exp_decay", "searcher": "grid", "space": {"lr.eta0": {"grid": [0.1, 0.3]}}},
         budget_s=1000.0)))
     out = tmp_path / "out"
-    args = [sys.executable, "-c", CLI, "compare", str(config), "--output", str(out), "--num-cpus", "2",
-            "--set", f"train.epochs={EPOCHS}", "--set", "model.hidden=[16]"]
+    args = [sys.executable, "-c", CLI, command, str(config), "--output", str(out), "--num-cpus", "2",
+            "--set", f"train.epochs={EPOCHS}", "--set", "model.hidden=[16]",
+            *(["--strategy", "skopt"] if command == "run" else [])]
     journal = out / "progress" / "skopt.jsonl"
     log = (tmp_path / "first.log").open("w")
     proc = subprocess.Popen(args, env=ray_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -122,12 +125,13 @@ def test_a_killed_compare_resumes_without_rerunning_finished_trials(tmp_path: Pa
         if trial_id in recorded:
             assert sorted(epochs) == list(range(1, EPOCHS + 1)), (trial_id, epochs)
     trials = pd.read_csv(out / "trials.csv")
-    assert set(trials["strategy"]) == {"skopt", "grid"}
+    assert set(trials["strategy"]) == ({"skopt", "grid"} if command == "compare" else {"skopt"})
     assert trials.duplicated(["trial_id", M.EPOCH]).sum() == 0
     skopt = trials[trials["strategy"] == "skopt"]
     assert done_before <= set(skopt["trial_id"])
     assert skopt["trial_id"].nunique() <= 6  # the searcher resumed its 6 samples, it did not start 6 more
-    assert trials[trials["strategy"] == "grid"]["trial_id"].nunique() == 2
+    if command == "compare":
+        assert trials[trials["strategy"] == "grid"]["trial_id"].nunique() == 2
 
 
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path: Path, ray_env: dict[str, str]) -> None:

@@ -137,7 +137,7 @@ def _table1(args: argparse.Namespace) -> int:
             raise RTHPOError(f"--workload {args.workload!r} is not one of {', '.join(known) or '(none found)'}; "
                              "or give the path of a workload YAML.")
     cfg = load_table1(path, args.overrides)
-    search_exp, _ = table1_experiments(cfg)  # checks every strategy before Ray starts
+    search_exp, _ = table1_experiments(cfg, reference_run_s=1.0)  # checks both phases' strategies before Ray starts
     out = Path(args.output) if args.output else Path("runs") / f"table1_{path.stem}"
     if not args.address and not os.environ.get("RAY_ADDRESS"):
         from ray_rthpo.tune.data_paths import check_data

@@ -39,7 +39,7 @@ from ray_rthpo.config_schema import check, check_choice, flatten, from_dict
 from ray_rthpo.errors import ConfigError, RTHPOError
 from ray_rthpo.results_io import atomic_save_figure, atomic_write_text
 from ray_rthpo.tune import table1 as T
-from ray_rthpo.tune.experiment_config import ExperimentConfig, Resources, experiment_from_dict
+from ray_rthpo.tune.experiment_config import ExperimentConfig, Resources, _assign, experiment_from_dict
 
 #: Strategy name, row label and row kind of every row, in the table's order.
 ROWS: tuple[T.RowSpec, ...] = (
@@ -149,8 +149,8 @@ def load_table1(path: str | Path, overrides: Sequence[str] = ()) -> Table1Config
         key, value = parse_override(text)
         if key.split(".")[0] in ("data", "model", "optim", "lr", "train"):
             base[key] = value
-        else:
-            data[key] = value
+        else:  # resources.cpu=1 -> data["resources"]["cpu"]
+            data = _assign(data, key.split("."), value, key)
     return from_dict(Table1Config, {**data, "base": config_from_dict(base)})
 
 
@@ -250,7 +250,7 @@ def run_table1(cfg: Table1Config, out: Path, *, joined: bool = False, resume: bo
         raise RTHPOError(f"output folder {str(out)!r} already holds a Table 1 run; continue it with --resume, or "
                          "choose another --output.")
     out.mkdir(parents=True, exist_ok=True)
-    search_exp, _ = table1_experiments(cfg)
+    search_exp, _ = table1_experiments(cfg, reference_run_s=1.0)  # a bad equal-compute row fails now, not in an hour
     progress(f"# Table 1, {cfg.workload}: the paper's rows ({len(search_exp.strategies)} strategies)")
     first = run_comparison(search_exp, out / SEARCH_DIR, joined=joined, progress=progress,
                            resume=resume and (out / SEARCH_DIR / "config.yaml").is_file())
