@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -36,6 +37,10 @@ def collect(run_dir: Path, name: str) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for f in FILES:
         shutil.copyfile(run_dir / f, dest / f)
+    # the command as a reader should type it: the run's output folder becomes the default runs/table1_NAME
+    meta = json.loads((dest / "table1.json").read_text(encoding="utf-8"))
+    meta["command"] = re.sub(r"--output \S+", f"--output runs/table1_{name}", meta.get("command", ""))
+    (dest / "table1.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
     return dest
 
 

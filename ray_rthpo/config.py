@@ -79,8 +79,9 @@ class DataConfig:
     augment: bool = False
     # Use only the first N training examples (after the validation split); null = all. For quick runs.
     train_subset: int | None = None
-    # Use only the first N examples of the (seeded) validation split / of the test set; null = all. For runs
-    # where evaluating the full sets would cost more than training (ResNet-18 on a CPU).
+    # Use only the first N examples of the (seeded, random) validation split / a fixed random sample of N
+    # test examples, the same for every seed; null = all. For runs where evaluating the full sets would
+    # cost more than training (ResNet-18 on a CPU).
     val_subset: int | None = None
     test_subset: int | None = None
     # Shape, classes and sizes of the synthetic 'fake' dataset (torchvision FakeData).

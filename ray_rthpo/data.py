@@ -95,7 +95,8 @@ class DataBundle:
 def load_data(cfg: DataConfig, seed: int) -> DataBundle:
     """Load ``cfg.name``, carve the validation split from the training set with ``seed``, then keep the
     first ``cfg.train_subset`` remaining training examples (if set; all of them if there are fewer), and
-    likewise the first ``cfg.val_subset`` validation and ``cfg.test_subset`` test examples.
+    the first ``cfg.val_subset`` validation examples (the split is already random) and a fixed random
+    sample of ``cfg.test_subset`` test examples (the same for every seed).
 
     ``cfg.data_dir`` null means :func:`default_data_dir`; as a convenience for the project's offline
     machines, ``../shared/data`` and ``./shared/data`` (relative to the current directory) are tried next
@@ -111,7 +112,11 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
         train_idx = train_idx[:cfg.train_subset]
     if cfg.val_subset is not None:
         val_idx = val_idx[:cfg.val_subset]
-    test_idx = np.arange(len(raw.y_test))[:cfg.test_subset]
+    test_idx = np.arange(len(raw.y_test))
+    if cfg.test_subset is not None and cfg.test_subset < len(test_idx):
+        # a fixed random sample (the same for every seed and run): test sets stored class by class
+        # (ImageFolder, the CIFAR JPEG archives) would otherwise give a subset of one class
+        test_idx = np.sort(np.random.default_rng(0).permutation(len(test_idx))[:cfg.test_subset])
     train = _take(raw.x_train, raw.y_train, train_idx)
     val = _take(raw.x_train, raw.y_train, val_idx)
     test = _take(raw.x_test, raw.y_test, test_idx)

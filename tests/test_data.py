@@ -83,7 +83,13 @@ def test_val_and_test_subsets_keep_first_examples() -> None:
     full = load_data(DataConfig(name="digits"), seed=3)
     sub = load_data(DataConfig(name="digits", val_subset=50, test_subset=70), seed=3)
     assert torch.equal(sub.val.x, full.val.x[:50]) and torch.equal(sub.val.y, full.val.y[:50])
-    assert torch.equal(sub.test.x, full.test.x[:70]) and torch.equal(sub.train.x, full.train.x)
+    assert len(sub.test) == 70 and torch.equal(sub.train.x, full.train.x)
+    rows = {tuple(r) for r in full.test.x.reshape(len(full.test), -1).tolist()}
+    assert all(tuple(r) in rows for r in sub.test.x.reshape(70, -1).tolist())  # a sample of the test set
+    again = load_data(DataConfig(name="digits", test_subset=70), seed=9)
+    assert torch.equal(again.test.x, sub.test.x)  # the same sample whatever the seed
+    # not the first 70: a test set stored class by class would give a one-class subset
+    assert not torch.equal(sub.test.y, full.test.y[:70]) and len(set(sub.test.y.tolist())) == 10
     assert sub.mean == full.mean and sub.std == full.std  # normalisation comes from the training images only
     with pytest.raises(ConfigError, match=r"data\.val_subset must be null or an integer >= 1, but got 0"):
         DataConfig(name="digits", val_subset=0)
