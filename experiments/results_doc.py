@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 RESULTS = DOCS / "results"
-ORDER = ("mlp_mnist", "lenet_mnist", "resnet18_cifar10", "resnet18_cifar100")
+ORDER = ("mlp_mnist", "lenet_mnist", "resnet18_cifar10", "resnet18_cifar100", "resnet18_cifar100_fake")
 FILES = ("table1.md", "table1.csv", "table1.json", "runs.csv", "sensitivity.png", "accuracy_vs_compute.png",
          "eta_schedules.png")
 
