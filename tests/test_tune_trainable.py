@@ -72,41 +72,27 @@ def test_tuner_checkpoints_every_epoch(ray_local: None, tmp_path: Path) -> None:
         assert trainer.epoch == 2 and trainer.done
 
 
-def flaky_train_fn(config: dict[str, Any]) -> None:
-    """train_fn that crashes right after reporting epoch 2, the first time only (marker file)."""
-    config = dict(config)
-    marker = Path(config.pop("test.marker"))
-    real_report = tune.report
-    calls: list[int] = []
-
-    def report(metrics: dict[str, Any], checkpoint: Any = None) -> None:
-        real_report(metrics, checkpoint=checkpoint)
-        calls.append(1)
-        if len(calls) == 2 and not marker.exists():
-            marker.touch()
-            raise RuntimeError("simulated crash after epoch 2")
-
-    tune.report = report
-    try:
-        T.train_fn(config)
-    finally:
-        tune.report = real_report
-
-
-def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_local: None, tmp_path: Path) -> None:
+def plain_and_faulty_runs(tmp_path: Path, faulty_fn: Any, marker: Path) -> tuple[Any, Any]:
+    """The Tune results of one RT-HPO trial run plainly and by ``faulty_fn`` (retried once from its checkpoint)."""
     config = flat_config(**{"lr.method": "rthpo", "lr.beta": 1.0e-3, "train.epochs": 4})
-    runs = {}
-    for name, fn, extra in (("plain", T.train_fn, {}),
-                            ("flaky", flaky_train_fn, {"test.marker": str(tmp_path / "crashed")})):
+    runs = []
+    for name, fn, extra in (("plain", T.train_fn, {}), ("faulty", faulty_fn, {"test.marker": str(marker)})):
         grid = tune.Tuner(
             fn, param_space={**config, **extra},
             run_config=tune.RunConfig(storage_path=str(tmp_path), name=name, verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=1)),
         ).fit()
         assert not grid.errors, grid.errors
-        runs[name] = grid[0].metrics_dataframe
+        runs.append(grid[0])
+    return runs[0], runs[1]
+
+
+def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_local: None, tmp_path: Path) -> None:
+    from tune_helpers import crashed_once_train_fn
+
+    plain_run, flaky_run = plain_and_faulty_runs(tmp_path, crashed_once_train_fn, tmp_path / "crashed")
     assert (tmp_path / "crashed").exists()  # the flaky run did crash once
-    plain, flaky = runs["plain"], runs["flaky"]
+    plain, flaky = plain_run.metrics_dataframe, flaky_run.metrics_dataframe
     assert flaky[M.EPOCH].tolist() == [1, 2, 3, 4]  # resumed at epoch 3, not from scratch
     for key in (M.TRAIN_LOSS, M.VAL_LOSS, M.LR, M.HYPERGRAD, M.STEP):
         assert flaky[key].tolist() == plain[key].tolist(), key
@@ -116,21 +102,11 @@ def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_local: None, tm
 def test_a_worker_killed_with_sigkill_resumes_from_its_checkpoint_exactly(ray_local: None, tmp_path: Path) -> None:
     from tune_helpers import killed_once_train_fn
 
-    config = flat_config(**{"lr.method": "rthpo", "lr.beta": 1.0e-3, "train.epochs": 4})
-    runs = {}
-    for name, fn, extra in (("plain", T.train_fn, {}),
-                            ("killed", killed_once_train_fn, {"test.marker": str(tmp_path / "killed")})):
-        grid = tune.Tuner(
-            fn, param_space={**config, **extra},
-            run_config=tune.RunConfig(storage_path=str(tmp_path), name=name, verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=1)),
-        ).fit()
-        assert not grid.errors, grid.errors
-        runs[name] = grid[0]
+    plain_run, killed_run = plain_and_faulty_runs(tmp_path, killed_once_train_fn, tmp_path / "killed")
     assert (tmp_path / "killed").exists()  # the worker process did die once
-    plain, killed = runs["plain"].metrics, runs["killed"].metrics
+    plain, killed = plain_run.metrics, killed_run.metrics
     assert killed[M.EPOCH] == 4 and killed[M.STATUS] == M.STATUS_FINISHED
     for key in (M.TRAIN_LOSS, M.VAL_LOSS, M.VAL_ACC, M.TEST_ACC, M.LR, M.HYPERGRAD, M.STEP):
         assert killed[key] == plain[key], key
-    epochs = runs["killed"].metrics_dataframe[M.EPOCH].tolist()
+    epochs = killed_run.metrics_dataframe[M.EPOCH].tolist()
     assert epochs[-2:] == [3, 4] and 1 not in epochs[2:]  # continued from a checkpoint, not from scratch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 #: A run config that trains in well under a second per epoch on one CPU core.
@@ -20,11 +21,9 @@ def tiny_experiment(*strategies: dict[str, Any], **top: Any) -> dict[str, Any]:
             "strategies": list(strategies), **top}
 
 
-def killed_once_train_fn(config: dict[str, Any]) -> None:
-    """The real ``train_fn``, whose worker process kills itself with SIGKILL right after reporting epoch 2
-    (its checkpoint included), the first time only: ``config["test.marker"]`` is a file that records it."""
-    import os
-    import signal
+def train_fn_failing_once(config: dict[str, Any], fail: Callable[[], None]) -> None:
+    """The real ``train_fn``, which calls ``fail()`` right after reporting epoch 2 (its checkpoint included),
+    the first time only: ``config["test.marker"]`` is a file that records it."""
     from pathlib import Path
 
     from ray import tune
@@ -41,10 +40,28 @@ def killed_once_train_fn(config: dict[str, Any]) -> None:
         calls.append(1)
         if len(calls) == 2 and not marker.exists():
             marker.touch()
-            os.kill(os.getpid(), signal.SIGKILL)  # a real dying worker: no exception, no cleanup
+            fail()
 
     tune.report = report
     try:
         trainable.train_fn(config)
     finally:
         tune.report = real_report
+
+
+def killed_once_train_fn(config: dict[str, Any]) -> None:
+    """``train_fn`` whose worker process kills itself with SIGKILL after epoch 2, once: a real dying
+    worker (no exception, no cleanup)."""
+    import os
+    import signal
+
+    train_fn_failing_once(config, lambda: os.kill(os.getpid(), signal.SIGKILL))
+
+
+def crashed_once_train_fn(config: dict[str, Any]) -> None:
+    """``train_fn`` that raises after epoch 2, once."""
+
+    def crash() -> None:
+        raise RuntimeError("simulated crash after epoch 2")
+
+    train_fn_failing_once(config, crash)

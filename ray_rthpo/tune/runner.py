@@ -274,16 +274,15 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
     if journal is not None and not restoring and Path(journal).exists():
         Path(journal).unlink()  # rows of a run that never got as far as Ray's experiment state
     callback = _callback_class()(exp, strategy, progress, Path(journal) if journal else None, earlier)
-    latest: dict[str, float] = {}
     if strategy.scheduler == "pbt":  # trials restart from each other's checkpoints: count epoch by epoch
         stopper = ComputeBudgetStopper(exp.budget_s, increment_key=M.EPOCH_SECONDS)
         for row in earlier:
             seconds = row.get(M.EPOCH_SECONDS)
             if isinstance(seconds, (int, float)) and math.isfinite(seconds):
                 stopper(str(row["trial_id"]), {M.EPOCH_SECONDS: seconds})
-                latest[str(row["trial_id"])] = 0.0
     else:
         stopper = ComputeBudgetStopper(exp.budget_s)
+        latest: dict[str, float] = {}
         for row in earlier:  # the compute of the interrupted run, counted once per trial
             seconds = row.get(M.TOTAL_SECONDS)
             if isinstance(seconds, (int, float)) and math.isfinite(seconds):
@@ -293,7 +292,8 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
     trainable = tune.with_resources(fresh_train_fn(), resources or exp.resources.as_ray())
     if restoring:
         progress(f"[{strategy.name}] resuming the Tune experiment in {experiment_path} "
-                 f"({len(latest)} trial(s) already reported, {stopper.spent_s:.1f} compute-s spent)")
+                 f"({len({row['trial_id'] for row in earlier})} trial(s) already reported, "
+                 f"{stopper.spent_s:.1f} compute-s spent)")
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True, param_space=param_space(exp, strategy))
         # Tuner.restore brings back the RunConfig pickled when the experiment *started*: its stopper has

@@ -34,12 +34,19 @@ from typing import Any
 
 import pandas as pd
 
-from ray_rthpo.config import Config, config_from_dict, load_yaml, parse_override
+from ray_rthpo.config import Config, config_from_dict, load_yaml
 from ray_rthpo.config_schema import check, check_choice, flatten, from_dict
 from ray_rthpo.errors import ConfigError, RTHPOError
 from ray_rthpo.results_io import atomic_save_figure, atomic_write_text
 from ray_rthpo.tune import table1 as T
-from ray_rthpo.tune.experiment_config import ExperimentConfig, Resources, _assign, experiment_from_dict
+from ray_rthpo.tune.experiment_config import (
+    ExperimentConfig,
+    Resources,
+    _assign,
+    _read_base,
+    apply_override,
+    experiment_from_dict,
+)
 
 #: Strategy name, row label and row kind of every row, in the table's order.
 ROWS: tuple[T.RowSpec, ...] = (
@@ -136,22 +143,16 @@ def load_table1(path: str | Path, overrides: Sequence[str] = ()) -> Table1Config
     data = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a Table 1 config must be a mapping, but got {data!r}.")
-    base = data.get("base")
-    if isinstance(base, str):
-        base_path = Path(base).expanduser()
-        base = load_yaml(base_path if base_path.is_absolute() else path.parent / base_path)
-    base = flatten(dict(base or {}))
+    data = _read_base(data, path.parent)  # base: a run-config path, relative to this file
     base_overrides = data.pop("base_overrides", None) or {}
     if not isinstance(base_overrides, dict):
         raise ConfigError(f"{path}: base_overrides must map run-config keys to values, but got {base_overrides!r}.")
-    base.update(flatten(base_overrides))
-    for text in overrides:
-        key, value = parse_override(text)
-        if key.split(".")[0] in ("data", "model", "optim", "lr", "train"):
-            base[key] = value
-        else:  # resources.cpu=1 -> data["resources"]["cpu"]
-            data = _assign(data, key.split("."), value, key)
-    return from_dict(Table1Config, {**data, "base": config_from_dict(base)})
+    data["base"] = dict(data.get("base") or {})
+    for key, value in flatten(base_overrides).items():
+        data = _assign(data, ["base", *key.split(".")], value, key)
+    for text in overrides:  # run-config keys (train.epochs=3) go to base, the rest to the workload
+        data = apply_override(data, text)
+    return from_dict(Table1Config, {**data, "base": config_from_dict(data["base"])})
 
 
 def _grid_space(values: Sequence[float]) -> dict[str, Any]:
