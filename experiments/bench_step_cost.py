@@ -13,10 +13,10 @@ per repetition, and the median over repetitions is reported. Every entry runs on
 copy of the weights, once per repetition, as it would inside a training step after other work:
 no entry is timed over back-to-back repeats that keep its data hot in the caches. Entries:
 
-* ``sgd``: one step of :class:`ray_rthpo.lr_methods.ScheduleStepper` with ``lr.method: fixed``
+* ``sgd``: one step of :class:`ray_rthpo.training.steppers.ScheduleStepper` with ``lr.method: fixed``
   (forward, backward, ``optimizer.step``) - the unit of every ratio;
 * the methods, each through ``HypergradientController.train_step`` built by
-  :func:`ray_rthpo.lr_methods.build_stepper` (the code users run, ``lr.hvp: auto``):
+  :func:`ray_rthpo.training.steppers.build_stepper` (the code users run, ``lr.hvp: auto``):
   ``hd_train``, ``hd_val``, ``rthpo``, ``marthe`` (mu = 0.9), ``rthpo_fast`` (``lr.preset: fast``),
   and ``rthpo`` with each HVP route and validation mode forced (``rthpo[...]``), which is what
   justifies the ``auto`` rules. A method that does its hypergradient work every k steps is timed
@@ -65,8 +65,8 @@ from torch.func import functional_call, grad, jvp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ray_rthpo.config import Config, DataConfig, LRConfig, ModelConfig
-from ray_rthpo.lr_methods import HypergradientController, build_stepper
 from ray_rthpo.models import build_model
+from ray_rthpo.training.steppers import HypergradientController, build_stepper
 
 #: model -> (input shape, batch size on CPU, batch size on CUDA)
 MODEL_SETUPS: dict[str, tuple[tuple[int, int, int], int, int]] = {

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ray_rthpo.config import load_config
 from ray_rthpo.data import load_data
-from ray_rthpo.trainer import run_training
+from ray_rthpo.training.trainer import run_training
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BETA = {"mlp": 1.0e-4, "lenet": 3.0e-6}

@@ -44,6 +44,19 @@ PRESET_VALUES: dict[str, dict[str, float | int]] = {
     "fast": {"hvp_every": 4, "hvp_batch_fraction": 0.25, "val_every": 4, "val_batch_fraction": 0.5},
 }
 DEVICES = ("auto", "cpu", "cuda")
+#: Run-config keys that only some methods read (searching them for another method wastes a budget).
+KEYS_READ_ONLY_BY: dict[str, tuple[str, ...]] = {
+    "lr.beta": HYPERGRADIENT_METHODS, "lr.mu": ("marthe",), "lr.hypergrad_clip": HYPERGRADIENT_METHODS,
+    "lr.gamma": ("exp_decay",), "lr.eta_min": ("cosine",),
+}
+#: Keys a restored run may take over from a new config (population-based training mutates them): the
+#: learning-rate hyperparameters, never the method, model, data or seed.
+ADOPTABLE_KEYS = ("lr.eta0", "lr.beta", "lr.gamma", "lr.mu", "lr.eta_min", "lr.eta_max", "lr.hypergrad_clip")
+
+
+def method_reads(method: str, key: str) -> bool:
+    """True when ``lr.method`` ``method`` reads the flat run-config key ``key`` (e.g. ``lr.beta``)."""
+    return method in KEYS_READ_ONLY_BY.get(key, (method,))
 DTYPES = ("float32", "float64")
 
 
@@ -329,4 +342,5 @@ __all__ = [
     "Config", "DataConfig", "ModelConfig", "OptimConfig", "LRConfig", "TrainConfig",
     "config_from_dict", "load_config", "load_yaml", "save_config", "parse_override",
     "DATASETS", "MODELS", "METHODS", "HYPERGRADIENT_METHODS", "PRESETS", "PRESET_VALUES", "Subsampling",
+    "KEYS_READ_ONLY_BY", "ADOPTABLE_KEYS", "method_reads",
 ]

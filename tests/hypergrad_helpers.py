@@ -7,7 +7,7 @@ from torch import nn
 
 from ray_rthpo.config import LRConfig, OptimConfig
 from ray_rthpo.hypergrad.reference import flat_loss_fn, flat_params
-from ray_rthpo.lr_methods import HypergradientController
+from ray_rthpo.training.steppers import HypergradientController
 
 
 def tiny_model(seed: int = 0, batchnorm: bool = False) -> nn.Module:

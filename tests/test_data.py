@@ -18,9 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ray_rthpo import _datasets_io as dio
 from ray_rthpo.config import DataConfig
 from ray_rthpo.data import DataBundle, Split, augment_batch, cache_dir, default_data_dir, load_data
+from ray_rthpo.data import files as dio
 from ray_rthpo.errors import ConfigError, DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -13,8 +13,8 @@ from torch import nn
 from ray_rthpo import metrics as M
 from ray_rthpo.config import METHODS, OPTIMIZER_METHODS, Config, config_from_dict, load_config
 from ray_rthpo.errors import ConfigError
-from ray_rthpo.lr_methods import read_lr, refresh_batchnorm_stats
-from ray_rthpo.trainer import Trainer, run_training
+from ray_rthpo.training.steppers import read_lr, refresh_batchnorm_stats
+from ray_rthpo.training.trainer import Trainer, run_training
 
 pytest.importorskip("prodigyopt")
 pytest.importorskip("schedulefree")
@@ -172,7 +172,7 @@ def test_schedule_free_with_batchnorm_resnet18_on_fake_data(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("method", sorted(LRFREE))
 def test_compare_strategies_accept_the_methods(method: str) -> None:
-    from ray_rthpo.tune import experiment_config as E
+    from ray_rthpo.experiment import config as E
 
     exp = E.experiment_from_dict({
         "base": {"data": {"name": "digits"}, "model": {"hidden": [32]}, "train": {"epochs": 2}}, "budget_s": 10.0,

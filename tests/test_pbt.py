@@ -17,10 +17,10 @@ from ray_rthpo import metrics as M
 from ray_rthpo.cli import main
 from ray_rthpo.config import Config, DataConfig, LRConfig, ModelConfig, TrainConfig
 from ray_rthpo.errors import ConfigError
-from ray_rthpo.lr_methods import read_lr
-from ray_rthpo.trainer import Trainer
+from ray_rthpo.experiment.config import experiment_from_dict
+from ray_rthpo.training.steppers import read_lr
+from ray_rthpo.training.trainer import Trainer
 from ray_rthpo.tune.budget import ComputeBudgetStopper
-from ray_rthpo.tune.experiment_config import experiment_from_dict
 
 
 def small(method: str = "fixed", **lr: float) -> Config:

@@ -14,8 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ray_rthpo.results_io import atomic_save_figure, atomic_write_bytes, atomic_write_text
-from ray_rthpo.tune.compare import write_trials
+from ray_rthpo.report.files import atomic_save_figure, atomic_write_bytes, atomic_write_text, write_trials
 
 SIZE = 64 * 2**20
 
@@ -25,7 +24,7 @@ def test_a_process_killed_mid_write_leaves_the_old_file_or_the_whole_new_one(tmp
     target.write_text("old complete table\n")
     writer = textwrap.dedent(f"""
         import sys
-        from ray_rthpo.results_io import atomic_write_bytes
+        from ray_rthpo.report.files import atomic_write_bytes
         print("ready", flush=True)
         while True:
             atomic_write_bytes({str(target)!r}, b"x" * {SIZE})
@@ -69,10 +68,12 @@ def test_write_trials_replaces_both_tables_whole(tmp_path: Path) -> None:
 
 
 def test_the_journal_skips_a_line_cut_short_and_keeps_the_last_report_of_each_epoch(tmp_path: Path) -> None:
-    from ray_rthpo.tune.runner import load_rows
+    from ray_rthpo.report.journal import load_rows
+    from ray_rthpo.report.selection import latest_reports
 
     journal = tmp_path / "s.jsonl"
     journal.write_text('{"trial_id": "a", "epoch": 1, "x": 1}\n{"trial_id": "a", "epoch": 2, "x": 2}\n'
                        '{"trial_id": "a", "epoch": 2, "x": 3}\n{"trial_id": "b", "ep')
-    assert load_rows(journal) == [{"trial_id": "a", "epoch": 1, "x": 1}, {"trial_id": "a", "epoch": 2, "x": 3}]
+    assert latest_reports(pd.DataFrame(load_rows(journal))).to_dict("records") == [
+        {"trial_id": "a", "epoch": 1, "x": 1}, {"trial_id": "a", "epoch": 2, "x": 3}]
     assert load_rows(tmp_path / "missing.jsonl") == []

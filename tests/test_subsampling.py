@@ -24,8 +24,8 @@ from ray_rthpo.hypergrad.hvp import (
     grad_and_hvp_forward_over_reverse,
 )
 from ray_rthpo.hypergrad.reference import flat_loss_fn, flat_params
-from ray_rthpo.lr_methods import build_stepper
 from ray_rthpo.models import build_model
+from ray_rthpo.training.steppers import build_stepper
 
 ROUTES = ["double_backward", "forward_over_reverse"]
 OPTIMIZERS = [

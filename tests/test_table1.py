@@ -1,4 +1,4 @@
-"""Pure unit tests of ray_rthpo.tune.table1 (the paper's Table 1) on hand-built tables (no Ray)."""
+"""Pure unit tests of ray_rthpo.report.table1 (the paper's Table 1) on hand-built tables (no Ray)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from ray_rthpo import metrics as M
-from ray_rthpo.tune import table1 as T
+from ray_rthpo.report import table1 as T
 
 _clock = count(1)
 
@@ -99,7 +99,7 @@ def test_best_epoch_is_chosen_by_validation_not_test() -> None:
     assert row["top"] == pytest.approx(85.0) and row["best_epoch"] == 2
 
 
-def test_ties_break_on_validation_loss_then_earlier_epoch() -> None:
+def test_ties_break_on_validation_loss_then_first_reported() -> None:
     df = frame(
         rep("s", "a", 1, 0.9, 0.70, val_loss=0.40),
         rep("s", "a", 2, 0.9, 0.71, val_loss=0.30),  # same acc, lower loss: chosen for run a
@@ -111,9 +111,10 @@ def test_ties_break_on_validation_loss_then_earlier_epoch() -> None:
     assert runs["trial_id"].tolist() == ["a", "b"]  # a's result has the lower loss
     assert runs.loc[0, "epoch"] == 2 and runs.loc[0, M.TEST_ACC] == 0.71
     assert runs.loc[1, "epoch"] == 1 and runs.loc[1, M.TEST_ACC] == 0.50
-    # across runs, equal acc and loss: the earlier result epoch wins, then the one reported first
+    # across runs, equal acc and loss: the result reported first wins (report.selection's one rule, the
+    # same as the comparison table's), even when the other one came at an earlier epoch
     df2 = frame(rep("s", "x", 1, 0.5, 0.1), rep("s", "x", 2, 0.9, 0.2), rep("s", "y", 1, 0.9, 0.3))
-    assert T.run_results(df2, "s")["trial_id"].tolist() == ["y", "x"]
+    assert T.run_results(df2, "s")["trial_id"].tolist() == ["x", "y"]
     df3 = frame(rep("s", "x", 1, 0.9, 0.2), rep("s", "y", 1, 0.9, 0.3))
     assert T.table1(df3, [T.RowSpec("S", "s", "search")]).loc[0, "best_trial"] == "x"
 
@@ -129,8 +130,8 @@ def test_duplicate_epoch_reports_keep_the_last_by_received_time() -> None:
     assert len(latest) == 3 and latest["time/received_at"].tolist() == [1.0, 3.0, 4.0]
     row = T.table1(df, [T.RowSpec("A", "s", "single")]).iloc[0]
     assert row["top"] == pytest.approx(84.0) and row["best_epoch"] == 2
-    # the final time/total_s is the one of the highest epoch (3): 50 s
-    assert row["time_min"] == pytest.approx(50.0 / 60.0)
+    # compute: each kept (trial, epoch) once, by its own time/epoch_s (report.selection.compute_spent)
+    assert row["time_min"] == pytest.approx(3 * 30.0 / 60.0)
 
 
 def test_diverged_runs_count_in_the_means_and_are_marked() -> None:

@@ -10,7 +10,7 @@ import torch
 
 from ray_rthpo import metrics as M
 from ray_rthpo.config import METHODS, Config, load_config
-from ray_rthpo.trainer import Trainer, run_training
+from ray_rthpo.training.trainer import Trainer, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

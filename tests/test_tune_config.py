@@ -10,9 +10,10 @@ import yaml
 
 from ray_rthpo.config import Config
 from ray_rthpo.errors import ConfigError
-from ray_rthpo.tune import experiment_config as E
-from ray_rthpo.tune import spaces
-from ray_rthpo.tune.searchers import SEARCHERS, build_searcher, is_basic
+from ray_rthpo.experiment import config as E
+from ray_rthpo.experiment import spaces
+from ray_rthpo.experiment.searchers import SEARCHERS
+from ray_rthpo.tune.searchers import build_searcher, is_basic, to_domain
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = {"data": {"name": "digits"}, "model": {"hidden": [32]}, "train": {"epochs": 2}}
@@ -26,10 +27,11 @@ def experiment(**strategy: Any) -> dict[str, Any]:
 def test_space_kinds_become_ray_domains() -> None:
     from ray.tune.search.sample import Categorical, Float, Integer
 
-    space = spaces.parse_space({
+    checked = spaces.check_space({
         "lr.eta0": {"loguniform": [1.0e-4, 1.0]}, "lr.beta": {"uniform": [0.0, 1.0e-3]},
         "train.seed": {"randint": [0, 5]}, "lr.mu": {"choice": [0.0, 1.0]}, "lr.gamma": {"grid": [0.5, 0.9]},
     }, Config())
+    space = {key: to_domain(kind, values) for key, (kind, values) in checked.items()}
     assert isinstance(space["lr.eta0"], Float) and space["lr.eta0"].lower == 1.0e-4
     assert isinstance(space["train.seed"], Integer) and isinstance(space["lr.mu"], Categorical)
     assert space["lr.gamma"] == {"grid_search": [0.5, 0.9]}
@@ -52,7 +54,7 @@ SPACE_ERRORS = [
 @pytest.mark.parametrize(("space", "match"), SPACE_ERRORS)
 def test_bad_spaces_name_the_key_and_the_fix(space: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        spaces.parse_space(space, Config())
+        spaces.check_space(space, Config())
 
 
 # --------------------------------------------------------------------------------------- searchers
@@ -186,8 +188,8 @@ def test_shipped_compare_configs_load(name: str) -> None:
 
 
 def test_a_missing_dataset_fails_before_ray_starts(tmp_path: Path) -> None:
+    from ray_rthpo.data.paths import check_data
     from ray_rthpo.errors import DataError
-    from ray_rthpo.tune.data_paths import check_data
 
     config = Config().replace(**{"data.name": "mnist", "data.data_dir": str(tmp_path)})
     with pytest.raises(DataError, match=r"mnist not found in data.data_dir .*--set data.data_dir="):
@@ -197,7 +199,7 @@ def test_a_missing_dataset_fails_before_ray_starts(tmp_path: Path) -> None:
 
 
 def test_ray_storage_is_in_the_output_folder_or_under_storage_path(tmp_path: Path) -> None:
-    from ray_rthpo.tune.compare import ray_storage
+    from ray_rthpo.experiment.output import ray_storage
 
     exp = E.experiment_from_dict(experiment())
     assert ray_storage(exp, tmp_path / "out") == str((tmp_path / "out" / "ray").resolve())

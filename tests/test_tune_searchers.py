@@ -12,7 +12,7 @@ import pytest
 from tune_helpers import ETA_SPACE, tiny_experiment
 
 from ray_rthpo import metrics as M
-from ray_rthpo.tune.experiment_config import experiment_from_dict
+from ray_rthpo.experiment.config import experiment_from_dict
 from ray_rthpo.tune.runner import run_strategy
 
 pytestmark = pytest.mark.ray

@@ -65,7 +65,7 @@ def test_tuner_checkpoints_every_epoch(ray_local: None, tmp_path: Path) -> None:
     with best.checkpoint.as_directory() as folder:
         state_file = Path(folder) / T.CHECKPOINT_FILE
         assert state_file.is_file()
-        from ray_rthpo.trainer import Trainer
+        from ray_rthpo.training.trainer import Trainer
 
         trainer = Trainer(T.config_from_ray(best.config))
         trainer.load(state_file)

@@ -1,6 +1,6 @@
 """Run one strategy of an experiment as one Ray Tune experiment, under the experiment's compute budget.
 
-    from ray_rthpo.tune.experiment_config import load_experiment
+    from ray_rthpo.experiment.config import load_experiment
     from ray_rthpo.tune.runner import init_ray, run_strategy
 
     exp = load_experiment("configs/compare_digits.yaml")
@@ -16,7 +16,6 @@ once the trials' compute seconds (``time/total_s``) add up to ``budget_s``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -30,10 +29,12 @@ from typing import Any
 import pandas as pd
 
 from ray_rthpo import metrics as M
+from ray_rthpo.config import method_reads
 from ray_rthpo.errors import ConfigError, RTHPOError
-from ray_rthpo.tune.analysis import RECEIVED_AT
-from ray_rthpo.tune.experiment_config import _ONLY_FOR, ExperimentConfig, StrategyConfig
-from ray_rthpo.tune.spaces import to_domain
+from ray_rthpo.experiment.config import ExperimentConfig, StrategyConfig
+from ray_rthpo.report.journal import append_row, end_cut_line, load_rows
+from ray_rthpo.report.selection import RECEIVED_AT, latest_reports
+from ray_rthpo.tune.searchers import to_domain
 
 ProgressFn = Callable[[str], None]
 #: Run-config values copied into every row of the results table (beside the searched ones).
@@ -138,23 +139,6 @@ def _scheduler(exp: ExperimentConfig, strategy: StrategyConfig) -> Any:
                          reduction_factor=strategy.asha.reduction_factor)
 
 
-def load_rows(path: str | Path | None) -> list[dict[str, Any]]:
-    """The rows a :func:`run_strategy` journal (JSON lines) holds, one per reported epoch; the last report
-    of each (trial, epoch) wins (a trial restored from its checkpoint reports the next epochs again). A
-    line cut short by a crash is skipped. A missing file gives no rows."""
-    if path is None or not Path(path).is_file():
-        return []
-    rows: dict[tuple[Any, Any], dict[str, Any]] = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # the half-written last line of a killed driver
-        if isinstance(row, dict):
-            rows[(row.get("trial_id"), row.get(M.EPOCH))] = row
-    return list(rows.values())
-
-
 def _callback_class() -> type:
     from ray import tune
 
@@ -181,7 +165,7 @@ def _callback_class() -> type:
             config = trial.config
             row.update({f"searched/{k}": config.get(k) for k in self.searched})
             # a key this method never reads (beta of plain SGD) is left empty, not shown as if it mattered
-            row.update({f"config/{k}": config.get(k) if self.method in _ONLY_FOR.get(k, (self.method,)) else None
+            row.update({f"config/{k}": config.get(k) if method_reads(self.method, k) else None
                         for k in CONFIG_COLUMNS})
             row.update({k: v for k, v in result.items() if k != "config" and not isinstance(v, dict)})
             row[RECEIVED_AT] = now  # the driver's clock orders reports from every node
@@ -189,9 +173,7 @@ def _callback_class() -> type:
             self.compute += float(result.get(M.EPOCH_SECONDS, 0.0))
             self.rows.append(row)
             if self.journal is not None:
-                with open(self.journal, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(row, default=_jsonable) + "\n")
-                    fh.flush()
+                append_row(self.journal, row)
 
         def _line(self, trial: Any, how: str) -> None:
             if trial.trial_id in self.ended:
@@ -228,18 +210,6 @@ def _callback_class() -> type:
     return ProgressCallback
 
 
-def _jsonable(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else str(value)
-
-
-def _dedupe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The last row of each (trial, epoch), in the order first seen."""
-    last: dict[tuple[Any, Any], dict[str, Any]] = {}
-    for row in rows:
-        last[(row.get("trial_id"), row.get(M.EPOCH))] = row
-    return list(last.values())
-
-
 def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
@@ -267,10 +237,7 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
     restoring = resume and tune.Tuner.can_restore(experiment_path)
     earlier = load_rows(journal) if restoring else []
     if restoring and journal is not None and Path(journal).is_file():
-        with open(journal, "rb+") as fh:  # end a line cut short by the kill, so the next row starts clean
-            fh.seek(0, os.SEEK_END)
-            if fh.tell() and (fh.seek(-1, os.SEEK_END), fh.read(1))[1] != b"\n":
-                fh.write(b"\n")
+        end_cut_line(journal)
     if journal is not None and not restoring and Path(journal).exists():
         Path(journal).unlink()  # rows of a run that never got as far as Ray's experiment state
     callback = _callback_class()(exp, strategy, progress, Path(journal) if journal else None, earlier)
@@ -329,7 +296,7 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
     wall = time.time() - start
     errors = tuple(f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
                    for e in grid.errors)
-    return StrategyOutcome(strategy.name, pd.DataFrame(_dedupe(callback.rows)), wall, errors, experiment_path)
+    return StrategyOutcome(strategy.name, latest_reports(pd.DataFrame(callback.rows)), wall, errors, experiment_path)
 
 
-__all__ = ["StrategyOutcome", "init_ray", "trial_resources", "param_space", "run_strategy", "load_rows"]
+__all__ = ["StrategyOutcome", "init_ray", "trial_resources", "param_space", "run_strategy"]

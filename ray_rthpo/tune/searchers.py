@@ -18,58 +18,13 @@ ASHA early stopping is a scheduler, not a searcher: it works on top of any of th
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from ray_rthpo.errors import ConfigError
-from ray_rthpo.tune.spaces import GRID_KIND
-
-SEARCHERS = ("grid", "random", "optuna_tpe", "optuna_gp", "skopt")
-#: Options each searcher accepts (``searcher_options`` in a strategy), with their defaults. Few
-#: start-up points by default: the budgets of a comparison allow tens of trials, not hundreds.
-OPTIONS: dict[str, dict[str, Any]] = {
-    "grid": {},
-    "random": {},
-    "optuna_tpe": {"n_startup_trials": 5, "multivariate": True},
-    "optuna_gp": {"n_startup_trials": 5, "deterministic_objective": False},
-    "skopt": {"base_estimator": "GP", "n_initial_points": 5, "acq_func": "gp_hedge"},
-}
-
-
-def check_options(name: str, options: Mapping[str, Any], where: str = "strategy") -> None:
-    """Check that searcher ``name`` exists and knows every key of ``options``."""
-    if name not in SEARCHERS:
-        close = difflib.get_close_matches(str(name), SEARCHERS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"{where}.searcher must be one of {', '.join(SEARCHERS)}, but got {name!r}.{hint}")
-    if not isinstance(options, Mapping):
-        raise ConfigError(f"{where}.searcher_options must be a mapping, but got {options!r}.")
-    unknown = set(options) - set(OPTIONS[name])
-    if unknown:
-        allowed = ", ".join(OPTIONS[name]) or "none"
-        raise ConfigError(f"{where}.searcher_options: {sorted(unknown)} not known to searcher {name}; "
-                          f"it accepts: {allowed}.")
-
-
-def check_searcher(name: str, kinds: Iterable[str], options: Mapping[str, Any], where: str) -> None:
-    """Check that searcher ``name`` exists, handles every space kind in ``kinds``, and knows ``options``."""
-    check_options(name, options, where)
-    kinds = set(kinds)
-    if name == "grid" and kinds - {GRID_KIND, "choice"}:
-        raise ConfigError(f"{where}: searcher grid enumerates values, but the space has "
-                          f"{sorted(kinds - {GRID_KIND, 'choice'})} entries; write them as {{grid: [...]}} "
-                          "or use searcher: random.")
-    if name == "grid" and GRID_KIND not in kinds:
-        raise ConfigError(f"{where}: searcher grid needs at least one {{grid: [...]}} entry in its space.")
-    if name in ("optuna_tpe", "optuna_gp", "skopt") and GRID_KIND in kinds:
-        raise ConfigError(f"{where}: searcher {name} samples its space and cannot take {{grid: [...]}} entries; "
-                          "use {choice: [...]} (or loguniform/uniform) instead, or searcher: grid.")
-    if name in ("optuna_tpe", "optuna_gp", "skopt") and not kinds:
-        raise ConfigError(f"{where}: searcher {name} needs a space to search; add one (e.g. "
-                          "lr.eta0: {loguniform: [1.0e-3, 1.0]}) or use searcher: random with num_samples: 1.")
+from ray_rthpo.experiment.searchers import OPTIONS, check_options
 
 
 def build_searcher(name: str, *, seed: int, options: Mapping[str, Any] | None = None,
@@ -93,6 +48,21 @@ def build_searcher(name: str, *, seed: int, options: Mapping[str, Any] | None = 
         return SkOptSearch(seed=seed, base_estimator=str(opts["base_estimator"]),
                            n_initial_points=int(opts["n_initial_points"]), acq_func=str(opts["acq_func"]))
     return _optuna(name, seed, opts)
+
+
+def to_domain(kind: str, values: list[Any]) -> Any:
+    """The Ray Tune domain (or grid-search dict) for a checked ``(kind, values)``."""
+    from ray import tune
+
+    if kind == "loguniform":
+        return tune.loguniform(values[0], values[1])
+    if kind == "uniform":
+        return tune.uniform(values[0], values[1])
+    if kind == "randint":
+        return tune.randint(values[0], values[1])
+    if kind == "choice":
+        return tune.choice(list(values))
+    return tune.grid_search(list(values))
 
 
 def is_basic(search_alg: Any) -> bool:
@@ -132,4 +102,4 @@ def _require(module: str, searcher: str) -> None:
                           f"fix: pip install {module}.")
 
 
-__all__ = ["SEARCHERS", "OPTIONS", "check_options", "check_searcher", "build_searcher", "is_basic"]
+__all__ = ["build_searcher", "is_basic", "to_domain"]

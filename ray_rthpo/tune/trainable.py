@@ -10,14 +10,14 @@ This is the only module that calls ``ray.tune.report`` and ``ray.tune.get_checkp
     tune.run(train_fn, config=space, num_samples=4, metric="val/acc", mode="max")
 
 ``train_fn(config)`` takes Ray's flat dotted config (``{"lr.eta0": 0.1, "data.name": "digits", ...}``;
-keys left out keep their defaults), builds a :class:`~ray_rthpo.trainer.Trainer`, continues from
+keys left out keep their defaults), builds a :class:`~ray_rthpo.training.trainer.Trainer`, continues from
 ``ray.tune.get_checkpoint()`` when Tune restores the trial, and after every epoch reports the
 trainer's metrics plus where the trial ran (node id, IP, hostname, device name), with a checkpoint
 written by ``Trainer.save`` (model, optimizer with eta, tangents, mu, RNGs, history).
 
 Under population-based training (``scheduler: pbt``) Tune restarts a trial from another trial's
 checkpoint with mutated learning-rate keys; ``Trainer.load(..., adopt=ADOPTABLE_KEYS)`` takes over that
-model and applies the new values (see :meth:`ray_rthpo.trainer.Trainer.load_state_dict`).
+model and applies the new values (see :meth:`ray_rthpo.training.trainer.Trainer.load_state_dict`).
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def train_fn(config: dict[str, Any]) -> None:
     """Run one trial of ``config`` (Ray's flat dict), reporting and checkpointing every epoch."""
     from ray import tune
 
-    from ray_rthpo.trainer import ADOPTABLE_KEYS, Trainer
+    from ray_rthpo.config import ADOPTABLE_KEYS
+    from ray_rthpo.training.trainer import Trainer
 
     trainer = Trainer(config_from_ray(config))
     checkpoint = tune.get_checkpoint()

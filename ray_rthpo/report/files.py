@@ -9,7 +9,10 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _umask() -> int:
@@ -59,3 +62,16 @@ def atomic_save_figure(fig: Any, path: str | os.PathLike[str], **savefig_kwargs:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", **savefig_kwargs)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def write_trials(table: pd.DataFrame, out: Path) -> list[Path]:
+    """Write every reported epoch as ``trials.csv`` and, when pyarrow can, ``trials.parquet``."""
+    written = [atomic_write_text(out / "trials.csv", table.to_csv(index=False))]
+    try:
+        buf = io.BytesIO()
+        table.to_parquet(buf, index=False)
+    except (ImportError, ValueError, TypeError) as err:  # no pyarrow, or a column it cannot store
+        print(f"note: trials.parquet not written ({type(err).__name__}: {err}); trials.csv has everything.")
+    else:
+        written.append(atomic_write_bytes(out / "trials.parquet", buf.getvalue()))
+    return written

@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from ray_rthpo import _datasets_io as dio
 from ray_rthpo.config import Config
-from ray_rthpo.data import default_data_dir
+from ray_rthpo.data import files as dio
+from ray_rthpo.data.datasets import default_data_dir
 from ray_rthpo.errors import DataError
 
 FILELESS = ("digits", "fake")

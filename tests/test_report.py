@@ -1,4 +1,4 @@
-"""Pure unit tests of ray_rthpo.tune.analysis on hand-made tables (no Ray)."""
+"""Pure unit tests of ray_rthpo.report (selection, summary, plots) on hand-made tables (no Ray)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 from ray_rthpo import metrics as M
-from ray_rthpo.tune import analysis as A
+from ray_rthpo.report import plots as P
+from ray_rthpo.report import selection as A
+from ray_rthpo.report import summary as S
 
 
 def row(strategy: str, trial: str, epoch: int, t: float, val: float, test: float, *, val_loss: float = 0.5,
@@ -31,7 +33,7 @@ def test_chosen_test_accuracy_comes_from_the_best_validation_trial_not_the_best_
     )
     best = A.best_by_validation(df)
     assert best["trial_id"] == "b" and best[M.TEST_ACC] == 0.80
-    summary = A.summary_table(df)
+    summary = S.summary_table(df)
     assert summary.loc[0, "test acc (chosen by val)"] == 0.80
     assert summary.loc[0, "best val acc"] == 0.95
     curve = A.best_so_far(df)
@@ -82,23 +84,23 @@ def test_summary_counts_trials_diverged_compute_and_wall() -> None:
         row("s", "b", 1, 3.0, val=0.1, test=0.1, epoch_s=0.5, diverged=True),
         row("t", "c", 1, 1.0, val=0.3, test=0.3, diverged=True, **{"searched/lr.eta0": 3.0}),
     )
-    summary = A.summary_table(df, {"s": 12.0})
+    summary = S.summary_table(df, {"s": 12.0})
     s, t = summary.iloc[0], summary.iloc[1]
     assert (s["trials"], s["diverged trials"], s["compute s"], s["wall s"]) == (2, 1, 3.5, 12.0)
     assert not s["chosen diverged"] and t["chosen diverged"] and math.isnan(t["wall s"])
     assert t["chosen config"] == "lr.eta0=3"
-    text = A.markdown_table(summary)
+    text = S.markdown_table(summary)
     assert text.count("\n") == 4 and "DIVERGED" in text and "| s | fixed | random | 0.9200 | 0.8100 | 2 | 1 |" in text
 
 
 def test_scheduler_shows_in_the_searcher_column() -> None:
     df = table(row("s", "a", 1, 1.0, val=0.9, test=0.8, scheduler="asha"))
-    assert A.summary_table(df).loc[0, "searcher"] == "random + asha"
+    assert S.summary_table(df).loc[0, "searcher"] == "random + asha"
 
 
 def test_missing_test_accuracy_reads_na() -> None:
     df = table(row("s", "a", 1, 1.0, val=0.9, test=float("nan")))
-    assert "n/a" in A.markdown_table(A.summary_table(df))
+    assert "n/a" in S.markdown_table(S.summary_table(df))
 
 
 def test_best_by_validation_of_an_empty_table_says_so() -> None:
@@ -109,15 +111,15 @@ def test_best_by_validation_of_an_empty_table_says_so() -> None:
 def test_plots_are_figures_with_one_line_per_strategy(tmp_path: Any) -> None:
     from matplotlib.figure import Figure
 
-    from ray_rthpo.results_io import atomic_save_figure
+    from ray_rthpo.report.files import atomic_save_figure
 
     df = table(
         row("x", "a", 1, 1.0, val=0.5, test=0.5, **{"config/lr.eta0": 0.2}),
         row("x", "a", 2, 2.0, val=0.6, test=0.55, lr=0.05, **{"config/lr.eta0": 0.2}),
         row("y", "b", 1, 1.5, val=0.9, test=0.8, **{"config/lr.eta0": 0.1}),
     )
-    curve_fig = A.plot_best_so_far(A.best_so_far(df), budget_s=5.0)
-    lr_fig = A.plot_lr_trajectories(df)
+    curve_fig = P.plot_best_so_far(A.best_so_far(df), budget_s=5.0)
+    lr_fig = P.plot_lr_trajectories(df)
     assert isinstance(curve_fig, Figure) and isinstance(lr_fig, Figure)
     assert len(curve_fig.axes[0].get_lines()) >= 2
     lr_lines = [ln for ln in lr_fig.axes[0].get_lines() if len(ln.get_xdata()) > 1]

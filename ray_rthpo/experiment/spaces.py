@@ -1,4 +1,5 @@
-"""Search spaces written in YAML, turned into Ray Tune domains.
+"""Search spaces written in YAML, checked against the run config (``ray_rthpo.tune.searchers.to_domain``
+turns each entry into a Ray Tune domain).
 
 One entry per searched run-config key (flat, dotted, as Ray passes it to the trainable)::
 
@@ -10,7 +11,7 @@ One entry per searched run-config key (flat, dotted, as Ray passes it to the tra
       lr.mu: {choice: [0.0, 0.5, 1.0]}         # tune.choice(values)
       lr.eta0: {grid: [0.01, 0.1, 1.0]}        # tune.grid_search(values): every value is run
 
-:func:`parse_space` checks every key against the run config and every bound against the key's own
+:func:`check_space` checks every key against the run config and every bound against the key's own
 range (by building the run config at both ends), so a bad space fails before Ray starts, with the
 key, the value and the fix.
 """
@@ -34,8 +35,7 @@ KINDS = {
     "choice": "[value, ...] (at least one)",
     "grid": "[value, ...] (at least one; every value is run)",
 }
-#: Kinds that sample (random search and model-based searchers) vs. the one that enumerates.
-SAMPLED_KINDS = ("loguniform", "uniform", "randint", "choice")
+#: The kind that enumerates (every value is run) rather than samples.
 GRID_KIND = "grid"
 
 
@@ -76,21 +76,6 @@ def spec_kind(key: str, spec: Any) -> tuple[str, list[Any]]:
     return kind, values
 
 
-def to_domain(kind: str, values: list[Any]) -> Any:
-    """The Ray Tune domain (or grid-search dict) for a checked ``(kind, values)``."""
-    from ray import tune
-
-    if kind == "loguniform":
-        return tune.loguniform(values[0], values[1])
-    if kind == "uniform":
-        return tune.uniform(values[0], values[1])
-    if kind == "randint":
-        return tune.randint(values[0], values[1])
-    if kind == "choice":
-        return tune.choice(list(values))
-    return tune.grid_search(list(values))
-
-
 def _end_points(kind: str, values: list[Any]) -> list[Any]:
     """Values that must all give a valid run config: both bounds, or every listed value."""
     if kind == "randint":
@@ -124,9 +109,4 @@ def check_space(space: Mapping[str, Any], base: Config, where: str = "space") ->
     return parsed
 
 
-def parse_space(space: Mapping[str, Any], base: Config, where: str = "space") -> dict[str, Any]:
-    """``{key: Ray domain}`` for a YAML space, checked by :func:`check_space`."""
-    return {key: to_domain(kind, values) for key, (kind, values) in check_space(space, base, where).items()}
-
-
-__all__ = ["KINDS", "SAMPLED_KINDS", "GRID_KIND", "spec_kind", "to_domain", "check_space", "parse_space"]
+__all__ = ["KINDS", "GRID_KIND", "spec_kind", "check_space"]

@@ -8,15 +8,14 @@ results of :mod:`ray_rthpo.tune.runner` (one row per reported epoch of every tri
 
 Definitions (what every number below is):
 
-* Reports: when a (trial, epoch) was reported more than once (a restarted trial), only the last report
-  (by ``time/received_at``) counts, everywhere in this module.
-* A run is one trial (one ``trial_id`` of one strategy). A run's *result* is its epoch with the best
-  validation accuracy; ties go to the lower validation loss, then to the earlier epoch. The run's test
-  accuracy is the test accuracy at that epoch. Selection uses validation only; the test accuracy never
-  takes part in choosing anything.
-* The best run of a row is the run whose result has the best validation accuracy (ties: lower
-  validation loss, then earlier result epoch, then the run whose result was reported first). The
-  best η̄ and best β are ``config/lr.eta0`` and ``config/lr.beta`` at the best run's result epoch.
+* Reports and selection are :mod:`ray_rthpo.report.selection`'s, the project's only definitions: when
+  a (trial, epoch) was reported more than once (a restarted trial), only its last report counts; the
+  best report has the highest validation accuracy, ties going to the lower validation loss, then to
+  the one reported first. The test accuracy never takes part in choosing anything.
+* A run is one trial (one ``trial_id`` of one strategy). A run's *result* is its best report; the run's
+  test accuracy is the test accuracy there. The best run of a row is the run with the best result
+  (the same rule over the runs' results). The best η̄ and best β are ``config/lr.eta0`` and
+  ``config/lr.beta`` at the best run's result epoch.
 * A run diverged when any of its (kept) reports has ``diverged`` True. Diverged runs count in every
   mean with the accuracy their result reached; a cell that includes any diverged run is marked
   ``†k`` (k diverged runs), and Top is marked ``†`` when the best run diverged.
@@ -34,10 +33,9 @@ Definitions (what every number below is):
   - ``population`` (PBT). Top = test accuracy at the best (trial, epoch) by validation over the whole
     population; Time = total compute minutes of all trials.
 
-* A run's compute seconds = its last kept ``time/total_s`` (the trial's cumulative compute), or the sum
-  of its kept ``time/epoch_s`` when ``time/total_s`` is missing. For ``population`` rows the total is
-  the sum of the kept ``time/epoch_s`` of all trials instead, because a PBT trial that clones another
-  one's checkpoint also inherits that trial's cumulative ``time/total_s`` (summing them double-counts).
+* A run's compute seconds = the sum of its kept ``time/epoch_s`` (each epoch once:
+  :func:`ray_rthpo.report.selection.compute_spent`); for a PBT member that cloned another one's
+  checkpoint this counts its own epochs only, never the donor's.
 * std is the sample standard deviation (ddof=1) over the runs of the cell, 0 for a single run.
   Accuracies are reported in percent. Means and std skip runs without a test accuracy; ``n`` is the
   number of runs a cell averages (the runs present: a grid with an errored run averages fewer).
@@ -55,7 +53,16 @@ import numpy as np
 import pandas as pd
 
 from ray_rthpo import metrics as M
-from ray_rthpo.tune.analysis import CUMULATIVE_COMPUTE, RECEIVED_AT, STRATEGY, TRIAL_ID, best_so_far
+from ray_rthpo.report.selection import (
+    CUMULATIVE_COMPUTE,
+    RECEIVED_AT,
+    STRATEGY,
+    TRIAL_ID,
+    best_so_far,
+    compute_spent,
+    latest_reports,
+    rank,
+)
 
 ETA0 = "config/lr.eta0"
 BETA = "config/lr.beta"
@@ -72,7 +79,7 @@ TABLE1_COLUMNS = (
 
 #: Columns of :func:`run_results`'s output, in order (best run first).
 RUN_COLUMNS = ("trial_id", "epoch", "val/acc", "val/loss", "test/acc", "eta0", "beta", "diverged",
-               "compute_s", "epoch_compute_s", "received_at")
+               "compute_s", "received_at")
 
 
 @dataclass(frozen=True)
@@ -93,15 +100,6 @@ class RowSpec:
 # --------------------------------------------------------------------------------------- selection
 
 
-def latest_reports(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows of ``df`` in report order (``time/received_at``, else row order), keeping only the last
-    report of each (strategy, trial, epoch)."""
-    if df.empty:
-        return df.reset_index(drop=True)
-    order = df.sort_values(RECEIVED_AT, kind="stable") if RECEIVED_AT in df else df
-    return order.drop_duplicates([STRATEGY, TRIAL_ID, M.EPOCH], keep="last").reset_index(drop=True)
-
-
 def _column(df: pd.DataFrame, name: str, default: Any = math.nan) -> pd.Series:
     if name in df:
         return df[name]
@@ -116,27 +114,19 @@ def _as_bool(series: pd.Series) -> pd.Series:
     return series.map(lambda v: False if v is None or pd.isna(v) else bool(v)).astype(bool)
 
 
-def _ranked(rows: pd.DataFrame, epoch: str, received: str) -> pd.DataFrame:
-    """``rows`` sorted best first: higher val/acc, lower val/loss, earlier epoch, reported first."""
-    key = pd.DataFrame({
-        "acc": -_as_float(rows[M.VAL_ACC]).fillna(-math.inf),
-        "loss": _as_float(rows[M.VAL_LOSS]).fillna(math.inf),
-        "epoch": _as_float(rows[epoch]),
-        "received": _as_float(rows[received]) if received in rows else pd.Series(0.0, index=rows.index),
-        "pos": np.arange(len(rows)),
-    }, index=rows.index)
-    order = key.sort_values(["acc", "loss", "epoch", "received", "pos"], kind="stable").index
-    return rows.loc[order]
+def _ranked(rows: pd.DataFrame, received: str) -> pd.DataFrame:
+    """``rows`` best first by the selection rule, ``received`` naming the column of report times."""
+    renamed = rows.drop(columns=[RECEIVED_AT], errors="ignore").rename(columns={received: RECEIVED_AT})
+    return rows.loc[rank(renamed).index]
 
 
 def run_results(df: pd.DataFrame, strategy: str | None = None) -> pd.DataFrame:
     """One row per run (trial) of ``strategy`` (or of all of ``df`` when None), best run first.
 
-    Columns (:data:`RUN_COLUMNS`): the run's result epoch (best validation accuracy; ties: lower
-    validation loss, earlier epoch) with its ``val/acc``, ``val/loss`` and ``test/acc`` (fractions),
-    ``eta0`` and ``beta`` at that epoch, ``diverged`` (any kept report diverged), ``compute_s`` (last
-    kept ``time/total_s``, else the sum of ``time/epoch_s``), ``epoch_compute_s`` (sum of kept
-    ``time/epoch_s``) and ``received_at`` of the result report. Runs are ordered by the same rule.
+    Columns (:data:`RUN_COLUMNS`): the run's result epoch (its best report by the selection rule) with
+    its ``val/acc``, ``val/loss`` and ``test/acc`` (fractions), ``eta0`` and ``beta`` at that epoch,
+    ``diverged`` (any kept report diverged), ``compute_s`` (the run's compute: its kept ``time/epoch_s``
+    summed) and ``received_at`` of the result report. Runs are ordered by the same rule.
     """
     if strategy is not None:
         df = df[df[STRATEGY] == strategy] if STRATEGY in df else df.iloc[0:0]
@@ -147,25 +137,19 @@ def run_results(df: pd.DataFrame, strategy: str | None = None) -> pd.DataFrame:
         _eta0=_as_float(_column(reports, ETA0)), _beta=_as_float(_column(reports, BETA)),
         _diverged=_as_bool(_column(reports, M.DIVERGED, False)),
         _received=_as_float(_column(reports, RECEIVED_AT)).fillna(0.0),
-        _epoch_s=_as_float(_column(reports, M.EPOCH_SECONDS)),
-        _total_s=_as_float(_column(reports, M.TOTAL_SECONDS)),
     )
     rows = []
     for trial, group in reports.groupby(TRIAL_ID, sort=False):
-        best = _ranked(group, M.EPOCH, "_received").iloc[0]
-        last = group.sort_values(M.EPOCH, kind="stable").iloc[-1]
-        epoch_s = float(group["_epoch_s"].sum(min_count=1))
-        total_s = float(last["_total_s"])
+        best = _ranked(group, "_received").iloc[0]
         rows.append({
             "trial_id": trial, "epoch": int(best[M.EPOCH]), "val/acc": float(best[M.VAL_ACC]),
             "val/loss": float(best[M.VAL_LOSS]), "test/acc": _float(best.get(M.TEST_ACC)),
             "eta0": float(best["_eta0"]), "beta": float(best["_beta"]),
             "diverged": bool(group["_diverged"].any()),
-            "compute_s": total_s if math.isfinite(total_s) else epoch_s,
-            "epoch_compute_s": epoch_s, "received_at": float(best["_received"]),
+            "compute_s": compute_spent(group), "received_at": float(best["_received"]),
         })
     runs = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
-    return _ranked(runs, "epoch", "received_at").reset_index(drop=True)
+    return _ranked(runs, "received_at").reset_index(drop=True)
 
 
 def _float(value: Any) -> float:
@@ -234,7 +218,7 @@ def _row(df: pd.DataFrame, spec: RowSpec) -> dict[str, Any]:
         if len(runs) > 1:
             row["note"] = f"{len(runs)} runs found for a single-run row; the best one is shown"
     else:  # population
-        row["time_min"] = float(runs["epoch_compute_s"].astype(float).sum()) / 60.0
+        row["time_min"] = float(minutes.sum())
     return row
 
 
@@ -441,7 +425,7 @@ def plot_sensitivity(grids: Mapping[str, pd.DataFrame]) -> Any:
 def plot_accuracy_vs_compute(df: pd.DataFrame, specs: Sequence[RowSpec]) -> Any:
     """Figure: for each row (spec) present in ``df``, the test accuracy (%) of the best-by-validation
     (trial, epoch) so far against the strategy's cumulative compute minutes (sum of the kept reports'
-    ``time/epoch_s`` in report order, :func:`ray_rthpo.tune.analysis.best_so_far`); log x, one line
+    ``time/epoch_s`` in report order, :func:`ray_rthpo.report.summary.best_so_far`); log x, one line
     per row label, drawn as steps."""
     from matplotlib.ticker import FuncFormatter
 
@@ -515,6 +499,6 @@ def plot_eta_schedules(df: pd.DataFrame, specs: Sequence[RowSpec]) -> Any:
     return fig
 
 
-__all__ = ["RowSpec", "KINDS", "TABLE1_COLUMNS", "RUN_COLUMNS", "latest_reports", "run_results", "table1",
+__all__ = ["RowSpec", "KINDS", "TABLE1_COLUMNS", "RUN_COLUMNS", "run_results", "table1",
            "table1_markdown", "format_minutes", "format_power", "sensitivity_grid", "plot_sensitivity",
            "plot_accuracy_vs_compute", "plot_eta_schedules"]

@@ -38,26 +38,23 @@ from typing import Any
 
 from ray_rthpo import metrics as M
 from ray_rthpo.config import (
-    HYPERGRADIENT_METHODS,
+    ADOPTABLE_KEYS,
+    KEYS_READ_ONLY_BY,
     METHODS,
     Config,
     config_from_dict,
     load_yaml,
+    method_reads,
     parse_override,
 )
 from ray_rthpo.config_schema import check, check_choice, flatten, from_dict
+from ray_rthpo.data.paths import resolve_data_dir
 from ray_rthpo.errors import ConfigError
-from ray_rthpo.tune.data_paths import resolve_data_dir
-from ray_rthpo.tune.searchers import check_searcher
-from ray_rthpo.tune.spaces import GRID_KIND, check_space
+from ray_rthpo.experiment.searchers import check_searcher
+from ray_rthpo.experiment.spaces import GRID_KIND, check_space
 
 RUN_SECTIONS = ("data", "model", "optim", "lr", "train")
 SCHEDULERS = ("fifo", "asha", "pbt")
-#: Run-config keys that only some methods read: searching them for another method wastes the budget.
-_ONLY_FOR = {
-    "lr.beta": HYPERGRADIENT_METHODS, "lr.mu": ("marthe",), "lr.hypergrad_clip": HYPERGRADIENT_METHODS,
-    "lr.gamma": ("exp_decay",), "lr.eta_min": ("cosine",),
-}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: Trials a sampling strategy may start at most when num_samples is not given: the budget ends it first.
 DEFAULT_MAX_SAMPLES = 1000
@@ -131,8 +128,6 @@ class PbtConfig:
         check(0 <= self.resample_probability <= 1,
               f"pbt.resample_probability must be in [0, 1], but got {self.resample_probability!r}.")
         check(len(self.mutate) > 0, "pbt.mutate is empty; list the keys to mutate, e.g. [lr.eta0].")
-        from ray_rthpo.trainer import ADOPTABLE_KEYS
-
         for key in self.mutate:
             check(key in ADOPTABLE_KEYS, f"pbt.mutate holds {key!r}, which a running trial cannot take over; "
                   f"mutate only learning-rate keys: {', '.join(ADOPTABLE_KEYS)}.")
@@ -148,7 +143,7 @@ class StrategyConfig:
     searcher: str = "random"
     # Trials to start at most (null: 1 for grid or an empty space, else DEFAULT_MAX_SAMPLES: the budget ends it).
     num_samples: int | None = None
-    # Run-config key -> {loguniform|uniform|randint|choice|grid: [...]} (see ray_rthpo.tune.spaces).
+    # Run-config key -> {loguniform|uniform|randint|choice|grid: [...]} (see ray_rthpo.experiment.spaces).
     space: Any = None
     searcher_options: Any = None
     scheduler: str = "fifo"
@@ -231,10 +226,9 @@ class ExperimentConfig:
         where = f"strategy {strategy.name}: space"
         space = check_space(strategy.space or {}, config, where)
         for key in space:
-            methods = _ONLY_FOR.get(key)
-            if methods is not None and config.lr.method not in methods:
-                raise ConfigError(f"{where}.{key} has no effect with lr.method {config.lr.method}; remove it "
-                                  f"(it is read by {', '.join(methods)} only) so the budget is not spent on it.")
+            if not method_reads(config.lr.method, key):
+                raise ConfigError(f"{where}.{key} has no effect with lr.method {config.lr.method}; remove it (it is "
+                                  f"read by {', '.join(KEYS_READ_ONLY_BY[key])} only) so the budget is not spent on it.")
         check_searcher(strategy.searcher, [kind for kind, _ in space.values()],
                        strategy.searcher_options or {}, f"strategy {strategy.name}")
         if strategy.scheduler == "pbt":
@@ -275,7 +269,7 @@ class ExperimentConfig:
         return out
 
 
-def _read_base(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
+def read_base(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
     """``data`` with ``base: path`` replaced by that file's sections (the path is relative to ``base_dir``)."""
     base = data.get("base")
     if not isinstance(base, str):
@@ -293,7 +287,7 @@ def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", base
     if "strategies" not in data and "base" not in data:
         run = config_from_dict(data)
         data = {"name": name, "base": data, "strategies": [{"name": run.lr.method, "num_samples": 1}]}
-    data = _read_base(data, base_dir)
+    data = read_base(data, base_dir)
     data = {"name": name, **data}
     base = data.get("base")
     if base is None:
@@ -320,7 +314,7 @@ def _resolve_override_data_dir(strategy: dict[str, Any], cwd: Path | None) -> di
     return {**strategy, "overrides": flat}
 
 
-def _assign(node: Any, parts: list[str], value: Any, key: str) -> dict[str, Any]:
+def set_path(node: Any, parts: list[str], value: Any, key: str) -> dict[str, Any]:
     """A copy of mapping ``node`` with ``node[parts[0]][parts[1]]... = value`` (the last level replaced)."""
     if node is None:
         node = {}
@@ -328,7 +322,7 @@ def _assign(node: Any, parts: list[str], value: Any, key: str) -> dict[str, Any]
         raise ConfigError(f"--set {key}: {node!r} is not a section that can hold '{'.'.join(parts)}'.")
     if len(parts) == 1:
         return {**node, parts[0]: value}
-    return {**node, parts[0]: _assign(node.get(parts[0]), parts[1:], value, key)}
+    return {**node, parts[0]: set_path(node.get(parts[0]), parts[1:], value, key)}
 
 
 def apply_override(data: dict[str, Any], text: str) -> dict[str, Any]:
@@ -342,10 +336,10 @@ def apply_override(data: dict[str, Any], text: str) -> dict[str, Any]:
     parts = key.split(".")
     if parts[0] in RUN_SECTIONS:
         if "strategies" not in data and "base" not in data:  # a plain run config
-            return _assign(data, parts, value, key)
+            return set_path(data, parts, value, key)
         if isinstance(data.get("base"), str):
             raise ConfigError(f"--set {key}: base must be run-config sections here, but got {data['base']!r}.")
-        return _assign(data, ["base", *parts], value, key)
+        return set_path(data, ["base", *parts], value, key)
     if parts[0] == "strategies":
         name, field_path = (parts[1], parts[2:]) if len(parts) > 2 else ("", [])
         strategies = [dict(s) if isinstance(s, dict) else s for s in data.get("strategies") or []]
@@ -355,9 +349,9 @@ def apply_override(data: dict[str, Any], text: str) -> dict[str, Any]:
             raise ConfigError(f"--set {key}: write strategies.NAME.FIELD=value with NAME one of: {known}.")
         if field_path[0] in ("space", "overrides", "searcher_options") and len(field_path) > 1:
             field_path = [field_path[0], ".".join(field_path[1:])]  # their keys are dotted run-config keys
-        strategies[index] = _assign(strategies[index], field_path, value, key)
+        strategies[index] = set_path(strategies[index], field_path, value, key)
         return {**data, "strategies": strategies}
-    return _assign(data, parts, value, key)
+    return set_path(data, parts, value, key)
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None, *,
@@ -366,11 +360,11 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None, *,
     path = Path(path)
     data = load_yaml(path)
     if isinstance(data, dict):
-        data = _read_base(data, path.parent)
+        data = read_base(data, path.parent)
     for text in overrides or []:
         data = apply_override(data, text)
     return experiment_from_dict(data, name=path.stem, base_dir=path.parent, cwd=cwd)
 
 
 __all__ = ["ExperimentConfig", "StrategyConfig", "Resources", "AshaConfig", "PbtConfig", "load_experiment",
-           "experiment_from_dict", "apply_override", "SCHEDULERS"]
+           "experiment_from_dict", "apply_override", "read_base", "set_path", "SCHEDULERS"]

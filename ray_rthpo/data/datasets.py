@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ray_rthpo import _datasets_io as dio
 from ray_rthpo.config import DataConfig
+from ray_rthpo.data import files as dio
 from ray_rthpo.errors import ConfigError, DataError
 
 _NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}

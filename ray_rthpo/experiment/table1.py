@@ -1,11 +1,11 @@
-"""The paper's Table 1 for one workload, run through Ray Tune and the comparison machinery.
+"""The paper's Table 1 for one workload: its config and the two experiments that produce it (no Ray).
 
     python experiments/table1.py --workload mlp_mnist --set train.epochs=5 --output runs/table1_mlp_mnist
 
 A workload config (``configs/table1/NAME.yaml``, :class:`Table1Config`) names the run config, the η̄ and
 β grids and the sizes of the other rows. :func:`table1_experiments` turns it into two experiments
-(:class:`~ray_rthpo.tune.experiment_config.ExperimentConfig`), run one after the other by
-:func:`run_table1`:
+(:class:`~ray_rthpo.experiment.config.ExperimentConfig`), run one after the other by
+:func:`ray_rthpo.report.table1_run.run_table1`:
 
 1. ``search/``: the paper's rows. First-order (Train), First-order (Val) and RT-HPO each run the full
    η̄ × β grid (Ray's grid search); Grid Search runs the η̄ grid with the config's schedule; AdaDelta one
@@ -16,17 +16,14 @@ A workload config (``configs/table1/NAME.yaml``, :class:`Table1Config`) names th
    η mutated every ``pbt_perturbation_interval`` epochs), Prodigy and Schedule-Free SGD. They may run up
    to ``equal_compute_epochs`` epochs; the budget ends them.
 
-Every row selects on validation accuracy; :mod:`ray_rthpo.tune.table1` defines each number. The outputs
+Every row selects on validation accuracy; :mod:`ray_rthpo.report.table1` defines each number. The outputs
 (``table1.md``, ``table1.csv``, ``runs.csv``, ``table1.json``, ``sensitivity.png``,
 ``accuracy_vs_compute.png``, ``eta_schedules.png``) are written atomically into the output folder.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import platform
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,16 +34,15 @@ import pandas as pd
 from ray_rthpo.config import Config, config_from_dict, load_yaml
 from ray_rthpo.config_schema import check, check_choice, flatten, from_dict
 from ray_rthpo.errors import ConfigError, RTHPOError
-from ray_rthpo.results_io import atomic_save_figure, atomic_write_text
-from ray_rthpo.tune import table1 as T
-from ray_rthpo.tune.experiment_config import (
+from ray_rthpo.experiment.config import (
     ExperimentConfig,
     Resources,
-    _assign,
-    _read_base,
     apply_override,
     experiment_from_dict,
+    read_base,
+    set_path,
 )
+from ray_rthpo.report import table1 as T
 
 #: Strategy name, row label and row kind of every row, in the table's order.
 ROWS: tuple[T.RowSpec, ...] = (
@@ -143,13 +139,13 @@ def load_table1(path: str | Path, overrides: Sequence[str] = ()) -> Table1Config
     data = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a Table 1 config must be a mapping, but got {data!r}.")
-    data = _read_base(data, path.parent)  # base: a run-config path, relative to this file
+    data = read_base(data, path.parent)  # base: a run-config path, relative to this file
     base_overrides = data.pop("base_overrides", None) or {}
     if not isinstance(base_overrides, dict):
         raise ConfigError(f"{path}: base_overrides must map run-config keys to values, but got {base_overrides!r}.")
     data["base"] = dict(data.get("base") or {})
     for key, value in flatten(base_overrides).items():
-        data = _assign(data, ["base", *key.split(".")], value, key)
+        data = set_path(data, ["base", *key.split(".")], value, key)
     for text in overrides:  # run-config keys (train.epochs=3) go to base, the rest to the workload
         data = apply_override(data, text)
     return from_dict(Table1Config, {**data, "base": config_from_dict(data["base"])})
@@ -214,17 +210,7 @@ def mean_run_seconds(trials: pd.DataFrame, strategy: str = REFERENCE_STRATEGY) -
     return float(runs["compute_s"].mean()) if not runs.empty else math.nan
 
 
-@dataclass(frozen=True)
-class Table1Result:
-    """What :func:`run_table1` produced."""
-
-    table: pd.DataFrame
-    markdown: str
-    trials: pd.DataFrame
-    output: Path
-
-
-def _caption(cfg: Table1Config, meta: dict[str, Any]) -> str:
+def caption(cfg: Table1Config, meta: dict[str, Any]) -> str:
     eq_epochs = cfg.equal_compute_epochs or cfg.epochs
     return (f"{cfg.workload}: test accuracy of the run chosen on validation accuracy. {cfg.epochs} epoch(s) per "
             f"run, batch {cfg.base.data.batch_size}, vanilla SGD (momentum {cfg.base.optim.momentum:g}, weight "
@@ -238,55 +224,5 @@ def _caption(cfg: Table1Config, meta: dict[str, Any]) -> str:
             f"row (Grid Search, BO, PBT), on {meta['device']}. † marks cells that include diverged runs.")
 
 
-def run_table1(cfg: Table1Config, out: Path, *, joined: bool = False, resume: bool = False,
-               progress: Any = print, command: str = "") -> Table1Result:
-    """Run both experiments of ``cfg`` into ``out/search`` and ``out/equal_compute`` (Ray must be
-    initialised), then write the table and figures into ``out``. ``resume`` continues an interrupted
-    run: finished strategies are read back, the interrupted one restored (see ``rthpo compare --resume``)."""
-    from ray_rthpo.tune.compare import run_comparison
-
-    start = time.time()
-    out = Path(out)
-    if out.exists() and not resume and any((out / d).exists() for d in (SEARCH_DIR, EQUAL_DIR, "table1.md")):
-        raise RTHPOError(f"output folder {str(out)!r} already holds a Table 1 run; continue it with --resume, or "
-                         "choose another --output.")
-    out.mkdir(parents=True, exist_ok=True)
-    search_exp, _ = table1_experiments(cfg, reference_run_s=1.0)  # a bad equal-compute row fails now, not in an hour
-    progress(f"# Table 1, {cfg.workload}: the paper's rows ({len(search_exp.strategies)} strategies)")
-    first = run_comparison(search_exp, out / SEARCH_DIR, joined=joined, progress=progress,
-                           resume=resume and (out / SEARCH_DIR / "config.yaml").is_file())
-    reference = mean_run_seconds(first.trials)
-    _, equal_exp = table1_experiments(cfg, reference_run_s=reference)
-    assert equal_exp is not None
-    progress(f"# Table 1, {cfg.workload}: the rows at RT-HPO's compute ({reference:.1f} s per run)")
-    second = run_comparison(equal_exp, out / EQUAL_DIR, joined=joined, progress=progress,
-                            resume=resume and (out / EQUAL_DIR / "config.yaml").is_file())
-    trials = pd.concat([first.trials, second.trials], ignore_index=True)
-    table = T.table1(trials, ROWS)
-    devices = sorted({str(d) for d in trials.get("node/device_name", pd.Series(dtype=str)).dropna().unique()})
-    meta = {
-        "workload": cfg.workload, "command": command, "epochs": cfg.epochs,
-        "equal_compute_epochs": cfg.equal_compute_epochs or cfg.epochs, "seed": cfg.base.train.seed,
-        "searcher_seed": cfg.seed, "eta0_grid": list(cfg.eta0_grid), "beta_grid": list(cfg.beta_grid),
-        "reference_run_s": reference, "device": ", ".join(devices) or "unknown",
-        "host": platform.node(), "wall_s": time.time() - start,
-        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
-    markdown = T.table1_markdown(table, _caption(cfg, meta), paper=cfg.paper)
-    atomic_write_text(out / "table1.md", markdown)
-    atomic_write_text(out / "table1.csv", table.to_csv(index=False))
-    runs = pd.concat([T.run_results(trials, s.strategy).assign(strategy=s.strategy, row=s.label)
-                      for s in ROWS if s.strategy in set(trials["strategy"])], ignore_index=True)
-    atomic_write_text(out / "runs.csv", runs.to_csv(index=False))
-    atomic_write_text(out / "table1.json", json.dumps({**meta, "table": json.loads(table.to_json(orient="records"))},
-                                                      indent=2, default=str))
-    grids = {s.label: T.sensitivity_grid(trials, s.strategy) for s in ROWS if s.kind in ("grid2d", "grid1d")}
-    atomic_save_figure(T.plot_sensitivity(grids), out / "sensitivity.png", dpi=110)
-    atomic_save_figure(T.plot_accuracy_vs_compute(trials, ROWS), out / "accuracy_vs_compute.png", dpi=110)
-    atomic_save_figure(T.plot_eta_schedules(trials, ROWS), out / "eta_schedules.png", dpi=110)
-    progress(markdown)
-    return Table1Result(table, markdown, trials, out)
-
-
-__all__ = ["ROWS", "Table1Config", "Table1Result", "load_table1", "table1_experiments", "run_table1",
-           "mean_run_seconds", "SEARCH_STRATEGIES", "EQUAL_COMPUTE_STRATEGIES"]
+__all__ = ["ROWS", "Table1Config", "load_table1", "table1_experiments", "mean_run_seconds", "caption",
+           "SEARCH_STRATEGIES", "EQUAL_COMPUTE_STRATEGIES", "REFERENCE_STRATEGY", "SEARCH_DIR", "EQUAL_DIR"]

@@ -1,4 +1,4 @@
-"""The ``rthpo run`` and ``rthpo compare`` subcommands (registered with :func:`ray_rthpo.cli.register`).
+"""The ``rthpo run``, ``rthpo compare`` and ``rthpo table1`` subcommands (Ray Tune experiments).
 
     rthpo compare configs/compare_digits.yaml                       # every strategy, same budget
     rthpo run configs/compare_digits.yaml --strategy rthpo          # one strategy = one Tune experiment
@@ -18,11 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-from ray_rthpo.cli import add_common_arguments, default_output, register
+from ray_rthpo.cli.common import add_common_arguments, default_output
 from ray_rthpo.errors import RTHPOError
 
 
-def _experiment_arguments(parser: argparse.ArgumentParser) -> None:
+def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
     parser.add_argument("--address", default=None, metavar="ADDR",
                         help="join an existing Ray cluster (auto, HOST:6379 or ray://HOST:10001) instead of "
@@ -34,15 +34,15 @@ def _experiment_arguments(parser: argparse.ArgumentParser) -> None:
                              "finished strategies and trials are not rerun")
 
 
-def _run_arguments(parser: argparse.ArgumentParser) -> None:
-    _experiment_arguments(parser)
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    add_experiment_arguments(parser)
     parser.add_argument("--strategy", default=None, metavar="NAME",
                         help="which strategy of the config to run (needed when it has several)")
 
 
 def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) -> int:
+    from ray_rthpo.experiment.config import load_experiment
     from ray_rthpo.tune.compare import run_comparison
-    from ray_rthpo.tune.experiment_config import load_experiment
 
     exp = load_experiment(args.config, args.overrides)
     if command == "run":
@@ -57,7 +57,7 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
     out = Path(args.output) if args.output else default_output(stem, resume=args.resume)
     if args.num_cpus is not None and args.num_cpus < 1:
         raise RTHPOError(f"--num-cpus must be >= 1, but got {args.num_cpus}.")
-    from ray_rthpo.tune.compare import prepare_output
+    from ray_rthpo.experiment.output import prepare_output
 
     # Refuse a bad --output before Ray starts (prepare_output runs again, and creates it, once Ray is up).
     if args.resume or out.exists():
@@ -75,7 +75,7 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
           f"({', '.join(s.name for s in strategies)}) on {exp.base.data.name}/{exp.base.model.name}, "
           f"{exp.budget_s:g} compute-s each -> {out}", flush=True)
     if not args.address and not os.environ.get("RAY_ADDRESS"):  # on a cluster the data may live on the workers
-        from ray_rthpo.tune.data_paths import check_data
+        from ray_rthpo.data.paths import check_data
 
         for strategy in strategies:
             check_data(exp.run_config(strategy))  # a missing or truncated data file: fail before Ray starts
@@ -102,11 +102,11 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace) -> int:
     return _execute(args, args.strategy, "run")
 
 
-def _compare(args: argparse.Namespace) -> int:
+def compare_command(args: argparse.Namespace) -> int:
     return _execute(args, None, "compare")
 
 
@@ -114,7 +114,7 @@ def _compare(args: argparse.Namespace) -> int:
 TABLE1_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "table1"
 
 
-def _table1_arguments(parser: argparse.ArgumentParser) -> None:
+def add_table1_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workload", required=True, metavar="NAME",
                         help="mlp_mnist, lenet_mnist, resnet18_cifar10, resnet18_cifar100 (configs/table1/NAME.yaml) "
                              "or the path of a workload YAML")
@@ -126,8 +126,9 @@ def _table1_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
 
 
-def _table1(args: argparse.Namespace) -> int:
-    from ray_rthpo.tune.table1_experiment import load_table1, run_table1, table1_experiments
+def run_table1_command(args: argparse.Namespace) -> int:
+    from ray_rthpo.experiment.table1 import load_table1, table1_experiments
+    from ray_rthpo.tune.table1_run import run_table1
 
     path = Path(args.workload)
     if not path.suffix:
@@ -140,7 +141,7 @@ def _table1(args: argparse.Namespace) -> int:
     search_exp, _ = table1_experiments(cfg, reference_run_s=1.0)  # checks both phases' strategies before Ray starts
     out = Path(args.output) if args.output else Path("runs") / f"table1_{path.stem}"
     if not args.address and not os.environ.get("RAY_ADDRESS"):
-        from ray_rthpo.tune.data_paths import check_data
+        from ray_rthpo.data.paths import check_data
 
         check_data(search_exp.base)
     command = shlex.join(["python", "experiments/table1.py", "--workload", args.workload,
@@ -160,7 +161,5 @@ def _table1(args: argparse.Namespace) -> int:
     return 0
 
 
-register("table1", "the paper's Table 1 for one workload (all rows, through Ray Tune)", _table1_arguments, _table1)
-register("run", "one strategy as one Ray Tune experiment (searcher + budget)", _run_arguments, _run)
-register("compare", "several strategies under the same compute budget, with tables and plots",
-         _experiment_arguments, _compare)
+__all__ = ["add_experiment_arguments", "add_run_arguments", "add_table1_arguments", "run_command",
+           "compare_command", "run_table1_command", "TABLE1_CONFIGS"]

@@ -1,7 +1,7 @@
 """The training loop, without Ray: one run of one configuration, reported every epoch.
 
     from ray_rthpo.config import load_config
-    from ray_rthpo.trainer import run_training
+    from ray_rthpo.training.trainer import run_training
 
     history = run_training(load_config("configs/digits.yaml"), report=lambda metrics, trainer: print(metrics))
 
@@ -26,18 +26,15 @@ import torch
 import torch.nn.functional as F
 
 from ray_rthpo import metrics as M
-from ray_rthpo.config import Config, config_from_dict
+from ray_rthpo.config import ADOPTABLE_KEYS, Config, config_from_dict
 from ray_rthpo.data import DataBundle, Split, augment_batch, load_data
 from ray_rthpo.errors import ConfigError
-from ray_rthpo.lr_methods import build_stepper, read_lr, write_lr
 from ray_rthpo.models import build_model
-from ray_rthpo.results_io import atomic_write_bytes
+from ray_rthpo.report.files import atomic_write_bytes
+from ray_rthpo.training.steppers import build_stepper, read_lr, write_lr
 
 ReportFn = Callable[[dict[str, Any], "Trainer"], None]
 CHECKPOINT_VERSION = 1
-#: Config keys a restored run may take over from its new config (population-based training mutates
-#: them): the learning-rate hyperparameters, never the method, model, data or seed.
-ADOPTABLE_KEYS = ("lr.eta0", "lr.beta", "lr.gamma", "lr.mu", "lr.eta_min", "lr.eta_max", "lr.hypergrad_clip")
 
 
 def resolve_device(name: str) -> torch.device:

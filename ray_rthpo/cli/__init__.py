@@ -1,0 +1,55 @@
+"""The ``rthpo`` command line.
+
+    rthpo train configs/digits.yaml                 # one training run, no Ray
+    rthpo compare configs/compare_digits.yaml       # strategies at equal compute, through Ray Tune
+    rthpo run configs/compare_digits.yaml --strategy rthpo
+    rthpo table1 --workload mlp_mnist
+
+Errors in the user's input print one line (``rthpo: error: ...``) and exit with status 2. Each
+subcommand lives in its own module (``train``, ``experiments``); Ray is imported only when a
+subcommand that needs it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from ray_rthpo.cli import experiments, train
+from ray_rthpo.errors import RTHPOError
+
+Command = Callable[[argparse.Namespace], int]
+#: Subcommand name -> (help, add_arguments, run).
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Command]] = {
+    "train": ("one training run (no Ray)", train.add_arguments, train.run),
+    "table1": ("the paper's Table 1 for one workload (all rows, through Ray Tune)",
+               experiments.add_table1_arguments, experiments.run_table1_command),
+    "run": ("one strategy as one Ray Tune experiment (searcher + budget)", experiments.add_run_arguments,
+            experiments.run_command),
+    "compare": ("several strategies under the same compute budget, with tables and plots",
+                experiments.add_experiment_arguments, experiments.compare_command),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="rthpo", description="RT-HPO learning-rate tuning with Ray Tune")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments, _) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rthpo`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command][2](args)
+    except RTHPOError as err:
+        print(f"rthpo: error: {err}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["COMMANDS", "build_parser", "main"]

@@ -1,0 +1,44 @@
+"""What every ``rthpo`` subcommand shares: CONFIG / ``--set`` / ``--output``, the default output folder,
+and the one-line progress of an epoch."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+from ray_rthpo import metrics as M
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """CONFIG, ``--set key=value`` (repeatable) and ``--output DIR``: shared by every subcommand."""
+    parser.add_argument("config", help="YAML config file (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set lr.beta=1.0e-4 (repeatable)")
+    parser.add_argument("--output", default=None, metavar="DIR", help="output folder (default: runs/<config name>)")
+
+
+def default_output(stem: str, *, resume: bool = False) -> Path:
+    """``runs/<stem>``; when that holds an earlier run, ``runs/<stem>-2``, ``-3``, ... (never overwritten).
+
+    With ``resume`` the newest existing folder is returned instead.
+    """
+    base = Path("runs") / stem
+    candidates = [base] + [base.with_name(f"{stem}-{i}") for i in range(2, 10_000)]
+    existing = [p for p in candidates if p.exists() and any(p.iterdir())]
+    if resume:
+        return existing[-1] if existing else base
+    return next(p for p in candidates if not (p.exists() and any(p.iterdir())))
+
+
+def format_epoch(result: dict[str, Any]) -> str:
+    """One progress line for an epoch's metrics."""
+    test = result.get(M.TEST_ACC)
+    test_txt = f" test/acc {test:.4f}" if isinstance(test, float) and math.isfinite(test) else ""
+    flag = "  DIVERGED" if result.get(M.DIVERGED) else ""
+    return (f"epoch {result[M.EPOCH]:>3}  train/loss {result[M.TRAIN_LOSS]:.4f}  val/acc {result[M.VAL_ACC]:.4f}"
+            f"{test_txt}  lr {result[M.LR]:.5g}  h {result[M.HYPERGRAD]:+.3e}  {result[M.EPOCH_SECONDS]:.1f}s{flag}")
+
+
+__all__ = ["add_common_arguments", "default_output", "format_epoch"]

@@ -1,0 +1,67 @@
+"""``rthpo train``: one training run of one config, without Ray.
+
+    rthpo train configs/digits.yaml
+    rthpo train configs/mnist_mlp.yaml --set lr.beta=1.0e-4 --output runs/mlp --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ray_rthpo import metrics as M
+from ray_rthpo.cli.common import add_common_arguments, default_output, format_epoch
+from ray_rthpo.errors import RTHPOError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the checkpoint in the output folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ray_rthpo.config import load_config, save_config
+    from ray_rthpo.report.files import atomic_write_text, write_history_csv
+    from ray_rthpo.training.trainer import Trainer
+
+    config = load_config(args.config, args.overrides)
+    out = Path(args.output) if args.output else default_output(Path(args.config).stem, resume=args.resume)
+    checkpoint = out / "checkpoint.pt"
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise RTHPOError(f"output folder {str(out)!r} already holds a run; pass --resume to continue it, "
+                         "or choose another --output.")
+    if args.resume and not checkpoint.is_file():
+        raise RTHPOError(f"--resume: no checkpoint at {str(checkpoint)!r}; run without --resume to start afresh.")
+    print(f"rthpo train: {config.lr.method} on {config.data.name}/{config.model.name}, "
+          f"{config.train.epochs} epochs -> {out}", flush=True)
+    trainer = Trainer(config)  # loads the data: a missing or corrupt file fails before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    if args.resume:
+        trainer.load(checkpoint)
+        print(f"resumed at epoch {trainer.epoch}", flush=True)
+    print(f"device {trainer.device}, {len(trainer.data.train)} train / {len(trainer.data.val)} val / "
+          f"{len(trainer.data.test)} test examples, {trainer.steps_per_epoch} steps per epoch", flush=True)
+    try:
+        while not trainer.done:
+            result = trainer.run_epoch()
+            print(format_epoch(result), flush=True)
+            trainer.save(checkpoint)
+            write_history_csv(trainer.history, out / "history.csv")
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the last finished epoch is saved. Continue with: rthpo train {args.config} "
+              f"--output {out} --resume", file=sys.stderr)
+        return 130
+    final = trainer.history[-1]
+    atomic_write_text(out / "result.json", json.dumps(final, indent=2))
+    test = final.get(M.TEST_ACC)
+    test_txt = f", test accuracy {test:.4f}" if isinstance(test, float) else ""
+    print(f"{trainer.status}: validation accuracy {final[M.VAL_ACC]:.4f}{test_txt}, final lr {final[M.LR]:.5g}, "
+          f"{final[M.TOTAL_SECONDS]:.1f}s compute", flush=True)
+    return 0
+
+
+__all__ = ["add_arguments", "run"]

@@ -1,0 +1,15 @@
+"""Datasets: what a run trains, validates and tests on (``datasets``), how files are read (``files``),
+and where trials find them (``paths``)."""
+
+from __future__ import annotations
+
+from ray_rthpo.data.datasets import (
+    DataBundle,
+    Split,
+    augment_batch,
+    cache_dir,
+    default_data_dir,
+    load_data,
+)
+
+__all__ = ["DataBundle", "Split", "augment_batch", "cache_dir", "default_data_dir", "load_data"]
