@@ -1,9 +1,17 @@
 """ray_rthpo: RT-HPO (online learning-rate tuning by hypergradients) with Ray Tune integration.
 
-The maths (``ray_rthpo.hypergrad``) and the training loop (``ray_rthpo.train``) run without Ray;
-``ray_rthpo.tune`` is the adapter layer.
+Layout (each folder says what it holds; only ``tune`` imports Ray):
+
+* ``hypergrad`` -- the maths: pure functions over lists of tensors, and a literal reference for the tests
+* ``data``, ``models``, ``training`` -- datasets, networks and the Ray-free training loop
+* ``experiment`` -- what an experiment is (strategies, spaces, budget), without Ray
+* ``report`` -- the one selection rule, summaries, statistics, tables and figures, without Ray
+* ``tune`` -- the Ray Tune adapters: the trainable, searchers, the compute-budget stopper, the runners
+* ``cli`` -- the ``rthpo`` command line
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__"]

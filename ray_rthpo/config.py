@@ -167,7 +167,7 @@ class LRConfig:
     # paper and Prodigy's recommendation; for schedule_free: the SGD learning rate).
     eta0: float = 0.1
     # Hyper-learning rate beta of eq. (2): eta_{t+1} = eta_t - beta * h_t. Scales differ by decades
-    # between methods (see field notes), so search it on a log scale.
+    # between methods and optimizers (docs/results.md), so search it on a log scale.
     beta: float = 1.0e-4
     # MARTHE's discount of the tangent: z_{t+1} = mu (I - eta H) z_t - g_t. 1 = RT-HPO, 0 = First-order (Val).
     mu: float = 1.0

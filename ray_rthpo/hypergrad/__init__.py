@@ -8,9 +8,7 @@ from ray_rthpo.hypergrad.functional import (
     first_order_hypergradient,
     hypergradient,
     lr_step,
-    tangent_step,
     tangent_step_,
-    tangent_step_without_hvp,
 )
 
 __all__ = [
@@ -18,7 +16,5 @@ __all__ = [
     "first_order_hypergradient",
     "hypergradient",
     "lr_step",
-    "tangent_step",
     "tangent_step_",
-    "tangent_step_without_hvp",
 ]

@@ -1,7 +1,7 @@
 """The hypergradient maths as pure functions over lists of tensors (one tensor per parameter).
 
 No ``nn.Module``, no optimizer, no Ray. Notation (paper: Majumder, Donini, Chaudhari 2019; MARTHE:
-Donini et al. 2020; field notes), for SGD with momentum ``m`` and weight decay ``lam``::
+Donini et al. 2020), for SGD with momentum ``m`` and weight decay ``lam``::
 
     d_t     = g_t + lam * w_t                    # gradient of the regularised minibatch loss
     v_{t+1} = m * v_t + d_t                      # velocity (v_{t+1} = d_t when m = 0)
@@ -61,7 +61,7 @@ def first_order_hypergradient(grad_e: Tensors, prev_direction: Tensors) -> float
 
 
 def lr_step(eta: float, h: float, *, beta: float, eta_max: float, clip: float | None = None) -> float:
-    """Paper eq. (2) with the safety users asked for: ``clip(eta - beta * clip(h, -c, c), 0, eta_max)``.
+    """Paper eq. (2), kept in range: ``clip(eta - beta * clip(h, -c, c), 0, eta_max)``.
 
     ``h`` must be finite (callers treat a non-finite hypergradient as divergence). Returns a float.
     """
@@ -73,85 +73,17 @@ def lr_step(eta: float, h: float, *, beta: float, eta_max: float, clip: float | 
 
 
 @torch.no_grad()
-def tangent_step(
-    z: Tensors,
-    u: Tensors | None,
-    hz: Tensors | None,
-    v_next: Tensors,
-    w: Tensors | None = None,
-    *,
-    eta: float,
-    mu: float,
-    momentum: float,
-    weight_decay: float,
-) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """One step of the tangent recursion; returns ``(z_{t+1}, u_{t+1})`` as new tensors.
-
-    ``z``, ``u`` are ``z_t``, ``u_t`` (``u`` is ``None`` when ``momentum == 0``: it is not needed),
-    ``hz`` is ``H_t z_t`` (``None`` is allowed only when ``mu == 0``: the term is discounted away),
-    ``v_next`` is ``v_{t+1}`` (the direction the optimizer stepped along, weight decay included),
-    ``eta`` is the learning rate ``eta_t`` used for this very step (never a stale copy). ``w`` is
-    unused and kept for signature symmetry with the reference implementation. The per-parameter
-    loops are fused into ``torch._foreach_*`` kernels.
-    """
-    if hz is None and mu != 0.0:
-        raise ValueError(f"tangent_step needs the Hessian-vector product unless mu == 0, but mu = {mu!r}.")
-    return _tangent_update(z, u, hz, v_next, eta=eta, mu=mu, momentum=momentum, weight_decay=weight_decay)
-
-
-@torch.no_grad()
-def tangent_step_without_hvp(
-    z: Tensors, u: Tensors | None, v_next: Tensors, *, eta: float, mu: float, momentum: float,
-    weight_decay: float,
-) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """The tangent step with the Hessian term dropped (``H_t z_t := 0``), for sub-sampled steps.
-
-    Used between HVP steps when ``hvp_every > 1``: ``u_{t+1} = mu (m u_t + lam z_t)``,
-    ``z_{t+1} = mu z_t - eta_t u_{t+1} - v_{t+1}`` (for plain SGD: ``z_{t+1} = mu z_t - v_{t+1}``).
-    """
-    return _tangent_update(z, u, None, v_next, eta=eta, mu=mu, momentum=momentum, weight_decay=weight_decay)
-
-
-def _tangent_update(
-    z: Tensors, u: Tensors | None, hz: Tensors | None, v_next: Tensors, *, eta: float, mu: float,
-    momentum: float, weight_decay: float,
-) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """``u_{t+1} = mu (m u_t + H z_t + lam z_t)``, ``z_{t+1} = mu z_t - eta u_{t+1} - v_{t+1}``.
-
-    ``hz=None`` drops the Hessian term. Every term is one ``torch._foreach_*`` call over all tensors.
-    """
-    if momentum != 0.0 and u is None:
-        raise ValueError("tangent_step needs the velocity tangent u when momentum != 0.")
-    if mu == 0.0:
-        z_next = torch._foreach_neg(list(v_next))
-        u_next = [torch.zeros_like(v) for v in v_next] if momentum != 0.0 else None
-        return z_next, u_next
-    z, v_next = list(z), list(v_next)
-    # u_{t+1} = mu * H z + mu * lam * z + mu * m * u   (terms that are zero are skipped)
-    u_next: list[torch.Tensor] | None = None
-    for coef, term in ((mu, hz), (mu * weight_decay, z if weight_decay != 0.0 else None),
-                       (mu * momentum, u if momentum != 0.0 else None)):
-        if term is None:
-            continue
-        if u_next is None:
-            u_next = torch._foreach_mul(list(term), coef)
-        else:
-            torch._foreach_add_(u_next, list(term), alpha=coef)
-    z_next = torch._foreach_mul(z, mu)
-    if u_next is not None:
-        torch._foreach_add_(z_next, u_next, alpha=-eta)
-    torch._foreach_sub_(z_next, v_next)
-    return z_next, (u_next if momentum != 0.0 else None)
-
-
-@torch.no_grad()
 def tangent_step_(
     z: Tensors, u: Tensors | None, hz: Tensors | None, v_next: Tensors, *, eta: float, mu: float,
     momentum: float, weight_decay: float,
 ) -> None:
-    """:func:`tangent_step` in place: ``z`` (and ``u``) become ``z_{t+1}`` (and ``u_{t+1}``).
+    """One step of the tangent recursion, in place: ``z`` (and ``u``) become ``z_{t+1}`` (and ``u_{t+1}``).
 
-    ``hz=None`` drops the Hessian term (the sub-sampled steps of ``hvp_every > 1``, or ``mu == 0``).
+    ``u_{t+1} = mu (m u_t + H_t z_t + lam z_t)``, ``z_{t+1} = mu z_t - eta_t u_{t+1} - v_{t+1}``, where
+    ``hz`` is ``H_t z_t``, ``v_next`` the direction the optimizer stepped along (``v_{t+1}``, weight decay
+    included) and ``eta`` the learning rate of this very step (never a stale copy). ``u`` is ``None``
+    when ``momentum == 0`` (not needed). ``hz=None`` drops the Hessian term (the sub-sampled steps of
+    ``hvp_every > 1``, or ``mu == 0``; ``ray_rthpo.hypergrad.reference`` is the literal check).
     Without momentum ``z_{t+1} = mu (1 - eta lam) z_t - eta mu H z_t - v_{t+1}``: two passes over the
     parameters for RT-HPO, no allocation. With momentum ``u`` is updated first, then ``z`` from it.
     """

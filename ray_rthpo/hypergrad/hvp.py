@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, jvp
 
-from ray_rthpo.errors import ConfigError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 HVP_ROUTES = ("double_backward", "forward_over_reverse", "forward_over_reverse_bn")
@@ -128,9 +127,9 @@ def grad_and_hvp_forward_over_reverse(
     """
     bns = _tracked_batchnorms(model)
     if bns and not replay_batchnorm:
-        raise ConfigError(
-            "lr.hvp: forward_over_reverse cannot update BatchNorm running statistics under torch.func, "
-            "but the model has BatchNorm; set lr.hvp to forward_over_reverse_bn, double_backward or auto."
+        raise ValueError(
+            "forward_over_reverse cannot update BatchNorm running statistics under torch.func, but the model "
+            "has BatchNorm in training mode; pass replay_batchnorm=True, or use grad_and_hvp_double_backward."
         )
     names = [n for n, _ in named_params]
     primals = {n: p.detach() for n, p in named_params}
@@ -191,7 +190,7 @@ def validation_directional_derivative(
     return loss.detach(), directional.detach()
 
 
-def default_hvp_route(model: nn.Module, model_name: str, device: torch.device) -> str:
+def default_hvp_route(model: nn.Module) -> str:
     """The HVP route ``lr.hvp: auto`` picks: a fixed rule (never a timing race at start-up, so runs
     reproduce): ``forward_over_reverse_bn`` for models with BatchNorm, else ``double_backward``.
 
@@ -205,6 +204,5 @@ def default_hvp_route(model: nn.Module, model_name: str, device: torch.device) -
     transform layers; BatchNorm nets do about the same arithmetic either way, and forward-over-reverse
     does not keep the graph of a ``create_graph=True`` backward alive, so it needs less memory.
     ``bench_step_cost.py --device cuda`` reports both routes and their peak memory to check this.
-    ``model_name`` and ``device`` are part of the signature so that a rule can single them out.
     """
     return "forward_over_reverse_bn" if has_batchnorm(model) else "double_backward"

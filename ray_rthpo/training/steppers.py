@@ -347,7 +347,7 @@ def build_stepper(
     if lr_cfg.is_hypergradient:
         route = lr_cfg.hvp
         if route == "auto":
-            route = default_hvp_route(model, config.model.name, device)
+            route = default_hvp_route(model)
         return sgd, HypergradientController(model, sgd, lr_cfg, optim_cfg, hvp_route=route)
     return sgd, ScheduleStepper(model, sgd, lr_cfg, total_steps)
 
