@@ -294,8 +294,8 @@ def test_in_place_tangent_step_is_the_textbook_recursion(
     shapes = [(3, 4), (5,), (2, 1, 3)]
     z, u, hz, v = ([torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(4))
     eta = 0.3
-    u_exp = [mu * (momentum * ui + (hzi if with_hvp else 0.0) + weight_decay * zi) for ui, hzi, zi in zip(u, hz, z)]
-    z_exp = [mu * zi - eta * ui - vi for zi, ui, vi in zip(z, u_exp, v)]
+    u_exp = [mu * (momentum * ui + (hzi if with_hvp else 0.0) + weight_decay * zi) for ui, hzi, zi in zip(u, hz, z, strict=True)]
+    z_exp = [mu * zi - eta * ui - vi for zi, ui, vi in zip(z, u_exp, v, strict=True)]
     u_in = u if momentum != 0.0 else None
     z_new = [t.clone() for t in z]
     u_new = None if u_in is None else [t.clone() for t in u_in]

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, jvp
 
-
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 HVP_ROUTES = ("double_backward", "forward_over_reverse", "forward_over_reverse_bn")
 
