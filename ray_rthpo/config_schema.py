@@ -1,7 +1,8 @@
 """Strict conversion between plain dicts (YAML, Ray's flat configs) and frozen dataclasses.
 
-Unknown keys, wrong types and the PyYAML ``1e-8``-is-a-string trap fail with a
-:class:`~ray_rthpo.errors.ConfigError` that names the key's path, the bad value and the fix.
+Unknown keys and wrong types fail with a :class:`~ray_rthpo.errors.ConfigError` that names the key's
+path, the bad value and the fix. PyYAML reads ``1e-8`` (no decimal point) as a string: for a field
+typed as a float such a numeric string is read as the number it spells; anything else is refused.
 This module knows nothing about RT-HPO; :mod:`ray_rthpo.config` declares the schema.
 """
 
@@ -18,7 +19,8 @@ from ray_rthpo.errors import ConfigError
 
 T = TypeVar("T")
 
-_FLOAT_STRING = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+#: A number as PyYAML may leave it in a string (``1e-8``, ``1.0e6``).
+FLOAT_STRING = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 def _is_optional(tp: Any) -> tuple[bool, Any]:
@@ -77,11 +79,9 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, str) and _FLOAT_STRING.match(value.strip()):
-            raise ConfigError(
-                f"{path} must be a number, but got the string {value!r}: YAML reads exponents without a "
-                f"decimal point (or without a sign) as strings; write it as {_yaml_float(value)}."
-            )
+        if isinstance(value, str) and FLOAT_STRING.match(value.strip()):
+            # PyYAML (YAML 1.1) reads 1e-8 and 1.0e6 as strings; for a number field they mean one number.
+            return float(value)
         raise ConfigError(f"{path} must be a number, but got {value!r}.")
     if tp is str:
         if isinstance(value, str):
@@ -90,16 +90,6 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is Any:
         return value
     raise TypeError(f"config_schema cannot convert type {tp!r} at {path}")  # a schema bug, not user input
-
-
-def _yaml_float(text: str) -> str:
-    """The spelling PyYAML (YAML 1.1) reads as a float: a '.' in the mantissa, a sign in the exponent."""
-    mantissa, _, exponent = text.strip().lower().partition("e")
-    if "." not in mantissa:
-        mantissa += ".0"
-    if exponent and exponent[0] not in "+-":
-        exponent = "+" + exponent
-    return f"{mantissa}e{exponent}" if exponent else mantissa
 
 
 def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:

@@ -48,7 +48,7 @@ BAD_INPUT = [
     (["--set", "data.name=svhn"], "data.name must be one of"),
     (["--set", "lr.eta0=-0.1"], "lr.eta0 must be a finite number > 0, but got -0.1"),
     (["--set", "lr.beta=-1.0e-3"], "lr.beta must be a finite number >= 0"),
-    (["--set", "lr.beta=1e-8"], "write it as 1.0e-8"),
+    (["--set", "lr.beta=1e-8x"], "lr.beta must be a number, but got '1e-8x'"),
     (["--set", "lr.bta=0.1"], "unknown key 'lr.bta'; did you mean 'beta'?"),
     (["--set", "data.name=mnist", "--set", "data.data_dir=/nonexistent/folder"], "/nonexistent/folder"),
     (["--set", "train.device=cuda"] if not __import__("torch").cuda.is_available() else ["--set", "lr.mu=2.0"],

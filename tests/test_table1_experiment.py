@@ -59,7 +59,7 @@ def test_overrides_reach_the_run_config_and_the_workload() -> None:
 @pytest.mark.parametrize("override,match", [
     ("bogus=1", r"unknown key 'bogus'"),
     ("eta0_grid=[0.1, 0.01]", r"eta0_grid must hold at least 2 increasing numbers"),
-    ("beta_grid=[1e-4, 1.0e-3]", r"beta_grid"),
+    ("beta_grid=[1e-4, tiny]", r"beta_grid\[1\] must be a number, but got 'tiny'"),
     ("bo_trials=1", r"bo_trials must be an integer >= 2"),
     ("grid_method=rthpo", r"grid_method"),
     ("train.epochs=1", r"pbt.perturbation_interval is 2 epochs, but train.epochs is 1"),

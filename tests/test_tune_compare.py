@@ -77,5 +77,5 @@ def test_run_needs_a_strategy_when_there_are_several_and_runs_one(
 
 
 def test_config_errors_exit_2_before_ray_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["compare", str(write_config(tmp_path)), "--set", "budget_s=1e3"]) == 2
-    assert "write it as 1.0e+3" in capsys.readouterr().err
+    assert main(["compare", str(write_config(tmp_path)), "--set", "budget_s=1e3s"]) == 2
+    assert "budget_s must be a number, but got '1e3s'" in capsys.readouterr().err

@@ -41,7 +41,7 @@ SPACE_ERRORS = [
     ({"lr.eta": {"loguniform": [0.1, 1.0]}}, r"unknown key 'lr\.eta'; did you mean 'lr\.eta0'"),
     ({"lr.eta0": {"logunifrom": [0.1, 1.0]}}, r"unknown kind 'logunifrom'"),
     ({"lr.eta0": {"loguniform": [0.0, 1.0]}}, r"loguniform needs low > 0"),
-    ({"lr.eta0": {"loguniform": ["1e-4", 1.0]}}, r"write 1\.0e-8"),
+    ({"lr.eta0": {"loguniform": ["1e-4x", 1.0]}}, r"bounds must be numbers, but got '1e-4x'"),
     ({"lr.eta0": {"uniform": [1.0, 0.1]}}, r"low < high"),
     ({"lr.eta0": {"uniform": [0.1]}}, r"needs \[low, high\]"),
     ({"lr.eta0": {"grid": []}}, r"grid needs"),
@@ -98,7 +98,7 @@ def test_bad_strategies_fail_with_the_fix(strategy: dict[str, Any], match: str) 
 
 TOP_ERRORS = [
     ({"budget_s": 0}, r"budget_s must be a number of seconds > 0"),
-    ({"budget_s": "1e3"}, r"budget_s must be a number.*write it as 1\.0e\+3"),
+    ({"budget_s": "1e3s"}, r"budget_s must be a number, but got '1e3s'"),
     ({"metric": "test/acc"}, r"metric is always 'val/acc'"),
     ({"resources": {"gpu": 1.5}}, r"whole number of GPUs"),
     ({"resources": {"cpu": 0}}, r"must ask for some cpu or gpu"),

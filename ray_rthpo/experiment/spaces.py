@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ray_rthpo.config import Config, config_from_dict
-from ray_rthpo.config_schema import check, merge, unflatten
+from ray_rthpo.config_schema import FLOAT_STRING, check, merge, unflatten
 from ray_rthpo.errors import ConfigError
 
 #: Spec kind -> what its list holds.
@@ -40,9 +40,10 @@ GRID_KIND = "grid"
 
 
 def _number(key: str, kind: str, value: Any) -> float:
+    if isinstance(value, str) and FLOAT_STRING.match(value.strip()):
+        value = float(value)  # PyYAML reads 1e-8 as a string; as a bound it means the number
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        fix = " (YAML reads 1e-8 as a string: write 1.0e-8)" if isinstance(value, str) else ""
-        raise ConfigError(f"space.{key}: {kind} bounds must be numbers, but got {value!r}{fix}.")
+        raise ConfigError(f"space.{key}: {kind} bounds must be numbers, but got {value!r}.")
     if not math.isfinite(float(value)):
         raise ConfigError(f"space.{key}: {kind} bounds must be finite, but got {value!r}.")
     return float(value)
