@@ -97,7 +97,7 @@ def test_bad_strategies_fail_with_the_fix(strategy: dict[str, Any], match: str) 
 
 
 TOP_ERRORS = [
-    ({"budget_s": 0}, r"budget_s must be a number of seconds > 0"),
+    ({"budget_s": 0}, r"budget_s must be a finite number of seconds > 0"),
     ({"budget_s": "1e3s"}, r"budget_s must be a number, but got '1e3s'"),
     ({"metric": "test/acc"}, r"metric is always 'val/acc'"),
     ({"resources": {"gpu": 1.5}}, r"whole number of GPUs"),
@@ -207,3 +207,25 @@ def test_ray_storage_is_in_the_output_folder_or_under_storage_path(tmp_path: Pat
     assert ray_storage(s3, tmp_path / "cifar") == "s3://bucket/rthpo/cifar"
     nfs = E.experiment_from_dict({**experiment(), "storage_path": str(tmp_path / "nfs")})
     assert ray_storage(nfs, tmp_path / "cifar") == str(tmp_path / "nfs" / "cifar")
+
+
+def test_restored_run_config_reaches_rays_private_tuner_or_fails_loudly() -> None:
+    """``--resume`` swaps the live stopper and journal into a restored Tuner through Ray's private
+    ``Tuner._local_tuner``: this fails with the function's own message if a Ray upgrade removes it."""
+    from ray import tune
+
+    from ray_rthpo.tune.runner import restored_run_config
+
+    tuner = tune.Tuner(lambda config: None, run_config=tune.RunConfig(name="probe", storage_path="/tmp/rthpo-probe"))
+    run_config = restored_run_config(tuner)
+    assert isinstance(run_config, tune.RunConfig) and run_config.name == "probe"
+    run_config.stop = marker = object()
+    assert restored_run_config(tuner).stop is marker  # the object Tune will run with, changed in place
+    with pytest.raises(RuntimeError, match=r"Tuner\._local_tuner\.get_run_config\(\).*--resume"):
+        restored_run_config(object())
+
+
+def test_skopt_base_estimators_that_do_not_run_are_refused_with_the_config() -> None:
+    with pytest.raises(ConfigError, match=r"base_estimator must be one of GP, RF, ET, but got 'GBRT'"):
+        E.experiment_from_dict(experiment(searcher="skopt", space={"lr.eta0": {"loguniform": [0.01, 1.0]}},
+                                          searcher_options={"base_estimator": "GBRT"}))

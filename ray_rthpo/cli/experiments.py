@@ -57,16 +57,12 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
     out = Path(args.output) if args.output else default_output(stem, resume=args.resume)
     if args.num_cpus is not None and args.num_cpus < 1:
         raise RTHPOError(f"--num-cpus must be >= 1, but got {args.num_cpus}.")
-    from ray_rthpo.experiment.output import prepare_output
+    from ray_rthpo.tune.compare import preflight
 
-    # Refuse a bad --output before Ray starts (prepare_output runs again, and creates it, once Ray is up).
-    if args.resume or out.exists():
-        import yaml
-
-        if out.exists():
-            prepare_output(out, resume=args.resume, config_text=yaml.safe_dump(exp.to_dict(), sort_keys=False))
-        else:
-            prepare_output(out, resume=True)  # raises: nothing to resume
+    # A missing or truncated data file, or an output folder that holds another experiment: fail before Ray
+    # starts. On a cluster (--address) the data may live on the workers only: not checked here.
+    joining = bool(args.address or os.environ.get("RAY_ADDRESS"))
+    preflight(exp, out, strategies=strategies, resume=args.resume, joined=joining)
     again = shlex.join(["rthpo", command, args.config, *(["--strategy", strategy_name] if strategy_name else []),
                         *[a for o in args.overrides for a in ("--set", o)],
                         *(["--address", args.address] if args.address else []), "--output", str(out), "--resume"])
@@ -74,11 +70,6 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
     print(f"rthpo {command}: {len(strategies)} strateg{'y' if len(strategies) == 1 else 'ies'} "
           f"({', '.join(s.name for s in strategies)}) on {exp.base.data.name}/{exp.base.model.name}, "
           f"{exp.budget_s:g} compute-s each -> {out}", flush=True)
-    if not args.address and not os.environ.get("RAY_ADDRESS"):  # on a cluster the data may live on the workers
-        from ray_rthpo.data.paths import check_data
-
-        for strategy in strategies:
-            check_data(exp.run_config(strategy))  # a missing or truncated data file: fail before Ray starts
     from ray_rthpo.tune.runner import init_ray
 
     # Ctrl-C: stop everything (Tune's own handler would only end the current strategy, then go on).
@@ -90,7 +81,7 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
           f"on {len([n for n in ray.nodes() if n.get('Alive')])} node(s), ready in {time.time() - start:.1f}s",
           flush=True)
     try:
-        result = run_comparison(exp, out, joined=joined, strategies=strategies,
+        result = run_comparison(exp, out, joined=joined, strategies=strategies, checked=joined == joining,
                                 progress=lambda line: print(line, flush=True), resume=args.resume)
     except KeyboardInterrupt:
         print(f"\ninterrupted; every finished epoch is kept in {out}. Continue with: {again}", file=sys.stderr)

@@ -55,6 +55,13 @@ from ray_rthpo.experiment.spaces import GRID_KIND, check_space
 
 RUN_SECTIONS = ("data", "model", "optim", "lr", "train")
 SCHEDULERS = ("fifo", "asha", "pbt")
+def check_budget_s(value: Any) -> None:
+    """Raise ConfigError unless ``value`` is a compute budget: a finite number of seconds > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"budget_s must be a finite number of seconds > 0, but got {value!r}. "
+                          "Fix: give the compute budget summed over all trials, e.g. budget_s=3600.0.")
+
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: Trials a sampling strategy may start at most when num_samples is not given: the budget ends it first.
 DEFAULT_MAX_SAMPLES = 1000
@@ -167,6 +174,73 @@ class StrategyConfig:
 
 
 @dataclass(frozen=True)
+class ResolvedStrategy:
+    """A strategy with what follows from it worked out once: the run config of its trials before
+    searching (base, then method, then overrides), its space checked against that config and its
+    searcher, and the number of trials to start at most."""
+
+    strategy: StrategyConfig
+    config: Config
+    space: dict[str, tuple[str, list[Any]]]
+    num_samples: int
+
+    @property
+    def name(self) -> str:
+        """The strategy's name."""
+        return self.strategy.name
+
+    @property
+    def method(self) -> str:
+        """``lr.method`` of its trials."""
+        return self.config.lr.method
+
+
+def resolve_strategy(base: Config, strategy: StrategyConfig) -> ResolvedStrategy:
+    """Resolve ``strategy`` against the experiment's base run config; raises ConfigError naming the
+    strategy, the key and the fix when its overrides, space, searcher or PBT settings do not fit."""
+    flat: dict[str, Any] = flatten(dict(strategy.overrides or {}))
+    if strategy.method is not None:
+        flat = {"lr.method": strategy.method, **flat}
+    try:
+        config = base.replace(**flat) if flat else base
+    except ConfigError as err:
+        raise ConfigError(f"strategy {strategy.name}: overrides: {err}") from None
+    where = f"strategy {strategy.name}: space"
+    space = check_space(strategy.space or {}, config, where)
+    for key in space:
+        if not method_reads(config.lr.method, key):
+            raise ConfigError(f"{where}.{key} has no effect with lr.method {config.lr.method}; remove it (it is "
+                              f"read by {', '.join(KEYS_READ_ONLY_BY[key])} only) so the budget is not spent on it.")
+    check_searcher(strategy.searcher, [kind for kind, _ in space.values()],
+                   strategy.searcher_options or {}, f"strategy {strategy.name}")
+    if strategy.scheduler == "pbt":
+        _check_pbt(strategy, config, space)
+    if strategy.num_samples is not None:
+        num_samples = strategy.num_samples
+    elif not space or any(kind == GRID_KIND for kind, _ in space.values()):
+        num_samples = 1
+    else:
+        num_samples = DEFAULT_MAX_SAMPLES
+    return ResolvedStrategy(strategy, config, space, num_samples)
+
+
+def _check_pbt(strategy: StrategyConfig, config: Config, space: dict[str, tuple[str, list[Any]]]) -> None:
+    where = f"strategy {strategy.name}"
+    check(strategy.searcher in ("random", "grid"),
+          f"{where}: scheduler pbt draws its initial population itself and Ray refuses a search algorithm "
+          f"beside it, but searcher is {strategy.searcher!r}; set searcher: random.")
+    check(strategy.num_samples is not None and strategy.num_samples >= 2,
+          f"{where}: scheduler pbt needs num_samples: the population size (>= 2), but got "
+          f"{strategy.num_samples!r}; set e.g. num_samples: 4.")
+    for key in strategy.pbt.mutate:
+        check(key in space, f"{where}: pbt.mutate holds {key!r}, which is not in the strategy's space; add "
+              f"it (e.g. {key}: {{loguniform: [1.0e-3, 1.0]}}): PBT draws the population and resamples from it.")
+    check(config.train.epochs > strategy.pbt.perturbation_interval,
+          f"{where}: pbt.perturbation_interval is {strategy.pbt.perturbation_interval} epochs, but train.epochs "
+          f"is {config.train.epochs}: no perturbation would ever happen; lower the interval or add epochs.")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """A Tune experiment per strategy, all under the same compute budget and resources."""
 
@@ -189,8 +263,7 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         check(isinstance(self.base, Config), "experiment base must be a run config (internal: use load_experiment).")
-        check(math.isfinite(self.budget_s) and self.budget_s > 0,
-              f"budget_s must be a number of seconds > 0, but got {self.budget_s!r}.")
+        check_budget_s(self.budget_s)
         check(self.max_concurrent >= 1, f"max_concurrent must be an integer >= 1, but got {self.max_concurrent!r}.")
         check(self.seed >= 0, f"seed must be an integer >= 0, but got {self.seed!r}.")
         check(self.max_failures >= 0, f"max_failures must be an integer >= 0, but got {self.max_failures!r}.")
@@ -200,8 +273,8 @@ class ExperimentConfig:
         names = [s.name for s in self.strategies]
         dupes = sorted({n for n in names if names.count(n) > 1})
         check(not dupes, f"strategy names must be unique, but {dupes} appear twice; rename one.")
-        for strategy in self.strategies:
-            self.space_of(strategy)  # checks the space against the strategy's run config
+        # Every strategy is resolved here, once: its run config, checked space and trial count.
+        object.__setattr__(self, "_resolved", {s.name: resolve_strategy(self.base, s) for s in self.strategies})
 
     def strategy(self, name: str) -> StrategyConfig:
         """The strategy called ``name``."""
@@ -210,55 +283,24 @@ class ExperimentConfig:
                 return s
         raise ConfigError(f"no strategy {name!r}; this experiment has: {', '.join(s.name for s in self.strategies)}.")
 
-    def run_config(self, strategy: StrategyConfig) -> Config:
-        """The run config of ``strategy``'s trials before searching: base, then method, then overrides."""
-        flat: dict[str, Any] = flatten(dict(strategy.overrides or {}))
-        if strategy.method is not None:
-            flat = {"lr.method": strategy.method, **flat}
-        try:
-            return self.base.replace(**flat) if flat else self.base
-        except ConfigError as err:
-            raise ConfigError(f"strategy {strategy.name}: overrides: {err}") from None
+    def resolved(self, strategy: StrategyConfig | str) -> ResolvedStrategy:
+        """``strategy`` (or the strategy called so) resolved: built once, when this config was."""
+        name = strategy if isinstance(strategy, str) else strategy.name
+        if name not in self._resolved:
+            self.strategy(name)  # raises, naming the strategies there are
+        return self._resolved[name]
 
-    def space_of(self, strategy: StrategyConfig) -> dict[str, tuple[str, list[Any]]]:
-        """``{key: (kind, values)}`` of ``strategy``'s space, checked against its run config and searcher."""
-        config = self.run_config(strategy)
-        where = f"strategy {strategy.name}: space"
-        space = check_space(strategy.space or {}, config, where)
-        for key in space:
-            if not method_reads(config.lr.method, key):
-                raise ConfigError(f"{where}.{key} has no effect with lr.method {config.lr.method}; remove it (it is "
-                                  f"read by {', '.join(KEYS_READ_ONLY_BY[key])} only) so the budget is not spent on it.")
-        check_searcher(strategy.searcher, [kind for kind, _ in space.values()],
-                       strategy.searcher_options or {}, f"strategy {strategy.name}")
-        if strategy.scheduler == "pbt":
-            self._check_pbt(strategy, config, space)
-        return space
+    def run_config(self, strategy: StrategyConfig | str) -> Config:
+        """The run config of ``strategy``'s trials before searching (:attr:`ResolvedStrategy.config`)."""
+        return self.resolved(strategy).config
 
-    @staticmethod
-    def _check_pbt(strategy: StrategyConfig, config: Config, space: dict[str, tuple[str, list[Any]]]) -> None:
-        where = f"strategy {strategy.name}"
-        check(strategy.searcher in ("random", "grid"),
-              f"{where}: scheduler pbt draws its initial population itself and Ray refuses a search algorithm "
-              f"beside it, but searcher is {strategy.searcher!r}; set searcher: random.")
-        check(strategy.num_samples is not None and strategy.num_samples >= 2,
-              f"{where}: scheduler pbt needs num_samples: the population size (>= 2), but got "
-              f"{strategy.num_samples!r}; set e.g. num_samples: 4.")
-        for key in strategy.pbt.mutate:
-            check(key in space, f"{where}: pbt.mutate holds {key!r}, which is not in the strategy's space; add "
-                  f"it (e.g. {key}: {{loguniform: [1.0e-3, 1.0]}}): PBT draws the population and resamples from it.")
-        check(config.train.epochs > strategy.pbt.perturbation_interval,
-              f"{where}: pbt.perturbation_interval is {strategy.pbt.perturbation_interval} epochs, but train.epochs "
-              f"is {config.train.epochs}: no perturbation would ever happen; lower the interval or add epochs.")
+    def space_of(self, strategy: StrategyConfig | str) -> dict[str, tuple[str, list[Any]]]:
+        """``{key: (kind, values)}`` of ``strategy``'s checked space (:attr:`ResolvedStrategy.space`)."""
+        return dict(self.resolved(strategy).space)
 
-    def num_samples(self, strategy: StrategyConfig) -> int:
-        """Trials to start at most: the given num_samples, else 1 (grid or nothing to search) or the default cap."""
-        if strategy.num_samples is not None:
-            return strategy.num_samples
-        space = self.space_of(strategy)
-        if not space or any(kind == GRID_KIND for kind, _ in space.values()):
-            return 1
-        return DEFAULT_MAX_SAMPLES
+    def num_samples(self, strategy: StrategyConfig | str) -> int:
+        """Trials to start at most (:attr:`ResolvedStrategy.num_samples`)."""
+        return self.resolved(strategy).num_samples
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict for the resolved ``config.yaml`` kept beside the results."""
@@ -366,5 +408,5 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None, *,
     return experiment_from_dict(data, name=path.stem, base_dir=path.parent, cwd=cwd)
 
 
-__all__ = ["ExperimentConfig", "StrategyConfig", "Resources", "AshaConfig", "PbtConfig", "load_experiment",
-           "experiment_from_dict", "apply_override", "read_base", "set_path", "SCHEDULERS"]
+__all__ = ["ExperimentConfig", "StrategyConfig", "ResolvedStrategy", "resolve_strategy", "Resources", "AshaConfig", "PbtConfig", "load_experiment",
+           "experiment_from_dict", "apply_override", "check_budget_s", "read_base", "set_path", "SCHEDULERS"]

@@ -15,12 +15,10 @@ MARKERS = ("config.yaml", "summary.md", "trials.csv", "ray")
 PROGRESS_DIR = "progress"
 
 
-def prepare_output(out: Path, *, resume: bool = False, config_text: str | None = None) -> Path:
-    """Create ``out``; refuse a folder that already holds an experiment unless ``resume``.
-
-    With ``resume``, ``out`` must hold an experiment whose ``config.yaml`` equals ``config_text`` (when
-    given): resuming with other settings would mix two experiments in one table.
-    """
+def check_output(out: Path, *, resume: bool = False, config_text: str | None = None) -> None:
+    """Refuse ``out`` when it already holds an experiment, unless ``resume``; with ``resume`` it must hold
+    one, whose ``config.yaml`` equals ``config_text`` (when given): resuming with other settings would mix
+    two experiments in one table. Writes nothing."""
     held = [m for m in MARKERS if (out / m).exists()]
     if held and not resume:
         raise RTHPOError(f"output folder {str(out)!r} already holds an experiment ({', '.join(held)}); "
@@ -34,8 +32,6 @@ def prepare_output(out: Path, *, resume: bool = False, config_text: str | None =
             raise RTHPOError(f"--resume: the experiment in {str(out)!r} was started with another config "
                              f"(see {str(saved)!r}); resume with the same config file and --set values, or "
                              "start afresh with another --output.")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def ray_storage(exp: ExperimentConfig, out: Path) -> str:
@@ -48,4 +44,4 @@ def ray_storage(exp: ExperimentConfig, out: Path) -> str:
     return str(Path(exp.storage_path).expanduser().resolve() / out.resolve().name)
 
 
-__all__ = ["MARKERS", "PROGRESS_DIR", "prepare_output", "ray_storage"]
+__all__ = ["MARKERS", "PROGRESS_DIR", "check_output", "ray_storage"]

@@ -10,6 +10,8 @@ from typing import Any
 from ray_rthpo.errors import ConfigError
 from ray_rthpo.experiment.spaces import GRID_KIND
 
+#: scikit-optimize surrogates that run on current scikit-learn and numpy (GBRT and DUMMY do not).
+SKOPT_ESTIMATORS = ("GP", "RF", "ET")
 SEARCHERS = ("grid", "random", "optuna_tpe", "optuna_gp", "skopt")
 #: Options each searcher accepts (``searcher_options`` in a strategy), with their defaults. Few
 #: start-up points by default: the budgets of a comparison allow tens of trials, not hundreds.
@@ -35,6 +37,10 @@ def check_options(name: str, options: Mapping[str, Any], where: str = "strategy"
         allowed = ", ".join(OPTIONS[name]) or "none"
         raise ConfigError(f"{where}.searcher_options: {sorted(unknown)} not known to searcher {name}; "
                           f"it accepts: {allowed}.")
+    estimator = options.get("base_estimator", "GP") if name == "skopt" else "GP"
+    if estimator not in SKOPT_ESTIMATORS:
+        raise ConfigError(f"{where}.searcher_options.base_estimator must be one of {', '.join(SKOPT_ESTIMATORS)}, "
+                          f"but got {estimator!r} (skopt's GBRT and DUMMY do not run on current scikit-learn).")
 
 
 def check_searcher(name: str, kinds: Iterable[str], options: Mapping[str, Any], where: str) -> None:
@@ -55,4 +61,4 @@ def check_searcher(name: str, kinds: Iterable[str], options: Mapping[str, Any], 
                           "lr.eta0: {loguniform: [1.0e-3, 1.0]}) or use searcher: random with num_samples: 1.")
 
 
-__all__ = ["SEARCHERS", "OPTIONS", "check_options", "check_searcher"]
+__all__ = ["SEARCHERS", "OPTIONS", "SKOPT_ESTIMATORS", "check_options", "check_searcher"]

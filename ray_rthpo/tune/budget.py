@@ -20,12 +20,18 @@ Use::
     stopper = ComputeBudgetStopper(budget_s=3600.0)
     tune.Tuner(trainable, tune_config=..., run_config=tune.RunConfig(stop=stopper)).fit()
 
-When resuming an experiment whose finished trials will not report again, pass their compute as
-``already_spent_s`` so that the budget stays the same in total.
+Each (trial, epoch) counts once. A report that carries ``epoch`` and its own ``time/epoch_s`` (as
+every report of ray_rthpo's trainable does) is counted by that epoch's seconds, and a later report of
+the same (trial, epoch) replaces it: a trial restored from its checkpoint redoes an epoch it had already
+reported, and a population-based-training member that clones another one's checkpoint inherits that
+member's cumulative ``time/total_s`` but reports its own epoch seconds. This is the stopper's form of
+:func:`ray_rthpo.report.selection.compute_spent`, the one definition of compute spent, and both give
+the same number on the same reports. Reports without an epoch (a trainable that only reports its
+cumulative seconds) are counted by the cumulative ``time_key`` per trial.
 
-Population-based training restarts a trial from *another* trial's checkpoint, so a trial's cumulative
-count jumps to its donor's. For it, count per report instead: ``ComputeBudgetStopper(budget_s,
-increment_key=EPOCH_SECONDS)`` adds each report's own epoch seconds (each epoch that ran counts once).
+When resuming an interrupted experiment, feed the reports it journaled to :meth:`record` (each once:
+a resumed trial's repeated epochs replace them), or pass the compute of trials that will never report
+again as ``already_spent_s``.
 """
 
 from __future__ import annotations
@@ -39,8 +45,9 @@ from typing import Any
 from ray.tune.stopper import Stopper
 
 from ray_rthpo.errors import ConfigError
-from ray_rthpo.metrics import TOTAL_SECONDS
-from ray_rthpo.tune._results import lookup as _lookup
+from ray_rthpo.experiment.config import check_budget_s
+from ray_rthpo.metrics import EPOCH, EPOCH_SECONDS, TOTAL_SECONDS
+from ray_rthpo.tune.results import lookup
 
 logger = logging.getLogger(__name__)
 
@@ -51,19 +58,18 @@ def _finite(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-
-
 class ComputeBudgetStopper(Stopper):
     """Stop every trial once the compute seconds summed over all trials reach ``budget_s``.
 
-    The stopper keeps the latest cumulative seconds reported by each trial; the compute spent is
-    ``already_spent_s`` + the sum of those + the seconds of restarted trials (below).
+    The compute spent is ``already_spent_s`` + the seconds of every (trial, epoch) reported (each once,
+    its last report; see the module doc) + for reports without an epoch, the latest cumulative seconds
+    of each trial and the seconds of restarted trials (below).
     ``__call__`` returns True (stop this trial) and :meth:`stop_all` returns True (stop the
     experiment; Ray then starts no new trial) as soon as that sum is >= ``budget_s``.
 
-    A trial whose cumulative count goes down was restarted (from scratch or from a checkpoint):
-    the drop is kept as spent compute, since that work was done and lost, so the count is at most
-    one report interval short of the truth, never larger.
+    Without epochs, a trial whose cumulative count goes down was restarted (from scratch or from a
+    checkpoint): the drop is kept as spent compute, since that work was done and lost, so the count is
+    at most one report interval short of the truth, never larger.
 
     Reports without ``time_key``, or with a NaN, infinite or negative value, are not counted; a
     warning is logged once per trial.
@@ -74,8 +80,8 @@ class ComputeBudgetStopper(Stopper):
         budget_s: Compute budget in seconds, summed over all trials; finite and > 0.
         time_key: The metric holding each trial's cumulative compute seconds.
         already_spent_s: Compute already spent by a previous run of this experiment (>= 0).
-        increment_key: When given (e.g. ``time/epoch_s``), each report adds this metric's seconds instead
-            of ``time_key`` being read as a cumulative count (for population-based training).
+        increment_key: When given (e.g. ``time/epoch_s``), a report without an epoch adds this metric's
+            seconds instead of ``time_key`` being read as a cumulative count.
 
     Raises:
         ConfigError (a ValueError): an argument out of range; the message says which and the fix.
@@ -83,11 +89,7 @@ class ComputeBudgetStopper(Stopper):
 
     def __init__(self, budget_s: float, time_key: str = TOTAL_SECONDS, already_spent_s: float = 0.0,
                  increment_key: str | None = None) -> None:
-        if not _finite(budget_s) or budget_s <= 0:
-            raise ConfigError(
-                f"budget_s must be a finite number of seconds > 0, but got {budget_s!r}. "
-                "Fix: give the compute budget summed over all trials, e.g. budget_s=3600.0."
-            )
+        check_budget_s(budget_s)
         if not isinstance(time_key, str) or not time_key:
             raise ConfigError(
                 f"time_key must be the name of a reported metric, but got {time_key!r}. "
@@ -105,7 +107,8 @@ class ComputeBudgetStopper(Stopper):
         self._increment_key = increment_key
         self._time_key = increment_key or time_key
         self._already_spent_s = float(already_spent_s)
-        self._latest_s: dict[str, float] = {}  # trial id -> latest cumulative seconds
+        self._latest_s: dict[str, float] = {}  # trial id -> latest cumulative seconds (reports without epoch)
+        self._epoch_s: dict[str, dict[Any, float]] = {}  # trial id -> epoch -> its seconds (each epoch once)
         self._restarted_s = 0.0  # seconds lost by trials that restarted
         self._warned: set[str] = set()
         self._announced = False
@@ -113,8 +116,19 @@ class ComputeBudgetStopper(Stopper):
     # ------------------------------------------------------------------------------- Ray's API
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        """Record the trial's cumulative seconds; True when the whole budget is spent."""
-        value = _lookup(result, self._time_key) if isinstance(result, Mapping) else None
+        """Record the report's compute; True when the whole budget is spent."""
+        self.record(trial_id, result)
+        return self.stop_all()
+
+    def record(self, trial_id: str, result: Mapping[str, Any]) -> None:
+        """Count one report of ``trial_id`` (see the class doc) without deciding anything."""
+        trial_id = str(trial_id)
+        epoch = lookup(result, EPOCH) if isinstance(result, Mapping) else None
+        epoch_s = lookup(result, self._increment_key or EPOCH_SECONDS) if isinstance(result, Mapping) else None
+        if epoch is not None and _finite(epoch_s) and epoch_s >= 0:
+            self._epoch_s.setdefault(trial_id, {})[epoch] = float(epoch_s)
+            return
+        value = lookup(result, self._time_key) if isinstance(result, Mapping) else None
         if value is None:
             self._warn_once(
                 trial_id,
@@ -140,7 +154,6 @@ class ComputeBudgetStopper(Stopper):
                 )
                 self._restarted_s += previous - seconds
             self._latest_s[trial_id] = seconds
-        return self.stop_all()
 
     def stop_all(self) -> bool:
         """True once the compute summed over all trials is >= the budget."""
@@ -162,24 +175,11 @@ class ComputeBudgetStopper(Stopper):
         return self._budget_s
 
     @property
-    def time_key(self) -> str:
-        """The metric read from each result."""
-        return self._time_key
-
-    @property
     def spent_s(self) -> float:
-        """Compute seconds spent so far: previous runs + restarts + every trial's latest count."""
-        return self._already_spent_s + self._restarted_s + sum(self._latest_s.values())
-
-    @property
-    def remaining_s(self) -> float:
-        """Compute seconds left (0 once spent)."""
-        return max(0.0, self._budget_s - self.spent_s)
-
-    @property
-    def per_trial_s(self) -> dict[str, float]:
-        """Trial id -> latest cumulative seconds it reported (a copy)."""
-        return dict(self._latest_s)
+        """Compute seconds spent so far: previous runs + every (trial, epoch) once + the latest cumulative
+        count of trials that report no epoch + restarts of those."""
+        epochs = sum(sum(per_epoch.values()) for per_epoch in self._epoch_s.values())
+        return self._already_spent_s + self._restarted_s + sum(self._latest_s.values()) + epochs
 
     def _warn_once(self, trial_id: str, message: str) -> None:
         if trial_id not in self._warned:

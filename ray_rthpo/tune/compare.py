@@ -34,7 +34,7 @@ import yaml
 from ray_rthpo.data.paths import check_data
 from ray_rthpo.errors import RTHPOError
 from ray_rthpo.experiment.config import ExperimentConfig, StrategyConfig
-from ray_rthpo.experiment.output import PROGRESS_DIR, prepare_output, ray_storage
+from ray_rthpo.experiment.output import PROGRESS_DIR, check_output, ray_storage
 from ray_rthpo.report.files import atomic_save_figure, atomic_write_text, write_trials
 from ray_rthpo.report.journal import load_rows
 from ray_rthpo.report.plots import plot_best_so_far, plot_lr_trajectories
@@ -54,24 +54,40 @@ class ComparisonResult:
     output: Path
 
 
+def preflight(exp: ExperimentConfig, out: Path, *, strategies: Sequence[StrategyConfig] | None = None,
+              resume: bool = False, joined: bool = False) -> str:
+    """What can be checked before Ray starts, once: every strategy's data (unless trials run on a cluster
+    this process joined, whose workers may hold data this machine lacks) and the output folder (refused
+    when it holds another experiment; with ``resume``, it must hold this one). Writes nothing. Returns the
+    text of the resolved ``config.yaml``."""
+    if not joined:
+        for strategy in strategies or exp.strategies:
+            check_data(exp.run_config(strategy))
+    config_text = yaml.safe_dump(exp.to_dict(), sort_keys=False)
+    check_output(Path(out), resume=resume, config_text=config_text)
+    return config_text
+
+
 def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
                    strategies: Sequence[StrategyConfig] | None = None,
-                   progress: ProgressFn = print, resume: bool = False) -> ComparisonResult:
+                   progress: ProgressFn = print, resume: bool = False,
+                   checked: bool = False) -> ComparisonResult:
     """Run ``strategies`` (default: all of ``exp``'s) sequentially, each under ``exp.budget_s``, and
     write the output folder ``out`` (see the module doc). Ray must be initialised (:func:`init_ray`).
 
     ``resume``: continue the interrupted experiment in ``out`` (same config): strategies that had
     finished are read back, not rerun; the one that was running is restored from Ray's experiment state
     (its finished trials kept, the others continued from their last checkpoint, the searcher restored,
-    the compute already spent counted against the budget); the rest run as usual."""
+    the compute already spent counted against the budget); the rest run as usual. ``checked``: the caller
+    already ran :func:`preflight` with the same arguments (the command line does, before Ray starts)."""
     start = time.time()
     strategies = list(strategies or exp.strategies)
-    if not joined:  # on a cluster the data may live on the workers only
-        for strategy in strategies:
-            check_data(exp.run_config(strategy))
-    resources = trial_resources(exp, joined=joined, note=progress)
     config_text = yaml.safe_dump(exp.to_dict(), sort_keys=False)
-    out = prepare_output(Path(out), resume=resume, config_text=config_text)  # checked before anything is written
+    if not checked:
+        preflight(exp, out, strategies=strategies, resume=resume, joined=joined)
+    resources = trial_resources(exp, joined=joined, note=progress)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     if not resume:
         atomic_write_text(out / "config.yaml", config_text)
     storage = ray_storage(exp, out)
@@ -121,4 +137,4 @@ def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
     return ComparisonResult(trials, summary, markdown, wall, out)
 
 
-__all__ = ["ComparisonResult", "run_comparison"]
+__all__ = ["ComparisonResult", "preflight", "run_comparison"]

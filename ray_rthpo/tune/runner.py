@@ -31,7 +31,7 @@ import pandas as pd
 from ray_rthpo import metrics as M
 from ray_rthpo.config import method_reads
 from ray_rthpo.errors import ConfigError, RTHPOError
-from ray_rthpo.experiment.config import ExperimentConfig, StrategyConfig
+from ray_rthpo.experiment.config import ExperimentConfig, ResolvedStrategy, StrategyConfig
 from ray_rthpo.report.journal import append_row, end_cut_line, load_rows
 from ray_rthpo.report.selection import RECEIVED_AT, latest_reports
 from ray_rthpo.tune.searchers import to_domain
@@ -112,17 +112,19 @@ def trial_resources(exp: ExperimentConfig, *, joined: bool, note: ProgressFn = p
     return wanted
 
 
-def param_space(exp: ExperimentConfig, strategy: StrategyConfig) -> dict[str, Any]:
+def param_space(resolved: ResolvedStrategy) -> dict[str, Any]:
     """Ray's ``param_space``: the strategy's flat run config with its searched keys as Ray domains."""
-    space = {key: to_domain(kind, values) for key, (kind, values) in exp.space_of(strategy).items()}
-    return {**exp.run_config(strategy).to_flat(), **space}
+    space = {key: to_domain(kind, values) for key, (kind, values) in resolved.space.items()}
+    return {**resolved.config.to_flat(), **space}
 
 
-def _scheduler(exp: ExperimentConfig, strategy: StrategyConfig) -> Any:
+def scheduler(resolved: ResolvedStrategy) -> Any:
+    """The Ray trial scheduler the strategy names: PBT, ASHA over epochs, or None (FIFO)."""
+    strategy = resolved.strategy
     if strategy.scheduler == "pbt":
         from ray.tune.schedulers import PopulationBasedTraining
 
-        space = exp.space_of(strategy)
+        space = resolved.space
         pbt = strategy.pbt
         return PopulationBasedTraining(
             time_attr="training_iteration", perturbation_interval=pbt.perturbation_interval,
@@ -133,7 +135,7 @@ def _scheduler(exp: ExperimentConfig, strategy: StrategyConfig) -> Any:
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    epochs = exp.run_config(strategy).train.epochs
+    epochs = resolved.config.train.epochs
     return ASHAScheduler(time_attr="training_iteration", max_t=epochs,
                          grace_period=min(strategy.asha.grace_period, epochs),
                          reduction_factor=strategy.asha.reduction_factor)
@@ -146,11 +148,11 @@ def _callback_class() -> type:
         """Collects every reported epoch as a row (also appended to ``journal``, so a killed driver loses
         nothing that was reported) and prints one line per finished trial."""
 
-        def __init__(self, exp: ExperimentConfig, strategy: StrategyConfig, progress: ProgressFn,
+        def __init__(self, exp: ExperimentConfig, resolved: ResolvedStrategy, progress: ProgressFn,
                      journal: Path | None = None, rows: list[dict[str, Any]] | None = None) -> None:
-            self.exp, self.strategy, self.progress = exp, strategy, progress
-            self.searched = list(exp.space_of(strategy))
-            self.method = exp.run_config(strategy).lr.method
+            self.exp, self.strategy, self.progress = exp, resolved.strategy, progress
+            self.searched = list(resolved.space)
+            self.method = resolved.method
             self.rows: list[dict[str, Any]] = list(rows or [])
             self.journal = journal
             self.compute = 0.0
@@ -214,6 +216,26 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def restored_run_config(tuner: Any) -> Any:
+    """The ``RunConfig`` object a ``Tuner.restore``-d tuner will run with (mutable in place).
+
+    ``Tuner.restore`` brings back the RunConfig pickled when the experiment *started*: its stopper has
+    forgotten the compute spent since, and its callbacks are copies this process cannot read, so the
+    runner puts live ones in. Ray has no public argument for this; the one place that reaches into its
+    private ``Tuner._local_tuner`` is here, and ``tests/test_tune_searchers.py`` fails with this message
+    if a Ray upgrade removes it.
+    """
+    local = getattr(tuner, "_local_tuner", None)
+    get = getattr(local, "get_run_config", None)
+    if get is None:
+        import ray
+
+        raise RuntimeError(f"Ray {ray.__version__} has no Tuner._local_tuner.get_run_config(); --resume needs it "
+                           "to put the live stopper and journal back. Pin ray[tune]==2.60.* or update "
+                           "ray_rthpo.tune.runner.restored_run_config for this Ray.")
+    return get()
+
+
 def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_path: str,
                  resources: dict[str, float] | None = None, progress: ProgressFn = print,
                  journal: str | Path | None = None, resume: bool = False) -> StrategyOutcome:
@@ -233,6 +255,7 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
     from ray_rthpo.tune.trainable import fresh_train_fn
 
     _quiet_ray()
+    resolved = exp.resolved(strategy)
     experiment_path = f"{storage_path.rstrip('/')}/{strategy.name}"
     restoring = resume and tune.Tuner.can_restore(experiment_path)
     earlier = load_rows(journal) if restoring else []
@@ -240,33 +263,18 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
         end_cut_line(journal)
     if journal is not None and not restoring and Path(journal).exists():
         Path(journal).unlink()  # rows of a run that never got as far as Ray's experiment state
-    callback = _callback_class()(exp, strategy, progress, Path(journal) if journal else None, earlier)
-    if strategy.scheduler == "pbt":  # trials restart from each other's checkpoints: count epoch by epoch
-        stopper = ComputeBudgetStopper(exp.budget_s, increment_key=M.EPOCH_SECONDS)
-        for row in earlier:
-            seconds = row.get(M.EPOCH_SECONDS)
-            if isinstance(seconds, (int, float)) and math.isfinite(seconds):
-                stopper(str(row["trial_id"]), {M.EPOCH_SECONDS: seconds})
-    else:
-        stopper = ComputeBudgetStopper(exp.budget_s)
-        latest: dict[str, float] = {}
-        for row in earlier:  # the compute of the interrupted run, counted once per trial
-            seconds = row.get(M.TOTAL_SECONDS)
-            if isinstance(seconds, (int, float)) and math.isfinite(seconds):
-                latest[str(row["trial_id"])] = max(latest.get(str(row["trial_id"]), 0.0), float(seconds))
-        for trial_id, seconds in latest.items():
-            stopper(trial_id, {M.TOTAL_SECONDS: seconds})
+    callback = _callback_class()(exp, resolved, progress, Path(journal) if journal else None, earlier)
+    stopper = ComputeBudgetStopper(exp.budget_s)
+    for row in earlier:  # the interrupted run's compute: each (trial, epoch) once, repeats replace it
+        stopper.record(str(row["trial_id"]), row)
     trainable = tune.with_resources(fresh_train_fn(), resources or exp.resources.as_ray())
     if restoring:
         progress(f"[{strategy.name}] resuming the Tune experiment in {experiment_path} "
                  f"({len({row['trial_id'] for row in earlier})} trial(s) already reported, "
                  f"{stopper.spent_s:.1f} compute-s spent)")
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True, param_space=param_space(exp, strategy))
-        # Tuner.restore brings back the RunConfig pickled when the experiment *started*: its stopper has
-        # forgotten the compute spent since, and its callback is a copy this process cannot read. Put in
-        # the live ones (Ray has no public argument for this).
-        run_config = tuner._local_tuner.get_run_config()
+                                   resume_errored=True, param_space=param_space(resolved))
+        run_config = restored_run_config(tuner)
         run_config.callbacks = [callback]
         run_config.stop = stopper
     else:
@@ -276,10 +284,10 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
                                     max_concurrent=0 if strategy.scheduler == "pbt" else exp.max_concurrent)
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space(exp, strategy),
+            param_space=param_space(resolved),
             tune_config=tune.TuneConfig(
                 metric=M.SELECTION_METRIC, mode=M.SELECTION_MODE,
-                search_alg=search_alg, scheduler=_scheduler(exp, strategy), num_samples=exp.num_samples(strategy),
+                search_alg=search_alg, scheduler=scheduler(resolved), num_samples=resolved.num_samples,
                 max_concurrent_trials=None if is_basic(search_alg) else exp.max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=strategy.name, storage_path=storage_path, verbose=0, callbacks=[callback],
@@ -299,4 +307,5 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
     return StrategyOutcome(strategy.name, latest_reports(pd.DataFrame(callback.rows)), wall, errors, experiment_path)
 
 
-__all__ = ["StrategyOutcome", "init_ray", "trial_resources", "param_space", "run_strategy"]
+__all__ = ["StrategyOutcome", "init_ray", "trial_resources", "param_space", "scheduler", "restored_run_config",
+           "run_strategy"]
