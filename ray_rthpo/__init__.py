@@ -2,6 +2,7 @@
 
 Layout (each folder says what it holds; only ``tune`` imports Ray):
 
+* ``optim`` -- the public optimizer :class:`RTHPO` (``from ray_rthpo import RTHPO``) and :class:`ModelClosure`
 * ``hypergrad`` -- the maths: pure functions over lists of tensors, and a literal reference for the tests
 * ``data``, ``models``, ``training`` -- datasets, networks and the Ray-free training loop
 * ``experiment`` -- what an experiment is (strategies, spaces, budget), without Ray
@@ -12,6 +13,8 @@ Layout (each folder says what it holds; only ``tune`` imports Ray):
 
 from __future__ import annotations
 
+from ray_rthpo.optim import RTHPO, ModelClosure
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["RTHPO", "ModelClosure", "__version__"]

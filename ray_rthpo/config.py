@@ -22,6 +22,7 @@ import yaml
 
 from ray_rthpo.config_schema import check, check_choice, flatten, from_dict, merge, to_dict, unflatten
 from ray_rthpo.errors import ConfigError
+from ray_rthpo.hypergrad.hyper_updates import HYPER_UPDATES, NEEDS_NORMS
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "fake")
 MODELS = ("mlp", "lenet", "resnet18")
@@ -44,6 +45,9 @@ PRESET_VALUES: dict[str, dict[str, float | int]] = {
     "fast": {"hvp_every": 4, "hvp_batch_fraction": 0.25, "val_every": 4, "val_batch_fraction": 0.5},
 }
 DEVICES = ("auto", "cpu", "cuda")
+#: Base optimizers (optim.base) and the eta-update rules of the hypergradient methods (lr.hyper_update;
+#: the equations are in ray_rthpo/hypergrad/hyper_updates.py).
+BASES = ("sgd", "adamw")
 #: Run-config keys that only some methods read (searching them for another method wastes a budget).
 KEYS_READ_ONLY_BY: dict[str, tuple[str, ...]] = {
     "lr.beta": HYPERGRADIENT_METHODS, "lr.mu": ("marthe",), "lr.hypergrad_clip": HYPERGRADIENT_METHODS,
@@ -134,16 +138,31 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """The inner optimizer: SGD as in the paper (momentum and weight decay are extensions)."""
+    """The base optimizer whose learning rate is tuned: SGD as in the paper, or AdamW."""
 
-    # Heavy-ball momentum (torch.optim.SGD, dampening 0). The paper uses 0.
+    # sgd (torch.optim.SGD) or adamw (torch.optim.AdamW), for the hypergradient methods (the tangent is
+    # carried through either) and the schedules (fixed, exp_decay, cosine); schedule_free with adamw is
+    # schedulefree.AdamWScheduleFree. adadelta and prodigy are their own optimizers: sgd only here.
+    base: str = "sgd"
+    # SGD: heavy-ball momentum (torch.optim.SGD, dampening 0). The paper uses 0. AdamW: must be 0 (betas).
     momentum: float = 0.0
-    # L2 weight decay added to the gradient; enters the tangent's Jacobian as (1 - eta*lambda).
+    # SGD: L2 weight decay added to the gradient, (1 - eta*lambda) in the tangent's Jacobian. AdamW:
+    # decoupled weight decay, w <- (1 - eta*lambda) w (torch.optim.AdamW's default is 0.01).
     weight_decay: float = 0.0
+    # AdamW's moment decays (beta1, beta2) and epsilon, as torch.optim.AdamW.
+    betas: tuple[float, ...] = (0.9, 0.999)
+    eps: float = 1.0e-8
 
     def __post_init__(self) -> None:
+        check_choice("optim.base", self.base, BASES)
         check(0.0 <= self.momentum < 1.0, f"optim.momentum must be in [0, 1), but got {self.momentum!r}.")
+        check(self.base == "sgd" or self.momentum == 0.0,
+              f"optim.momentum is {self.momentum!r}, but optim.base is adamw, whose momentum is optim.betas[0]; "
+              "set optim.momentum: 0.")
         _non_negative("optim.weight_decay", self.weight_decay)
+        check(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
+              f"optim.betas must be two numbers in [0, 1), but got {list(self.betas)!r}.")
+        _positive("optim.eps", self.eps)
 
 
 class Subsampling(NamedTuple):
@@ -166,9 +185,13 @@ class LRConfig:
     # Initial learning rate eta-bar (for AdaDelta and Prodigy: their lr multiplier, 1.0 in torch, the
     # paper and Prodigy's recommendation; for schedule_free: the SGD learning rate).
     eta0: float = 0.1
-    # Hyper-learning rate beta of eq. (2): eta_{t+1} = eta_t - beta * h_t. Scales differ by decades
-    # between methods and optimizers (docs/results.md), so search it on a log scale.
+    # Hyper-learning rate beta. With lr.hyper_update additive, eq. (2): eta_{t+1} = eta_t - beta * h_t,
+    # whose scale differs by decades between models and optimizers (docs/results.md): search it on a log
+    # scale. With the scale-free rules, beta is the relative change of eta per step (docs/beta.md).
     beta: float = 1.0e-4
+    # How eta moves given the hypergradient: additive (the paper's eq. 2), multiplicative (normalised
+    # by |grad E| |z|), adam_log (Adam on log eta) or sign_log (sign of a momentum on log eta).
+    hyper_update: str = "additive"
     # MARTHE's discount of the tangent: z_{t+1} = mu (I - eta H) z_t - g_t. 1 = RT-HPO, 0 = First-order (Val).
     mu: float = 1.0
     # eta is kept within [0, eta_max] after every hypergradient step.
@@ -214,8 +237,12 @@ class LRConfig:
             _positive("lr.hypergrad_clip", self.hypergrad_clip)
         check(0.0 < self.gamma <= 1.0, f"lr.gamma must be in (0, 1], but got {self.gamma!r}.")
         _non_negative("lr.eta_min", self.eta_min)
+        check_choice("lr.hyper_update", self.hyper_update, HYPER_UPDATES)
         check_choice("lr.hvp", self.hvp, HVP_MODES)
         check_choice("lr.val_mode", self.val_mode, VAL_MODES)
+        check(not (self.val_mode == "forward" and self.hyper_update in NEEDS_NORMS),
+              f"lr.hyper_update {self.hyper_update} divides by |grad E|, which lr.val_mode forward does not give; "
+              "set lr.val_mode: backward.")
         check_choice("lr.preset", self.preset, PRESETS)
         for key in ("hvp_batch_fraction", "val_batch_fraction"):
             value = getattr(self, key)

@@ -7,7 +7,7 @@ from torch import nn
 
 from ray_rthpo.config import LRConfig, OptimConfig
 from ray_rthpo.hypergrad.reference import flat_loss_fn, flat_params
-from ray_rthpo.training.steppers import HypergradientController
+from ray_rthpo.training.steppers import HypergradientStepper, hypergradient_stepper
 
 
 def tiny_model(seed: int = 0, batchnorm: bool = False) -> nn.Module:
@@ -31,13 +31,13 @@ def batches(n: int, size: int = 8, seed: int = 1) -> list[tuple[torch.Tensor, to
 
 def controller(
     model: nn.Module, *, method: str = "rthpo", eta0: float = 0.3, beta: float = 0.0, mu: float = 1.0,
-    momentum: float = 0.0, weight_decay: float = 0.0, hvp: str = "double_backward", **lr_kwargs: object,
-) -> HypergradientController:
-    """A hypergradient controller over ``model`` with a fresh ``torch.optim.SGD``."""
+    momentum: float = 0.0, weight_decay: float = 0.0, hvp: str = "double_backward", base: str = "sgd",
+    **lr_kwargs: object,
+) -> HypergradientStepper:
+    """The trainer's hypergradient stepper over ``model``: a fresh :class:`ray_rthpo.optim.RTHPO`."""
     lr_cfg = LRConfig(method=method, eta0=eta0, beta=beta, mu=mu, hvp=hvp, **lr_kwargs)  # type: ignore[arg-type]
-    optim_cfg = OptimConfig(momentum=momentum, weight_decay=weight_decay)
-    sgd = torch.optim.SGD(model.parameters(), lr=eta0, momentum=momentum, weight_decay=weight_decay)
-    return HypergradientController(model, sgd, lr_cfg, optim_cfg, hvp_route=hvp)
+    optim_cfg = OptimConfig(momentum=momentum, weight_decay=weight_decay, base=base)
+    return hypergradient_stepper(model, lr_cfg, optim_cfg)
 
 
 def unrolled_weights(
@@ -52,7 +52,7 @@ def unrolled_weights(
     return w
 
 
-def controller_flat_z(ctrl: HypergradientController) -> torch.Tensor:
+def controller_flat_z(ctrl: HypergradientStepper) -> torch.Tensor:
     """The controller's tangent ``z`` as one flat vector."""
     return torch.cat([t.reshape(-1) for t in ctrl.z])
 

@@ -51,7 +51,7 @@ def test_adopt_for_a_hypergradient_method_restarts_eta_and_keeps_the_tangent(tmp
     donor.save(tmp_path / "donor.pt")
     clone = Trainer(small("rthpo", eta0=0.05, beta=1.0e-4))
     assert set(clone.load(tmp_path / "donor.pt", adopt=["lr.eta0", "lr.beta"])) == {"lr.eta0", "lr.beta"}
-    assert read_lr(clone.optimizer) == 0.05 and clone.stepper.cfg.beta == 1.0e-4
+    assert read_lr(clone.optimizer) == 0.05 and clone.optimizer.param_groups[0]["beta"] == 1.0e-4
     for a, b in zip(donor.stepper.z, clone.stepper.z, strict=True):
         assert torch.equal(a, b)
 

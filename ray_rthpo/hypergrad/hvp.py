@@ -79,6 +79,26 @@ def _zeros_for_none(values: Sequence[torch.Tensor | None], like: Sequence[torch.
     return [torch.zeros_like(p) if v is None else v for v, p in zip(values, like, strict=True)]
 
 
+def loss_gradient(loss: torch.Tensor, params: Sequence[torch.Tensor], *, create_graph: bool = False
+                  ) -> list[torch.Tensor]:
+    """``grad loss`` with respect to ``params`` (zeros for parameters the loss does not use); with
+    ``create_graph`` the gradient keeps its graph, for :func:`hvp_of_gradient`."""
+    return _zeros_for_none(torch.autograd.grad(loss, list(params), create_graph=create_graph, allow_unused=True),
+                           params)
+
+
+def hvp_of_gradient(grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
+                    z: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``H z`` as the gradient of ``<g, z>``, from a gradient ``g`` taken with ``create_graph=True``
+    (reverse-over-reverse, Pearlmutter 1994); zeros where the loss is linear in a parameter."""
+    live = [i for i, g in enumerate(grads) if g.requires_grad]
+    if not live:  # the loss is linear in every parameter: H = 0
+        return [torch.zeros_like(p) for p in params]
+    second = torch.autograd.grad([grads[i] for i in live], list(params), grad_outputs=[z[i] for i in live],
+                                 allow_unused=True)
+    return _zeros_for_none(second, params)
+
+
 def grad_and_hvp_double_backward(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: Sequence[torch.Tensor],
     z: Sequence[torch.Tensor] | None, loss_fn: LossFn = F.cross_entropy,
@@ -87,17 +107,9 @@ def grad_and_hvp_double_backward(
     logits = model(x)
     loss = loss_fn(logits, y)
     if z is None:
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        return GradHVP(loss.detach(), logits.detach(), _zeros_for_none(grads, params), None)
-    grads = _zeros_for_none(torch.autograd.grad(loss, params, create_graph=True, allow_unused=True), params)
-    live = [i for i, g in enumerate(grads) if g.requires_grad]
-    if live:
-        second = torch.autograd.grad(
-            [grads[i] for i in live], list(params), grad_outputs=[z[i] for i in live], allow_unused=True
-        )
-        hz = _zeros_for_none(second, params)
-    else:  # the loss is linear in every parameter: H = 0
-        hz = [torch.zeros_like(p) for p in params]
+        return GradHVP(loss.detach(), logits.detach(), loss_gradient(loss, params), None)
+    grads = loss_gradient(loss, params, create_graph=True)
+    hz = hvp_of_gradient(grads, params, z)
     return GradHVP(loss.detach(), logits.detach(), [g.detach() for g in grads], hz)
 
 

@@ -1,13 +1,12 @@
 """Learning-rate methods as steppers: one object per run that performs a training step.
 
-* :class:`HypergradientController` (``rthpo``, ``marthe``, ``hd_train``, ``hd_val``) sits beside a
-  ``torch.optim.SGD`` and, every step, computes the training gradient (with ``H z`` when the
-  tangent needs it), the hypergradient, the new learning rate (paper eq. 2), the SGD step, and the
-  tangent update. The learning rate lives only in ``param_group["lr"]`` as a Python float, read
-  every step and written back; it is saved by the optimizer's own ``state_dict()``.
-* :class:`ScheduleStepper` (``fixed``, ``exp_decay``, ``cosine``) and the optimizer methods
-  (``adadelta``, ``prodigy``, ``schedule_free``) are plain optimizer steps, with the learning rate set
-  from a schedule (or left to the optimizer, which adapts its own step size).
+* :class:`HypergradientStepper` (``rthpo``, ``marthe``, ``hd_train``, ``hd_val``) drives the public
+  optimizer :class:`ray_rthpo.optim.RTHPO` (over SGD or AdamW, ``optim.base``): the project's trainer is
+  one user of that class, so there is one engine. The learning rate lives only in
+  ``param_group["lr"]`` as a Python float; everything is saved by the optimizer's ``state_dict()``.
+* :class:`ScheduleStepper` (``fixed``, ``exp_decay``, ``cosine`` over SGD or AdamW) and the optimizer
+  methods (``adadelta``, ``prodigy``, ``schedule_free``) are plain optimizer steps, with the learning
+  rate set from a schedule (or left to the optimizer, which adapts its own step size).
 * ``schedule_free`` (``schedulefree.SGDScheduleFree``) trains at one point ``y`` and evaluates at
   the average ``x``: the trainer calls ``stepper.train_mode()`` before the steps of an epoch and
   ``stepper.eval_mode()`` before evaluating, so checkpoints (written after an epoch) hold ``x``.
@@ -23,9 +22,8 @@ from __future__ import annotations
 
 import importlib
 import math
-import time
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -33,18 +31,8 @@ from torch import nn
 
 from ray_rthpo.config import SCHEDULE_METHODS, Config, LRConfig, OptimConfig
 from ray_rthpo.errors import ConfigError
-from ray_rthpo.hypergrad import functional as fn
-from ray_rthpo.hypergrad.hvp import (
-    HVP_ROUTES,
-    GradHVP,
-    default_hvp_route,
-    frozen_batchnorm_stats,
-    grad_and_hvp_double_backward,
-    grad_and_hvp_forward_over_reverse,
-    has_batchnorm,
-    validation_directional_derivative,
-    validation_gradient,
-)
+from ray_rthpo.hypergrad.hvp import default_hvp_route, has_batchnorm
+from ray_rthpo.optim import RTHPO, ModelClosure
 
 ValBatchFn = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 
@@ -78,139 +66,49 @@ def write_lr(optimizer: torch.optim.Optimizer, eta: float) -> None:
         group["lr"] = float(eta)
 
 
-class HypergradientController:
-    """RT-HPO (paper eq. 2 and 5), MARTHE's discounted tangent, and the first-order rules (eq. 6).
+class HypergradientStepper:
+    """The trainer's door to :class:`ray_rthpo.optim.RTHPO` (``rthpo``, ``marthe``, ``hd_val``, ``hd_train``):
+    every minibatch becomes a :class:`ray_rthpo.optim.ModelClosure` with the cross-entropy loss, and the
+    validation batch one whose batch is drawn only when the step computes a hypergradient. All the state
+    (eta, tangents, base-optimizer moments, the hyper-update's state) is the optimizer's."""
 
-    ``method``: ``rthpo`` (mu = 1), ``marthe`` (mu from the config), ``hd_val`` (mu = 0, validation
-    gradient), ``hd_train`` (mu = 0, the regularised training gradient ``d_t`` in place of grad E).
-    The step at time t, with weights ``w_t`` and tangent ``z_t = dw_t/d eta``:
-
-    1. ``g_t`` and (if mu != 0) ``H_t z_t`` at ``w_t`` on the training minibatch, in one pass
-       (``hvp_route``: ``double_backward``, ``forward_over_reverse`` or ``forward_over_reverse_bn``);
-    2. ``h_t = grad E(w_t) . z_t`` and ``eta_t = clip(eta_{t-1} - beta h_t, 0, eta_max)``;
-    3. the SGD step with ``eta_t`` (momentum and weight decay as in ``torch.optim.SGD``);
-    4. ``z_{t+1} = mu z_t - eta_t u_{t+1} - v_{t+1}`` with the *current* ``eta_t``.
-
-    Sub-sampling (``lr_cfg.subsampling``, the paper's proposal): the HVP only every ``hvp_every``
-    steps (``H z`` dropped in between) on the first ``hvp_batch_fraction`` of the minibatch (the
-    gradient of the step stays the full-batch one), and step 2 only every ``val_every`` steps on
-    the first ``val_batch_fraction`` of the validation minibatch: eta is unchanged in between and
-    moves by ``val_every * beta * h_t`` on a due step, ``h_t`` standing for the ``val_every``
-    hypergradients since the last update, so that beta means the same per step as in exact RT-HPO. One
-    host sync per step: the loss's finiteness, read together with ``h_t`` when there is one.
-    """
-
-    def __init__(
-        self, model: nn.Module, optimizer: torch.optim.SGD, lr_cfg: LRConfig, optim_cfg: OptimConfig,
-        *, hvp_route: str,
-    ) -> None:
-        if lr_cfg.method not in ("rthpo", "marthe", "hd_train", "hd_val"):
-            raise ConfigError(f"lr.method {lr_cfg.method!r} is not a hypergradient method.")
-        if hvp_route not in HVP_ROUTES:
-            raise ConfigError(f"hvp_route must be one of {', '.join(HVP_ROUTES)}, but got {hvp_route!r}; "
-                              "resolve lr.hvp: auto with default_hvp_route first.")
+    def __init__(self, model: nn.Module, optimizer: RTHPO, hvp_route: str) -> None:
         self.model = model
         self.optimizer = optimizer
-        self.cfg = lr_cfg
-        self.sub = lr_cfg.subsampling
-        self.val_mode = lr_cfg.val_mode
-        self.momentum = optim_cfg.momentum
-        self.weight_decay = optim_cfg.weight_decay
-        self.method = lr_cfg.method
-        self.mu = {"rthpo": 1.0, "hd_train": 0.0, "hd_val": 0.0}.get(lr_cfg.method, lr_cfg.mu)
         self.hvp_route = hvp_route
-        if hvp_route == "forward_over_reverse" and has_batchnorm(model):
-            raise ConfigError(
-                "lr.hvp is forward_over_reverse, but the model has BatchNorm, whose running statistics "
-                "torch.func cannot update; set lr.hvp to forward_over_reverse_bn, double_backward or auto."
-            )
-        self.named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.params = [p for _, p in self.named_params]
-        self.z = [torch.zeros_like(p) for p in self.params]
-        self.u = [torch.zeros_like(p) for p in self.params] if self.momentum != 0.0 else None
-        self.step_count = 0
-        self.last_hypergrad = 0.0
 
-    # -- the step -------------------------------------------------------------------------------
-    def _grad_and_hvp(self, x: torch.Tensor, y: torch.Tensor, want_hvp: bool) -> tuple[GradHVP, list | None]:
-        """``g`` on the whole minibatch and, when ``want_hvp``, ``H z`` on its first examples."""
-        if not want_hvp:
-            return grad_and_hvp_double_backward(self.model, x, y, self.params, None), None
-        k = _head_size(x.shape[0], self.sub.hvp_batch_fraction)
-        if k >= x.shape[0]:
-            out = self._route(x, y)  # g and H z in one pass: the gradient is never computed twice
-            return out, out.hz
-        out = grad_and_hvp_double_backward(self.model, x, y, self.params, None)
-        with frozen_batchnorm_stats(self.model):  # the full-batch forward already moved the statistics
-            sub = self._route(x[:k], y[:k])
-        return out, sub.hz
+    @property
+    def mu(self) -> float:
+        """MARTHE's discount in effect."""
+        return self.optimizer.mu
 
-    def _route(self, x: torch.Tensor, y: torch.Tensor) -> GradHVP:
-        if self.hvp_route == "double_backward":
-            return grad_and_hvp_double_backward(self.model, x, y, self.params, self.z)
-        return grad_and_hvp_forward_over_reverse(
-            self.model, x, y, self.named_params, self.z, replay_batchnorm=self.hvp_route == "forward_over_reverse_bn"
-        )
+    @property
+    def step_count(self) -> int:
+        """Steps taken so far."""
+        return self.optimizer.step_count
 
-    def _hypergradient(self, grads: list[torch.Tensor], val_batch: ValBatchFn | None) -> torch.Tensor:
-        """``h_t`` as a 0-d tensor (no host sync): eq. (5), or eq. (6) for ``hd_train``."""
-        if self.method == "hd_train":
-            return fn.dot(self._regularised(grads), self.z)
-        if val_batch is None:
-            raise ValueError(f"lr.method {self.method!r} needs a validation batch every step; pass val_batch.")
-        xv, yv = val_batch()
-        k = _head_size(xv.shape[0], self.sub.val_batch_fraction)
-        xv, yv = xv[:k], yv[:k]
-        if self.val_mode == "forward":
-            _, h = validation_directional_derivative(self.model, xv, yv, self.named_params, self.z)
-            return h
-        _, grad_e = validation_gradient(self.model, xv, yv, self.params)
-        return fn.dot(grad_e, self.z)
+    @property
+    def last_hypergrad(self) -> float:
+        """The last hypergradient (0.0 before the first)."""
+        return self.optimizer.last_hypergrad
 
-    def _regularised(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
-        if self.weight_decay == 0.0:
-            return grads
-        return torch._foreach_add(grads, [p.detach() for p in self.params], alpha=self.weight_decay)
+    @property
+    def z(self) -> list[torch.Tensor]:
+        """The tangent ``dw/d eta``, one tensor per trained parameter (zeros before the first step)."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
+        return [self.optimizer.state[p]["z"] if "z" in self.optimizer.state[p] else torch.zeros_like(p)
+                for p in params]
 
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, *, epoch: int = 0, val_batch: ValBatchFn | None = None
     ) -> StepOutput:
-        """One RT-HPO/MARTHE/first-order step on minibatch ``(x, y)``; see the class docstring."""
-        t = self.step_count
-        want_hvp = self.mu != 0.0 and t % self.sub.hvp_every == 0
-        out, hz = self._grad_and_hvp(x, y, want_hvp)
-        start = time.perf_counter()
-        eta = read_lr(self.optimizer)
-        h: float | None = None
-        if t > 0 and t % self.sub.val_every == 0:  # z_0 = 0, so h_0 = 0: skip the work
-            h_tensor = self._hypergradient(out.grads, val_batch)
-            loss_value, h = torch.stack([out.loss.double(), h_tensor.double()]).tolist()  # the one sync
-            if not math.isfinite(loss_value):
-                return StepOutput(out.loss, out.logits, eta, None, 0.0, True)
-            if not math.isfinite(h):
-                return StepOutput(out.loss, out.logits, eta, h, time.perf_counter() - start, True)
-            # h_t stands for the val_every steps since the last update, so beta keeps its per-step scale.
-            eta = fn.lr_step(eta, h, beta=self.cfg.beta * self.sub.val_every, eta_max=self.cfg.eta_max,
-                             clip=self.cfg.hypergrad_clip)
-            write_lr(self.optimizer, eta)
-            self.last_hypergrad = h
-        elif not bool(torch.isfinite(out.loss)):  # the one sync of a step without a hypergradient
-            return StepOutput(out.loss, out.logits, eta, None, 0.0, True)
-        hyper_s = time.perf_counter() - start
-
-        direction = self._regularised(out.grads) if self.momentum == 0.0 else None
-        for p, g in zip(self.params, out.grads, strict=True):
-            p.grad = g
-        self.optimizer.step()
-        if direction is None:
-            direction = [self.optimizer.state[p]["momentum_buffer"] for p in self.params]
-
-        start = time.perf_counter()
-        fn.tangent_step_(self.z, self.u, hz, direction, eta=eta, mu=self.mu, momentum=self.momentum,
-                         weight_decay=self.weight_decay)
-        self.step_count += 1
-        hyper_s += time.perf_counter() - start
-        return StepOutput(out.loss, out.logits, eta, h, hyper_s, False)
+        """One RTHPO step on minibatch ``(x, y)``, the validation batch from ``val_batch`` when due."""
+        closure = ModelClosure(self.model, F.cross_entropy, x, y)
+        val = ModelClosure(self.model, F.cross_entropy, batch=val_batch) if val_batch is not None else None
+        self.optimizer.step(closure, val_closure=val)
+        info = self.optimizer.last_step
+        assert info is not None and closure.output is not None
+        return StepOutput(info.loss, closure.output, info.eta, info.hypergrad, info.hyper_seconds, info.diverged)
 
     def train_mode(self) -> None:
         """Nothing to do (see :meth:`ScheduleStepper.train_mode`)."""
@@ -219,34 +117,12 @@ class HypergradientController:
         """Nothing to do: the weights are evaluated where they are trained (returns False)."""
         return False
 
-    # -- checkpointing --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Tangents, mu, step count and last hypergradient (eta is in the optimizer's state_dict)."""
-        return {
-            "z": [t.detach().clone() for t in self.z],
-            "u": None if self.u is None else [t.detach().clone() for t in self.u],
-            "mu": self.mu,
-            "step": self.step_count,
-            "last_hypergrad": self.last_hypergrad,
-            "hvp_route": self.hvp_route,
-        }
+        """Nothing beyond the optimizer's ``state_dict()`` (which holds eta, tangents and moments)."""
+        return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved (tensors are copied onto the parameters' devices)."""
-        # Copies: the tangents are updated in place, and must never alias the caller's state dict.
-        self.z = [t.to(p.device, p.dtype, copy=True) for t, p in zip(state["z"], self.params, strict=True)]
-        self.u = None if state["u"] is None else [
-            t.to(p.device, p.dtype, copy=True) for t, p in zip(state["u"], self.params, strict=True)
-        ]
-        self.mu = float(state["mu"])
-        self.step_count = int(state["step"])
-        self.last_hypergrad = float(state["last_hypergrad"])
-        self.hvp_route = str(state.get("hvp_route", self.hvp_route))
-
-
-def _head_size(n: int, fraction: float) -> int:
-    """How many leading examples of a batch of ``n`` a sub-sampling ``fraction`` keeps (at least 1)."""
-    return n if fraction >= 1.0 else max(1, min(n, int(round(fraction * n))))
+        """Nothing to restore here (see :meth:`state_dict`)."""
 
 
 def scheduled_lr(lr_cfg: LRConfig, *, epoch: int, step: int, total_steps: int) -> float:
@@ -270,6 +146,7 @@ class ScheduleStepper:
         self.total_steps = total_steps
         self.step_count = 0
         self.last_hypergrad = 0.0
+        self.mu = 0.0
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.schedule_free = lr_cfg.method == "schedule_free"
 
@@ -316,16 +193,68 @@ class ScheduleStepper:
         self.step_count = int(state["step"])
 
 
-Stepper = HypergradientController | ScheduleStepper
+
+
+def hypergradient_stepper(model: nn.Module, lr_cfg: LRConfig, optim_cfg: OptimConfig) -> HypergradientStepper:
+    """An :class:`ray_rthpo.optim.RTHPO` over ``model``'s trainable parameters, configured by the run
+    config's ``lr`` and ``optim`` sections (``lr.hvp: auto`` resolved by the fixed rule
+    :func:`ray_rthpo.hypergrad.hvp.default_hvp_route`), behind the trainer's stepper interface."""
+    route = default_hvp_route(model) if lr_cfg.hvp == "auto" else lr_cfg.hvp
+    if route == "forward_over_reverse" and has_batchnorm(model):
+        raise ConfigError(
+            "lr.hvp is forward_over_reverse, but the model has BatchNorm, whose running statistics "
+            "torch.func cannot update; set lr.hvp to forward_over_reverse_bn, double_backward or auto."
+        )
+    sub = lr_cfg.subsampling
+    params = [p for p in model.parameters() if p.requires_grad]
+    rthpo = RTHPO(params, lr=lr_cfg.eta0, beta=lr_cfg.beta, base=optim_cfg.base, method=lr_cfg.method,
+                  mu=lr_cfg.mu if lr_cfg.method == "marthe" else None, momentum=optim_cfg.momentum,
+                  weight_decay=optim_cfg.weight_decay, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps,
+                  eta_max=lr_cfg.eta_max, hypergrad_clip=lr_cfg.hypergrad_clip, hyper_update=lr_cfg.hyper_update,
+                  hvp=route, val_mode=lr_cfg.val_mode, hvp_every=sub.hvp_every,
+                  hvp_batch_fraction=sub.hvp_batch_fraction, val_every=sub.val_every,
+                  val_batch_fraction=sub.val_batch_fraction, model=model, timing=True)
+    return HypergradientStepper(model, rthpo, route)
+
+
+class Stepper(Protocol):
+    """What the trainer needs of a learning-rate method: a training step, the state it keeps beyond the
+    optimizer's, and what it reports (``mu``, ``last_hypergrad``, ``step_count``)."""
+
+    optimizer: torch.optim.Optimizer
+
+    @property
+    def mu(self) -> float: ...
+
+    @property
+    def last_hypergrad(self) -> float: ...
+
+    @property
+    def step_count(self) -> int: ...
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, *, epoch: int = 0,
+                   val_batch: ValBatchFn | None = None) -> StepOutput: ...
+
+    def train_mode(self) -> None: ...
+
+    def eval_mode(self, bn_batches: Iterable[torch.Tensor] = ()) -> bool: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def build_stepper(
     model: nn.Module, config: Config, steps_per_epoch: int, device: torch.device
 ) -> tuple[torch.optim.Optimizer, Stepper]:
-    """Create the inner optimizer and the stepper for ``config.lr.method``."""
+    """Create the optimizer and the stepper for ``config.lr.method`` over ``config.optim.base``."""
     lr_cfg, optim_cfg = config.lr, config.optim
     params = [p for p in model.parameters() if p.requires_grad]
     total_steps = steps_per_epoch * config.train.epochs
+    adamw = optim_cfg.base == "adamw"
+    if adamw and lr_cfg.method in ("adadelta", "prodigy"):
+        raise ConfigError(f"lr.method {lr_cfg.method} is its own optimizer, so optim.base adamw does not apply; "
+                          "set optim.base: sgd.")
     if lr_cfg.method == "adadelta":
         optimizer: torch.optim.Optimizer = torch.optim.Adadelta(
             params, lr=lr_cfg.eta0, weight_decay=optim_cfg.weight_decay
@@ -337,19 +266,24 @@ def build_stepper(
         return optimizer, ScheduleStepper(model, optimizer, lr_cfg, total_steps)
     if lr_cfg.method == "schedule_free":
         schedulefree = _import_lrfree("schedule_free", "schedulefree")
-        # The library's momentum (0.9) unless optim.momentum sets one; it must lie in (0, 1).
-        momentum = optim_cfg.momentum if optim_cfg.momentum > 0.0 else 0.9
-        optimizer = schedulefree.SGDScheduleFree(params, lr=lr_cfg.eta0, momentum=momentum,
-                                                 weight_decay=optim_cfg.weight_decay)
+        if adamw:
+            optimizer = schedulefree.AdamWScheduleFree(params, lr=lr_cfg.eta0, betas=tuple(optim_cfg.betas),
+                                                       eps=optim_cfg.eps, weight_decay=optim_cfg.weight_decay)
+        else:  # the library's momentum (0.9) unless optim.momentum sets one; it must lie in (0, 1)
+            momentum = optim_cfg.momentum if optim_cfg.momentum > 0.0 else 0.9
+            optimizer = schedulefree.SGDScheduleFree(params, lr=lr_cfg.eta0, momentum=momentum,
+                                                     weight_decay=optim_cfg.weight_decay)
         return optimizer, ScheduleStepper(model, optimizer, lr_cfg, total_steps)
-    sgd = torch.optim.SGD(params, lr=lr_cfg.eta0, momentum=optim_cfg.momentum,
-                          weight_decay=optim_cfg.weight_decay)
     if lr_cfg.is_hypergradient:
-        route = lr_cfg.hvp
-        if route == "auto":
-            route = default_hvp_route(model)
-        return sgd, HypergradientController(model, sgd, lr_cfg, optim_cfg, hvp_route=route)
-    return sgd, ScheduleStepper(model, sgd, lr_cfg, total_steps)
+        stepper = hypergradient_stepper(model, lr_cfg, optim_cfg)
+        return stepper.optimizer, stepper
+    if adamw:
+        optimizer = torch.optim.AdamW(params, lr=lr_cfg.eta0, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps,
+                                      weight_decay=optim_cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=lr_cfg.eta0, momentum=optim_cfg.momentum,
+                                    weight_decay=optim_cfg.weight_decay)
+    return optimizer, ScheduleStepper(model, optimizer, lr_cfg, total_steps)
 
 
 def _import_lrfree(method: str, package: str) -> Any:

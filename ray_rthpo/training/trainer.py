@@ -34,7 +34,8 @@ from ray_rthpo.report.files import atomic_write_bytes
 from ray_rthpo.training.steppers import build_stepper, read_lr, write_lr
 
 ReportFn = Callable[[dict[str, Any], "Trainer"], None]
-CHECKPOINT_VERSION = 1
+#: 2: the hypergradient methods' state (tangents, moments, the hyper-update's state) is the optimizer's.
+CHECKPOINT_VERSION = 2
 
 
 def resolve_device(name: str) -> torch.device:
@@ -149,7 +150,7 @@ class Trainer:
         cfg = self.config
         self.model.train()
         self.stepper.train_mode()  # Schedule-Free: back to the training weights; a no-op otherwise
-        start = time.perf_counter()
+        start = time.perf_counter()  # the three parts below add up to time/epoch_s
         hyper_s = 0.0
         n = len(self.data.train)
         bs = min(cfg.data.batch_size, n)
@@ -175,21 +176,24 @@ class Trainer:
             if b % 50 == 49 and not self._loss_ok(float(loss_sum) / seen):
                 diverged = True
                 break
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        train_s = time.perf_counter() - start
         train_loss = float(loss_sum) / max(1, seen)
         if not self._loss_ok(train_loss):
             diverged = True
         if not diverged and not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             diverged = True
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         eval_start = time.perf_counter()
+        # time/train_s is the training loop without the hypergradient work (time/hyper_s: the HVP, the
+        # validation term, the eta update and the tangent update), so train + hyper + eval = epoch.
+        train_s = eval_start - start - hyper_s
         val_loss, val_acc = self.evaluate(self.data.val)
         test_loss, test_acc = self.evaluate(self.data.test) if cfg.train.eval_test else (math.nan, math.nan)
-        eval_s = time.perf_counter() - eval_start
+        end = time.perf_counter()
+        eval_s = end - eval_start
         if not math.isfinite(val_loss):
             diverged = True
-        epoch_s = time.perf_counter() - start
+        epoch_s = end - start
         self.total_seconds += epoch_s
         self.epoch += 1
         if diverged:
@@ -207,7 +211,7 @@ class Trainer:
             M.TEST_ACC: test_acc if cfg.train.eval_test else None,
             M.LR: read_lr(self.optimizer),
             M.BETA: cfg.lr.beta if cfg.lr.is_hypergradient else 0.0,
-            M.MU: float(getattr(self.stepper, "mu", 0.0)),
+            M.MU: float(self.stepper.mu),
             M.HYPERGRAD: float(self.stepper.last_hypergrad) if math.isfinite(self.stepper.last_hypergrad) else 0.0,
             M.EPOCH_SECONDS: epoch_s,
             M.TOTAL_SECONDS: self.total_seconds,
@@ -276,6 +280,15 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if "lr.eta0" in adopted:
             write_lr(self.optimizer, float(self.config.lr.eta0))
+        # The hypergradient methods keep beta, mu, eta_max and the clip in their param groups: the
+        # checkpoint's values came back with them; adopted keys take this config's.
+        for key, group_key in (("lr.beta", "beta"), ("lr.mu", "mu"), ("lr.eta_max", "eta_max"),
+                               ("lr.hypergrad_clip", "hypergrad_clip")):
+            if key in adopted and group_key in self.optimizer.param_groups[0]:
+                if key == "lr.mu" and self.config.lr.method != "marthe":
+                    continue
+                for group in self.optimizer.param_groups:
+                    group[group_key] = getattr(self.config.lr, group_key)
         self.stepper.load_state_dict(state["stepper"])
         self.generator.set_state(state["generator"])
         self.val_sampler.load_state_dict(state["val_sampler"])
@@ -290,8 +303,6 @@ class Trainer:
         self.status = state["status"]
         if self.status == M.STATUS_FINISHED and self.epoch < self.config.train.epochs:
             self.status = M.STATUS_RUNNING
-        if "lr.mu" in adopted and self.config.lr.method == "marthe":
-            self.stepper.mu = float(self.config.lr.mu)  # the checkpoint's mu was restored with the stepper
         self.adopted = adopted
         return adopted
 

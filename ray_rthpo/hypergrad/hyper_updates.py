@@ -1,0 +1,111 @@
+"""How the learning rate moves given a hypergradient: the paper's additive rule and scale-free rules.
+
+Pure functions over Python floats (one host value per step), no tensors, no optimizer. ``h`` is the
+hypergradient ``dE/d eta`` of the step (paper eq. 5, or eq. 6 for the first-order rules); ``beta`` the
+hyper-learning rate; every rule keeps ``eta`` in ``[0, eta_max]``. ``k`` (``val_every``) is how many
+steps the hypergradient stands for when it is only computed every ``k``-th step: the step is scaled by
+``k`` so that ``beta`` keeps its per-step meaning.
+
+* ``additive`` (paper eq. 2)::
+
+      eta <- clip(eta - k beta h, 0, eta_max)
+
+  ``beta`` has the units of eta^2 / loss: its useful value moves by decades with the loss scale, the
+  model size and eta itself.
+* ``multiplicative`` (normalised; Baydin et al. 2018 give this form for first-order HD)::
+
+      c   = h / (|grad E| |z| + eps)          # a cosine in [-1, 1]
+      eta <- clip(eta (1 - k beta c), 0, eta_max)
+
+  ``beta`` is the largest relative change of eta per step (unit-free).
+* ``adam_log`` (Adam on ``theta = log eta``, whose gradient is ``eta h``)::
+
+      g = eta h;  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  n <- n + 1
+      eta <- min(eta exp(-k beta mhat / (sqrt(vhat) + eps)), eta_max)
+      (mhat = m / (1 - b1^n), vhat = v / (1 - b2^n))
+
+  ``beta`` is about the relative change of eta per step once the hypergradient's sign is consistent.
+* ``sign_log`` (sign of a momentum of ``eta h`` on ``log eta``; MetaOptimize, 2025)::
+
+      g = eta h;  m <- rho m + (1 - rho) g
+      eta <- min(eta exp(-k beta sign(mix m + (1 - mix) g)), eta_max)     (rho = 0.99, mix = 0.9)
+
+  ``beta`` is exactly the change of ``log eta`` per step.
+
+The log-space rules never reach 0 (``exp`` is positive); they and the multiplicative rule are unit-free,
+so one ``beta`` can serve models whose raw hypergradients differ by decades.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+#: The rules a run may use (``lr.hyper_update``), in the order the docs list them.
+HYPER_UPDATES = ("additive", "multiplicative", "adam_log", "sign_log")
+#: Rules that need ``|grad E|`` and ``|z|`` (a validation gradient, not only its directional derivative).
+NEEDS_NORMS = ("multiplicative",)
+#: beta when none is given: the additive rule's is the paper-style default of the shipped configs; the
+#: scale-free rules' come from docs/beta.md (experiments/beta_robustness.py).
+DEFAULT_BETA: dict[str, float] = {"additive": 1.0e-4, "multiplicative": 1.0e-2, "adam_log": 1.0e-2,
+                                  "sign_log": 1.0e-3}
+#: Constants of the stateful rules.
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-12
+SIGN_MOMENTUM = 0.99
+SIGN_MIX = 0.9
+NORM_EPS = 1e-12
+
+
+def initial_state() -> dict[str, Any]:
+    """The state every rule starts from (the stateful rules' moments and count; unused by the others)."""
+    return {"m": 0.0, "v": 0.0, "n": 0}
+
+
+def clip_hypergradient(h: float, clip: float | None) -> float:
+    """``h`` clipped to ``[-clip, clip]`` (``clip=None``: unchanged)."""
+    return h if clip is None else max(-clip, min(clip, h))
+
+
+def _in_range(eta: float, eta_max: float) -> float:
+    return float(min(eta_max, max(0.0, eta)))
+
+
+def update(rule: str, eta: float, h: float, state: dict[str, Any], *, beta: float, eta_max: float,
+           k: int = 1, clip: float | None = None, grad_norm: float | None = None,
+           z_norm: float | None = None) -> tuple[float, dict[str, Any]]:
+    """One learning-rate update by ``rule`` (see the module doc); returns ``(eta, new state)``.
+
+    ``h`` must be finite (a non-finite hypergradient is divergence, decided by the caller); it is
+    clipped to ``[-clip, clip]`` first. ``grad_norm`` and ``z_norm`` (``|grad E|``, ``|z|``) are needed by
+    ``multiplicative`` only. ``state`` is not modified; the returned one replaces it.
+    """
+    if not math.isfinite(h):
+        raise ValueError(f"the hypergradient must be finite, but got {h!r}; treat it as divergence.")
+    if rule not in HYPER_UPDATES:
+        raise ValueError(f"hyper_update must be one of {', '.join(HYPER_UPDATES)}, but got {rule!r}.")
+    h = clip_hypergradient(h, clip)
+    step = k * beta
+    if rule == "additive":
+        return _in_range(eta - step * h, eta_max), dict(state)
+    if rule == "multiplicative":
+        if grad_norm is None or z_norm is None:
+            raise ValueError("hyper_update 'multiplicative' needs grad_norm and z_norm (|grad E| and |z|).")
+        cosine = h / (grad_norm * z_norm + NORM_EPS)
+        return _in_range(eta * (1.0 - step * cosine), eta_max), dict(state)
+    g = eta * h  # d E / d log eta
+    if rule == "adam_log":
+        b1, b2 = ADAM_BETAS
+        m = b1 * state["m"] + (1.0 - b1) * g
+        v = b2 * state["v"] + (1.0 - b2) * g * g
+        n = int(state["n"]) + 1
+        m_hat, v_hat = m / (1.0 - b1**n), v / (1.0 - b2**n)
+        eta = eta * math.exp(-step * m_hat / (math.sqrt(v_hat) + ADAM_EPS))
+        return _in_range(eta, eta_max), {**state, "m": m, "v": v, "n": n}
+    m = SIGN_MOMENTUM * state["m"] + (1.0 - SIGN_MOMENTUM) * g
+    direction = SIGN_MIX * m + (1.0 - SIGN_MIX) * g
+    sign = (direction > 0) - (direction < 0)
+    return _in_range(eta * math.exp(-step * sign), eta_max), {**state, "m": m, "n": int(state["n"]) + 1}
+
+
+__all__ = ["HYPER_UPDATES", "NEEDS_NORMS", "DEFAULT_BETA", "initial_state", "clip_hypergradient", "update"]

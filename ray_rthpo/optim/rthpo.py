@@ -1,0 +1,538 @@
+"""RT-HPO as a ``torch.optim.Optimizer``: the learning rate adapted online by a hypergradient.
+
+    opt = RTHPO(model.parameters(), lr=0.1, base="adamw", weight_decay=0.01)
+    for x, y in train_loader:
+        xv, yv = next(val_batches)
+        loss = opt.step(lambda: loss_fn(model(x), y), val_closure=lambda: loss_fn(model(xv), yv))
+
+One step at ``w_t`` with the tangent ``z_t = dw_t/d eta`` (paper: Majumder, Donini, Chaudhari 2019):
+
+1. the training gradient ``g_t`` and, when the tangent needs it, ``H_t z_t`` (a Hessian-vector product)
+   from ``closure``;
+2. the hypergradient ``h_t = grad E(w_t) . z_t`` (paper eq. 5) from ``val_closure`` (``hd_train``: the
+   training gradient in its place), and the new learning rate ``eta_t`` by ``hyper_update``
+   (:mod:`ray_rthpo.hypergrad.hyper_updates`; ``additive`` is the paper's eq. 2);
+3. the base optimizer's step with ``eta_t``: SGD (momentum, L2 weight decay) or AdamW (decoupled
+   weight decay), computed by torch's own functional ``sgd`` / ``adam``, so the weights follow
+   ``torch.optim.SGD`` / ``torch.optim.AdamW`` exactly;
+4. the tangent's step with the same ``eta_t`` (:func:`ray_rthpo.hypergrad.functional.tangent_step_`,
+   :func:`ray_rthpo.hypergrad.adamw.adamw_tangent_step_`), discounted by MARTHE's ``mu``.
+
+The learning rate lives in ``param_group["lr"]`` as a Python float, read and written every step; the
+tangents, the base optimizer's moments and the hyper-update's state live in ``self.state``, so
+``state_dict()`` / ``load_state_dict()`` continue a run exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+from torch.optim.adam import adam as _torch_adam
+from torch.optim.sgd import sgd as _torch_sgd
+
+from ray_rthpo.hypergrad import functional as fn
+from ray_rthpo.hypergrad import hyper_updates
+from ray_rthpo.hypergrad.adamw import adamw_tangent_step_
+from ray_rthpo.hypergrad.hvp import (
+    eval_mode,
+    frozen_batchnorm_stats,
+    grad_and_hvp_forward_over_reverse,
+    has_batchnorm,
+    hvp_of_gradient,
+    loss_gradient,
+    validation_directional_derivative,
+)
+from ray_rthpo.optim.closures import ModelClosure
+
+Closure = Callable[[], torch.Tensor]
+
+#: ``method`` -> MARTHE's discount of the tangent (``marthe`` takes ``mu``).
+METHOD_MU = {"rthpo": 1.0, "hd_val": 0.0, "hd_train": 0.0}
+METHODS = ("rthpo", "marthe", "hd_val", "hd_train")
+BASES = ("sgd", "adamw")
+HVP_ROUTES = ("auto", "double_backward", "forward_over_reverse", "forward_over_reverse_bn")
+VAL_MODES = ("backward", "forward")
+#: Settings every param group shares: one learning rate (and how it moves) for all parameters.
+SHARED = ("lr", "beta", "mu", "method", "base", "eta_max", "hypergrad_clip", "hyper_update", "hvp", "val_mode",
+          "hvp_every", "hvp_batch_fraction", "val_every", "val_batch_fraction")
+#: Key of the optimizer-wide state in ``self.state`` (saved by ``state_dict()`` as is).
+GLOBAL = "rthpo"
+
+
+class StepInfo(NamedTuple):
+    """What the last step did: its loss (0-d, detached), the learning rate it used, the hypergradient
+    (None when none was computed), the seconds spent on hypergradient work, and whether it diverged."""
+
+    loss: torch.Tensor
+    eta: float
+    hypergrad: float | None
+    hyper_seconds: float
+    diverged: bool
+
+
+def _bad(name: str, value: Any, requirement: str, fix: str) -> ValueError:
+    return ValueError(f"RTHPO: {name} must be {requirement}, but got {value!r}; {fix}.")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class RTHPO(torch.optim.Optimizer):
+    """Real-time hyper-parameter optimisation of the learning rate, over SGD or AdamW.
+
+    Args:
+        params: parameters or param groups, as for any ``torch.optim`` optimizer. Groups may differ in
+            ``weight_decay``, ``momentum`` (SGD), ``betas`` and ``eps`` (AdamW); they share one learning
+            rate, which is the one being tuned (and every setting in :data:`SHARED`).
+        lr: the initial learning rate eta-bar (> 0, at most ``eta_max``).
+        beta: the hyper-learning rate; its meaning follows ``hyper_update`` (``additive``: eta^2 per unit
+            of loss, decades apart between models; the scale-free rules: relative change of eta per
+            step). None: the rule's default (:data:`ray_rthpo.hypergrad.hyper_updates.DEFAULT_BETA`).
+        base: ``"sgd"`` (``momentum``, L2 ``weight_decay`` as ``torch.optim.SGD``) or ``"adamw"``
+            (``betas``, ``eps``, decoupled ``weight_decay`` as ``torch.optim.AdamW``).
+        method: ``"rthpo"`` (exact tangent, mu = 1), ``"marthe"`` (discounted tangent, ``mu`` in [0, 1]),
+            ``"hd_val"`` (first order: mu = 0, validation gradient), ``"hd_train"`` (first order with the
+            training gradient in place of the validation one: Baydin et al. 2018; no ``val_closure``).
+        mu: MARTHE's discount; only for ``method="marthe"``.
+        eta_max: eta is kept in ``[0, eta_max]``.
+        hypergrad_clip: clip the hypergradient to ``[-c, c]`` (the training gradient is never touched).
+        hyper_update: ``"additive"`` (the paper's eq. 2), ``"multiplicative"``, ``"adam_log"`` or
+            ``"sign_log"`` (:mod:`ray_rthpo.hypergrad.hyper_updates` gives each equation).
+        hvp: how ``H z`` is computed: ``"double_backward"`` (any closure), ``"forward_over_reverse"``
+            (one ``torch.func`` pass; needs a :class:`ModelClosure`, refuses train-mode BatchNorm),
+            ``"forward_over_reverse_bn"`` (the same with BatchNorm statistics replayed once), or
+            ``"auto"``: ``forward_over_reverse_bn`` for a ModelClosure of a model with BatchNorm, else
+            ``double_backward``.
+        val_mode: ``"backward"`` (a validation gradient) or ``"forward"`` (a JVP of the validation loss
+            along z; needs a :class:`ModelClosure`).
+        hvp_every, hvp_batch_fraction: the HVP only every k-th step (``H z`` dropped in between) and on
+            the first fraction of the batch (a fraction below 1 needs a :class:`ModelClosure`).
+        val_every, val_batch_fraction: the hypergradient only every k-th step (eta moves by k steps'
+            worth on a due step) on the first fraction of the validation batch (below 1: ModelClosure).
+        model: the module, if the closures are bare functions: the validation term then runs with it in
+            eval mode. With a :class:`ModelClosure` the closure names its module itself.
+        timing: measure the seconds of hypergradient work (``last_step.hyper_seconds``; on CUDA this
+            synchronises the device around each part).
+
+    BatchNorm. The validation term must not move running statistics and must use them as a model in
+    eval mode does: RTHPO guarantees it when ``val_closure`` is a :class:`ModelClosure` or ``model`` is
+    given (the module is put in eval mode for that pass and restored). With a bare ``val_closure`` and
+    no ``model``, the closure must do it itself (``model.eval()`` inside, ``model.train()`` after). The
+    training closure runs once per step (one BatchNorm update); a sub-batch HVP runs with the running
+    statistics frozen. The hypergradient treats the running statistics as constants.
+
+    ``step`` computes the gradients itself from ``closure`` (``p.grad`` is neither read nor written) and
+    returns the training loss. A non-finite loss or hypergradient leaves the weights untouched and sets
+    :attr:`diverged`; later steps then raise, until ``load_state_dict`` restores an earlier state.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.1, beta: float | None = None, *, base: str = "sgd",
+                 method: str = "rthpo", mu: float | None = None, momentum: float = 0.0, weight_decay: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, eta_max: float = 10.0,
+                 hypergrad_clip: float | None = None, hyper_update: str = "additive", hvp: str = "auto",
+                 val_mode: str = "backward", hvp_every: int = 1, hvp_batch_fraction: float = 1.0,
+                 val_every: int = 1, val_batch_fraction: float = 1.0, model: nn.Module | None = None,
+                 timing: bool = False) -> None:
+        if hyper_update not in hyper_updates.HYPER_UPDATES:
+            raise _bad("hyper_update", hyper_update, f"one of {', '.join(hyper_updates.HYPER_UPDATES)}",
+                       "'additive' is the paper's rule")
+        if beta is None:
+            beta = hyper_updates.DEFAULT_BETA[hyper_update]
+        if method not in METHODS:
+            raise _bad("method", method, f"one of {', '.join(METHODS)}", "rthpo is the paper's method")
+        if mu is None:
+            if method == "marthe":
+                raise _bad("mu", mu, "a number in [0, 1] for method='marthe'", "pass e.g. mu=0.9")
+            mu = METHOD_MU[method]
+        elif method != "marthe" and mu != METHOD_MU[method]:
+            raise _bad("mu", mu, f"{METHOD_MU[method]} for method={method!r} (or left out)",
+                       "use method='marthe' for another discount")
+        if model is not None and not isinstance(model, nn.Module):
+            raise TypeError(f"RTHPO: model must be a torch.nn.Module or None, but got {type(model).__name__}.")
+        defaults = dict(lr=lr, beta=beta, mu=mu, method=method, base=base, eta_max=eta_max,
+                        hypergrad_clip=hypergrad_clip, hyper_update=hyper_update, hvp=hvp, val_mode=val_mode,
+                        hvp_every=hvp_every, hvp_batch_fraction=hvp_batch_fraction, val_every=val_every,
+                        val_batch_fraction=val_batch_fraction, momentum=momentum, weight_decay=weight_decay,
+                        betas=tuple(betas), eps=eps)
+        self.model = model
+        self.timing = bool(timing)
+        self.last_step: StepInfo | None = None
+        super().__init__(params, defaults)
+        self.state[GLOBAL] = {"step": 0, "last_hypergrad": 0.0, "diverged": False,
+                              "hyper": hyper_updates.initial_state()}
+
+    # ------------------------------------------------------------------------------ validation
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (torch's contract); its settings are checked, the shared ones against group 0."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        _check_group(group, len(self.param_groups) - 1)
+        if len(self.param_groups) > 1:
+            first = self.param_groups[0]
+            for key in SHARED:
+                if group[key] != first[key]:
+                    raise ValueError(
+                        f"RTHPO: param group {len(self.param_groups) - 1} has {key}={group[key]!r}, but group 0 "
+                        f"has {first[key]!r}; RTHPO tunes one learning rate shared by all groups, so {key} must "
+                        "be the same in every group (groups may differ in weight_decay, momentum, betas, eps).")
+
+    @property
+    def eta(self) -> float:
+        """The current learning rate (shared by every group)."""
+        return float(self.param_groups[0]["lr"])
+
+    @property
+    def diverged(self) -> bool:
+        """True once a step saw a non-finite loss or hypergradient (its weights were left untouched)."""
+        return bool(self.state[GLOBAL]["diverged"])
+
+    @property
+    def step_count(self) -> int:
+        """Steps taken so far."""
+        return int(self.state[GLOBAL]["step"])
+
+    @property
+    def mu(self) -> float:
+        """MARTHE's discount in effect (1 for rthpo, 0 for the first-order methods)."""
+        return float(self.param_groups[0]["mu"])
+
+    @property
+    def last_hypergrad(self) -> float:
+        """The last hypergradient computed (0.0 before the first one)."""
+        return float(self.state[GLOBAL]["last_hypergrad"])
+
+    # ------------------------------------------------------------------------------------ step
+    def step(self, closure: Closure | None = None, val_closure: Closure | None = None) -> torch.Tensor:  # type: ignore[override]
+        """One RT-HPO step (see the module doc); returns the training loss (0-d, detached).
+
+        ``closure``: recomputes the training loss on this step's batch (no ``backward()``, no
+        ``zero_grad()``: RTHPO differentiates it). ``val_closure``: the validation loss on a validation
+        batch (not needed by ``method="hd_train"``); it is called only on the steps that compute a
+        hypergradient.
+        """
+        if closure is None or not callable(closure):
+            raise TypeError("RTHPO.step needs closure=, a function returning the training loss on the batch "
+                            f"(got {closure!r}); e.g. opt.step(lambda: loss_fn(model(x), y), val_closure=...).")
+        state = self.state[GLOBAL]
+        if state["diverged"]:
+            raise RuntimeError(f"RTHPO: the run diverged at step {state['step']} (non-finite loss or "
+                               "hypergradient); lower lr or beta, or set hypergrad_clip, and restart from a "
+                               "state_dict saved before it.")
+        first = self.param_groups[0]
+        groups = [(g, [p for p in g["params"] if p.requires_grad]) for g in self.param_groups]
+        params = [p for _, ps in groups for p in ps]
+        if not params:
+            raise ValueError("RTHPO: no parameter requires a gradient; pass the parameters being trained.")
+        self._init_state(groups)
+        z = [self.state[p]["z"] for p in params]
+        t, mu, eta = int(state["step"]), float(first["mu"]), float(first["lr"])
+        device = params[0].device
+        clock = _Clock(self.timing and device.type == "cuda", device)
+
+        want_hvp = mu != 0.0 and t % int(first["hvp_every"]) == 0
+        with torch.enable_grad():
+            loss, grads, hz = self._gradients(closure, params, z, want_hvp, first, clock)
+        h: float | None = None
+        if t > 0 and t % int(first["val_every"]) == 0:  # z_0 = 0, so h_0 = 0: skip the work
+            clock.start()
+            with torch.enable_grad():
+                h_tensor, norms = self._hypergradient(grads, params, z, val_closure, first, groups)
+            values = torch.stack([loss.detach().double(), h_tensor.double(), *(n.double() for n in norms)]).tolist()
+            clock.stop()
+            if not math.isfinite(values[0]) or not math.isfinite(values[1]):
+                return self._diverge(loss, eta, None if not math.isfinite(values[0]) else values[1], clock)
+            h = values[1]
+            eta, state["hyper"] = hyper_updates.update(
+                first["hyper_update"], eta, h, state["hyper"], beta=float(first["beta"]),
+                eta_max=float(first["eta_max"]), k=int(first["val_every"]), clip=first["hypergrad_clip"],
+                grad_norm=values[2] if len(values) > 2 else None, z_norm=values[3] if len(values) > 3 else None)
+            for group in self.param_groups:
+                group["lr"] = eta
+            state["last_hypergrad"] = h
+        elif not bool(torch.isfinite(loss)):  # the one host sync of a step without a hypergradient
+            return self._diverge(loss, eta, None, clock)
+
+        start = 0
+        for group, ps in groups:
+            n = len(ps)
+            if n:
+                step = self._sgd_step if group["base"] == "sgd" else self._adamw_step
+                step(group, ps, grads[start:start + n], None if hz is None else hz[start:start + n], eta, mu, clock)
+            start += n
+        state["step"] = t + 1
+        self.last_step = StepInfo(loss.detach(), eta, h, clock.seconds, False)
+        return loss.detach()
+
+    def _diverge(self, loss: torch.Tensor, eta: float, h: float | None, clock: _Clock) -> torch.Tensor:
+        self.state[GLOBAL]["diverged"] = True
+        self.last_step = StepInfo(loss.detach(), eta, h, clock.seconds, True)
+        return loss.detach()
+
+    def _init_state(self, groups: list[tuple[dict[str, Any], list[torch.Tensor]]]) -> None:
+        for group, ps in groups:
+            for p in ps:
+                s = self.state[p]
+                if "z" in s:
+                    continue
+                s["z"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if group["base"] == "sgd":
+                    if group["momentum"] != 0.0:
+                        s["u"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                else:
+                    s["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    for key in ("exp_avg", "exp_avg_sq", "a", "b"):
+                        s[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    # ---------------------------------------------------------------------- gradients and H z
+    def _gradients(self, closure: Closure, params: list[torch.Tensor], z: list[torch.Tensor], want_hvp: bool,
+                   first: dict[str, Any], clock: _Clock) -> tuple[torch.Tensor, list[torch.Tensor], list | None]:
+        """``(loss, g, H z or None)``: ``g`` on the whole batch, ``H z`` on its first examples."""
+        if not want_hvp:
+            loss = _scalar(_call(closure), "closure")
+            return loss, loss_gradient(loss, params), None
+        fraction = float(first["hvp_batch_fraction"])
+        if fraction < 1.0 and not isinstance(closure, ModelClosure):
+            raise TypeError(f"RTHPO: hvp_batch_fraction={fraction} needs the batch, so closure must be a "
+                            "ray_rthpo.optim.ModelClosure(model, loss_fn, x, y); or set hvp_batch_fraction=1.0.")
+        sub = closure.head(fraction) if isinstance(closure, ModelClosure) else closure
+        route = self._route(closure)
+        if sub is closure:  # g and H z in one pass: the gradient is never computed twice
+            return self._grad_and_hvp(closure, params, z, route, clock)
+        loss = _scalar(_call(closure), "closure")
+        grads = loss_gradient(loss, params)
+        with frozen_batchnorm_stats(closure.model):  # the full-batch forward already moved the statistics
+            _, _, hz = self._grad_and_hvp(sub, params, z, route, clock)
+        return loss, grads, hz
+
+    def _route(self, closure: Closure) -> str:
+        route = str(self.param_groups[0]["hvp"])
+        model = closure.model if isinstance(closure, ModelClosure) else None
+        if route == "auto":
+            return "forward_over_reverse_bn" if model is not None and has_batchnorm(model) else "double_backward"
+        if route != "double_backward" and model is None:
+            raise TypeError(f"RTHPO: hvp={route!r} runs the model through torch.func, so closure must be a "
+                            "ray_rthpo.optim.ModelClosure(model, loss_fn, x, y); or use hvp='double_backward'.")
+        return route
+
+    def _grad_and_hvp(self, closure: Closure, params: list[torch.Tensor], z: list[torch.Tensor], route: str,
+                      clock: _Clock) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        if route == "double_backward":
+            loss = _scalar(_call(closure), "closure")
+            grads = loss_gradient(loss, params, create_graph=True)
+            clock.start()
+            hz = hvp_of_gradient(grads, params, z)
+            clock.stop()
+            return loss.detach(), [g.detach() for g in grads], hz
+        assert isinstance(closure, ModelClosure)
+        x, y = closure.batch
+        clock.start()  # one pass gives g and H z: all of it counts as hypergradient work
+        with torch.enable_grad():
+            out = grad_and_hvp_forward_over_reverse(closure.model, x, y, _named(closure.model, params), z,
+                                                    closure.loss_fn, replay_batchnorm=route == "forward_over_reverse_bn")
+        clock.stop()
+        closure.output = out.logits
+        return out.loss, out.grads, out.hz  # type: ignore[return-value]
+
+    # -------------------------------------------------------------------------- hypergradient
+    def _hypergradient(self, grads: list[torch.Tensor], params: list[torch.Tensor], z: list[torch.Tensor],
+                       val_closure: Closure | None, first: dict[str, Any],
+                       groups: list[tuple[dict[str, Any], list[torch.Tensor]]]) -> tuple[torch.Tensor, list]:
+        """``h_t`` as a 0-d tensor (no host sync), and ``[|grad E|, |z|]`` when the rule needs them."""
+        norms_needed = first["hyper_update"] in hyper_updates.NEEDS_NORMS
+        if first["method"] == "hd_train":
+            grad_e = self._training_direction(grads, groups)
+        else:
+            grad_e = self._validation_gradient(val_closure, params, z, first)
+            if isinstance(grad_e, torch.Tensor):  # val_mode forward: only the directional derivative
+                return grad_e, []
+        h = fn.dot(grad_e, z)
+        if not norms_needed:
+            return h, []
+        return h, [fn.dot(grad_e, grad_e).sqrt(), fn.dot(z, z).sqrt()]
+
+    def _training_direction(self, grads: list[torch.Tensor], groups: list) -> list[torch.Tensor]:
+        """First-order (Train)'s ``grad E``: the gradient of the regularised training loss (SGD's L2 term
+        included; AdamW's decoupled decay is not part of the loss)."""
+        out, start = [], 0
+        for group, ps in groups:
+            g = grads[start:start + len(ps)]
+            start += len(ps)
+            if group["base"] == "sgd" and group["weight_decay"] != 0.0:
+                g = torch._foreach_add(g, [p.detach() for p in ps], alpha=group["weight_decay"])
+            out.extend(g)
+        return out
+
+    def _validation_gradient(self, val_closure: Closure | None, params: list[torch.Tensor], z: list[torch.Tensor],
+                             first: dict[str, Any]) -> list[torch.Tensor] | torch.Tensor:
+        if val_closure is None or not callable(val_closure):
+            raise TypeError(f"RTHPO: method={first['method']!r} needs val_closure=, a function returning the "
+                            "validation loss on a validation batch (never the test set), every step that computes "
+                            f"a hypergradient; got {val_closure!r}.")
+        fraction = float(first["val_batch_fraction"])
+        is_model = isinstance(val_closure, ModelClosure)
+        if (fraction < 1.0 or first["val_mode"] == "forward") and not is_model:
+            raise TypeError("RTHPO: val_batch_fraction < 1 and val_mode='forward' need the validation batch, so "
+                            "val_closure must be a ray_rthpo.optim.ModelClosure(model, loss_fn, xv, yv).")
+        if is_model:
+            val_closure = val_closure.head(fraction)  # type: ignore[union-attr]
+        module = val_closure.model if is_model else self.model  # type: ignore[union-attr]
+        if first["val_mode"] == "forward":
+            x, y = val_closure.batch  # type: ignore[union-attr]
+            _, directional = validation_directional_derivative(
+                module, x, y, _named(module, params), z, val_closure.loss_fn)  # type: ignore[union-attr,arg-type]
+            return directional
+        with eval_mode(module) if module is not None else contextlib.nullcontext():
+            loss = _scalar(_call(val_closure), "val_closure")
+            return loss_gradient(loss, params)
+
+    # ------------------------------------------------------------------------ base steps + tangents
+    def _sgd_step(self, group: dict[str, Any], ps: list[torch.Tensor], grads: list[torch.Tensor],
+                  hz: list[torch.Tensor] | None, eta: float, mu: float, clock: _Clock) -> None:
+        momentum, wd = float(group["momentum"]), float(group["weight_decay"])
+        # v_{t+1} without momentum is d_t = g_t + lam w_t: taken before the step moves w
+        direction = (torch._foreach_add(grads, [p.detach() for p in ps], alpha=wd) if wd != 0.0 else grads) \
+            if momentum == 0.0 else None
+        buffers = [self.state[p].get("momentum_buffer") for p in ps]
+        with torch.no_grad():
+            _torch_sgd(ps, grads, buffers, weight_decay=wd, momentum=momentum, lr=eta, dampening=0.0,
+                       nesterov=False, maximize=False, foreach=None, fused=None)
+        if momentum != 0.0:
+            for p, buffer in zip(ps, buffers, strict=True):
+                self.state[p]["momentum_buffer"] = buffer
+            direction = buffers  # type: ignore[assignment]
+        clock.start()
+        fn.tangent_step_([self.state[p]["z"] for p in ps], [self.state[p]["u"] for p in ps] if momentum else None,
+                         hz, direction, eta=eta, mu=mu, momentum=momentum, weight_decay=wd)  # type: ignore[arg-type]
+        clock.stop()
+
+    def _adamw_step(self, group: dict[str, Any], ps: list[torch.Tensor], grads: list[torch.Tensor],
+                    hz: list[torch.Tensor] | None, eta: float, mu: float, clock: _Clock) -> None:
+        beta1, beta2 = (float(b) for b in group["betas"])
+        eps, wd = float(group["eps"]), float(group["weight_decay"])
+        states = [self.state[p] for p in ps]
+        w_t = [p.detach().clone() for p in ps] if wd != 0.0 else None  # the -lam w_t term of the tangent
+        m, v, steps = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states]
+        with torch.no_grad():
+            _torch_adam(ps, grads, m, v, [], steps, foreach=None, capturable=False, differentiable=False,
+                        fused=None, grad_scale=None, found_inf=None, has_complex=False, decoupled_weight_decay=True,
+                        amsgrad=False, beta1=beta1, beta2=beta2, lr=eta, weight_decay=wd, eps=eps, maximize=False)
+        clock.start()
+        adamw_tangent_step_([s["z"] for s in states], [s["a"] for s in states], [s["b"] for s in states], hz, w_t,
+                            grads, m, v, step=steps[0], eta=eta, beta1=beta1, beta2=beta2, eps=eps,
+                            weight_decay=wd, mu=mu)
+        clock.stop()
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's ``load_state_dict`` on a deep copy (the tangents are updated in place and must never
+        alias the caller's dict); the groups' settings are checked again."""
+        super().load_state_dict(copy.deepcopy(state_dict))
+        if GLOBAL not in self.state:
+            raise ValueError("RTHPO.load_state_dict: the state has no 'rthpo' entry, so it was not saved by "
+                             "RTHPO.state_dict(); load a state saved by this optimizer class.")
+        for i, group in enumerate(self.param_groups):
+            _check_group(group, i)
+
+
+class _Clock:
+    """Adds up the seconds between ``start()`` and ``stop()`` (synchronising CUDA when asked)."""
+
+    def __init__(self, sync: bool, device: torch.device) -> None:
+        self.sync, self.device, self.seconds, self._t = sync, device, 0.0, 0.0
+
+    def start(self) -> None:
+        if self.sync:
+            torch.cuda.synchronize(self.device)
+        self._t = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.sync:
+            torch.cuda.synchronize(self.device)
+        self.seconds += time.perf_counter() - self._t
+
+
+def _call(closure: Closure) -> Any:
+    with torch.enable_grad():
+        return closure()
+
+
+def _scalar(loss: Any, name: str) -> torch.Tensor:
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"RTHPO: {name} must return the loss as a torch.Tensor, but returned "
+                        f"{type(loss).__name__}; return loss_fn(model(x), y) itself, not loss.item().")
+    if loss.numel() != 1:
+        raise ValueError(f"RTHPO: {name} must return a scalar loss, but returned a tensor of shape "
+                         f"{tuple(loss.shape)}; reduce it (e.g. loss.mean()).")
+    if not loss.requires_grad:
+        raise ValueError(f"RTHPO: {name} returned a loss that does not depend on the parameters "
+                         "(requires_grad is False); do not compute it under torch.no_grad() or detach it.")
+    return loss.reshape(())
+
+
+def _named(model: nn.Module, params: list[torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    missing = [i for i, p in enumerate(params) if id(p) not in names]
+    if missing:
+        raise ValueError(f"RTHPO: parameters {missing[:5]} of the optimizer are not parameters of the closure's "
+                         "model; build the ModelClosure with the model whose parameters the optimizer updates.")
+    return [(names[id(p)], p) for p in params]
+
+
+def _check_group(group: dict[str, Any], index: int) -> None:
+    """Raise ValueError naming the setting, its value and the fix for anything out of range."""
+    where = f"lr of param group {index}" if index else "lr"
+    if not (_number(group["eta_max"]) and group["eta_max"] > 0):
+        raise _bad("eta_max", group["eta_max"], "a finite number > 0", "it is the largest learning rate allowed")
+    if not (_number(group["lr"]) and 0 < group["lr"] <= group["eta_max"]):
+        raise _bad(where, group["lr"], f"a finite number in (0, eta_max={group['eta_max']}]",
+                   "pass the initial learning rate eta-bar, or raise eta_max")
+    if not (_number(group["beta"]) and group["beta"] >= 0):
+        raise _bad("beta", group["beta"], "a finite number >= 0", "0 keeps the learning rate fixed")
+    if not (_number(group["mu"]) and 0.0 <= group["mu"] <= 1.0):
+        raise _bad("mu", group["mu"], "in [0, 1]", "1 is RT-HPO, 0 is first order")
+    if group["base"] not in BASES:
+        raise _bad("base", group["base"], f"one of {', '.join(BASES)}", "use 'sgd' or 'adamw'")
+    if not (_number(group["weight_decay"]) and group["weight_decay"] >= 0):
+        raise _bad("weight_decay", group["weight_decay"], "a finite number >= 0", "0 turns it off")
+    if not (_number(group["momentum"]) and 0.0 <= group["momentum"] < 1.0):
+        raise _bad("momentum", group["momentum"], "in [0, 1)", "0 is plain SGD")
+    if group["base"] == "adamw" and group["momentum"] != 0.0:
+        raise _bad("momentum", group["momentum"], "0 with base='adamw'", "AdamW's momentum is betas[0]")
+    betas = group["betas"]
+    if not (len(betas) == 2 and all(_number(b) and 0.0 <= b < 1.0 for b in betas)):
+        raise _bad("betas", betas, "two numbers in [0, 1)", "torch's default is (0.9, 0.999)")
+    if not (_number(group["eps"]) and group["eps"] > 0):
+        raise _bad("eps", group["eps"], "a finite number > 0", "torch's default is 1e-8")
+    if group["hypergrad_clip"] is not None and not (_number(group["hypergrad_clip"]) and group["hypergrad_clip"] > 0):
+        raise _bad("hypergrad_clip", group["hypergrad_clip"], "None or a number > 0", "None turns it off")
+    if group["hyper_update"] not in hyper_updates.HYPER_UPDATES:
+        raise _bad("hyper_update", group["hyper_update"], f"one of {', '.join(hyper_updates.HYPER_UPDATES)}",
+                   "'additive' is the paper's rule")
+    if group["hvp"] not in HVP_ROUTES:
+        raise _bad("hvp", group["hvp"], f"one of {', '.join(HVP_ROUTES)}", "'auto' picks one")
+    if group["val_mode"] not in VAL_MODES:
+        raise _bad("val_mode", group["val_mode"], f"one of {', '.join(VAL_MODES)}", "'backward' is the default")
+    if group["val_mode"] == "forward" and group["hyper_update"] in hyper_updates.NEEDS_NORMS:
+        raise _bad("val_mode", "forward", f"'backward' with hyper_update={group['hyper_update']!r}",
+                   "that rule divides by |grad E|, which a forward-mode JVP does not give")
+    if group["method"] == "hd_train" and group["val_mode"] == "forward":
+        raise _bad("val_mode", "forward", "'backward' with method='hd_train'", "hd_train uses no validation pass")
+    for key in ("hvp_every", "val_every"):
+        value = group[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _bad(key, value, "an integer >= 1", "1 computes it every step")
+    for key in ("hvp_batch_fraction", "val_batch_fraction"):
+        value = group[key]
+        if not (_number(value) and 0.0 < value <= 1.0):
+            raise _bad(key, value, "in (0, 1]", "1.0 uses the whole batch")
+
+
+__all__ = ["RTHPO", "StepInfo", "METHODS", "BASES", "SHARED"]
