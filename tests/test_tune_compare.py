@@ -32,7 +32,8 @@ def test_compare_writes_table_trials_and_plots(ray_local: None, tmp_path: Path,
     assert main(["compare", str(config), "--output", str(out), "--set", "train.epochs=2"]) == 0
     printed = capsys.readouterr().out
     assert "== [1/2] rthpo" in printed and "[exp_skopt] trial" in printed
-    assert "| strategy | method | searcher | best val acc | test acc (chosen by val) |" in printed
+    assert "| strategy | seed | method | searcher | best val acc | test acc (chosen by val) |" in printed
+    assert "## Per strategy, over seeds" in printed and "test acc IQM [95% CI]" in printed
     for name in ("summary.md", "trials.csv", "trials.parquet", "best_so_far.png", "lr_trajectories.png",
                  "config.yaml"):
         assert (out / name).is_file(), name
@@ -44,13 +45,14 @@ def test_compare_writes_table_trials_and_plots(ray_local: None, tmp_path: Path,
     assert trials.groupby("strategy")["trial_id"].nunique().to_dict() == {"rthpo": 2, "exp_skopt": 3}
     assert pd.read_parquet(out / "trials.parquet").shape == trials.shape
     summary = (out / "summary.md").read_text()
-    assert "test accuracy is never used to choose" in summary and summary.count("\n| ") == 3
+    assert "test accuracy is never used to choose" in summary
+    assert summary.count("\n| ") == 6  # per strategy (header + 2 rows), then every run (header + 2 rows)
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["base"]["train"]["epochs"] == 2 and resolved["strategies"][1]["searcher"] == "skopt"
     # the reported test accuracy is the one of the best-by-validation epoch of each strategy
     for strategy, group in trials.groupby("strategy"):
         best = group.sort_values([M.VAL_ACC, M.VAL_LOSS], ascending=[False, True]).iloc[0]
-        assert f"{best[M.TEST_ACC]:.4f}" in [line.split("|")[5].strip() for line in summary.splitlines()
+        assert f"{best[M.TEST_ACC]:.4f}" in [line.split("|")[6].strip() for line in summary.splitlines()
                                               if line.startswith(f"| {strategy} ")]
 
 
@@ -79,3 +81,38 @@ def test_run_needs_a_strategy_when_there_are_several_and_runs_one(
 def test_config_errors_exit_2_before_ray_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compare", str(write_config(tmp_path)), "--set", "budget_s=1e3s"]) == 2
     assert "budget_s must be a number, but got '1e3s'" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+def test_seeds_repeat_every_strategy_paired_with_statistics_an_untuned_run_and_resume_per_seed(
+        ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "seeds.yaml"
+    path.write_text(yaml.safe_dump(tiny_experiment(
+        {"name": "rthpo_default", "method": "rthpo", "searcher": "none", "overrides": {"lr.eta0": 0.1}},
+        {"name": "exp_rand", "method": "exp_decay", "searcher": "random", "num_samples": 2, "space": ETA_SPACE},
+        budget_s=100.0, target_val_acc=0.5)))
+    out = tmp_path / "out"
+    assert main(["compare", str(path), "--output", str(out), "--seeds", "2"]) == 0
+    trials = pd.read_csv(out / "trials.csv")
+    runs = trials.groupby(["strategy", "seed"])["trial_id"].nunique().to_dict()
+    assert runs == {("rthpo_default", 0): 1, ("rthpo_default", 1): 1, ("exp_rand", 0): 2, ("exp_rand", 1): 2}
+    assert trials["trial_id"].nunique() == 6  # trial ids never repeat across seeds
+    untuned = trials[trials["strategy"] == "rthpo_default"].sort_values(["seed", M.EPOCH])
+    first, second = (untuned[untuned["seed"] == s][M.VAL_LOSS].tolist() for s in (0, 1))
+    assert first != second  # repetition 1 trains with train.seed + 1
+    summary = (out / "summary.md").read_text()
+    assert "## Per strategy, over seeds" in summary and "## Compute to reach the target" in summary
+    assert "| rthpo_default | rthpo | none | 2 |" in summary and "| exp_rand | exp_decay | random | 2 |" in summary
+    assert summary.count("2 of 2") >= 2  # both strategies reach val/acc 0.5 in both seeds
+    assert "| rthpo_default | 1 | rthpo | none |" in summary and "no search (epoch" in summary
+    names = sorted(p.name for p in (out / "progress").glob("*.done.json"))
+    assert names == sorted(f"{s}-seed{k}.done.json" for s in ("rthpo_default", "exp_rand") for k in (0, 1))
+    assert (out / "best_so_far.png").read_bytes()[:4] == b"\x89PNG"
+    # resume works per (strategy, seed): only the run whose completion is missing runs again
+    (out / "progress" / "exp_rand-seed1.done.json").unlink()
+    capsys.readouterr()
+    assert main(["compare", str(path), "--output", str(out), "--seeds", "2", "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("finished before the interruption") == 3 and "== [4/4] exp_rand-seed1:" in printed
+    again = pd.read_csv(out / "trials.csv")
+    assert again.groupby(["strategy", "seed"])["trial_id"].nunique().to_dict() == runs

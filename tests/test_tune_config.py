@@ -62,7 +62,7 @@ def test_bad_spaces_name_the_key_and_the_fix(space: dict[str, Any], match: str) 
 def test_every_searcher_builds_seeded(name: str) -> None:
     searcher = build_searcher(name, seed=3, max_concurrent=2)
     assert searcher is not None
-    assert is_basic(searcher) == (name in ("grid", "random"))
+    assert is_basic(searcher) == (name in ("none", "grid", "random"))
 
 
 def test_optuna_gp_uses_optunas_gp_sampler() -> None:
@@ -229,3 +229,18 @@ def test_skopt_base_estimators_that_do_not_run_are_refused_with_the_config() -> 
     with pytest.raises(ConfigError, match=r"base_estimator must be one of GP, RF, ET, but got 'GBRT'"):
         E.experiment_from_dict(experiment(searcher="skopt", space={"lr.eta0": {"loguniform": [0.01, 1.0]}},
                                           searcher_options={"base_estimator": "GBRT"}))
+
+
+def test_searcher_none_is_one_run_of_the_config_values_per_seed() -> None:
+    exp = E.experiment_from_dict({**experiment(searcher="none", overrides={"lr.eta0": 0.2}), "seeds": 3})
+    resolved = exp.resolved("s")
+    assert resolved.num_samples == 1 and resolved.space == {} and resolved.config.lr.eta0 == 0.2
+    assert exp.repetitions() == [0, 1, 2] and exp.run_name("s", 2) == "s-seed2"
+    with pytest.raises(ConfigError, match=r"searcher none runs the config's own values .* remove the space"):
+        E.experiment_from_dict(experiment(searcher="none", space={"lr.eta0": {"loguniform": [0.01, 1.0]}}))
+    with pytest.raises(ConfigError, match=r"searcher none is one run per repetition, but num_samples is 4"):
+        E.experiment_from_dict(experiment(searcher="none", num_samples=4))
+    with pytest.raises(ConfigError, match=r"seeds must be an integer >= 1"):
+        E.experiment_from_dict({**experiment(searcher="none"), "seeds": 0})
+    with pytest.raises(ConfigError, match=r"target_val_acc must be a validation accuracy in \(0, 1\] \(0.95, not 95\)"):
+        E.experiment_from_dict({**experiment(searcher="none"), "target_val_acc": 95})

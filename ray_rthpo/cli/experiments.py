@@ -32,6 +32,10 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted experiment in --output (same config and --set values): "
                              "finished strategies and trials are not rerun")
+    parser.add_argument("--seeds", type=int, default=None, metavar="N",
+                        help="repeat every strategy N times (searcher and trial seeds seed, seed+1, ...), each under "
+                             "the full budget: summary.md then gives means, IQMs, bootstrap CIs and ranks "
+                             "(the same as --set seeds=N)")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +48,10 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
     from ray_rthpo.experiment.config import load_experiment
     from ray_rthpo.tune.compare import run_comparison
 
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise RTHPOError(f"--seeds must be an integer >= 1 (repetitions of every strategy), but got {args.seeds}.")
+        args.overrides = [*args.overrides, f"seeds={args.seeds}"]
     exp = load_experiment(args.config, args.overrides)
     if command == "run":
         if strategy_name is None and len(exp.strategies) > 1:
@@ -69,7 +77,7 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
     start = time.time()
     print(f"rthpo {command}: {len(strategies)} strateg{'y' if len(strategies) == 1 else 'ies'} "
           f"({', '.join(s.name for s in strategies)}) on {exp.base.data.name}/{exp.base.model.name}, "
-          f"{exp.budget_s:g} compute-s each -> {out}", flush=True)
+          f"{exp.budget_s:g} compute-s each{f', {exp.seeds} seeds' if exp.seeds > 1 else ''} -> {out}", flush=True)
     from ray_rthpo.tune.runner import init_ray
 
     # Ctrl-C: stop everything (Tune's own handler would only end the current strategy, then go on).

@@ -215,7 +215,14 @@ def resolve_strategy(base: Config, strategy: StrategyConfig) -> ResolvedStrategy
                    strategy.searcher_options or {}, f"strategy {strategy.name}")
     if strategy.scheduler == "pbt":
         _check_pbt(strategy, config, space)
-    if strategy.num_samples is not None:
+    if strategy.searcher == "none":
+        check(strategy.num_samples in (None, 1), f"strategy {strategy.name}: searcher none is one run per "
+              f"repetition, but num_samples is {strategy.num_samples!r}; remove num_samples (use seeds: N to "
+              "repeat it).")
+        check(strategy.scheduler == "fifo", f"strategy {strategy.name}: searcher none is one run, so scheduler "
+              f"{strategy.scheduler} has nothing to schedule; remove it.")
+        num_samples = 1
+    elif strategy.num_samples is not None:
         num_samples = strategy.num_samples
     elif not space or any(kind == GRID_KIND for kind, _ in space.values()):
         num_samples = 1
@@ -252,7 +259,13 @@ class ExperimentConfig:
     resources: Resources = field(default_factory=Resources)
     # Trials running at once per strategy (the budget counts compute, so this changes wall time only).
     max_concurrent: int = 2
+    # Searcher seed of the first repetition; repetition r uses seed + r for the searcher and
+    # train.seed + r for its trials (the same values for every strategy: paired comparisons).
     seed: int = 0
+    # Repetitions of every strategy, each under the full budget_s (rthpo compare --seeds N).
+    seeds: int = 1
+    # Validation accuracy whose first reaching summary.md times (compute seconds per strategy); null: none.
+    target_val_acc: float | None = None
     # Always val/acc: the test set is never used to choose anything.
     metric: str = M.SELECTION_METRIC
     # Retries of a crashed trial (from its last checkpoint).
@@ -266,6 +279,10 @@ class ExperimentConfig:
         check_budget_s(self.budget_s)
         check(self.max_concurrent >= 1, f"max_concurrent must be an integer >= 1, but got {self.max_concurrent!r}.")
         check(self.seed >= 0, f"seed must be an integer >= 0, but got {self.seed!r}.")
+        check(self.seeds >= 1, f"seeds must be an integer >= 1 (repetitions of every strategy), but got {self.seeds!r}.")
+        check(self.target_val_acc is None or 0.0 < self.target_val_acc <= 1.0,
+              f"target_val_acc must be a validation accuracy in (0, 1] (0.95, not 95) or null, but got "
+              f"{self.target_val_acc!r}.")
         check(self.max_failures >= 0, f"max_failures must be an integer >= 0, but got {self.max_failures!r}.")
         check(self.metric == M.SELECTION_METRIC, f"metric is always {M.SELECTION_METRIC!r} (validation accuracy, "
               f"never test), but got {self.metric!r}; delete the key.")
@@ -282,6 +299,16 @@ class ExperimentConfig:
             if s.name == name:
                 return s
         raise ConfigError(f"no strategy {name!r}; this experiment has: {', '.join(s.name for s in self.strategies)}.")
+
+    def repetitions(self) -> list[int]:
+        """The searcher seed of every repetition: ``seed``, ``seed + 1``, ... (``seeds`` of them)."""
+        return [self.seed + r for r in range(self.seeds)]
+
+    def run_name(self, strategy: StrategyConfig | str, seed: int) -> str:
+        """The name of one repetition's Tune experiment and journal: the strategy's name, with
+        ``-seed<N>`` when the experiment repeats strategies."""
+        name = strategy if isinstance(strategy, str) else strategy.name
+        return name if self.seeds == 1 else f"{name}-seed{seed}"
 
     def resolved(self, strategy: StrategyConfig | str) -> ResolvedStrategy:
         """``strategy`` (or the strategy called so) resolved: built once, when this config was."""

@@ -12,10 +12,12 @@ from ray_rthpo.experiment.spaces import GRID_KIND
 
 #: scikit-optimize surrogates that run on current scikit-learn and numpy (GBRT and DUMMY do not).
 SKOPT_ESTIMATORS = ("GP", "RF", "ET")
-SEARCHERS = ("grid", "random", "optuna_tpe", "optuna_gp", "skopt")
+#: ``none``: no search, one run of the config's own values (per repetition): what one untuned run gets.
+SEARCHERS = ("none", "grid", "random", "optuna_tpe", "optuna_gp", "skopt")
 #: Options each searcher accepts (``searcher_options`` in a strategy), with their defaults. Few
 #: start-up points by default: the budgets of a comparison allow tens of trials, not hundreds.
 OPTIONS: dict[str, dict[str, Any]] = {
+    "none": {},
     "grid": {},
     "random": {},
     "optuna_tpe": {"n_startup_trials": 5, "multivariate": True},
@@ -47,6 +49,10 @@ def check_searcher(name: str, kinds: Iterable[str], options: Mapping[str, Any], 
     """Check that searcher ``name`` exists, handles every space kind in ``kinds``, and knows ``options``."""
     check_options(name, options, where)
     kinds = set(kinds)
+    if name == "none" and kinds:
+        raise ConfigError(f"{where}: searcher none runs the config's own values once per repetition, but the "
+                          f"strategy has a space ({sorted(kinds)} entries); remove the space (put the values in "
+                          "overrides) or choose a searcher.")
     if name == "grid" and kinds - {GRID_KIND, "choice"}:
         raise ConfigError(f"{where}: searcher grid enumerates values, but the space has "
                           f"{sorted(kinds - {GRID_KIND, 'choice'})} entries; write them as {{grid: [...]}} "

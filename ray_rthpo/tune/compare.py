@@ -1,4 +1,5 @@
-"""Run several strategies one after the other, each under the same compute budget, and write the results.
+"""Run several strategies one after the other, each under the same compute budget and repeated over
+``seeds``, and write the results.
 
     from ray_rthpo.tune.compare import run_comparison
     from ray_rthpo.experiment.config import load_experiment
@@ -11,13 +12,16 @@
 
 Output folder (every file written atomically)::
 
-    summary.md           one row per strategy: best val acc, test acc of the val-chosen (trial, epoch), ...
+    summary.md           per strategy over seeds (mean, IQM, bootstrap CIs, ranks, paired comparison), the
+                         compute to reach target_val_acc, and one row per run (strategy, seed)
     trials.csv           every reported epoch of every trial (+ trials.parquet when pyarrow is installed)
-    best_so_far.png      test acc of the best-by-validation trial vs cumulative compute, all strategies
-    lr_trajectories.png  eta per epoch of each strategy's best-by-validation run
+    best_so_far.png      median over seeds (25-75% band) of the test acc of the best-by-validation trial vs
+                         cumulative compute, and the mean rank over the budget
+    lr_trajectories.png  eta per epoch of each strategy's best-by-validation run (first seed)
     config.yaml          the resolved experiment config
     ray/                 Ray Tune's storage (checkpoints, Ray's own result files), unless storage_path is set
-    progress/            per strategy: every reported epoch as it arrived (NAME.jsonl), NAME.done.json once over
+    progress/            per run (strategy, seed): every reported epoch as it arrived (NAME.jsonl), NAME.done.json
+                         once over (NAME is the strategy's name, with -seedN when the experiment has seeds > 1)
 """
 
 from __future__ import annotations
@@ -35,11 +39,12 @@ from ray_rthpo.data.paths import check_data
 from ray_rthpo.errors import RTHPOError
 from ray_rthpo.experiment.config import ExperimentConfig, StrategyConfig
 from ray_rthpo.experiment.output import PROGRESS_DIR, check_output, ray_storage
+from ray_rthpo.report import stats, stats_plots
 from ray_rthpo.report.files import atomic_save_figure, atomic_write_text, write_trials
 from ray_rthpo.report.journal import load_rows
-from ray_rthpo.report.plots import plot_best_so_far, plot_lr_trajectories
-from ray_rthpo.report.selection import best_so_far, compute_spent, latest_reports
-from ray_rthpo.report.summary import summary_markdown, summary_table
+from ray_rthpo.report.plots import plot_lr_trajectories
+from ray_rthpo.report.selection import compute_spent, latest_reports
+from ray_rthpo.report.summary import summary_markdown
 from ray_rthpo.tune.runner import ProgressFn, run_strategy, trial_resources
 
 
@@ -94,47 +99,57 @@ def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
     journals = out / PROGRESS_DIR
     journals.mkdir(exist_ok=True)
     tables: list[pd.DataFrame] = []
-    walls: dict[str, float] = {}
+    walls: dict[tuple[str, int], float] = {}
     errors: dict[str, tuple[str, ...]] = {}
-    for i, strategy in enumerate(strategies, 1):
-        config = exp.run_config(strategy)
-        journal, done = journals / f"{strategy.name}.jsonl", journals / f"{strategy.name}.done.json"
+    runs = [(seed, strategy) for seed in exp.repetitions() for strategy in strategies]  # every seed complete in turn
+    for i, (seed, strategy) in enumerate(runs, 1):
+        name = exp.run_name(strategy, seed)
+        journal, done = journals / f"{name}.jsonl", journals / f"{name}.done.json"
+        head = f"== [{i}/{len(runs)}] {name}"
         if resume and done.is_file():  # finished before the interruption: never rerun
             state = json.loads(done.read_text(encoding="utf-8"))
-            walls[strategy.name], errors[strategy.name] = float(state["wall_s"]), tuple(state["errors"])
+            walls[(strategy.name, seed)], errors[name] = float(state["wall_s"]), tuple(state["errors"])
             table = latest_reports(pd.DataFrame(load_rows(journal)))
             if not table.empty:
                 tables.append(table)
-            progress(f"== [{i}/{len(strategies)}] {strategy.name}: finished before the interruption "
+            progress(f"{head}: finished before the interruption "
                      f"({table['trial_id'].nunique() if not table.empty else 0} trials), not rerun")
             continue
-        progress(f"== [{i}/{len(strategies)}] {strategy.name}: {config.lr.method} by {strategy.searcher}"
-                 f"{' + ' + strategy.scheduler.upper() if strategy.scheduler != 'fifo' else ''}, budget {exp.budget_s:g} compute-s")
+        scheduler = f" + {strategy.scheduler.upper()}" if strategy.scheduler != "fifo" else ""
+        progress(f"{head}: {exp.run_config(strategy).lr.method} by {strategy.searcher}{scheduler}, "
+                 f"budget {exp.budget_s:g} compute-s")
         outcome = run_strategy(exp, strategy, storage_path=storage, resources=resources, progress=progress,
-                               journal=journal, resume=resume)
-        walls[strategy.name], errors[strategy.name] = outcome.wall_s, outcome.errors
+                               journal=journal, resume=resume, seed=seed)
+        walls[(strategy.name, seed)], errors[name] = outcome.wall_s, outcome.errors
         atomic_write_text(done, json.dumps({"wall_s": outcome.wall_s, "errors": list(outcome.errors)}))
         for err in outcome.errors[:3]:
-            progress(f"[{strategy.name}] trial error: {err}")
+            progress(f"[{name}] trial error: {err}")
         if not outcome.table.empty:
             tables.append(outcome.table)
             write_trials(pd.concat(tables, ignore_index=True), out)  # partial results survive a crash
-        spent = compute_spent(outcome.table)
-        progress(f"== {strategy.name}: {outcome.table['trial_id'].nunique() if not outcome.table.empty else 0} "
-                 f"trials, {spent:.1f} compute-s, {outcome.wall_s:.1f} wall-s")
+        progress(f"== {name}: {outcome.table['trial_id'].nunique() if not outcome.table.empty else 0} "
+                 f"trials, {compute_spent(outcome.table):.1f} compute-s, {outcome.wall_s:.1f} wall-s")
     if not tables:
         first = next((e[0] for e in errors.values() if e), "no trial reported an epoch")
         raise RTHPOError(f"every trial failed (e.g. {first}); Ray's logs are in {storage}.")
     trials = pd.concat(tables, ignore_index=True)
-    write_trials(trials, out)  # again: a resumed experiment may have read every strategy back
-    summary = summary_table(trials, walls)
+    write_trials(trials, out)  # again: a resumed experiment may have read every run back
     wall = time.time() - start
-    markdown = summary_markdown(exp, summary, resources, errors, wall)
+    markdown, summary = summary_markdown(exp, trials, walls, resources, errors, wall)
     atomic_write_text(out / "summary.md", markdown)
-    atomic_save_figure(plot_best_so_far(best_so_far(trials), exp.budget_s),
-                       out / "best_so_far.png", dpi=120)
-    atomic_save_figure(plot_lr_trajectories(trials), out / "lr_trajectories.png", dpi=120)
+    write_figures(trials, exp.budget_s, out)
     return ComparisonResult(trials, summary, markdown, wall, out)
 
 
-__all__ = ["ComparisonResult", "preflight", "run_comparison"]
+def write_figures(trials: pd.DataFrame, budget_s: float, out: Path) -> None:
+    """``best_so_far.png`` (median over seeds with the 25-75% band, and the mean rank over the budget) and
+    ``lr_trajectories.png`` (eta of each strategy's chosen run in the first seed) into ``out``."""
+    curves = stats.seed_curves(trials)
+    on_grid = stats.curves_on_grid(curves, stats.compute_grid(curves, budget_s=budget_s))
+    figure = stats_plots.plot_best_so_far(stats.aggregate_curves(on_grid), stats.rank_curves(on_grid), budget_s)
+    atomic_save_figure(figure, out / "best_so_far.png", dpi=120)
+    first = trials[trials["seed"] == trials["seed"].min()] if "seed" in trials else trials
+    atomic_save_figure(plot_lr_trajectories(first), out / "lr_trajectories.png", dpi=120)
+
+
+__all__ = ["ComparisonResult", "preflight", "run_comparison", "write_figures"]

@@ -112,10 +112,12 @@ def trial_resources(exp: ExperimentConfig, *, joined: bool, note: ProgressFn = p
     return wanted
 
 
-def param_space(resolved: ResolvedStrategy) -> dict[str, Any]:
-    """Ray's ``param_space``: the strategy's flat run config with its searched keys as Ray domains."""
+def param_space(resolved: ResolvedStrategy, repetition: int = 0) -> dict[str, Any]:
+    """Ray's ``param_space``: the strategy's flat run config with its searched keys as Ray domains;
+    repetition ``r`` trains with ``train.seed + r``."""
     space = {key: to_domain(kind, values) for key, (kind, values) in resolved.space.items()}
-    return {**resolved.config.to_flat(), **space}
+    flat = resolved.config.to_flat()
+    return {**flat, "train.seed": int(flat["train.seed"]) + repetition, **space}
 
 
 def scheduler(resolved: ResolvedStrategy) -> Any:
@@ -149,8 +151,10 @@ def _callback_class() -> type:
         nothing that was reported) and prints one line per finished trial."""
 
         def __init__(self, exp: ExperimentConfig, resolved: ResolvedStrategy, progress: ProgressFn,
-                     journal: Path | None = None, rows: list[dict[str, Any]] | None = None) -> None:
-            self.exp, self.strategy, self.progress = exp, resolved.strategy, progress
+                     journal: Path | None = None, rows: list[dict[str, Any]] | None = None,
+                     seed: int = 0) -> None:
+            self.exp, self.strategy, self.progress, self.seed = exp, resolved.strategy, progress, seed
+            self.label = exp.run_name(resolved.strategy, seed)
             self.searched = list(resolved.space)
             self.method = resolved.method
             self.rows: list[dict[str, Any]] = list(rows or [])
@@ -161,7 +165,7 @@ def _callback_class() -> type:
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             now = time.time()
-            row: dict[str, Any] = {"strategy": self.strategy.name, "method": self.method,
+            row: dict[str, Any] = {"strategy": self.strategy.name, "seed": self.seed, "method": self.method,
                                    "searcher": self.strategy.searcher, "scheduler": self.strategy.scheduler,
                                    "trial_id": trial.trial_id}
             config = trial.config
@@ -191,7 +195,7 @@ def _callback_class() -> type:
                 what = f"{r[M.EPOCH]} epochs, val/acc {r[M.VAL_ACC]:.4f}{test_txt}, lr {r[M.LR]:.3g}{flag}"
             else:
                 what = "no epoch reported"
-            self.progress(f"[{self.strategy.name}] trial {trial.trial_id} {how} ({params or 'no search'}): {what}"
+            self.progress(f"[{self.label}] trial {trial.trial_id} {how} ({params or 'no search'}): {what}"
                           f"  | compute {self.compute:.1f}/{self.exp.budget_s:g}s, "
                           f"wall {time.time() - self.start:.0f}s")
 
@@ -238,9 +242,11 @@ def restored_run_config(tuner: Any) -> Any:
 
 def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_path: str,
                  resources: dict[str, float] | None = None, progress: ProgressFn = print,
-                 journal: str | Path | None = None, resume: bool = False) -> StrategyOutcome:
-    """Run ``strategy`` as one Tune experiment named after it under ``storage_path`` (absolute or a URI)
-    until its trials are done or its compute reaches ``exp.budget_s``; return every reported epoch.
+                 journal: str | Path | None = None, resume: bool = False, seed: int | None = None) -> StrategyOutcome:
+    """Run ``strategy`` as one Tune experiment (named by ``exp.run_name``) under ``storage_path``
+    (absolute or a URI) until its trials are done or its compute reaches ``exp.budget_s``; return every
+    reported epoch. ``seed``: the repetition's searcher seed (default ``exp.seed``, the first
+    repetition); its trials train with ``train.seed`` shifted by as much (see :func:`param_space`).
 
     ``journal``: a JSON-lines file every reported epoch is appended to as it arrives. ``resume``: when
     ``<storage_path>/<strategy name>`` holds this strategy's interrupted Tune experiment, restore it
@@ -256,41 +262,44 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
 
     _quiet_ray()
     resolved = exp.resolved(strategy)
-    experiment_path = f"{storage_path.rstrip('/')}/{strategy.name}"
+    seed = exp.seed if seed is None else int(seed)
+    repetition = seed - exp.seed
+    name = exp.run_name(strategy, seed)
+    experiment_path = f"{storage_path.rstrip('/')}/{name}"
     restoring = resume and tune.Tuner.can_restore(experiment_path)
     earlier = load_rows(journal) if restoring else []
     if restoring and journal is not None and Path(journal).is_file():
         end_cut_line(journal)
     if journal is not None and not restoring and Path(journal).exists():
         Path(journal).unlink()  # rows of a run that never got as far as Ray's experiment state
-    callback = _callback_class()(exp, resolved, progress, Path(journal) if journal else None, earlier)
+    callback = _callback_class()(exp, resolved, progress, Path(journal) if journal else None, earlier, seed)
     stopper = ComputeBudgetStopper(exp.budget_s)
     for row in earlier:  # the interrupted run's compute: each (trial, epoch) once, repeats replace it
         stopper.record(str(row["trial_id"]), row)
     trainable = tune.with_resources(fresh_train_fn(), resources or exp.resources.as_ray())
     if restoring:
-        progress(f"[{strategy.name}] resuming the Tune experiment in {experiment_path} "
+        progress(f"[{name}] resuming the Tune experiment in {experiment_path} "
                  f"({len({row['trial_id'] for row in earlier})} trial(s) already reported, "
                  f"{stopper.spent_s:.1f} compute-s spent)")
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True, param_space=param_space(resolved))
+                                   resume_errored=True, param_space=param_space(resolved, repetition))
         run_config = restored_run_config(tuner)
         run_config.callbacks = [callback]
         run_config.stop = stopper
     else:
         # PBT: the whole population must be alive at once (synchronous PBT pauses members at each
         # perturbation boundary, so a population larger than the free slots takes turns).
-        search_alg = build_searcher(strategy.searcher, seed=exp.seed, options=strategy.searcher_options,
+        search_alg = build_searcher(strategy.searcher, seed=seed, options=strategy.searcher_options,
                                     max_concurrent=0 if strategy.scheduler == "pbt" else exp.max_concurrent)
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space(resolved),
+            param_space=param_space(resolved, repetition),
             tune_config=tune.TuneConfig(
                 metric=M.SELECTION_METRIC, mode=M.SELECTION_MODE,
                 search_alg=search_alg, scheduler=scheduler(resolved), num_samples=resolved.num_samples,
                 max_concurrent_trials=None if is_basic(search_alg) else exp.max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(
-                name=strategy.name, storage_path=storage_path, verbose=0, callbacks=[callback],
+                name=name, storage_path=storage_path, verbose=0, callbacks=[callback],
                 stop=stopper,
                 failure_config=tune.FailureConfig(max_failures=exp.max_failures),
                 # PBT restores trials from *other* trials' latest checkpoints: keep a few, so that a donor's
@@ -298,13 +307,13 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if strategy.scheduler == "pbt" else 1)),
         )
     if strategy.scheduler == "pbt":
-        random.seed(exp.seed)  # PBT draws its exploit partners and perturbations from the driver's `random`
+        random.seed(seed)  # PBT draws its exploit partners and perturbations from the driver's `random`
     start = time.time()
     grid = tuner.fit()
     wall = time.time() - start
     errors = tuple(f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
                    for e in grid.errors)
-    return StrategyOutcome(strategy.name, latest_reports(pd.DataFrame(callback.rows)), wall, errors, experiment_path)
+    return StrategyOutcome(name, latest_reports(pd.DataFrame(callback.rows)), wall, errors, experiment_path)
 
 
 __all__ = ["StrategyOutcome", "init_ray", "trial_resources", "param_space", "scheduler", "restored_run_config",

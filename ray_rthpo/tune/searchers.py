@@ -38,7 +38,7 @@ def build_searcher(name: str, *, seed: int, options: Mapping[str, Any] | None = 
     """
     check_options(name, options or {})
     opts = {**OPTIONS[name], **dict(options or {})}
-    if name in ("grid", "random"):
+    if name in ("none", "grid", "random"):  # none: an empty space, one sample
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
