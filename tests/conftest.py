@@ -8,6 +8,20 @@ from collections.abc import Iterator
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """The tests' tensors are tiny: one intra-op thread is faster than two fighting over a shared CPU
+    (Ray trials run in their own processes and keep their own setting)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
     """One real local Ray for the whole test session (2 CPUs, no dashboard), shut down at the end.

@@ -136,6 +136,7 @@ def test_resume_with_another_config_is_refused(inputs: dict[str, str], tmp_path:
     assert (out / "config.yaml").read_text() == "name: other\n"
 
 
+@pytest.mark.slow  # a subprocess that imports torch and Ray: seconds each
 def test_bad_input_through_the_console_script_prints_no_traceback(inputs: dict[str, str], tmp_path: Path) -> None:
     for argv in (["compare", inputs["exp"], "--set", "strategies.a.searcher=hyperband"],
                  ["train", inputs["bad_yaml"], "--output", str(tmp_path / "o")]):

@@ -33,6 +33,7 @@ def test_train_writes_outputs_and_resumes(tmp_path: Path, capsys: pytest.Capture
     assert "resumed at epoch 2" in printed and "epoch   3" in printed and "epoch   1 " not in printed
 
 
+@pytest.mark.slow  # a subprocess that imports torch and Ray: seconds each
 def test_default_output_folders_are_never_overwritten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     config = str(REPO / "configs" / "digits.yaml")
@@ -68,6 +69,7 @@ def test_bad_input_is_one_line_and_exit_status_2(
     assert len(lines) == 1 and lines[0].startswith("rthpo: error: "), err
 
 
+@pytest.mark.slow  # a subprocess that imports torch and Ray: seconds each
 def test_missing_config_file_via_the_console_script(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "ray_rthpo.cli", "train", str(tmp_path / "missing.yaml")],
                           capture_output=True, text=True, timeout=120)

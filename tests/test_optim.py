@@ -349,3 +349,59 @@ def test_adamw_hypergradient_equals_central_finite_difference_through_the_class(
     d = 1e-5 * ETA
     fd = (e_of(ETA + d) - e_of(ETA - d)) / (2 * d)
     assert h is not None and math.isclose(h, fd, rel_tol=1e-7), (h, fd)
+
+
+def test_forward_mode_validation_evaluates_batchnorm_in_eval_mode_like_the_backward_one() -> None:
+    """val_mode='forward' (a JVP of the validation loss) on a BatchNorm model in training: the same h as
+    the validation gradient in eval mode, and the running statistics never moved by the validation pass."""
+    batches, val = data(6), data(1, 16, 7)[0]
+    a, b = tiny(batchnorm=True), tiny(batchnorm=True)
+    ta = train(RTHPO(a.parameters(), lr=0.1, beta=1e-2, val_mode="backward"), a, batches, val)
+    tb = train(RTHPO(b.parameters(), lr=0.1, beta=1e-2, val_mode="forward"), b, batches, val)
+    for (_, ea, ha), (_, eb, hb) in zip(ta, tb, strict=True):
+        assert (ha is None and hb is None) or math.isclose(ha, hb, rel_tol=1e-10, abs_tol=1e-15)
+        assert math.isclose(ea, eb, rel_tol=1e-12)
+    assert int(b[1].num_batches_tracked) == len(batches) and b.training
+
+
+def test_batchnorm_hypergradient_is_the_derivative_with_running_statistics_held_fixed() -> None:
+    """On a BatchNorm MLP (SGD, RT-HPO), h_T = dE(w_T(eta))/d eta by central differences when E uses the
+    final running statistics for every eta (they are constants of the hypergradient); the full derivative,
+    with the statistics re-estimated along each perturbed run, differs by the gap printed on failure."""
+    from ray_rthpo.hypergrad.reference import flat_loss_fn
+
+    batches, (xv, yv) = data(6), data(1, 16, 7)[0]
+    eta = 0.3
+
+    def run(e: float) -> nn.Module:
+        model = tiny(batchnorm=True)
+        opt = RTHPO(model.parameters(), lr=e, beta=0.0)
+        train(opt, model, batches, (xv, yv))
+        return model
+
+    twin = tiny(batchnorm=True)  # the run at eta, to read z_T and h at w_T
+    opt = RTHPO(twin.parameters(), lr=eta, beta=0.0)
+    train(opt, twin, batches, (xv, yv))
+    params = list(twin.parameters())
+    twin.eval()
+    grad_e = torch.autograd.grad(F.cross_entropy(twin(xv), yv), params)
+    h = float(sum((g * opt.state[p]["z"]).sum() for g, p in zip(grad_e, params, strict=True)))
+    energy = flat_loss_fn(twin, xv, yv)  # eval mode with the run's final running statistics, held fixed
+    d = 1e-6
+
+    def e_fixed(e: float) -> float:
+        trained = run(e)
+        trained.eval()
+        with torch.no_grad():
+            return float(energy(flat_params(trained)))
+
+    def e_full(e: float) -> float:
+        trained = run(e)
+        trained.eval()
+        with torch.no_grad():
+            return float(F.cross_entropy(trained(xv), yv))
+
+    fixed = (e_fixed(eta + d) - e_fixed(eta - d)) / (2 * d)
+    full = (e_full(eta + d) - e_full(eta - d)) / (2 * d)
+    assert math.isclose(h, fixed, rel_tol=1e-6), (h, fixed)
+    assert abs(h) > 1e-3 and not math.isclose(h, full, rel_tol=1e-6), (h, full)  # the statistics do matter

@@ -19,6 +19,7 @@ from ray_rthpo.report.files import atomic_save_figure, atomic_write_bytes, atomi
 SIZE = 64 * 2**20
 
 
+@pytest.mark.slow  # a subprocess that imports torch and Ray: seconds each
 def test_a_process_killed_mid_write_leaves_the_old_file_or_the_whole_new_one(tmp_path: Path) -> None:
     target = tmp_path / "trials.csv"
     target.write_text("old complete table\n")

@@ -106,6 +106,7 @@ def test_main_rejects_non_finite_start(tmp_path: Path) -> None:
     assert info.value.code == 2
 
 
+@pytest.mark.slow  # a subprocess that imports torch and Ray: seconds each
 def test_experiment_script_runs_from_the_command_line(tmp_path: Path) -> None:
     out = tmp_path / "fig.png"
     done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--long-steps", "10"],

@@ -130,3 +130,40 @@ def test_rthpo_mlp_on_real_mnist_learns() -> None:
     history = run_training(cfg)
     assert history[-1][M.TEST_ACC] > 0.94, history[-1]
     assert history[-1][M.LR] != pytest.approx(0.1)
+
+
+def test_hypergradient_batches_come_from_the_validation_split_never_the_test_split() -> None:
+    """Every validation batch of the hypergradient is rows of data.val (by the sampler's own indices),
+    and differs from the test rows at those indices: the test set is only ever used to report."""
+    trainer = Trainer(digits("lr.method=rthpo", "train.epochs=1"))
+    drawn: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    next_indices, val_batch = trainer.val_sampler.next_indices, trainer._val_batch
+    picked: list[torch.Tensor] = []
+
+    def record_indices() -> torch.Tensor:
+        picked.append(next_indices())
+        return picked[-1]
+
+    def record_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = val_batch()
+        drawn.append((picked[-1], x, y))
+        return x, y
+
+    trainer.val_sampler.next_indices = record_indices  # type: ignore[method-assign]
+    trainer._val_batch = record_batch  # type: ignore[method-assign]
+    trainer.run_epoch()
+    assert len(drawn) == trainer.steps_per_epoch - 1  # every step but the first (z_0 = 0) needs one
+    val, test = trainer.data.val, trainer.data.test
+    for idx, x, y in drawn:
+        assert torch.equal(x, trainer.data.normalize(val.x[idx])) and torch.equal(y, val.y[idx])
+        assert not torch.equal(x, trainer.data.normalize(test.x[idx % len(test)]))
+
+
+def test_the_time_split_adds_up_and_counts_the_hessian_vector_product() -> None:
+    history = run_training(digits("lr.method=rthpo", "train.epochs=2"))
+    sgd = run_training(digits("lr.method=fixed", "train.epochs=2"))
+    for row in history:
+        parts = row[M.TRAIN_SECONDS] + row[M.HYPER_SECONDS] + row[M.EVAL_SECONDS]
+        assert parts == pytest.approx(row[M.EPOCH_SECONDS], rel=1e-9, abs=1e-9)
+        assert row[M.HYPER_SECONDS] > 0 and row[M.TRAIN_SECONDS] > 0
+    assert all(row[M.HYPER_SECONDS] == 0.0 for row in sgd)
