@@ -37,6 +37,8 @@ from ray_rthpo.report.selection import RECEIVED_AT, latest_reports
 from ray_rthpo.tune.searchers import to_domain
 
 ProgressFn = Callable[[str], None]
+#: When Tune started the trial (its actor), on the driver's clock: with received_at it times trial start-up.
+STARTED_AT = "time/started_at"
 #: Run-config values copied into every row of the results table (beside the searched ones).
 CONFIG_COLUMNS = ("lr.method", "lr.eta0", "lr.beta", "lr.gamma", "lr.mu")
 
@@ -112,11 +114,15 @@ def trial_resources(exp: ExperimentConfig, *, joined: bool, note: ProgressFn = p
     return wanted
 
 
-def param_space(resolved: ResolvedStrategy, repetition: int = 0) -> dict[str, Any]:
+def param_space(resolved: ResolvedStrategy, repetition: int = 0, *, require_gpu: bool = False) -> dict[str, Any]:
     """Ray's ``param_space``: the strategy's flat run config with its searched keys as Ray domains;
-    repetition ``r`` trains with ``train.seed + r``."""
+    repetition ``r`` trains with ``train.seed + r``. ``require_gpu`` (trials ask for a GPU and
+    ``resources.cpu_fallback`` is false) turns ``train.device: auto`` into ``cuda``, so that a trial
+    whose GPU turns out unusable fails instead of training on the CPU."""
     space = {key: to_domain(kind, values) for key, (kind, values) in resolved.space.items()}
     flat = resolved.config.to_flat()
+    if require_gpu and flat["train.device"] == "auto":
+        flat["train.device"] = "cuda"
     return {**flat, "train.seed": int(flat["train.seed"]) + repetition, **space}
 
 
@@ -162,6 +168,10 @@ def _callback_class() -> type:
             self.compute = 0.0
             self.start = time.time()
             self.ended: set[str] = set()
+            self.started: dict[str, float] = {}
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.started.setdefault(trial.trial_id, time.time())
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             now = time.time()
@@ -175,6 +185,7 @@ def _callback_class() -> type:
                         for k in CONFIG_COLUMNS})
             row.update({k: v for k, v in result.items() if k != "config" and not isinstance(v, dict)})
             row[RECEIVED_AT] = now  # the driver's clock orders reports from every node
+            row[STARTED_AT] = self.started.get(trial.trial_id, now)  # when Tune started the trial (driver clock)
             row["time/wall_elapsed_s"] = now - self.start
             self.compute += float(result.get(M.EPOCH_SECONDS, 0.0))
             self.rows.append(row)
@@ -273,6 +284,7 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
     if journal is not None and not restoring and Path(journal).exists():
         Path(journal).unlink()  # rows of a run that never got as far as Ray's experiment state
     callback = _callback_class()(exp, resolved, progress, Path(journal) if journal else None, earlier, seed)
+    require_gpu = (resources or exp.resources.as_ray()).get("gpu", 0.0) > 0 and not exp.resources.cpu_fallback
     stopper = ComputeBudgetStopper(exp.budget_s)
     for row in earlier:  # the interrupted run's compute: each (trial, epoch) once, repeats replace it
         stopper.record(str(row["trial_id"]), row)
@@ -282,7 +294,7 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
                  f"({len({row['trial_id'] for row in earlier})} trial(s) already reported, "
                  f"{stopper.spent_s:.1f} compute-s spent)")
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True, param_space=param_space(resolved, repetition))
+                                   resume_errored=True, param_space=param_space(resolved, repetition, require_gpu=require_gpu))
         run_config = restored_run_config(tuner)
         run_config.callbacks = [callback]
         run_config.stop = stopper
@@ -293,7 +305,7 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
                                     max_concurrent=0 if strategy.scheduler == "pbt" else exp.max_concurrent)
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space(resolved, repetition),
+            param_space=param_space(resolved, repetition, require_gpu=require_gpu),
             tune_config=tune.TuneConfig(
                 metric=M.SELECTION_METRIC, mode=M.SELECTION_MODE,
                 search_alg=search_alg, scheduler=scheduler(resolved), num_samples=resolved.num_samples,

@@ -27,11 +27,12 @@ import socket
 import tempfile
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ray_rthpo.config import Config, config_from_dict
+from ray_rthpo.errors import ConfigError
 
 CHECKPOINT_FILE = "trainer.pt"
 #: Extra metrics the trainable adds to the trainer's: where and when the epoch ran.
@@ -39,7 +40,13 @@ NODE_ID = "node/id"
 NODE_IP = "node/ip"
 HOSTNAME = "node/hostname"
 DEVICE_NAME = "node/device_name"
+GPU_IDS = "node/gpu_ids"  # the GPUs Ray assigned to the trial (ray.get_gpu_ids()), comma-separated
 REPORTED_AT = "time/reported_at"  # the trial's own clock (time.time()) at the report
+#: Seconds this trial attempt spent building its trainer (data load, model) and restoring its checkpoint:
+#: not part of the compute budget, reported beside it.
+SETUP_SECONDS = "time/setup_s"
+#: Seconds spent writing checkpoints and handing reports to Tune, summed over the earlier epochs.
+CHECKPOINT_SECONDS = "time/checkpoint_s"
 
 
 def config_from_ray(config: dict[str, Any]) -> Config:
@@ -65,14 +72,51 @@ def node_info(device: Any) -> dict[str, Any]:
             HOSTNAME: socket.gethostname(), DEVICE_NAME: name}
 
 
+def trial_device(requested: str, gpu_ids: Sequence[Any], visible: str | None, cuda_available: bool,
+                 device_count: int = 0) -> str:
+    """The device a trial trains on: ``"cpu"`` or ``"cuda:N"``.
+
+    ``requested`` is the run config's ``train.device`` (auto, cpu, cuda), ``gpu_ids`` what Ray assigned
+    to the trial (``ray.get_gpu_ids()``; fractional shares of one GPU give its id), ``visible`` the
+    trial's ``CUDA_VISIBLE_DEVICES`` (Ray sets it to the assigned ids, so the first visible device,
+    ``cuda:0``, is the trial's). ``auto`` never takes a GPU Ray did not assign, and runs on the CPU when
+    the assigned GPU is logical only (no CUDA: ``ray.init(num_gpus=...)`` on a CPU machine);
+    ``cuda`` then fails with the fix. Raises ConfigError.
+    """
+    if requested == "cpu":
+        return "cpu"
+    if not gpu_ids or not cuda_available:
+        if requested == "cuda":
+            why = "Ray gave this trial no GPU" if not gpu_ids else f"Ray gave it GPU {list(gpu_ids)} but CUDA is absent"
+            raise ConfigError(f"train.device is 'cuda', but {why}; ask for one with resources.gpu (e.g. 0.5) on a "
+                              "machine with CUDA, or set resources.cpu_fallback: true to run on the CPU.")
+        return "cpu"
+    if visible is not None and visible.strip() not in ("", "NoDevFiles"):
+        return "cuda:0"  # CUDA_VISIBLE_DEVICES holds the assigned ids: they are renumbered from 0
+    index = int(str(gpu_ids[0]))
+    if device_count and index >= device_count:
+        raise ConfigError(f"Ray assigned GPU {index}, but this process sees only {device_count} CUDA devices; "
+                          "do not set RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES, or fix the node's GPU count.")
+    return f"cuda:{index}"
+
+
 def train_fn(config: dict[str, Any]) -> None:
     """Run one trial of ``config`` (Ray's flat dict), reporting and checkpointing every epoch."""
+    import ray
+    import torch
     from ray import tune
 
     from ray_rthpo.config import ADOPTABLE_KEYS
     from ray_rthpo.training.trainer import Trainer
 
-    trainer = Trainer(config_from_ray(config))
+    start = time.perf_counter()
+    run_config = config_from_ray(config)
+    gpu_ids = ray.get_gpu_ids()
+    device = trial_device(run_config.train.device, gpu_ids, os.environ.get("CUDA_VISIBLE_DEVICES"),
+                          torch.cuda.is_available(), torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))  # "cuda" below is this device
+    trainer = Trainer(run_config.replace(**{"train.device": "cuda" if device.startswith("cuda") else "cpu"}))
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         # A retried trial gets its own checkpoint back (same config). Population-based training restores
@@ -80,12 +124,16 @@ def train_fn(config: dict[str, Any]) -> None:
         # (the model, optimizer state and RNGs are the checkpoint's; eta0 becomes the current eta).
         with checkpoint.as_directory() as folder:
             trainer.load(Path(folder) / CHECKPOINT_FILE, adopt=ADOPTABLE_KEYS)
-    where = node_info(trainer.device)
+    where = {**node_info(trainer.device), GPU_IDS: ",".join(str(g) for g in gpu_ids)}
+    setup_s, checkpoint_s = time.perf_counter() - start, 0.0
     while not trainer.done:
-        metrics = {**trainer.run_epoch(), **where, REPORTED_AT: time.time()}
+        metrics = {**trainer.run_epoch(), **where, REPORTED_AT: time.time(), SETUP_SECONDS: setup_s,
+                   CHECKPOINT_SECONDS: checkpoint_s}
+        begin = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="rthpo-ckpt-") as folder:
             trainer.save(os.path.join(folder, CHECKPOINT_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        checkpoint_s += time.perf_counter() - begin
 
 
 def fresh_train_fn() -> Callable[[dict[str, Any]], None]:
@@ -99,5 +147,6 @@ def fresh_train_fn() -> Callable[[dict[str, Any]], None]:
                               train_fn.__defaults__, train_fn.__closure__)
 
 
-__all__ = ["train_fn", "fresh_train_fn", "config_from_ray", "node_info", "CHECKPOINT_FILE",
-           "NODE_ID", "NODE_IP", "HOSTNAME", "DEVICE_NAME", "REPORTED_AT"]
+__all__ = ["train_fn", "fresh_train_fn", "config_from_ray", "node_info", "trial_device", "CHECKPOINT_FILE",
+           "NODE_ID", "NODE_IP", "HOSTNAME", "DEVICE_NAME", "GPU_IDS", "REPORTED_AT", "SETUP_SECONDS",
+           "CHECKPOINT_SECONDS"]
