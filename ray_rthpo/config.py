@@ -14,6 +14,7 @@ Load with :func:`load_config`; unknown keys, wrong types and out-of-range values
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -64,6 +65,29 @@ def method_reads(method: str, key: str) -> bool:
 DTYPES = ("float32", "float64")
 
 
+#: A run-config key naming user code: ``package.module:attribute`` (``module:Class.method`` also works).
+FACTORY_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def check_spec(key: str, value: str | None) -> None:
+    """Raise ConfigError unless ``value`` is None or ``module:attribute``."""
+    if value is not None and not (isinstance(value, str) and FACTORY_SPEC.match(value)):
+        raise ConfigError(f"{key} must be 'module:function' (e.g. mypkg.models:build), but got {value!r}; "
+                          "write the module's dotted import path, a colon, then the name in it.")
+
+
+def check_args(key: str, args: Any, spec: str | None) -> None:
+    """Raise ConfigError unless ``args`` is None or a mapping of names, set only beside a factory."""
+    if args is None:
+        return
+    if not isinstance(args, dict) or not all(isinstance(k, str) and k.isidentifier() for k in args):
+        raise ConfigError(f"{key} must be a mapping of keyword arguments (e.g. {{hidden: 64}}), but got {args!r}.")
+    if spec is None:
+        factory = key.rsplit("_", 1)[0]
+        raise ConfigError(f"{key} is set ({args!r}) but {factory} is null; name the factory that takes them "
+                          f"({factory}: module:function) or delete {key}.")
+
+
 def _positive(name: str, value: float) -> None:
     check(math.isfinite(value) and value > 0, f"{name} must be a finite number > 0, but got {value!r}.")
 
@@ -106,9 +130,21 @@ class DataConfig:
     fake_classes: int = 10
     fake_train_size: int = 512
     fake_test_size: int = 128
+    # Your own data instead of data.name: 'module:function', called as load(seed=train.seed, **factory_args)
+    # and returning the train, validation and test splits (torch Datasets, DataLoaders or (x, y) tensor
+    # pairs; validation may be null: carved from train with val_fraction). Read into memory once per run;
+    # the inputs are used as given (no normalisation, no augment). See ray_rthpo/data/user.py.
+    factory: str | None = None
+    # Keyword arguments of data.factory (a mapping), e.g. {path: /data/table.csv}.
+    factory_args: Any | None = None
 
     def __post_init__(self) -> None:
         check_choice("data.name", self.name, DATASETS)
+        check_spec("data.factory", self.factory)
+        check_args("data.factory_args", self.factory_args, self.factory)
+        check(not (self.factory and self.augment), "data.augment is true, but it crops and flips (N, C, H, W) "
+              "images of the built-in datasets only; with data.factory augment inside your data, and set "
+              "data.augment: false.")
         check(0.0 < self.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), but got {self.val_fraction!r}.")
         for key in ("batch_size", "val_batch_size", "eval_batch_size", "fake_classes", "fake_train_size",
                     "fake_test_size"):
@@ -130,9 +166,16 @@ class ModelConfig:
     name: str = "mlp"
     # Hidden layer widths of the MLP (the paper: 512, 256).
     hidden: tuple[int, ...] = (512, 256)
+    # Your own network instead of model.name: 'module:function', called as
+    # build(input_shape, num_classes, **factory_args) -> torch.nn.Module giving logits (N, num_classes).
+    factory: str | None = None
+    # Keyword arguments of model.factory (a mapping), e.g. {hidden: 64, depth: 2}.
+    factory_args: Any | None = None
 
     def __post_init__(self) -> None:
         check_choice("model.name", self.name, MODELS)
+        check_spec("model.factory", self.factory)
+        check_args("model.factory_args", self.factory_args, self.factory)
         check(all(h >= 1 for h in self.hidden), f"model.hidden must be positive widths, but got {list(self.hidden)!r}.")
 
 
@@ -284,13 +327,33 @@ class TrainConfig:
     # A mean training loss above this (or a NaN/inf one) ends the run as 'diverged'. Chance level
     # of cross-entropy is ln(classes), about 2.3 for 10 classes.
     diverge_loss: float = 1.0e4
+    # Tune trials write a checkpoint after an epoch once this many compute seconds have passed since the
+    # last one, and always after the last epoch; 0 = after every epoch. A crashed trial redoes at most this
+    # much compute (or the epoch in flight). Tiny epochs (digits: ~0.1 s) checkpointed every epoch spend
+    # a fifth of their time writing checkpoints (docs/performance.md). Population-based training always
+    # checkpoints every epoch (its exploits clone the latest checkpoint).
+    checkpoint_every_s: float = 0.0
+    # The training (and validation) loss: 'module:function', loss(output, target) -> scalar tensor (the
+    # batch mean), or a torch.nn.Module class such as torch.nn:CrossEntropyLoss. null: cross-entropy.
+    # Validation accuracy stays the selection metric: the model must output class logits.
+    loss: str | None = None
+    # Folders put in front of sys.path before model.factory, data.factory and train.loss are imported, in
+    # this process and in every Ray trial. rthpo train/run/compare add the current directory and the config
+    # file's folder (absolute) when the config names user code.
+    pythonpath: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, f"train.epochs must be an integer >= 1, but got {self.epochs!r}.")
+        check_spec("train.loss", self.loss)
+        check(all(isinstance(p, str) and p for p in self.pythonpath),
+              f"train.pythonpath must be a list of folders, but got {list(self.pythonpath)!r}.")
         check(self.seed >= 0, f"train.seed must be an integer >= 0, but got {self.seed!r}.")
         check_choice("train.device", self.device, DEVICES)
         check_choice("train.dtype", self.dtype, DTYPES)
         check(self.diverge_loss > 0, f"train.diverge_loss must be > 0, but got {self.diverge_loss!r}.")
+        check(math.isfinite(self.checkpoint_every_s) and self.checkpoint_every_s >= 0,
+              f"train.checkpoint_every_s must be a number of seconds >= 0 (0: every epoch), but got "
+              f"{self.checkpoint_every_s!r}.")
 
 
 @dataclass(frozen=True)
@@ -369,5 +432,5 @@ __all__ = [
     "Config", "DataConfig", "ModelConfig", "OptimConfig", "LRConfig", "TrainConfig",
     "config_from_dict", "load_config", "load_yaml", "save_config", "parse_override",
     "DATASETS", "MODELS", "METHODS", "HYPERGRADIENT_METHODS", "PRESETS", "PRESET_VALUES", "Subsampling",
-    "KEYS_READ_ONLY_BY", "ADOPTABLE_KEYS", "method_reads",
+    "KEYS_READ_ONLY_BY", "ADOPTABLE_KEYS", "method_reads", "FACTORY_SPEC", "check_spec", "check_args",
 ]

@@ -26,7 +26,7 @@ from ray_rthpo.config import MODELS, ModelConfig
 from ray_rthpo.errors import ConfigError
 
 
-def _mlp(input_shape: tuple[int, int, int], hidden: tuple[int, ...], num_classes: int) -> nn.Sequential:
+def _mlp(input_shape: tuple[int, ...], hidden: tuple[int, ...], num_classes: int) -> nn.Sequential:
     """Flatten -> (Linear -> ReLU) per hidden width -> Linear to ``num_classes``."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(input_shape)
@@ -147,23 +147,30 @@ class ResNet18(nn.Module):
         return self.linear(self.flatten(self.pool(out)))
 
 
-def build_model(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """Build the network ``cfg.name`` (mlp | lenet | resnet18) for inputs of shape ``(C, H, W)``.
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Build the network ``cfg.name`` (mlp | lenet | resnet18) for inputs of shape ``(C, H, W)``, or the
+    user's own with ``cfg.factory`` (:func:`ray_rthpo.factories.build_user_model`).
 
-    The MLP uses ``cfg.hidden`` as its hidden widths (the paper: 512, 256); LeNet and ResNet-18
-    ignore it. Raises :class:`~ray_rthpo.errors.ConfigError` for an unknown name, a shape that is
-    not ``(C, H, W)`` with positive sizes, or fewer than 1 class.
+    The MLP uses ``cfg.hidden`` as its hidden widths (the paper: 512, 256) and flattens inputs of any
+    shape (a user's tabular data, say); LeNet and ResNet-18 ignore ``hidden`` and need ``(C, H, W)``.
+    Raises :class:`~ray_rthpo.errors.ConfigError` for an unknown name, a shape with a size below 1 (or
+    not ``(C, H, W)`` for LeNet and ResNet-18), or fewer than 1 class.
     """
+    if getattr(cfg, "factory", None) is not None:
+        from ray_rthpo.factories import build_user_model
+
+        return build_user_model(cfg, tuple(int(s) for s in input_shape), num_classes)
     if cfg.name not in MODELS:
         raise ConfigError(f"model.name must be one of {', '.join(MODELS)}, but got {cfg.name!r}.")
     shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 3 or any(s < 1 for s in shape):
-        raise ConfigError(f"input_shape must be (C, H, W) with positive sizes, but got {tuple(input_shape)!r}.")
     if num_classes < 1:
         raise ConfigError(f"num_classes must be an integer >= 1, but got {num_classes!r}.")
+    if cfg.name == "mlp" and len(shape) >= 1 and all(s >= 1 for s in shape):
+        return _mlp(shape, tuple(cfg.hidden), num_classes)
+    if len(shape) != 3 or any(s < 1 for s in shape):
+        raise ConfigError(f"input_shape must be (C, H, W) with positive sizes for model.name {cfg.name}, but got "
+                          f"{tuple(input_shape)!r}; use model.name mlp or a model.factory for other inputs.")
     chw = (shape[0], shape[1], shape[2])
-    if cfg.name == "mlp":
-        return _mlp(chw, tuple(cfg.hidden), num_classes)
     if cfg.name == "lenet":
         return LeNet(chw, num_classes)
     return ResNet18(chw[0], num_classes)

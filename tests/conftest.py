@@ -32,10 +32,12 @@ def ray_local() -> Iterator[None]:
     import ray
 
     # Ray workers unpickle trainables defined in test modules by importing those modules: put
-    # tests/ on the path that the Ray processes started below inherit.
+    # tests/ on the path that the Ray processes started below inherit; and examples/tabular, whose plain
+    # Tune trainable (and its tabular_demo package) a user's local Ray finds the same way (README).
     saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "RAY_DEDUP_LOGS")}
     tests_dir = os.path.dirname(os.path.abspath(__file__))
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, saved["PYTHONPATH"]) if p)
+    example_dir = os.path.join(os.path.dirname(tests_dir), "examples", "tabular")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, example_dir, saved["PYTHONPATH"]) if p)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:

@@ -12,7 +12,7 @@ import pytest
 import ray.cloudpickle
 from ray import tune
 
-from ray_rthpo.metrics import EPOCH, TOTAL_SECONDS
+from ray_rthpo.metrics import EPOCH, EPOCH_SECONDS, TOTAL_SECONDS
 from ray_rthpo.tune.budget import ComputeBudgetStopper
 
 # ------------------------------------------------------------------------------------------------
@@ -111,6 +111,36 @@ def test_pickles_with_its_state(dumps: Any) -> None:
     assert copy.spent_s == pytest.approx(1.5) and copy.budget_s == 4.0
     assert copy("b", {TOTAL_SECONDS: 2.5}) is True
     assert "ComputeBudgetStopper(budget_s=4.0" in repr(copy)
+
+
+def test_a_repeated_epoch_counts_once_by_its_last_report() -> None:
+    """A trial restored from its checkpoint (after a crash or a killed driver) redoes epochs: fed the journal's
+    rows (each epoch twice), the stopper counts each (trial, epoch) once."""
+    stopper = ComputeBudgetStopper(budget_s=10.0)
+    rows = [{"trial_id": "a", EPOCH: e, EPOCH_SECONDS: 1.0} for e in (1, 2, 3)]
+    for row in rows + rows:
+        stopper.record(row["trial_id"], row)
+    assert stopper.spent_s == pytest.approx(3.0)
+    assert not stopper("a", {EPOCH: 3, EPOCH_SECONDS: 1.5})  # the redone epoch replaces the first report
+    assert stopper.spent_s == pytest.approx(3.5)
+
+
+def test_a_pickled_copy_unpickles_as_the_live_stopper_of_its_experiment() -> None:
+    """Tune restores its experiment state with the stopper pickled in it; while a live stopper with the same
+    key is registered, that copy *is* the live one (journal-seeded), else a copy with the pickled counts."""
+    first = ComputeBudgetStopper(budget_s=10.0, key="/runs/x/ray/grid")
+    first.record("a", {EPOCH: 1, EPOCH_SECONDS: 2.0})
+    blob = ray.cloudpickle.dumps(first)
+    live = ComputeBudgetStopper(budget_s=10.0, key="/runs/x/ray/grid")
+    live.record("a", {EPOCH: 1, EPOCH_SECONDS: 2.0})
+    live.record("a", {EPOCH: 2, EPOCH_SECONDS: 3.0})
+    with live.live():
+        assert pickle.loads(blob) is live
+    restored = pickle.loads(blob)
+    assert restored is not live and restored.spent_s == pytest.approx(2.0)
+    other = ComputeBudgetStopper(budget_s=10.0)  # no key: always a copy
+    with other.live():
+        assert pickle.loads(ray.cloudpickle.dumps(other)) is not other
 
 
 # ------------------------------------------------------------------------------------------------

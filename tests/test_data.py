@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import shutil
 import tarfile
 from collections import Counter
@@ -304,3 +305,22 @@ def test_cifar10_from_jpeg_archive() -> None:
         assert abs(got - want) < 0.01
     for got, want in zip(b.std, (0.245, 0.243, 0.261), strict=True):
         assert abs(got - want) < 0.01
+
+
+def test_digits_are_cached_so_trials_skip_importing_scikit_learn(tmp_path: Path) -> None:
+    """The first load builds the split with scikit-learn and caches it; a new process then loads the
+    identical split without importing scikit-learn (it costs seconds in every trial process)."""
+    import subprocess
+    import sys
+
+    from ray_rthpo.config import DataConfig
+
+    first = load_data(DataConfig(name="digits"), seed=0)
+    assert list(cache_dir().glob("digits-*.npz"))
+    code = ("import sys, torch; from ray_rthpo.config import DataConfig; from ray_rthpo.data import load_data; "
+            "b = load_data(DataConfig(name='digits'), seed=0); "
+            "print(int(b.train.x.sum()), int(b.test.y.sum()), 'sklearn' in sys.modules)")
+    env = {**os.environ, "RTHPO_CACHE_DIR": str(cache_dir())}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(int(first.train.x.sum())), str(int(first.test.y.sum())), "False"]

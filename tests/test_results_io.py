@@ -78,3 +78,43 @@ def test_the_journal_skips_a_line_cut_short_and_keeps_the_last_report_of_each_ep
     assert latest_reports(pd.DataFrame(load_rows(journal))).to_dict("records") == [
         {"trial_id": "a", "epoch": 1, "x": 1}, {"trial_id": "a", "epoch": 2, "x": 3}]
     assert load_rows(tmp_path / "missing.jsonl") == []
+
+
+def test_the_journal_refuses_a_garbage_line_in_the_middle_and_tolerates_a_cut_one(tmp_path: Path) -> None:
+    from ray_rthpo.report.journal import JournalError, end_cut_line, load_rows
+
+    journal = tmp_path / "s.jsonl"
+    good = '{"trial_id": "a", "epoch": 1}\n{"trial_id": "a", "epoch": 2}\n'
+    journal.write_text(good + 'not json at all\n{"trial_id": "b", "epoch": 1}\n')
+    with pytest.raises(JournalError, match=r"s\.jsonl' line 3 is not a reported epoch: 'not json at all'.*Delete"):
+        load_rows(journal)
+    # a record cut by a killed driver, then rows appended by a resumed one: the cut record is skipped
+    journal.write_text(good + '{"trial_id": "b", "ep\n{"trial_id": "b", "epoch": 1}\n')
+    assert [r["trial_id"] for r in load_rows(journal)] == ["a", "a", "b"]
+    # a resumed run removes a cut last line before it appends
+    journal.write_text(good + '{"trial_id": "b", "ep')
+    end_cut_line(journal)
+    assert journal.read_text() == good
+
+
+def test_a_journal_append_on_a_full_disk_says_which_file_and_the_fix(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+    import errno
+
+    from ray_rthpo.report import journal as journal_module
+    from ray_rthpo.report.files import WriteError
+
+    path = tmp_path / "s.jsonl"
+    journal_module.append_row(path, {"trial_id": "a", "epoch": 1})
+
+    def full(file: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+        if mode == "a":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return builtins.open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(journal_module, "open", full, raising=False)
+    with pytest.raises(WriteError, match=r"cannot write '.*s\.jsonl': No space left on device \(ENOSPC\); the disk "
+                                         r"is full.*--resume"):
+        journal_module.append_row(path, {"trial_id": "a", "epoch": 2})
+    assert path.read_text() == '{"trial_id": "a", "epoch": 1}\n'

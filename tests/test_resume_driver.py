@@ -20,6 +20,7 @@ import yaml
 from tune_helpers import ETA_SPACE, tiny_experiment
 
 from ray_rthpo import metrics as M
+from ray_rthpo.report.selection import compute_spent, latest_reports
 
 pytestmark = pytest.mark.ray
 
@@ -114,6 +115,8 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path: Pat
     (tmp_path / "second.log").write_text(printed)
     assert resumed.returncode == 0, printed[-4000:]
     assert "resuming the Tune experiment" in printed or "not rerun" in printed, printed[-3000:]
+    # every restored trial continued from the checkpoint Tune's saved state names (none deleted under it)
+    assert "trial error" not in printed and "FAILED" not in printed, printed[-3000:]
     assert (out / "summary.md").is_file() and (out / "best_so_far.png").is_file()
     after = journal_rows(journal)
     assert recorded <= done_before
@@ -130,6 +133,10 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path: Pat
     skopt = trials[trials["strategy"] == "skopt"]
     assert done_before <= set(skopt["trial_id"])
     assert skopt["trial_id"].nunique() <= 6  # the searcher resumed its 6 samples, it did not start 6 more
+    done = json.loads((out / "progress" / "skopt.done.json").read_text())
+    assert done["errors"] == []
+    # the budget counted each (trial, epoch) once, the interrupted run's journaled epochs included
+    assert done["compute_s"] == pytest.approx(compute_spent(latest_reports(pd.DataFrame(after))), abs=1e-6)
     if command == "compare":
         assert trials[trials["strategy"] == "grid"]["trial_id"].nunique() == 2
 

@@ -13,6 +13,7 @@ subcommand that needs it runs.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Callable, Sequence
 
@@ -50,6 +51,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RTHPOError as err:
         print(f"rthpo: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a write outside the atomic writers: a full disk, a read-only or forbidden folder
+        if err.errno not in _DISK_ERRNOS:
+            raise
+        from ray_rthpo.report.files import write_error
+
+        print(f"rthpo: error: {write_error(err.filename or '(a file)', err)}", file=sys.stderr)
+        return 2
+
+
+#: OSErrors that are the user's disk or folder, not a bug: answered with one line and the fix.
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 __all__ = ["COMMANDS", "build_parser", "main"]

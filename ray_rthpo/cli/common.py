@@ -1,5 +1,5 @@
 """What every ``rthpo`` subcommand shares: CONFIG / ``--set`` / ``--output``, the default output folder,
-and the one-line progress of an epoch."""
+where a config's own Python code is found, and the one-line progress of an epoch."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_rthpo import metrics as M
+from ray_rthpo.config import Config
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,18 @@ def default_output(stem: str, *, resume: bool = False) -> Path:
     return next(p for p in candidates if not (p.exists() and any(p.iterdir())))
 
 
+def user_code_paths(config: Config, config_file: str | Path) -> list[str] | None:
+    """The ``train.pythonpath`` a config naming user code (``model.factory``, ``data.factory``,
+    ``train.loss``) runs with: its own entries made absolute, then the current directory and the config
+    file's folder, so that the command and every Ray trial import the user's modules. None when the
+    config names no user code (built-in workloads are left exactly as they were)."""
+    from ray_rthpo.factories import resolve_pythonpath, uses_user_code
+
+    if not uses_user_code(config):
+        return None
+    return resolve_pythonpath(config.train.pythonpath, config_file)
+
+
 def format_epoch(result: dict[str, Any]) -> str:
     """One progress line for an epoch's metrics."""
     test = result.get(M.TEST_ACC)
@@ -41,4 +54,4 @@ def format_epoch(result: dict[str, Any]) -> str:
             f"{test_txt}  lr {result[M.LR]:.5g}  h {result[M.HYPERGRAD]:+.3e}  {result[M.EPOCH_SECONDS]:.1f}s{flag}")
 
 
-__all__ = ["add_common_arguments", "default_output", "format_epoch"]
+__all__ = ["add_common_arguments", "default_output", "user_code_paths", "format_epoch"]

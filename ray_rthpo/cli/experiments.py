@@ -12,13 +12,14 @@ Ray is imported only when one of these runs, so ``rthpo train`` never pays for i
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
 import time
 from pathlib import Path
 
-from ray_rthpo.cli.common import add_common_arguments, default_output
+from ray_rthpo.cli.common import add_common_arguments, default_output, user_code_paths
 from ray_rthpo.errors import RTHPOError
 
 
@@ -46,6 +47,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) -> int:
     from ray_rthpo.experiment.config import load_experiment
+    from ray_rthpo.factories import check_user_code, workload_name
     from ray_rthpo.tune.compare import run_comparison
 
     if args.seeds is not None:
@@ -53,6 +55,11 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
             raise RTHPOError(f"--seeds must be an integer >= 1 (repetitions of every strategy), but got {args.seeds}.")
         args.overrides = [*args.overrides, f"seeds={args.seeds}"]
     exp = load_experiment(args.config, args.overrides)
+    # User code (model.factory, data.factory, train.loss): the current directory and the config file's folder
+    # go into train.pythonpath, so that every trial imports it, wherever Ray runs it.
+    paths = next((p for s in exp.strategies if (p := user_code_paths(exp.run_config(s), args.config))), None)
+    if paths is not None:
+        exp = load_experiment(args.config, [*args.overrides, f"train.pythonpath={json.dumps(paths)}"])
     if command == "run":
         if strategy_name is None and len(exp.strategies) > 1:
             raise RTHPOError(f"{args.config} has {len(exp.strategies)} strategies; pick one with --strategy NAME "
@@ -70,13 +77,15 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
     # A missing or truncated data file, or an output folder that holds another experiment: fail before Ray
     # starts. On a cluster (--address) the data may live on the workers only: not checked here.
     joining = bool(args.address or os.environ.get("RAY_ADDRESS"))
+    for strategy in strategies:  # importable here; on a local Ray also built and run once on a few examples
+        check_user_code(exp.run_config(strategy), full=not joining)
     preflight(exp, out, strategies=strategies, resume=args.resume, joined=joining)
     again = shlex.join(["rthpo", command, args.config, *(["--strategy", strategy_name] if strategy_name else []),
                         *[a for o in args.overrides for a in ("--set", o)],
                         *(["--address", args.address] if args.address else []), "--output", str(out), "--resume"])
     start = time.time()
     print(f"rthpo {command}: {len(strategies)} strateg{'y' if len(strategies) == 1 else 'ies'} "
-          f"({', '.join(s.name for s in strategies)}) on {exp.base.data.name}/{exp.base.model.name}, "
+          f"({', '.join(s.name for s in strategies)}) on {workload_name(exp.base)}, "
           f"{exp.budget_s:g} compute-s each{f', {exp.seeds} seeds' if exp.seeds > 1 else ''} -> {out}", flush=True)
     from ray_rthpo.tune.runner import init_ray
 

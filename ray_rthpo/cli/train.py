@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ray_rthpo import metrics as M
-from ray_rthpo.cli.common import add_common_arguments, default_output, format_epoch
+from ray_rthpo.cli.common import add_common_arguments, default_output, format_epoch, user_code_paths
 from ray_rthpo.errors import RTHPOError
 
 
@@ -24,10 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ray_rthpo.config import load_config, save_config
+    from ray_rthpo.experiment.output import check_writable
+    from ray_rthpo.factories import workload_name
     from ray_rthpo.report.files import atomic_write_text, write_history_csv
     from ray_rthpo.training.trainer import Trainer
 
     config = load_config(args.config, args.overrides)
+    paths = user_code_paths(config, args.config)
+    if paths is not None:
+        config = config.replace(**{"train.pythonpath": paths})
     out = Path(args.output) if args.output else default_output(Path(args.config).stem, resume=args.resume)
     checkpoint = out / "checkpoint.pt"
     if out.exists() and any(out.iterdir()) and not args.resume:
@@ -35,13 +40,17 @@ def run(args: argparse.Namespace) -> int:
                          "or choose another --output.")
     if args.resume and not checkpoint.is_file():
         raise RTHPOError(f"--resume: no checkpoint at {str(checkpoint)!r}; run without --resume to start afresh.")
-    print(f"rthpo train: {config.lr.method} on {config.data.name}/{config.model.name}, "
+    check_writable(out)  # a read-only or forbidden folder: one line now, not a traceback after the first epoch
+    print(f"rthpo train: {config.lr.method} on {workload_name(config)}, "
           f"{config.train.epochs} epochs -> {out}", flush=True)
-    trainer = Trainer(config)  # loads the data: a missing or corrupt file fails before anything is written
+    # loads the data and imports the user's factories: a missing file or a broken factory fails before
+    # anything is written
+    trainer = Trainer(config)
+    if args.resume:  # a damaged checkpoint or another config is refused before config.yaml is rewritten
+        trainer.load(checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
     if args.resume:
-        trainer.load(checkpoint)
         print(f"resumed at epoch {trainer.epoch}", flush=True)
     print(f"device {trainer.device}, {len(trainer.data.train)} train / {len(trainer.data.val)} val / "
           f"{len(trainer.data.test)} test examples, {trainer.steps_per_epoch} steps per epoch", flush=True)
@@ -55,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\ninterrupted; the last finished epoch is saved. Continue with: rthpo train {args.config} "
               f"--output {out} --resume", file=sys.stderr)
         return 130
+    write_history_csv(trainer.history, out / "history.csv")  # again: a resumed run may have had none to add
     final = trainer.history[-1]
     atomic_write_text(out / "result.json", json.dumps(final, indent=2))
     test = final.get(M.TEST_ACC)

@@ -48,7 +48,8 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class Split:
-    """One part of a dataset: uint8 images ``x`` (N, C, H, W) with raw pixel values, int64 labels ``y``."""
+    """One part of a dataset: uint8 images ``x`` (N, C, H, W) with raw pixel values, int64 labels ``y``
+    (a user's data: inputs ``x`` (N, *input_shape) as its factory gave them)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -67,17 +68,24 @@ class DataBundle:
     val: Split
     test: Split
     num_classes: int
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     scale: float
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # True for a user's data (data.factory): the inputs are used as given, see normalize().
+    raw_inputs: bool = False
     # Per (device, dtype): the affine map of normalize() as broadcastable (C, 1, 1) tensors.
     _affine: dict[Any, tuple[torch.Tensor, torch.Tensor]] = field(
         default_factory=dict, init=False, repr=False, compare=False)
 
     def normalize(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Map a uint8 batch (N, C, H, W) or image (C, H, W), on any device, to ``(x/scale - mean)/std``
-        as ``dtype`` on the same device (the constants are cached per device, so no host sync)."""
+        as ``dtype`` on the same device (the constants are cached per device, so no host sync).
+
+        With ``raw_inputs`` (a user's data) the batch is only copied: floating inputs cast to ``dtype``,
+        others (token ids, say) kept as they are."""
+        if self.raw_inputs:
+            return x.to(dtype, copy=True) if x.is_floating_point() else x.clone()
         key = (x.device, dtype)
         if key not in self._affine:
             mean = torch.tensor(self.mean, dtype=torch.float64)
@@ -103,9 +111,16 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
     when the dataset is not there. An explicit ``data_dir`` is the only folder searched. The split is a
     seeded random permutation: ``round(val_fraction * N)`` examples go to validation; same seed, same split.
     ``mean``/``std`` are per channel over the final (scaled) training images, computed exactly.
+
+    With ``cfg.factory`` set, the user's data factory supplies the splits instead
+    (:func:`ray_rthpo.data.user.load_user_data`).
     """
     if seed < 0:
         raise ConfigError(f"the data split seed must be an integer >= 0, but got {seed!r}.")
+    if cfg.factory is not None:  # the user's own data (ray_rthpo.data.user)
+        from ray_rthpo.data.user import load_user_data
+
+        return load_user_data(cfg, seed)
     raw, num_classes, scale = _load_raw(cfg)
     train_idx, val_idx = _split_indices(len(raw.y_train), cfg.val_fraction, seed)
     if cfg.train_subset is not None:
@@ -225,7 +240,29 @@ def _not_found_message(name: str, roots: list[Path], defaulted: bool) -> str:
 
 
 def _load_digits() -> dio.Raw:
-    """scikit-learn's 8x8 digits (values 0..16) with a fixed stratified 20% test split (random_state=0)."""
+    """scikit-learn's 8x8 digits (values 0..16) with a fixed stratified 20% test split (random_state=0).
+
+    Importing scikit-learn costs seconds in every new trial process (it pulls in scipy); so the split
+    arrays are cached in :func:`cache_dir` the first time, keyed by the data file scikit-learn ships
+    (found without importing it), and later processes read the cache."""
+    import importlib.util
+    import io
+
+    from ray_rthpo.report.files import atomic_write_bytes
+
+    spec = importlib.util.find_spec("sklearn")
+    source = Path(next(iter(spec.submodule_search_locations or []), "")) / "datasets" / "data" / "digits.csv.gz" \
+        if spec is not None else None
+    cached = None
+    if source is not None and source.is_file():
+        stamp = f"{source.stat().st_size}-{source.stat().st_mtime_ns}-{_DIGITS_TEST_FRACTION}"
+        cached = cache_dir() / f"digits-{stamp}.npz"
+        if cached.is_file():
+            try:
+                with np.load(cached) as arrays:
+                    return dio.Raw(*(arrays[k] for k in ("x_train", "y_train", "x_test", "y_test")))
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged cache is rebuilt below
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -234,7 +271,15 @@ def _load_digits() -> dio.Raw:
     y = digits.target.astype(np.int64)
     train, test = train_test_split(np.arange(len(y)), test_size=_DIGITS_TEST_FRACTION, stratify=y, random_state=0)
     train, test = np.sort(train), np.sort(test)
-    return dio.Raw(x[train], y[train], x[test], y[test])
+    raw = dio.Raw(x[train], y[train], x[test], y[test])
+    if cached is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, x_train=raw.x_train, y_train=raw.y_train, x_test=raw.x_test, y_test=raw.y_test)
+        try:
+            atomic_write_bytes(cached, buffer.getvalue())
+        except OSError:
+            pass  # a read-only or full cache folder only costs the import next time
+    return raw
 
 
 def _load_fake(cfg: DataConfig) -> dio.Raw:

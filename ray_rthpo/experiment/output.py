@@ -1,8 +1,10 @@
 """The output folder of an experiment: refused when it already holds one (unless resuming the same
-config), and where Ray keeps its checkpoints."""
+config) or cannot be written, and where Ray keeps its checkpoints (never a URI with credentials in it)."""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 from ray_rthpo.errors import RTHPOError
@@ -15,10 +17,74 @@ MARKERS = ("config.yaml", "summary.md", "trials.csv", "ray")
 PROGRESS_DIR = "progress"
 
 
+#: A URI's user-info (``s3://KEY:SECRET@bucket``), query parameters that carry secrets
+#: (``?access_key=...&secret_key=...`` as pyarrow reads them, pre-signed ``X-Amz-Signature``), and AWS key ids.
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SECRET_PARAM = re.compile(
+    r"(?P<name>[?&;](?:access[_-]?key(?:[_-]?id)?|secret(?:[_-]?(?:access[_-]?)?key)?|session[_-]?token|token|"
+    r"password|passwd|sig|signature|credential|x-amz-credential|x-amz-signature|x-amz-security-token|"
+    r"aws_access_key_id|aws_secret_access_key|aws_session_token|sas|account[_-]?key)=)(?P<value>[^&;#]*)",
+    re.IGNORECASE)
+_AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA)[0-9A-Z]{16}\b")
+
+
+def _without_userinfo(uri: str) -> str:
+    """``scheme://USER:SECRET@host/...`` -> ``scheme://***@host/...``. The secret may hold unescaped ``/``
+    (AWS secret keys do): everything before the last ``@`` of the address is user-info when it holds a ``:``
+    or no ``/``."""
+    scheme = _SCHEME.match(uri)
+    if scheme is None:
+        return uri
+    rest = uri[scheme.end():]
+    end = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    at = rest.rfind("@", 0, end)
+    if at < 0 or ("/" in rest[:at] and ":" not in rest[:at]):
+        return uri
+    return f"{scheme.group(0)}***@{rest[at + 1:]}"
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with every credential it carries replaced by ``***`` (safe to print or write)."""
+    text = _without_userinfo(uri)
+    text = _SECRET_PARAM.sub(lambda m: f"{m['name']}***", text)
+    return _AWS_KEY_ID.sub("***", text)
+
+
+def check_storage_path(storage_path: str | None) -> None:
+    """Refuse a ``storage_path`` that carries credentials (``s3://KEY:SECRET@bucket``, ``?secret_key=...``, an
+    AWS key id): Ray would keep it in its experiment state and logs, and config.yaml, summary.md and the
+    progress lines would show it. The error shows the URI redacted."""
+    if not storage_path or redact_uri(storage_path) == storage_path:
+        return
+    raise RTHPOError(
+        f"storage_path {redact_uri(storage_path)!r} holds credentials (shown as ***); they would be written to "
+        "config.yaml, Ray's experiment state and the logs. Give the URI without them (e.g. s3://MY-BUCKET/rthpo) "
+        "and grant access another way: the nodes' instance profile / IAM role (configs/cluster/aws-gpu.yaml), "
+        "or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment of every node.")
+
+
+def check_writable(out: Path) -> None:
+    """Refuse an output folder that cannot be created or written (a read-only file system, a folder this
+    user may not write, a file in the way), before anything runs. Writes nothing."""
+    out = Path(out)
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RTHPOError(f"output folder {str(out)!r} cannot be created: {str(existing)!r} is a file, not a "
+                         "folder; choose another --output.")
+    read_only = bool(os.statvfs(existing).f_flag & getattr(os, "ST_RDONLY", 1))
+    if read_only or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is on a read-only file system" if read_only else "is not writable by this user"
+        raise RTHPOError(f"output folder {str(out)!r} cannot be written: {str(existing)!r} {why}; choose a "
+                         "writable --output (e.g. under your home folder).")
+
+
 def check_output(out: Path, *, resume: bool = False, config_text: str | None = None) -> None:
     """Refuse ``out`` when it already holds an experiment, unless ``resume``; with ``resume`` it must hold
     one, whose ``config.yaml`` equals ``config_text`` (when given): resuming with other settings would mix
-    two experiments in one table. Writes nothing."""
+    two experiments in one table. Refuse it too when it cannot be written. Writes nothing."""
+    check_writable(out)
     held = [m for m in MARKERS if (out / m).exists()]
     if held and not resume:
         raise RTHPOError(f"output folder {str(out)!r} already holds an experiment ({', '.join(held)}); "
@@ -36,7 +102,9 @@ def check_output(out: Path, *, resume: bool = False, config_text: str | None = N
 
 def ray_storage(exp: ExperimentConfig, out: Path) -> str:
     """Where Ray Tune keeps checkpoints: ``<out>/ray``, or ``<storage_path>/<out folder name>`` (a URI such
-    as ``s3://bucket/rthpo`` or a shared mount) so that runs sharing a storage_path do not mix."""
+    as ``s3://bucket/rthpo`` or a shared mount) so that runs sharing a storage_path do not mix. A
+    storage_path with credentials in it is refused (:func:`check_storage_path`)."""
+    check_storage_path(exp.storage_path)
     if not exp.storage_path:
         return str((out / "ray").resolve())
     if "://" in exp.storage_path:
@@ -44,4 +112,5 @@ def ray_storage(exp: ExperimentConfig, out: Path) -> str:
     return str(Path(exp.storage_path).expanduser().resolve() / out.resolve().name)
 
 
-__all__ = ["MARKERS", "PROGRESS_DIR", "check_output", "ray_storage"]
+__all__ = ["MARKERS", "PROGRESS_DIR", "check_output", "check_storage_path", "check_writable", "redact_uri",
+           "ray_storage"]

@@ -1,9 +1,12 @@
 """Writing results safely: every file is written to a temporary name and renamed into place, so a
-crash never leaves a half-written table, CSV or plot that looks complete."""
+crash never leaves a half-written table, CSV or plot that looks complete. A write that fails (a full
+disk, a read-only folder) raises :class:`WriteError` naming the file and the fix, and leaves the file
+as it was (no temporary left behind)."""
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
 import tempfile
@@ -11,8 +14,33 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ray_rthpo.errors import RTHPOError
+
 if TYPE_CHECKING:
     import pandas as pd
+
+#: errno -> what the user can do about it.
+_FIXES = {
+    errno.ENOSPC: "the disk is full: free some space (or choose an --output on another disk)",
+    errno.EDQUOT: "the disk quota is used up: free some space (or choose an --output on another disk)",
+    errno.EROFS: "the file system is read-only: choose a writable --output",
+    errno.EACCES: "this user may not write there: choose a writable --output (or fix the folder's permissions)",
+    errno.EPERM: "this user may not write there: choose a writable --output (or fix the folder's permissions)",
+}
+
+
+class WriteError(RTHPOError, OSError):
+    """A results file could not be written (full disk, read-only or forbidden folder); the message names the
+    file and the fix. Files written before are intact."""
+
+
+def write_error(path: str | os.PathLike[str], err: OSError) -> WriteError:
+    """The :class:`WriteError` for ``err`` (an OSError) raised while writing ``path``: one line, with the fix."""
+    code = errno.errorcode.get(err.errno or 0, "")
+    fix = _FIXES.get(err.errno or 0, "check that the folder exists and can be written")
+    why = err.strerror or str(err) or type(err).__name__
+    return WriteError(f"cannot write {str(path)!r}: {why}{f' ({code})' if code else ''}; {fix}, then run the "
+                      "same command with --resume to continue. Files written before are intact.")
 
 
 def _umask() -> int:
@@ -22,19 +50,27 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename).
+
+    Raises :class:`WriteError` (with the fix) when the disk is full or the folder cannot be written; ``path``
+    then keeps its earlier content."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; results are for everyone to read
         os.replace(tmp, path)
+    except WriteError:
+        raise
+    except OSError as err:
+        raise write_error(path, err) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
 

@@ -100,6 +100,7 @@ def summary_markdown(exp: ExperimentConfig, trials: pd.DataFrame, walls: Mapping
     """The text of ``summary.md`` and the per-strategy statistics it shows: what was compared and how it
     was chosen; per strategy over seeds (:mod:`ray_rthpo.report.stats`); the time to ``target_val_acc``
     when the experiment names one; then every run (strategy, seed); then failed trials."""
+    from ray_rthpo.factories import workload_name
     from ray_rthpo.report import stats
 
     outcomes = stats.seed_outcomes(trials, dict(walls))
@@ -112,7 +113,7 @@ def summary_markdown(exp: ExperimentConfig, trials: pd.DataFrame, walls: Mapping
         f"- Repetitions: {len(seeds)} (searcher seeds {', '.join(map(str, seeds))}; repetition r trains with "
         "train.seed + r): the same seeds for every strategy, so comparisons are paired.",
         f"- Per trial: {resources}; at most {exp.max_concurrent} trials at once.",
-        f"- Workload: {exp.base.data.name} / {exp.base.model.name}, {exp.base.train.epochs} epochs per trial "
+        f"- Workload: {workload_name(exp.base)}, {exp.base.train.epochs} epochs per trial "
         "(unless a strategy overrides it).",
         "- Selection: each run's (trial, epoch) with the highest validation accuracy (ties: lower validation "
         "loss, then the one reported first). Its test accuracy is reported; test accuracy is never used to "

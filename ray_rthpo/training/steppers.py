@@ -35,6 +35,7 @@ from ray_rthpo.hypergrad.hvp import default_hvp_route, has_batchnorm
 from ray_rthpo.optim import RTHPO, ModelClosure
 
 ValBatchFn = Callable[[], tuple[torch.Tensor, torch.Tensor]]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class StepOutput(NamedTuple):
@@ -68,14 +69,16 @@ def write_lr(optimizer: torch.optim.Optimizer, eta: float) -> None:
 
 class HypergradientStepper:
     """The trainer's door to :class:`ray_rthpo.optim.RTHPO` (``rthpo``, ``marthe``, ``hd_val``, ``hd_train``):
-    every minibatch becomes a :class:`ray_rthpo.optim.ModelClosure` with the cross-entropy loss, and the
-    validation batch one whose batch is drawn only when the step computes a hypergradient. All the state
-    (eta, tangents, base-optimizer moments, the hyper-update's state) is the optimizer's."""
+    every minibatch becomes a :class:`ray_rthpo.optim.ModelClosure` with the run's loss (cross-entropy, or
+    ``train.loss``), and the validation batch one whose batch is drawn only when the step computes a
+    hypergradient. All the state (eta, tangents, base-optimizer moments, the hyper-update's state) is the
+    optimizer's."""
 
-    def __init__(self, model: nn.Module, optimizer: RTHPO, hvp_route: str) -> None:
+    def __init__(self, model: nn.Module, optimizer: RTHPO, hvp_route: str, loss_fn: LossFn = F.cross_entropy) -> None:
         self.model = model
         self.optimizer = optimizer
         self.hvp_route = hvp_route
+        self.loss_fn = loss_fn
 
     @property
     def mu(self) -> float:
@@ -103,8 +106,8 @@ class HypergradientStepper:
         self, x: torch.Tensor, y: torch.Tensor, *, epoch: int = 0, val_batch: ValBatchFn | None = None
     ) -> StepOutput:
         """One RTHPO step on minibatch ``(x, y)``, the validation batch from ``val_batch`` when due."""
-        closure = ModelClosure(self.model, F.cross_entropy, x, y)
-        val = ModelClosure(self.model, F.cross_entropy, batch=val_batch) if val_batch is not None else None
+        closure = ModelClosure(self.model, self.loss_fn, x, y)
+        val = ModelClosure(self.model, self.loss_fn, batch=val_batch) if val_batch is not None else None
         self.optimizer.step(closure, val_closure=val)
         info = self.optimizer.last_step
         assert info is not None and closure.output is not None
@@ -139,8 +142,10 @@ class ScheduleStepper:
     """A plain optimizer step: SGD with the learning rate from :func:`scheduled_lr`, or an optimizer
     that sets its own step size (AdaDelta, Prodigy, Schedule-Free SGD), whose ``lr`` is left alone."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, lr_cfg: LRConfig, total_steps: int):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, lr_cfg: LRConfig, total_steps: int,
+                 loss_fn: LossFn = F.cross_entropy):
         self.model = model
+        self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.cfg = lr_cfg
         self.total_steps = total_steps
@@ -178,7 +183,7 @@ class ScheduleStepper:
                                                   total_steps=self.total_steps))
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.model(x)
-        loss = F.cross_entropy(logits, y)
+        loss = self.loss_fn(logits, y)
         loss.backward()
         self.optimizer.step()
         self.step_count += 1
@@ -195,7 +200,8 @@ class ScheduleStepper:
 
 
 
-def hypergradient_stepper(model: nn.Module, lr_cfg: LRConfig, optim_cfg: OptimConfig) -> HypergradientStepper:
+def hypergradient_stepper(model: nn.Module, lr_cfg: LRConfig, optim_cfg: OptimConfig,
+                          loss_fn: LossFn = F.cross_entropy) -> HypergradientStepper:
     """An :class:`ray_rthpo.optim.RTHPO` over ``model``'s trainable parameters, configured by the run
     config's ``lr`` and ``optim`` sections (``lr.hvp: auto`` resolved by the fixed rule
     :func:`ray_rthpo.hypergrad.hvp.default_hvp_route`), behind the trainer's stepper interface."""
@@ -214,7 +220,7 @@ def hypergradient_stepper(model: nn.Module, lr_cfg: LRConfig, optim_cfg: OptimCo
                   hvp=route, val_mode=lr_cfg.val_mode, hvp_every=sub.hvp_every,
                   hvp_batch_fraction=sub.hvp_batch_fraction, val_every=sub.val_every,
                   val_batch_fraction=sub.val_batch_fraction, model=model, timing=True)
-    return HypergradientStepper(model, rthpo, route)
+    return HypergradientStepper(model, rthpo, route, loss_fn)
 
 
 class Stepper(Protocol):
@@ -245,9 +251,11 @@ class Stepper(Protocol):
 
 
 def build_stepper(
-    model: nn.Module, config: Config, steps_per_epoch: int, device: torch.device
+    model: nn.Module, config: Config, steps_per_epoch: int, device: torch.device,
+    loss_fn: LossFn = F.cross_entropy,
 ) -> tuple[torch.optim.Optimizer, Stepper]:
-    """Create the optimizer and the stepper for ``config.lr.method`` over ``config.optim.base``."""
+    """Create the optimizer and the stepper for ``config.lr.method`` over ``config.optim.base``; every step
+    minimises ``loss_fn(model(x), y)`` (cross-entropy unless the run names ``train.loss``)."""
     lr_cfg, optim_cfg = config.lr, config.optim
     params = [p for p in model.parameters() if p.requires_grad]
     total_steps = steps_per_epoch * config.train.epochs
@@ -259,11 +267,11 @@ def build_stepper(
         optimizer: torch.optim.Optimizer = torch.optim.Adadelta(
             params, lr=lr_cfg.eta0, weight_decay=optim_cfg.weight_decay
         )
-        return optimizer, ScheduleStepper(model, optimizer, lr_cfg, total_steps)
+        return optimizer, ScheduleStepper(model, optimizer, lr_cfg, total_steps, loss_fn)
     if lr_cfg.method == "prodigy":
         prodigyopt = _import_lrfree("prodigy", "prodigyopt")
         optimizer = prodigyopt.Prodigy(params, lr=lr_cfg.eta0, weight_decay=optim_cfg.weight_decay)
-        return optimizer, ScheduleStepper(model, optimizer, lr_cfg, total_steps)
+        return optimizer, ScheduleStepper(model, optimizer, lr_cfg, total_steps, loss_fn)
     if lr_cfg.method == "schedule_free":
         schedulefree = _import_lrfree("schedule_free", "schedulefree")
         if adamw:
@@ -273,9 +281,9 @@ def build_stepper(
             momentum = optim_cfg.momentum if optim_cfg.momentum > 0.0 else 0.9
             optimizer = schedulefree.SGDScheduleFree(params, lr=lr_cfg.eta0, momentum=momentum,
                                                      weight_decay=optim_cfg.weight_decay)
-        return optimizer, ScheduleStepper(model, optimizer, lr_cfg, total_steps)
+        return optimizer, ScheduleStepper(model, optimizer, lr_cfg, total_steps, loss_fn)
     if lr_cfg.is_hypergradient:
-        stepper = hypergradient_stepper(model, lr_cfg, optim_cfg)
+        stepper = hypergradient_stepper(model, lr_cfg, optim_cfg, loss_fn)
         return stepper.optimizer, stepper
     if adamw:
         optimizer = torch.optim.AdamW(params, lr=lr_cfg.eta0, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps,
@@ -283,7 +291,7 @@ def build_stepper(
     else:
         optimizer = torch.optim.SGD(params, lr=lr_cfg.eta0, momentum=optim_cfg.momentum,
                                     weight_decay=optim_cfg.weight_decay)
-    return optimizer, ScheduleStepper(model, optimizer, lr_cfg, total_steps)
+    return optimizer, ScheduleStepper(model, optimizer, lr_cfg, total_steps, loss_fn)
 
 
 def _import_lrfree(method: str, package: str) -> Any:

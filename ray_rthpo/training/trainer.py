@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from ray_rthpo import metrics as M
 from ray_rthpo.config import ADOPTABLE_KEYS, Config, config_from_dict
 from ray_rthpo.data import DataBundle, Split, augment_batch, load_data
-from ray_rthpo.errors import ConfigError
+from ray_rthpo.errors import ConfigError, RTHPOError
+from ray_rthpo.factories import check_model_and_loss, resolve_loss, use_pythonpath, uses_user_code
 from ray_rthpo.models import build_model
 from ray_rthpo.report.files import atomic_write_bytes
 from ray_rthpo.training.steppers import build_stepper, read_lr, write_lr
@@ -74,12 +75,19 @@ class ValidationSampler:
 
 
 class Trainer:
-    """One training run: build data, model and learning-rate method from ``config``; run epochs."""
+    """One training run: build data, model and learning-rate method from ``config``; run epochs.
+
+    The data and the model are the built-in ones (``data.name``, ``model.name``) or the user's
+    (``data.factory``, ``model.factory``: :mod:`ray_rthpo.factories`), imported after ``train.pythonpath``
+    is put on ``sys.path``; every step minimises ``train.loss`` (default cross-entropy).
+    """
 
     def __init__(self, config: Config, data: DataBundle | None = None) -> None:
         self.config = config
         self.device = resolve_device(config.train.device)
         self.dtype = torch.float64 if config.train.dtype == "float64" else torch.float32
+        use_pythonpath(config.train.pythonpath)
+        self.loss_fn = resolve_loss(config.train.loss)
         seed = config.train.seed
         random.seed(seed)
         np.random.seed(seed)
@@ -87,6 +95,10 @@ class Trainer:
         self.data = data if data is not None else load_data(config.data, seed)
         self.model = build_model(config.model, self.data.input_shape, self.data.num_classes)
         self.model.to(device=self.device, dtype=self.dtype)
+        if uses_user_code(config):  # a wrong output shape or loss fails here, with the key to fix
+            n = min(4, len(self.data.train))
+            check_model_and_loss(self.model, self.loss_fn, self._inputs(self.data.train.x[:n].to(self.device)),
+                                 self.data.train.y[:n].to(self.device), self.data.num_classes, config)
         self.generator = torch.Generator().manual_seed(seed + 1)
         self.train_x = self.data.train.x.to(self.device)
         self.train_y = self.data.train.y.to(self.device)
@@ -95,7 +107,8 @@ class Trainer:
         n = len(self.data.train)
         bs = config.data.batch_size
         self.steps_per_epoch = max(1, n // bs) if n >= bs else 1
-        self.optimizer, self.stepper = build_stepper(self.model, config, self.steps_per_epoch, self.device)
+        self.optimizer, self.stepper = build_stepper(self.model, config, self.steps_per_epoch, self.device,
+                                                     self.loss_fn)
         self.val_sampler = ValidationSampler(len(self.data.val), config.data.val_batch_size, self.generator)
         self.epoch = 0
         self.total_seconds = 0.0
@@ -119,7 +132,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: Split) -> tuple[float, float]:
-        """Mean cross-entropy and accuracy of the model on a whole split (eval mode, no gradients)."""
+        """Mean loss (cross-entropy, or ``train.loss`` weighted by batch size) and accuracy of the model on a
+        whole split (eval mode, no gradients)."""
         # Schedule-Free: evaluate (and later checkpoint) the averaged weights, with BatchNorm statistics
         # re-estimated there on up to 50 fixed training batches; a no-op for the other methods.
         tb = self.config.data.batch_size
@@ -133,7 +147,10 @@ class Trainer:
                 x = self._inputs(split.x[start:start + bs].to(self.device))
                 y = split.y[start:start + bs].to(self.device)
                 logits = self.model(x)
-                total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+                if self.config.train.loss is None:
+                    total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+                else:  # a user's loss is a batch mean
+                    total_loss += float(self.loss_fn(logits, y)) * y.shape[0]
                 correct += int((logits.argmax(1) == y).sum())
         finally:
             self.model.train(was_training)
@@ -267,7 +284,7 @@ class Trainer:
                               f"{', '.join(ADOPTABLE_KEYS)}.")
         saved_flat = config_from_dict(state["config"]).to_flat()
         own_flat = self.config.to_flat()
-        ignored = {"train.epochs", "train.device"}
+        ignored = {"train.epochs", "train.device", "train.pythonpath"}  # where the run is, not what it is
         differ = sorted(k for k in set(saved_flat) | set(own_flat)
                         if k not in ignored and saved_flat.get(k) != own_flat.get(k))
         refused = [k for k in differ if k not in adopt]
@@ -313,10 +330,37 @@ class Trainer:
         return atomic_write_bytes(path, buf.getvalue())
 
     def load(self, path: str | os.PathLike[str], *, adopt: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
-        """Restore the state saved by :meth:`save` at ``path`` (``adopt``: see :meth:`load_state_dict`)."""
+        """Restore the state saved by :meth:`save` at ``path`` (``adopt``: see :meth:`load_state_dict`).
+
+        A missing, truncated or corrupt file, or one that is not a ray_rthpo checkpoint, raises
+        :class:`~ray_rthpo.errors.RTHPOError` naming the file and the fix; nothing is changed then."""
         # RNG states must stay on the CPU; load_state_dict moves model/optimizer tensors to the device.
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        fix = "delete it to start the run afresh (without --resume), or put back an intact copy"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except FileNotFoundError:
+            raise RTHPOError(f"checkpoint {str(path)!r} does not exist; start the run afresh (without --resume), "
+                             "or give the output folder that holds it.") from None
+        except PermissionError as err:
+            raise RTHPOError(f"checkpoint {str(path)!r} cannot be read by this user ({err.strerror}); fix its "
+                             "permissions, or run as the user who wrote it.") from None
+        except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on a damaged file
+            why = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+            raise RTHPOError(f"checkpoint {str(path)!r} is truncated or corrupt ({type(err).__name__}: {why}); "
+                             f"{fix}.") from None
+        if not isinstance(state, dict):
+            missing = [f"everything: it holds a {type(state).__name__}"]
+        else:  # another release's checkpoint: load_state_dict names its version
+            missing = sorted(set(_CHECKPOINT_KEYS) - set(state)) if state.get("version") == CHECKPOINT_VERSION else []
+        if missing:
+            raise RTHPOError(f"checkpoint {str(path)!r} is not a ray_rthpo checkpoint (missing {', '.join(missing)}); "
+                             f"{fix}.")
         return self.load_state_dict(state, adopt=adopt)
+
+
+#: What every checkpoint written by :meth:`Trainer.save` holds.
+_CHECKPOINT_KEYS = ("version", "config", "epoch", "status", "total_seconds", "history", "model", "optimizer",
+                    "stepper", "generator", "val_sampler", "torch_rng", "numpy_rng", "python_rng")
 
 
 def _finite_loss(value: float) -> float:

@@ -32,14 +32,26 @@ cumulative seconds) are counted by the cumulative ``time_key`` per trial.
 When resuming an interrupted experiment, feed the reports it journaled to :meth:`record` (each once:
 a resumed trial's repeated epochs replace them), or pass the compute of trials that will never report
 again as ``already_spent_s``.
+
+Tune pickles the stopper with its experiment state and, on ``Tuner.restore``, runs with the *unpickled*
+copy (as of its last snapshot), not the one in the restored ``RunConfig``. A stopper given a ``key`` (the
+experiment's path) avoids that: while :meth:`live` holds a stopper with the same key in this process, the
+unpickled copy *is* that stopper, so the resumed experiment counts with the live one (journal-seeded)::
+
+    stopper = ComputeBudgetStopper(60.0, key=experiment_path)
+    for row in journaled_rows:
+        stopper.record(row["trial_id"], row)
+    with stopper.live():
+        tuner.fit()
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ray.tune.stopper import Stopper
@@ -52,6 +64,9 @@ from ray_rthpo.tune.results import lookup
 logger = logging.getLogger(__name__)
 
 __all__ = ["ComputeBudgetStopper"]
+
+#: key -> the stopper that a pickled copy with that key becomes when unpickled (see ComputeBudgetStopper.live).
+_LIVE: dict[str, ComputeBudgetStopper] = {}
 
 
 def _finite(value: Any) -> bool:
@@ -82,13 +97,14 @@ class ComputeBudgetStopper(Stopper):
         already_spent_s: Compute already spent by a previous run of this experiment (>= 0).
         increment_key: When given (e.g. ``time/epoch_s``), a report without an epoch adds this metric's
             seconds instead of ``time_key`` being read as a cumulative count.
+        key: Names the experiment (its path) for :meth:`live`; None: a pickled copy is always a copy.
 
     Raises:
         ConfigError (a ValueError): an argument out of range; the message says which and the fix.
     """
 
     def __init__(self, budget_s: float, time_key: str = TOTAL_SECONDS, already_spent_s: float = 0.0,
-                 increment_key: str | None = None) -> None:
+                 increment_key: str | None = None, key: str | None = None) -> None:
         check_budget_s(budget_s)
         if not isinstance(time_key, str) or not time_key:
             raise ConfigError(
@@ -112,6 +128,7 @@ class ComputeBudgetStopper(Stopper):
         self._restarted_s = 0.0  # seconds lost by trials that restarted
         self._warned: set[str] = set()
         self._announced = False
+        self._key = key
 
     # ------------------------------------------------------------------------------- Ray's API
 
@@ -167,6 +184,25 @@ class ComputeBudgetStopper(Stopper):
             )
         return spent
 
+    # ------------------------------------------------------------------------------- resuming
+
+    @contextlib.contextmanager
+    def live(self) -> Iterator[ComputeBudgetStopper]:
+        """While inside, a pickled stopper with this one's ``key`` unpickles as *this* object (Tune's restored
+        experiment state then counts with it). Without a key, nothing changes."""
+        if self._key is None:
+            yield self
+            return
+        _LIVE[self._key] = self
+        try:
+            yield self
+        finally:
+            if _LIVE.get(self._key) is self:
+                del _LIVE[self._key]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_unpickle_stopper, (type(self), self._key, self.__dict__.copy()))
+
     # ------------------------------------------------------------------------------- inspection
 
     @property
@@ -191,3 +227,13 @@ class ComputeBudgetStopper(Stopper):
             f"ComputeBudgetStopper(budget_s={self._budget_s!r}, time_key={self._time_key!r}, "
             f"spent_s={self.spent_s:.3f}, trials={len(self._latest_s)})"
         )
+
+
+def _unpickle_stopper(cls: type, key: str | None, state: dict[str, Any]) -> ComputeBudgetStopper:
+    """The live stopper registered under ``key`` (:meth:`ComputeBudgetStopper.live`), else a copy of ``state``."""
+    live = _LIVE.get(key) if key is not None else None
+    if live is not None:
+        return live
+    stopper = cls.__new__(cls)
+    stopper.__dict__.update(state)
+    return stopper

@@ -38,13 +38,14 @@ import yaml
 from ray_rthpo.data.paths import check_data
 from ray_rthpo.errors import RTHPOError
 from ray_rthpo.experiment.config import ExperimentConfig, StrategyConfig
-from ray_rthpo.experiment.output import PROGRESS_DIR, check_output, ray_storage
+from ray_rthpo.experiment.output import PROGRESS_DIR, check_output, check_storage_path, ray_storage
 from ray_rthpo.report import stats, stats_plots
 from ray_rthpo.report.files import atomic_save_figure, atomic_write_text, write_trials
-from ray_rthpo.report.journal import load_rows
+from ray_rthpo.report.journal import check_journal, load_rows
 from ray_rthpo.report.plots import plot_lr_trajectories
 from ray_rthpo.report.selection import compute_spent, latest_reports
 from ray_rthpo.report.summary import summary_markdown
+from ray_rthpo.tune.checkpoints import check_trial_checkpoints
 from ray_rthpo.tune.runner import ProgressFn, run_strategy, trial_resources
 
 
@@ -61,16 +62,45 @@ class ComparisonResult:
 
 def preflight(exp: ExperimentConfig, out: Path, *, strategies: Sequence[StrategyConfig] | None = None,
               resume: bool = False, joined: bool = False) -> str:
-    """What can be checked before Ray starts, once: every strategy's data (unless trials run on a cluster
-    this process joined, whose workers may hold data this machine lacks) and the output folder (refused
-    when it holds another experiment; with ``resume``, it must hold this one). Writes nothing. Returns the
-    text of the resolved ``config.yaml``."""
+    """What can be checked before Ray starts, once: a ``storage_path`` without credentials in it, every
+    strategy's data (unless trials run on a cluster this process joined, whose workers may hold data this
+    machine lacks) and the output folder (refused when it holds another experiment or cannot be written;
+    with ``resume``, it must hold this one, with readable progress journals, done markers and trial
+    checkpoints: :func:`check_resumable`). Writes nothing. Returns the text of the resolved ``config.yaml``."""
+    check_storage_path(exp.storage_path)
     if not joined:
         for strategy in strategies or exp.strategies:
             check_data(exp.run_config(strategy))
     config_text = yaml.safe_dump(exp.to_dict(), sort_keys=False)
     check_output(Path(out), resume=resume, config_text=config_text)
+    if resume:
+        check_resumable(exp, Path(out), strategies or exp.strategies)
     return config_text
+
+
+def check_resumable(exp: ExperimentConfig, out: Path, strategies: Sequence[StrategyConfig]) -> None:
+    """What ``--resume`` will read back, checked before Ray starts: every run's progress journal (a line that
+    is not a reported epoch is refused; the last line cut short by a killed driver is fine), its done marker
+    (valid JSON), and for a run that had not finished, the trial checkpoints Ray will restore (on local
+    storage: each ``trainer.pt`` Ray would restore must be a whole file,
+    :func:`ray_rthpo.tune.checkpoints.check_trial_checkpoints`). Raises RTHPOError naming the file and the fix."""
+    journals = out / PROGRESS_DIR
+    storage = ray_storage(exp, out)
+    for seed in exp.repetitions():
+        for strategy in strategies:
+            name = exp.run_name(strategy, seed)
+            check_journal(journals / f"{name}.jsonl")
+            done = journals / f"{name}.done.json"
+            if done.is_file():
+                try:
+                    state = json.loads(done.read_text(encoding="utf-8"))
+                    float(state["wall_s"]), list(state["errors"])
+                except (ValueError, KeyError, TypeError) as err:
+                    raise RTHPOError(f"--resume: {str(done)!r} is damaged ({type(err).__name__}: {err}); delete it "
+                                     f"and run the same command again: run {name} is then restored from Ray's "
+                                     "experiment state (its finished trials are not rerun).") from None
+            elif "://" not in storage:
+                check_trial_checkpoints(Path(storage) / name)
 
 
 def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
@@ -121,14 +151,19 @@ def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
         outcome = run_strategy(exp, strategy, storage_path=storage, resources=resources, progress=progress,
                                journal=journal, resume=resume, seed=seed)
         walls[(strategy.name, seed)], errors[name] = outcome.wall_s, outcome.errors
-        atomic_write_text(done, json.dumps({"wall_s": outcome.wall_s, "errors": list(outcome.errors)}))
+        atomic_write_text(done, json.dumps({
+            "wall_s": outcome.wall_s, "errors": list(outcome.errors), "compute_s": outcome.compute_s,
+            "reported_s": outcome.reported_s, "repeated_reports": outcome.repeated_reports,
+            "retries": outcome.retries}))
         for err in outcome.errors[:3]:
             progress(f"[{name}] trial error: {err}")
         if not outcome.table.empty:
             tables.append(outcome.table)
             write_trials(pd.concat(tables, ignore_index=True), out)  # partial results survive a crash
+        redone = (f", {outcome.retries} retries, {outcome.reported_s - outcome.compute_s:.1f} compute-s redone "
+                  "(not counted)") if outcome.retries or outcome.repeated_reports else ""
         progress(f"== {name}: {outcome.table['trial_id'].nunique() if not outcome.table.empty else 0} "
-                 f"trials, {compute_spent(outcome.table):.1f} compute-s, {outcome.wall_s:.1f} wall-s")
+                 f"trials, {compute_spent(outcome.table):.1f} compute-s, {outcome.wall_s:.1f} wall-s{redone}")
     if not tables:
         first = next((e[0] for e in errors.values() if e), "no trial reported an epoch")
         raise RTHPOError(f"every trial failed (e.g. {first}); Ray's logs are in {storage}.")
@@ -152,4 +187,4 @@ def write_figures(trials: pd.DataFrame, budget_s: float, out: Path) -> None:
     atomic_save_figure(plot_lr_trajectories(first), out / "lr_trajectories.png", dpi=120)
 
 
-__all__ = ["ComparisonResult", "preflight", "run_comparison", "write_figures"]
+__all__ = ["ComparisonResult", "preflight", "check_resumable", "run_comparison", "write_figures"]

@@ -45,13 +45,23 @@ CONFIG_COLUMNS = ("lr.method", "lr.eta0", "lr.beta", "lr.gamma", "lr.mu")
 
 @dataclass(frozen=True)
 class StrategyOutcome:
-    """What one strategy's Tune experiment produced."""
+    """What one strategy's Tune experiment produced.
+
+    ``compute_s`` is what the budget stopper counted (each (trial, epoch) once, the interrupted run's
+    journaled epochs included); ``reported_s`` sums every report, repeats included, so ``reported_s -
+    compute_s`` is the compute redone by trials restored from a checkpoint (not charged to the budget).
+    ``repeated_reports`` counts those repeats, ``retries`` the trials Tune restarted after a failure
+    (a crash, a killed worker) in this process."""
 
     name: str
     table: pd.DataFrame
     wall_s: float
     errors: tuple[str, ...]
     storage: str
+    compute_s: float = 0.0
+    reported_s: float = 0.0
+    repeated_reports: int = 0
+    retries: int = 0
 
 
 def _quiet_ray() -> None:
@@ -60,14 +70,33 @@ def _quiet_ray() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Save Tune's experiment state (trials, searcher) often, so a killed driver resumes from recent state.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    # Checkpoints are deleted by ray_rthpo.tune.checkpoints.retention_callback (num_to_keep=None): keep only
+    # their paths in Tune's state, not a copy of every epoch's metrics.
+    os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def one_thread_driver() -> None:
+    """Limit this (driver) process to one BLAS/OpenMP thread and one torch thread.
+
+    The driver runs only the searchers (small Gaussian-process fits in scikit-optimize and Optuna),
+    while the trials use the cores: with several BLAS threads each tiny fit fights the trials for them
+    (measured: scikit-optimize's ask/tell 2.6x to 4x slower on a busy 2-core machine)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool:
     """Start a local Ray (or join ``address``, e.g. ``auto`` or ``ray://head:10001``) unless one is
-    already initialised. Returns True when trials run on a cluster this process joined."""
+    already initialised, and keep this driver to one compute thread (:func:`one_thread_driver`).
+    Returns True when trials run on a cluster this process joined."""
     _quiet_ray()
+    one_thread_driver()
     import ray
 
     joined = bool(address or os.environ.get("RAY_ADDRESS"))
@@ -123,6 +152,8 @@ def param_space(resolved: ResolvedStrategy, repetition: int = 0, *, require_gpu:
     flat = resolved.config.to_flat()
     if require_gpu and flat["train.device"] == "auto":
         flat["train.device"] = "cuda"
+    if resolved.strategy.scheduler == "pbt":  # an exploit clones the donor's latest checkpoint: every epoch
+        flat["train.checkpoint_every_s"] = 0.0
     return {**flat, "train.seed": int(flat["train.seed"]) + repetition, **space}
 
 
@@ -165,10 +196,31 @@ def _callback_class() -> type:
             self.method = resolved.method
             self.rows: list[dict[str, Any]] = list(rows or [])
             self.journal = journal
-            self.compute = 0.0
+            self.write_error: RTHPOError | None = None  # the journal could not be written (raised through Tune)
+            # each (trial, epoch) once, its last report: a trial restored from its checkpoint redoes epochs
+            self.epoch_s: dict[tuple[str, Any], float] = {}
+            self.reported_s, self.repeated, self.retries = 0.0, 0, 0
+            for row in self.rows:
+                self._count(str(row["trial_id"]), row)
             self.start = time.time()
             self.ended: set[str] = set()
             self.started: dict[str, float] = {}
+
+        @property
+        def compute(self) -> float:
+            """Compute seconds reported so far, each (trial, epoch) once."""
+            return sum(self.epoch_s.values())
+
+        def _count(self, trial_id: str, result: dict) -> None:
+            seconds = result.get(M.EPOCH_SECONDS)
+            seconds = float(seconds) if isinstance(seconds, (int, float)) and math.isfinite(seconds) else 0.0
+            key = (trial_id, result.get(M.EPOCH))
+            self.repeated += key in self.epoch_s
+            self.epoch_s[key] = seconds
+            self.reported_s += seconds
+
+        def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.retries += 1  # a crashed trial (or a killed worker) restarts from its last checkpoint
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.started.setdefault(trial.trial_id, time.time())
@@ -187,10 +239,18 @@ def _callback_class() -> type:
             row[RECEIVED_AT] = now  # the driver's clock orders reports from every node
             row[STARTED_AT] = self.started.get(trial.trial_id, now)  # when Tune started the trial (driver clock)
             row["time/wall_elapsed_s"] = now - self.start
-            self.compute += float(result.get(M.EPOCH_SECONDS, 0.0))
+            self._count(trial.trial_id, result)
             self.rows.append(row)
             if self.journal is not None:
-                append_row(self.journal, row)
+                try:
+                    append_row(self.journal, row)
+                except RTHPOError as err:
+                    # A full disk: raised through Tune, which ends the run at once (its trials' actors stopped)
+                    # and never registers this report's checkpoint; --resume restores Tune's last snapshot, so
+                    # this epoch is redone and journaled. Every epoch journaled before is intact.
+                    self.rows.pop()
+                    self.write_error = err
+                    raise
 
         def _line(self, trial: Any, how: str) -> None:
             if trial.trial_id in self.ended:
@@ -237,7 +297,7 @@ def restored_run_config(tuner: Any) -> Any:
     ``Tuner.restore`` brings back the RunConfig pickled when the experiment *started*: its stopper has
     forgotten the compute spent since, and its callbacks are copies this process cannot read, so the
     runner puts live ones in. Ray has no public argument for this; the one place that reaches into its
-    private ``Tuner._local_tuner`` is here, and ``tests/test_tune_searchers.py`` fails with this message
+    private ``Tuner._local_tuner`` is here, and ``tests/test_tune_config.py`` fails with this message
     if a Ray upgrade removes it.
     """
     local = getattr(tuner, "_local_tuner", None)
@@ -268,6 +328,7 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
     from ray import tune
 
     from ray_rthpo.tune.budget import ComputeBudgetStopper
+    from ray_rthpo.tune.checkpoints import retention_callback
     from ray_rthpo.tune.searchers import build_searcher, is_basic
     from ray_rthpo.tune.trainable import fresh_train_fn
 
@@ -283,12 +344,16 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
         end_cut_line(journal)
     if journal is not None and not restoring and Path(journal).exists():
         Path(journal).unlink()  # rows of a run that never got as far as Ray's experiment state
-    callback = _callback_class()(exp, resolved, progress, Path(journal) if journal else None, earlier, seed)
     require_gpu = (resources or exp.resources.as_ray()).get("gpu", 0.0) > 0 and not exp.resources.cpu_fallback
-    stopper = ComputeBudgetStopper(exp.budget_s)
+    # keyed by the experiment's path: Tune's restored experiment state unpickles its stopper as this one
+    stopper = ComputeBudgetStopper(exp.budget_s, key=experiment_path)
     for row in earlier:  # the interrupted run's compute: each (trial, epoch) once, repeats replace it
         stopper.record(str(row["trial_id"]), row)
+    callback = _callback_class()(exp, resolved, progress, Path(journal) if journal else None, earlier, seed)
     trainable = tune.with_resources(fresh_train_fn(), resources or exp.resources.as_ray())
+    # PBT restores trials from *other* trials' latest checkpoints: keep a few, so that a donor's next report
+    # cannot delete the one being cloned.
+    retention = retention_callback(keep_last=4 if strategy.scheduler == "pbt" else 1)
     if restoring:
         progress(f"[{name}] resuming the Tune experiment in {experiment_path} "
                  f"({len({row['trial_id'] for row in earlier})} trial(s) already reported, "
@@ -296,7 +361,7 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True, param_space=param_space(resolved, repetition, require_gpu=require_gpu))
         run_config = restored_run_config(tuner)
-        run_config.callbacks = [callback]
+        run_config.callbacks = [callback, retention]
         run_config.stop = stopper
     else:
         # PBT: the whole population must be alive at once (synchronous PBT pauses members at each
@@ -311,21 +376,28 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
                 search_alg=search_alg, scheduler=scheduler(resolved), num_samples=resolved.num_samples,
                 max_concurrent_trials=None if is_basic(search_alg) else exp.max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(
-                name=name, storage_path=storage_path, verbose=0, callbacks=[callback],
+                name=name, storage_path=storage_path, verbose=0, callbacks=[callback, retention],
                 stop=stopper,
                 failure_config=tune.FailureConfig(max_failures=exp.max_failures),
-                # PBT restores trials from *other* trials' latest checkpoints: keep a few, so that a donor's
-                # next report cannot delete the one being cloned (Ray warns below 3).
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if strategy.scheduler == "pbt" else 1)),
+                # old checkpoints are deleted by `retention`, never one that Tune's saved state still names
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None)),
         )
     if strategy.scheduler == "pbt":
         random.seed(seed)  # PBT draws its exploit partners and perturbations from the driver's `random`
     start = time.time()
-    grid = tuner.fit()
+    try:
+        with stopper.live():
+            grid = tuner.fit()
+    except Exception:
+        if callback.write_error is not None:  # Tune wraps it in a TuneError: say it in one line
+            raise callback.write_error from None
+        raise
     wall = time.time() - start
     errors = tuple(f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
                    for e in grid.errors)
-    return StrategyOutcome(name, latest_reports(pd.DataFrame(callback.rows)), wall, errors, experiment_path)
+    return StrategyOutcome(name, latest_reports(pd.DataFrame(callback.rows)), wall, errors, experiment_path,
+                           compute_s=stopper.spent_s, reported_s=callback.reported_s,
+                           repeated_reports=callback.repeated, retries=callback.retries)
 
 
 __all__ = ["StrategyOutcome", "init_ray", "trial_resources", "param_space", "scheduler", "restored_run_config",

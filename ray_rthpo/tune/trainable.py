@@ -11,7 +11,8 @@ This is the only module that calls ``ray.tune.report`` and ``ray.tune.get_checkp
 
 ``train_fn(config)`` takes Ray's flat dotted config (``{"lr.eta0": 0.1, "data.name": "digits", ...}``;
 keys left out keep their defaults), builds a :class:`~ray_rthpo.training.trainer.Trainer`, continues from
-``ray.tune.get_checkpoint()`` when Tune restores the trial, and after every epoch reports the
+``ray.tune.get_checkpoint()`` when Tune restores the trial (from its first epoch when that checkpoint's
+``trainer.pt`` was deleted; a damaged one fails the trial, naming the file), and after every epoch reports the
 trainer's metrics plus where the trial ran (node id, IP, hostname, device name), with a checkpoint
 written by ``Trainer.save`` (model, optimizer with eta, tangents, mu, RNGs, history).
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 import time
 import types
@@ -123,16 +125,26 @@ def train_fn(config: dict[str, Any]) -> None:
         # a *better trial's* checkpoint with a mutated config: the learning-rate keys are then adopted
         # (the model, optimizer state and RNGs are the checkpoint's; eta0 becomes the current eta).
         with checkpoint.as_directory() as folder:
-            trainer.load(Path(folder) / CHECKPOINT_FILE, adopt=ADOPTABLE_KEYS)
+            state_file = Path(folder) / CHECKPOINT_FILE
+            if state_file.exists():  # a damaged one raises, naming the file and the fix
+                trainer.load(state_file, adopt=ADOPTABLE_KEYS)
+            else:  # deleted as `--resume` advised for a damaged one: the trial starts again from epoch 1
+                print(f"rthpo: {state_file} is gone; this trial starts again from its first epoch", file=sys.stderr)
     where = {**node_info(trainer.device), GPU_IDS: ",".join(str(g) for g in gpu_ids)}
     setup_s, checkpoint_s = time.perf_counter() - start, 0.0
+    every_s, unsaved_s = run_config.train.checkpoint_every_s, 0.0
     while not trainer.done:
         metrics = {**trainer.run_epoch(), **where, REPORTED_AT: time.time(), SETUP_SECONDS: setup_s,
                    CHECKPOINT_SECONDS: checkpoint_s}
+        unsaved_s += float(metrics["time/epoch_s"])
         begin = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="rthpo-ckpt-") as folder:
-            trainer.save(os.path.join(folder, CHECKPOINT_FILE))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        if trainer.done or unsaved_s >= every_s:  # every_s = 0: every epoch
+            with tempfile.TemporaryDirectory(prefix="rthpo-ckpt-") as folder:
+                trainer.save(os.path.join(folder, CHECKPOINT_FILE))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            unsaved_s = 0.0
+        else:
+            tune.report(metrics)
         checkpoint_s += time.perf_counter() - begin
 
 
