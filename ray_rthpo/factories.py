@@ -20,14 +20,14 @@ the config file's folder to ``train.pythonpath`` (absolute), so Ray trials find 
 run, as long as those folders exist there (a local Ray, or a cluster with the same layout).
 
 Everything that can go wrong raises :class:`~ray_rthpo.errors.ConfigError` with one line naming the key,
-the value and the fix; :func:`check_user_code` runs every check once, before a run or Ray starts.
+the value and the fix; :func:`ray_rthpo.training.user_code.check_user_code` runs every check once,
+before a run or Ray starts.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
-import json
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -189,43 +189,6 @@ def check_model_and_loss(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: 
                           "compute it from output with torch operations, not .item() or numpy.")
 
 
-#: Run configs whose user code passed :func:`check_user_code` (a comparison checks each strategy's once).
-_CHECKED: set[str] = set()
-
-
-def check_user_code(config: Config, *, full: bool = True) -> None:
-    """Check the factories and loss ``config`` names, before a run or Ray starts; raise ConfigError.
-
-    Always: each names an importable callable (``train.pythonpath`` is put on ``sys.path`` first). With
-    ``full`` (a local run, where the data can be read): the data are loaded, the model built on them, and
-    one forward pass and loss computed on a few training examples, on the CPU. Passing configs are cached.
-    """
-    if not uses_user_code(config):
-        return
-    sections = config.to_dict()
-    key = json.dumps({name: sections[name] for name in ("data", "model", "train")} | {"full": full},
-                     sort_keys=True, default=str)
-    if key in _CHECKED:
-        return
-    use_pythonpath(config.train.pythonpath)
-    for name, spec in zip(KEYS, (config.model.factory, config.data.factory, config.train.loss), strict=True):
-        if spec is not None:
-            import_object(spec, name)
-    if full:
-        from ray_rthpo.data import load_data
-        from ray_rthpo.models import build_model
-
-        dtype = torch.float64 if config.train.dtype == "float64" else torch.float32
-        with torch.random.fork_rng(devices=[]):  # the caller's random numbers are left as they were
-            torch.manual_seed(config.train.seed)
-            data = load_data(config.data, config.train.seed)
-            model = build_model(config.model, data.input_shape, data.num_classes).to(dtype=dtype)
-            n = min(4, len(data.train))
-            check_model_and_loss(model, resolve_loss(config.train.loss), data.normalize(data.train.x[:n], dtype),
-                                 data.train.y[:n], data.num_classes, config)
-    _CHECKED.add(key)
-
-
 def resolve_pythonpath(paths: Iterable[str], config_file: str | Path | None, cwd: Path | None = None) -> list[str]:
     """``paths`` made absolute (against ``cwd``), then ``cwd`` and the folder of ``config_file``: what the
     command line puts in ``train.pythonpath`` so that trials import the user's code wherever they run."""
@@ -239,4 +202,4 @@ def resolve_pythonpath(paths: Iterable[str], config_file: str | Path | None, cwd
 
 __all__ = ["KEYS", "LossFn", "uses_user_code", "workload_name",
            "use_pythonpath", "import_object", "call_factory", "build_user_model", "resolve_loss",
-           "check_model_and_loss", "check_user_code", "resolve_pythonpath"]
+           "check_model_and_loss", "resolve_pythonpath"]

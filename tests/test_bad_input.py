@@ -332,13 +332,13 @@ def experiment_folder(root: Path, exp_file: str) -> Path:
     (out / "progress" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     trainer = Trainer(load_experiment(exp_file).run_config("a"))
     for trial in ("abc12_00000", "abc12_00001"):
-        folder = out / "ray" / "a" / f"train_fn_{trial}_0_lr.eta0=0.1_2026-01-01" / "checkpoint_000000"
+        folder = out / "ray" / "sequence" / f"train_fn_{trial}_0_lr.eta0=0.1_2026-01-01" / "checkpoint_000000"
         trainer.save(folder / "trainer.pt")
     # Tune's experiment snapshot (Ray 2.60's layout): the first trial over, the second to be restored
     trial_data = [[json.dumps({"trial_id": trial, "status": status}),
                    json.dumps({"last_result": {"checkpoint_dir_name": "checkpoint_000000"}})]
                   for trial, status in (("abc12_00000", "TERMINATED"), ("abc12_00001", "RUNNING"))]
-    (out / "ray" / "a" / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": trial_data}))
+    (out / "ray" / "sequence" / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": trial_data}))
     (out / "trials.csv").write_text("strategy,trial_id,epoch\na,abc12_00000,1\n")
     return out
 
@@ -371,7 +371,7 @@ def damaged_done_marker(root: Path, exp_file: str) -> tuple[list[str], list[str]
 
 def cut_ray_checkpoint(root: Path, exp_file: str) -> tuple[list[str], list[str]]:
     out = experiment_folder(root, exp_file)
-    file = next((out / "ray" / "a").glob("*abc12_00001*/checkpoint_*/trainer.pt"))
+    file = next((out / "ray" / "sequence").glob("*abc12_00001*/checkpoint_*/trainer.pt"))
     file.write_bytes(file.read_bytes()[:1000])
     return resume_compare(out, exp_file), ["Ray trial checkpoint", "abc12_00001", "truncated or corrupt",
                                            "delete that file (keep its folder)", "first epoch"]
@@ -379,7 +379,7 @@ def cut_ray_checkpoint(root: Path, exp_file: str) -> tuple[list[str], list[str]]
 
 def flipped_ray_checkpoint(root: Path, exp_file: str) -> tuple[list[str], list[str]]:
     out = experiment_folder(root, exp_file)
-    file = next((out / "ray" / "a").glob("*abc12_00001*/checkpoint_*/trainer.pt"))
+    file = next((out / "ray" / "sequence").glob("*abc12_00001*/checkpoint_*/trainer.pt"))
     import zipfile
 
     with zipfile.ZipFile(file) as archive:  # one byte changed in the middle of the largest record's data

@@ -198,23 +198,29 @@ def test_a_killed_driver_resumes_under_a_worker_killer(tmp_path: Path, ray_env: 
     out = tmp_path / "out"
     args = [sys.executable, "-c", CLI, "compare", str(config), "--output", str(out), "--num-cpus", "2"]
     journal = out / "progress" / "grid.jsonl"
+    # Tune's snapshot every 0.1 s (the CLI's default is 2 s): the grid's trials last about a second on a fast
+    # machine, and the kill below waits for the snapshot to record one of them finished
+    ray_env = {**ray_env, "TUNE_GLOBAL_CHECKPOINT_S": "0.1"}
     start = time.time()
     log = (tmp_path / "first.log").open("w")
     proc = subprocess.Popen(args, env=ray_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         with WorkerKiller(proc.pid, max_kills=2, interval_s=3.0, patience_s=20.0, journals=out / "progress",
                           epochs=EPOCHS) as first_killer:
+            # every run shares one Tune experiment ("sequence"), the grid's run first: the first trial Tune's
+            # snapshot records as TERMINATED is a grid trial. Killed then, at once (a fast machine ends the
+            # grid within seconds); better still while another grid trial is mid-run.
             deadline, fallback = time.time() + 300, None
-            while time.time() < deadline and proc.poll() is None:
-                recorded = recorded_statuses(out / "ray" / "grid")
-                if "TERMINATED" in recorded.values():  # one grid trial over, as Tune's snapshot says
-                    fallback = fallback or time.time() + 10
+            while time.time() < deadline and proc.poll() is None and not (out / "progress" / "grid.done.json").exists():
+                recorded = recorded_statuses(out / "ray" / "sequence")
+                if "TERMINATED" in recorded.values():
+                    fallback = fallback or time.time() + 0.5
                     mid_run = [t for t, r in latest_by_trial(journal).items() if r[M.STATUS] == M.STATUS_RUNNING]
                     if mid_run or time.time() > fallback:
                         break
-                time.sleep(0.05)
+                time.sleep(0.02)
             assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert "TERMINATED" in recorded_statuses(out / "ray" / "grid").values()
+            assert "TERMINATED" in recorded_statuses(out / "ray" / "sequence").values()
     finally:
         stop_group(proc)  # the driver killed mid-experiment, with its Ray
         proc.wait(timeout=30)
@@ -228,7 +234,7 @@ def test_a_killed_driver_resumes_under_a_worker_killer(tmp_path: Path, ray_env: 
     # trials.csv edited by hand: --resume reads the journals and rewrites it.
     (out / "trials.csv").write_text("strategy,trial_id,epoch,val/acc\ngrid,edited-by-hand,1,0.99\n")
     # A cut checkpoint of a trial Tune will restore: refused with the fix, before Ray starts.
-    cut = [folder / "trainer.pt" for folder in restorable_checkpoints(out / "ray" / "grid").values()
+    cut = [folder / "trainer.pt" for folder in restorable_checkpoints(out / "ray" / "sequence").values()
            if (folder / "trainer.pt").is_file()][:1]
     if cut:
         data = cut[0].read_bytes()
@@ -254,7 +260,7 @@ def test_a_killed_driver_resumes_under_a_worker_killer(tmp_path: Path, ray_env: 
     printed = resume_log.read_text()
     wall = time.time() - start
     assert resumed.returncode == 0, printed[-4000:]
-    assert "[grid] resuming the Tune experiment" in printed, printed[-3000:]
+    assert "[sequence] resuming the Tune experiment" in printed, printed[-3000:]
     assert "FAILED" not in printed and "trial error" not in printed, printed[-3000:]
     numbers = check_comparison(out, exp)
     assert "edited-by-hand" not in (out / "trials.csv").read_text()  # rewritten from the journals

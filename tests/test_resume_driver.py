@@ -88,10 +88,11 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path: Pat
     proc = subprocess.Popen(args, env=ray_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 60
-        while time.time() < deadline and proc.poll() is None and not recorded_finished(out / "ray" / "skopt"):
+        # both strategies run in one Tune experiment ("sequence"), skopt's run first
+        while time.time() < deadline and proc.poll() is None and not recorded_finished(out / "ray" / "sequence"):
             time.sleep(0.1)
         assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        recorded = recorded_finished(out / "ray" / "skopt")
+        recorded = recorded_finished(out / "ray" / "sequence")
         assert recorded, (tmp_path / "first.log").read_text()[-3000:]
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-experiment

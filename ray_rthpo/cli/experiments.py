@@ -47,7 +47,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) -> int:
     from ray_rthpo.experiment.config import load_experiment
-    from ray_rthpo.factories import check_user_code, workload_name
+    from ray_rthpo.factories import workload_name
+    from ray_rthpo.training.user_code import check_user_code
     from ray_rthpo.tune.compare import run_comparison
 
     if args.seeds is not None:

@@ -3,9 +3,8 @@ and where trials find them (``paths``)."""
 
 from __future__ import annotations
 
+from ray_rthpo.data.bundle import DataBundle, Split
 from ray_rthpo.data.datasets import (
-    DataBundle,
-    Split,
     augment_batch,
     cache_dir,
     default_data_dir,

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ray_rthpo.config import DataConfig
-from ray_rthpo.data.datasets import DataBundle, Split, _split_indices
+from ray_rthpo.data.bundle import DataBundle, Split, split_indices
 from ray_rthpo.errors import ConfigError
 from ray_rthpo.factories import call_factory, import_object
 
@@ -50,7 +50,7 @@ def load_user_data(cfg: DataConfig, seed: int) -> DataBundle:
         raise ConfigError(_val_is_test(spec, "the same object"))
     train, test = _read(parts["train"], "train", spec), _read(parts["test"], "test", spec)
     if parts["val"] is None:
-        train_idx, val_idx = _split_indices(len(train), cfg.val_fraction, seed)
+        train_idx, val_idx = split_indices(len(train), cfg.val_fraction, seed)
         train, val = _index(train, train_idx), _index(train, val_idx)
     else:
         val = _read(parts["val"], "val", spec)

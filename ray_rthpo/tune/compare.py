@@ -31,6 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -47,6 +48,7 @@ from ray_rthpo.report.selection import compute_spent, latest_reports
 from ray_rthpo.report.summary import summary_markdown
 from ray_rthpo.tune.checkpoints import check_trial_checkpoints
 from ray_rthpo.tune.runner import ProgressFn, run_strategy, trial_resources
+from ray_rthpo.tune.sequence import run_sequence
 
 
 @dataclass(frozen=True)
@@ -99,8 +101,8 @@ def check_resumable(exp: ExperimentConfig, out: Path, strategies: Sequence[Strat
                     raise RTHPOError(f"--resume: {str(done)!r} is damaged ({type(err).__name__}: {err}); delete it "
                                      f"and run the same command again: run {name} is then restored from Ray's "
                                      "experiment state (its finished trials are not rerun).") from None
-            elif "://" not in storage:
-                check_trial_checkpoints(Path(storage) / name)
+            elif "://" not in storage:  # a run without a scheduler lives in the shared 'sequence' experiment
+                check_trial_checkpoints(Path(storage) / (name if strategy.scheduler != "fifo" else "sequence"))
 
 
 def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
@@ -128,47 +130,72 @@ def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
     storage = ray_storage(exp, out)
     journals = out / PROGRESS_DIR
     journals.mkdir(exist_ok=True)
-    tables: list[pd.DataFrame] = []
+    tables: dict[str, pd.DataFrame] = {}  # run name -> its reports (a run may be told done twice: once)
     walls: dict[tuple[str, int], float] = {}
     errors: dict[str, tuple[str, ...]] = {}
     runs = [(seed, strategy) for seed in exp.repetitions() for strategy in strategies]  # every seed complete in turn
-    for i, (seed, strategy) in enumerate(runs, 1):
-        name = exp.run_name(strategy, seed)
-        journal, done = journals / f"{name}.jsonl", journals / f"{name}.done.json"
-        head = f"== [{i}/{len(runs)}] {name}"
-        if resume and done.is_file():  # finished before the interruption: never rerun
-            state = json.loads(done.read_text(encoding="utf-8"))
-            walls[(strategy.name, seed)], errors[name] = float(state["wall_s"]), tuple(state["errors"])
-            table = latest_reports(pd.DataFrame(load_rows(journal)))
-            if not table.empty:
-                tables.append(table)
-            progress(f"{head}: finished before the interruption "
-                     f"({table['trial_id'].nunique() if not table.empty else 0} trials), not rerun")
-            continue
-        scheduler = f" + {strategy.scheduler.upper()}" if strategy.scheduler != "fifo" else ""
-        progress(f"{head}: {exp.run_config(strategy).lr.method} by {strategy.searcher}{scheduler}, "
-                 f"budget {exp.budget_s:g} compute-s")
-        outcome = run_strategy(exp, strategy, storage_path=storage, resources=resources, progress=progress,
-                               journal=journal, resume=resume, seed=seed)
+    finished: set[str] = set()
+    headers = {exp.run_name(strategy, seed): f"[{i}/{len(runs)}] {exp.run_name(strategy, seed)}"
+               for i, (seed, strategy) in enumerate(runs, 1)}
+    if resume:
+        for seed, strategy in runs:
+            name = exp.run_name(strategy, seed)
+            journal, done = journals / f"{name}.jsonl", journals / f"{name}.done.json"
+            if done.is_file():  # finished before the interruption: never rerun
+                state = json.loads(done.read_text(encoding="utf-8"))
+                walls[(strategy.name, seed)], errors[name] = float(state["wall_s"]), tuple(state["errors"])
+                table = latest_reports(pd.DataFrame(load_rows(journal)))
+                if not table.empty:
+                    tables[name] = table
+                finished.add(name)
+                progress(f"== {headers[name]}: finished before the interruption "
+                         f"({table['trial_id'].nunique() if not table.empty else 0} trials), not rerun")
+
+    def run_done(name: str, seed: int, strategy: StrategyConfig, outcome: Any) -> None:
         walls[(strategy.name, seed)], errors[name] = outcome.wall_s, outcome.errors
-        atomic_write_text(done, json.dumps({
+        atomic_write_text(journals / f"{name}.done.json", json.dumps({
             "wall_s": outcome.wall_s, "errors": list(outcome.errors), "compute_s": outcome.compute_s,
             "reported_s": outcome.reported_s, "repeated_reports": outcome.repeated_reports,
             "retries": outcome.retries}))
         for err in outcome.errors[:3]:
             progress(f"[{name}] trial error: {err}")
         if not outcome.table.empty:
-            tables.append(outcome.table)
-            write_trials(pd.concat(tables, ignore_index=True), out)  # partial results survive a crash
+            tables[name] = outcome.table
+            write_trials(pd.concat(tables.values(), ignore_index=True), out)  # partial results survive a crash
         redone = (f", {outcome.retries} retries, {outcome.reported_s - outcome.compute_s:.1f} compute-s redone "
                   "(not counted)") if outcome.retries or outcome.repeated_reports else ""
-        progress(f"== {name}: {outcome.table['trial_id'].nunique() if not outcome.table.empty else 0} "
+        progress(f"== {headers[name]}: {outcome.table['trial_id'].nunique() if not outcome.table.empty else 0} "
                  f"trials, {compute_spent(outcome.table):.1f} compute-s, {outcome.wall_s:.1f} wall-s{redone}")
+
+    # Runs without a scheduler share ONE Tune experiment (ray_rthpo/tune/sequence.py): its trial processes
+    # serve every run, instead of each run paying an experiment's start-up and fresh trial processes.
+    fifo = [(seed, strategy) for seed, strategy in runs if strategy.scheduler == "fifo"]
+    by_name = {exp.run_name(strategy, seed): (seed, strategy) for seed, strategy in runs}
+    if any(exp.run_name(strategy, seed) not in finished for seed, strategy in fifo):
+        from ray import tune
+
+        restoring = resume and tune.Tuner.can_restore(f"{storage.rstrip('/')}/sequence")
+        pending = fifo if restoring else [r for r in fifo if exp.run_name(r[1], r[0]) not in finished]
+        run_sequence(exp, pending, storage_path=storage, resources=resources, journals=journals, resume=restoring,
+                     progress=progress, on_run_done=lambda name, outcome: run_done(name, *by_name[name], outcome)
+                     if name not in finished else None, headers=headers)
+    for seed, strategy in runs:  # a run with a scheduler (ASHA, PBT) is a Tune experiment of its own
+        name = exp.run_name(strategy, seed)
+        if strategy.scheduler == "fifo" or name in finished:
+            continue
+        progress(f"== {headers[name]}: {exp.run_config(strategy).lr.method} by {strategy.searcher} + "
+                 f"{strategy.scheduler.upper()}, budget {exp.budget_s:g} compute-s")
+        outcome = run_strategy(exp, strategy, storage_path=storage, resources=resources, progress=progress,
+                               journal=journals / f"{name}.jsonl", resume=resume, seed=seed)
+        run_done(name, seed, strategy, outcome)
     if not tables:
         first = next((e[0] for e in errors.values() if e), "no trial reported an epoch")
         raise RTHPOError(f"every trial failed (e.g. {first}); Ray's logs are in {storage}.")
-    trials = pd.concat(tables, ignore_index=True)
-    write_trials(trials, out)  # again: a resumed experiment may have read every run back
+    order = {(seed, strategy.name): i for i, (seed, strategy) in enumerate(runs)}
+    trials = pd.concat(tables.values(), ignore_index=True)
+    trials = trials.iloc[sorted(range(len(trials)), key=lambda i: order.get(
+        (int(trials["seed"].iloc[i]), trials["strategy"].iloc[i]), len(order)))].reset_index(drop=True)
+    write_trials(trials, out)  # again, in the config's order: a resumed experiment may have read every run back
     wall = time.time() - start
     markdown, summary = summary_markdown(exp, trials, walls, resources, errors, wall)
     atomic_write_text(out / "summary.md", markdown)

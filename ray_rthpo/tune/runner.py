@@ -64,7 +64,7 @@ class StrategyOutcome:
     retries: int = 0
 
 
-def _quiet_ray() -> None:
+def quiet_ray() -> None:
     """Ray's own console output off (our callback prints one line per trial); set before Tune runs."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -95,7 +95,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool
     """Start a local Ray (or join ``address``, e.g. ``auto`` or ``ray://head:10001``) unless one is
     already initialised, and keep this driver to one compute thread (:func:`one_thread_driver`).
     Returns True when trials run on a cluster this process joined."""
-    _quiet_ray()
+    quiet_ray()
     one_thread_driver()
     import ray
 
@@ -180,7 +180,7 @@ def scheduler(resolved: ResolvedStrategy) -> Any:
                          reduction_factor=strategy.asha.reduction_factor)
 
 
-def _callback_class() -> type:
+def progress_callback_class() -> type:
     from ray import tune
 
     class ProgressCallback(tune.Callback):
@@ -332,7 +332,7 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
     from ray_rthpo.tune.searchers import build_searcher, is_basic
     from ray_rthpo.tune.trainable import fresh_train_fn
 
-    _quiet_ray()
+    quiet_ray()
     resolved = exp.resolved(strategy)
     seed = exp.seed if seed is None else int(seed)
     repetition = seed - exp.seed
@@ -349,7 +349,7 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
     stopper = ComputeBudgetStopper(exp.budget_s, key=experiment_path)
     for row in earlier:  # the interrupted run's compute: each (trial, epoch) once, repeats replace it
         stopper.record(str(row["trial_id"]), row)
-    callback = _callback_class()(exp, resolved, progress, Path(journal) if journal else None, earlier, seed)
+    callback = progress_callback_class()(exp, resolved, progress, Path(journal) if journal else None, earlier, seed)
     trainable = tune.with_resources(fresh_train_fn(), resources or exp.resources.as_ray())
     # PBT restores trials from *other* trials' latest checkpoints: keep a few, so that a donor's next report
     # cannot delete the one being cloned.

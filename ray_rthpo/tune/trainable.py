@@ -43,6 +43,7 @@ NODE_IP = "node/ip"
 HOSTNAME = "node/hostname"
 DEVICE_NAME = "node/device_name"
 GPU_IDS = "node/gpu_ids"  # the GPUs Ray assigned to the trial (ray.get_gpu_ids()), comma-separated
+PID = "node/pid"  # the trial's process: trials of one comparison share a few (Tune reuses them)
 REPORTED_AT = "time/reported_at"  # the trial's own clock (time.time()) at the report
 #: Seconds this trial attempt spent building its trainer (data load, model) and restoring its checkpoint:
 #: not part of the compute budget, reported beside it.
@@ -130,7 +131,7 @@ def train_fn(config: dict[str, Any]) -> None:
                 trainer.load(state_file, adopt=ADOPTABLE_KEYS)
             else:  # deleted as `--resume` advised for a damaged one: the trial starts again from epoch 1
                 print(f"rthpo: {state_file} is gone; this trial starts again from its first epoch", file=sys.stderr)
-    where = {**node_info(trainer.device), GPU_IDS: ",".join(str(g) for g in gpu_ids)}
+    where = {**node_info(trainer.device), GPU_IDS: ",".join(str(g) for g in gpu_ids), PID: os.getpid()}
     setup_s, checkpoint_s = time.perf_counter() - start, 0.0
     every_s, unsaved_s = run_config.train.checkpoint_every_s, 0.0
     while not trainer.done:
@@ -160,5 +161,5 @@ def fresh_train_fn() -> Callable[[dict[str, Any]], None]:
 
 
 __all__ = ["train_fn", "fresh_train_fn", "config_from_ray", "node_info", "trial_device", "CHECKPOINT_FILE",
-           "NODE_ID", "NODE_IP", "HOSTNAME", "DEVICE_NAME", "GPU_IDS", "REPORTED_AT", "SETUP_SECONDS",
+           "NODE_ID", "NODE_IP", "HOSTNAME", "DEVICE_NAME", "GPU_IDS", "PID", "REPORTED_AT", "SETUP_SECONDS",
            "CHECKPOINT_SECONDS"]

@@ -1,0 +1,45 @@
+"""Several runs in one Tune experiment (ray_rthpo/tune/sequence.py): runs one after the other, each with
+its own searcher, space and budget, on trial processes shared by all of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from tune_helpers import ETA_SPACE, tiny_experiment
+
+from ray_rthpo import metrics as M
+from ray_rthpo.experiment.config import experiment_from_dict
+from ray_rthpo.report.selection import compute_spent
+from ray_rthpo.tune.compare import run_comparison
+
+pytestmark = pytest.mark.ray
+
+
+def test_runs_follow_each_other_in_one_experiment_on_shared_trial_processes(ray_local: None,
+                                                                          tmp_path: Path) -> None:
+    exp = experiment_from_dict(tiny_experiment(
+        {"name": "grid", "method": "exp_decay", "searcher": "grid", "space": {"lr.eta0": {"grid": [0.1, 0.3]}}},
+        {"name": "rand", "method": "exp_decay", "searcher": "random", "space": ETA_SPACE},  # the budget ends it
+        {"name": "skopt", "method": "exp_decay", "searcher": "skopt", "num_samples": 3, "space": ETA_SPACE,
+         "searcher_options": {"n_initial_points": 2}},
+        budget_s=1.5, seeds=2))
+    result = run_comparison(exp, tmp_path / "out", progress=lambda line: None)
+    trials = result.trials
+    assert sorted(p.name for p in (tmp_path / "out" / "ray").iterdir()) == ["sequence"]  # one Tune experiment
+    counts = trials.groupby(["strategy", "seed"])["trial_id"].nunique().to_dict()
+    assert counts[("grid", 0)] == counts[("grid", 1)] == 2  # every grid point, in each seed
+    assert counts[("skopt", 0)] <= 3 and trials["trial_id"].nunique() == len(trials.drop_duplicates("trial_id"))
+    # runs never overlap: each run's reports lie between the previous run's last and the next run's first
+    spans = (trials.groupby(["seed", "strategy"], sort=False)["time/received_at"].agg(["min", "max"])
+             .loc[[(s, n) for s in (0, 1) for n in ("grid", "rand", "skopt")]])
+    assert (spans["min"].to_numpy()[1:] >= spans["max"].to_numpy()[:-1]).all()
+    # each run has its own budget: the budget stops 'rand' within one epoch per running trial
+    for (strategy, seed), group in trials.groupby(["strategy", "seed"]):
+        epoch = group[M.EPOCH_SECONDS].max()
+        assert compute_spent(group) < exp.budget_s + exp.max_concurrent * epoch + 1e-9, (strategy, seed)
+    assert compute_spent(trials[trials["strategy"] == "rand"]) >= exp.budget_s  # it ran until the budget
+    # the trial processes serve every run: far fewer processes than trials
+    assert trials["node/pid"].nunique() <= exp.max_concurrent + 2 < trials["trial_id"].nunique()
+    assert isinstance(result.summary, pd.DataFrame) and set(result.summary["strategy"]) == {"grid", "rand", "skopt"}
