@@ -473,3 +473,39 @@ def test_hz_and_w_may_be_none_when_not_needed_and_step_may_be_a_tensor() -> None
     assert all(torch.equal(zi, -ui) for zi, ui in zip(z, u, strict=True))
     with pytest.raises(ValueError, match="exp_avg has 1 tensors but exp_avg_sq has 2"):
         adamw_direction([torch.ones(2)], [torch.ones(2)] * 2, step=1, beta1=B1, beta2=B2, eps=EPS)
+
+
+@pytest.mark.parametrize("mu", [1.0, 0.5, 0.0])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_cpu_blocks_and_the_early_decay_change_no_bit(mu: float, weight_decay: float,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CPU the tangent step runs block by block (tensors larger than a block, cut mid-tensor), and the
+    optimizer applies the ``w_t`` terms before the base step (``adamw_tangent_decay_``, no clone of w_t):
+    both give the whole-tensor, clone-of-w_t result bit for bit."""
+    from ray_rthpo.hypergrad import adamw as adamw_mod
+
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(300, 250), (7,), (130, 129), (1,)]  # 75,000 and 16,770 elements: a block boundary inside each
+
+    def rand() -> list[torch.Tensor]:
+        return [torch.randn(s, generator=gen, dtype=torch.float32) for s in shapes]
+
+    z, a, b, hz, w, g, m = rand(), rand(), rand(), rand(), rand(), rand(), rand()
+    v = [t.abs() for t in rand()]
+    v[1][2] = 0.0  # one zero second moment
+    kw = dict(step=3, eta=0.05, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay, mu=mu)
+
+    def run(block: int, early: bool) -> list[torch.Tensor]:
+        monkeypatch.setattr(adamw_mod, "CPU_BLOCK_ELEMENTS", block)
+        zz, aa, bb = [t.clone() for t in z], [t.clone() for t in a], [t.clone() for t in b]
+        if early and weight_decay != 0.0:
+            adamw_mod.adamw_tangent_decay_(zz, w, eta=kw["eta"], weight_decay=weight_decay, mu=mu)
+            adamw_mod.adamw_tangent_step_(zz, aa, bb, hz, None, g, m, v, decayed=True, **kw)
+        else:
+            adamw_mod.adamw_tangent_step_(zz, aa, bb, hz, w, g, m, v, **kw)
+        return zz + aa + bb
+
+    whole = run(1 << 30, early=False)
+    for block, early in [(1 << 12, False), (1 << 12, True), (1 << 30, True), (1 << 16, True)]:
+        got = run(block, early)
+        assert all(torch.equal(x, y) for x, y in zip(got, whole, strict=True)), (block, early)

@@ -34,13 +34,22 @@ The hypergradient is then ``h_t = grad E(w_t) . z_t`` as for SGD (:mod:`ray_rthp
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
 Tensors = Sequence[torch.Tensor]
 
-__all__ = ["adamw_direction", "adamw_tangent_step_"]
+#: On CPU, :func:`adamw_tangent_step_` runs its ~20 elementwise passes block by block: the same slices
+#: (of at most this many elements, cut at multiples of it) of every list at a time. Each block is then
+#: still in the cache for the next pass, and the temporaries are block-sized (four parameter-sized
+#: temporaries are fresh pages from the OS at every step: thousands of page faults per step on an MLP).
+#: Every operation is elementwise, so the result is bit for bit that of whole-tensor passes (the block
+#: boundaries fall on multiples of the vector width). Other devices take all tensors in one pass
+#: (torch's multi-tensor kernels).
+CPU_BLOCK_ELEMENTS = 1 << 16
+
+__all__ = ["adamw_direction", "adamw_tangent_decay_", "adamw_tangent_step_"]
 
 
 def _step_number(step: int | torch.Tensor) -> int:
@@ -132,6 +141,7 @@ def adamw_tangent_step_(
     eps: float,
     weight_decay: float,
     mu: float,
+    decayed: bool = False,
 ) -> None:
     """One step of the AdamW tangent recursion, in place: ``z, a, b`` become ``z_{t+1}, a_{t+1}, b_{t+1}``.
 
@@ -144,11 +154,14 @@ def adamw_tangent_step_(
     ``grads``: ``g = grad l(w_t)``. ``exp_avg``, ``exp_avg_sq``, ``step``: the moments and the 1-based
     count AFTER this step's update (torch's optimizer state once ``step()`` has run).
     ``eta``: the learning rate this very step used. ``mu``: MARTHE's discount (1 = exact RT-HPO).
+    ``decayed``: :func:`adamw_tangent_decay_` already applied the ``w_t`` terms to ``z`` before the base
+    step (then ``w`` is not read and may be None); the same result bit for bit, without a clone of ``w_t``.
 
     With ``r = a_{t+1} - m b_{t+1} / (2 sqrt(v) sqrt(c2) D)`` the update is
     ``z_{t+1} = mu (1 - eta lam) z_t - lam w_t - (m + eta r) / (c1 D)``, i.e. the module equation with
     ``u + eta du`` gathered over the common factor ``1 / (c1 D)``. Every term is one ``torch._foreach_*``
-    call over all tensors; the temporaries are four parameter-sized lists.
+    call over all tensors (on CPU: over one block of slices at a time, :data:`CPU_BLOCK_ELEMENTS`); the
+    temporaries are four lists the size of the tensors (on CPU: of a block).
     """
     z, a, b = list(z), list(a), list(b)
     m, v, g = list(exp_avg), list(exp_avg_sq), list(grads)
@@ -164,19 +177,90 @@ def adamw_tangent_step_(
         raise ValueError(f"weight_decay must be finite and >= 0, but got {weight_decay!r}.")
     if not 0.0 <= mu <= 1.0:
         raise ValueError(f"mu must be in [0, 1] (1 = RT-HPO, 0 = first order), but got {mu!r}.")
-    if w is None and weight_decay != 0.0:
+    if w is None and weight_decay != 0.0 and not decayed:
         raise ValueError(
             f"w (the weights w_t before this step) is None but weight_decay = {weight_decay!r}; "
             f"clone the parameters before optimizer.step() and pass them, or set weight_decay = 0."
         )
     c1, c2_sqrt = _bias_corrections(t, beta1, beta2)
-    denom = _denominator(v, c2_sqrt, eps)
+    lists = [z, a, b, None if hz is None else list(hz), None if w is None else list(w), g, m, v]
+    for zk, ak, bk, hzk, wk, gk, mk, vk in _blocks(lists):
+        _tangent_update_(zk, ak, bk, hzk, wk, gk, mk, vk, c1=c1, c2_sqrt=c2_sqrt, eta=eta, beta1=beta1,
+                         beta2=beta2, eps=eps, weight_decay=weight_decay, mu=mu, decayed=decayed)
+
+
+@torch.no_grad()
+def adamw_tangent_decay_(z: Tensors, w: Tensors, *, eta: float, weight_decay: float, mu: float) -> None:
+    """The part of :func:`adamw_tangent_step_` that reads the weights ``w_t``, applied to ``z`` in place
+    BEFORE ``optimizer.step()`` moves the weights, so that they need not be cloned every step: ``z``
+    becomes ``mu (1 - eta lam) z_t - lam w_t`` (``lam w_t`` when ``mu == 0``, where ``z_t`` is unused).
+    Then call :func:`adamw_tangent_step_` with ``decayed=True`` (and ``w=None``) and the same ``eta``,
+    ``weight_decay`` and ``mu``: ``z_{t+1}`` is bit for bit the one a clone of ``w_t`` gives."""
+    z, w = list(z), list(w)
+    _check_lengths(len(z), w=w)
+    if mu == 0.0:
+        torch._foreach_copy_(z, w)
+        torch._foreach_mul_(z, weight_decay)  # the rounded lam w_t that adamw_tangent_step_ would form
+    else:
+        _decay_(z, w, eta=eta, weight_decay=weight_decay, mu=mu)
+
+
+def _decay_(z: list[torch.Tensor], w: list[torch.Tensor] | None, *, eta: float, weight_decay: float,
+            mu: float) -> None:
+    """``z <- mu (1 - eta lam) z - lam w`` in place (``w`` read only when ``lam != 0``)."""
+    scale = mu * (1.0 - eta * weight_decay)
+    if scale != 1.0:
+        torch._foreach_mul_(z, scale)
+    if weight_decay != 0.0:
+        torch._foreach_add_(z, w, alpha=-weight_decay)  # type: ignore[arg-type]
+
+
+def _blocks(lists: list[list[torch.Tensor] | None]) -> Iterator[list[list[torch.Tensor] | None]]:
+    """``lists`` itself, or on CPU (contiguous tensors of matching shapes) the same flat slices of every
+    list, one block of about :data:`CPU_BLOCK_ELEMENTS` elements at a time (None lists stay None)."""
+    z = lists[0]
+    assert z is not None
+    present = [lst for lst in lists if lst is not None]
+    if (z[0].device.type != "cpu" or sum(t.numel() for t in z) <= CPU_BLOCK_ELEMENTS
+            or not all(t.is_contiguous() and t.shape == zi.shape
+                       for lst in present for t, zi in zip(lst, z, strict=True))):
+        yield lists
+        return
+    flat = [None if lst is None else [t.view(-1) for t in lst] for lst in lists]
+    block: list[list[torch.Tensor] | None] = [None if lst is None else [] for lst in lists]
+    size = 0
+    for i, zi in enumerate(z):
+        numel = zi.numel()
+        for start in range(0, numel, CPU_BLOCK_ELEMENTS):  # cut at multiples of the block: whole vector lanes
+            stop = min(numel, start + CPU_BLOCK_ELEMENTS)
+            for part, lst in zip(block, flat, strict=True):
+                if part is not None:
+                    part.append(lst[i][start:stop])  # type: ignore[index]
+            size += stop - start
+            if size >= CPU_BLOCK_ELEMENTS:
+                yield block
+                block, size = [None if lst is None else [] for lst in lists], 0
+    if size:
+        yield block
+
+
+def _tangent_update_(z: list[torch.Tensor], a: list[torch.Tensor], b: list[torch.Tensor],
+                     hz: list[torch.Tensor] | None, w: list[torch.Tensor] | None, g: list[torch.Tensor],
+                     m: list[torch.Tensor], v: list[torch.Tensor], *, c1: float, c2_sqrt: float, eta: float,
+                     beta1: float, beta2: float, eps: float, weight_decay: float, mu: float,
+                     decayed: bool) -> None:
+    """The body of :func:`adamw_tangent_step_` (checked arguments) on one block of tensors."""
+    # sqrt(v) once: D = sqrt(v) / sqrt(c2) + eps as _denominator forms it, and s below (the same values).
+    sqrt_v = torch._foreach_sqrt(v)
+    denom = torch._foreach_div(sqrt_v, c2_sqrt)
+    torch._foreach_add_(denom, eps)
 
     if mu == 0.0:  # first order: z_{t+1} = -(u_t + lam w_t), a = b = 0
         u = torch._foreach_div(m, denom)
         torch._foreach_div_(u, c1)
         if weight_decay != 0.0:
-            torch._foreach_add_(u, torch._foreach_mul(list(w), weight_decay))  # type: ignore[arg-type]
+            # lam w_t: in z already when decayed (adamw_tangent_decay_), the same rounded product
+            torch._foreach_add_(u, z if decayed else torch._foreach_mul(w, weight_decay))  # type: ignore[arg-type]
         torch._foreach_neg_(u)
         torch._foreach_copy_(z, u)
         torch._foreach_zero_(a)
@@ -187,7 +271,6 @@ def adamw_tangent_step_(
     torch._foreach_mul_(a, mu * beta1)
     torch._foreach_mul_(b, mu * beta2)
     if hz is not None:
-        hz = list(hz)
         torch._foreach_add_(a, hz, alpha=mu * (1.0 - beta1))
         torch._foreach_addcmul_(b, g, hz, value=2.0 * mu * (1.0 - beta2))
 
@@ -195,7 +278,7 @@ def adamw_tangent_step_(
     mask = torch._foreach_sign(v)                # 1 where v > 0, 0 where v == 0
     r = torch._foreach_mul(m, b)
     torch._foreach_mul_(r, mask)                 # numerator 0 where v == 0
-    s = torch._foreach_sqrt(v)
+    s = sqrt_v                                   # sqrt(v), computed once above
     torch._foreach_sub_(mask, 1.0)               # 0 where v > 0, -1 where v == 0
     torch._foreach_sub_(s, mask)                 # sqrt(v) unchanged where v > 0, 1 where v == 0: no 0/0
     del mask
@@ -205,12 +288,9 @@ def adamw_tangent_step_(
     torch._foreach_mul_(r, -eta / (2.0 * c2_sqrt))
     torch._foreach_add_(r, a, alpha=eta)
     torch._foreach_add_(r, m)
-    del s
+    del s, sqrt_v
 
     # z_{t+1} = mu (1 - eta lam) z_t - lam w_t - (m + eta r) / (c1 D)   ( = ... - u_t - eta du )
-    scale = mu * (1.0 - eta * weight_decay)
-    if scale != 1.0:
-        torch._foreach_mul_(z, scale)
-    if weight_decay != 0.0:
-        torch._foreach_add_(z, list(w), alpha=-weight_decay)  # type: ignore[arg-type]
+    if not decayed:  # else adamw_tangent_decay_ did these two terms before the base step
+        _decay_(z, w, eta=eta, weight_decay=weight_decay, mu=mu)
     torch._foreach_addcdiv_(z, r, denom, value=-1.0 / c1)

@@ -39,7 +39,7 @@ from torch.optim.sgd import sgd as _torch_sgd
 
 from ray_rthpo.hypergrad import functional as fn
 from ray_rthpo.hypergrad import hyper_updates
-from ray_rthpo.hypergrad.adamw import adamw_tangent_step_
+from ray_rthpo.hypergrad.adamw import adamw_tangent_decay_, adamw_tangent_step_
 from ray_rthpo.hypergrad.hvp import (
     eval_mode,
     frozen_batchnorm_stats,
@@ -418,16 +418,20 @@ class RTHPO(torch.optim.Optimizer):
         beta1, beta2 = (float(b) for b in group["betas"])
         eps, wd = float(group["eps"]), float(group["weight_decay"])
         states = [self.state[p] for p in ps]
-        w_t = [p.detach().clone() for p in ps] if wd != 0.0 else None  # the -lam w_t term of the tangent
+        z = [s["z"] for s in states]
         m, v, steps = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states]
+        if wd != 0.0:  # the tangent's w_t terms, applied to z before the base step moves w: no clone of w_t
+            clock.start()
+            adamw_tangent_decay_(z, ps, eta=eta, weight_decay=wd, mu=mu)
+            clock.stop()
         with torch.no_grad():
             _torch_adam(ps, grads, m, v, [], steps, foreach=None, capturable=False, differentiable=False,
                         fused=None, grad_scale=None, found_inf=None, has_complex=False, decoupled_weight_decay=True,
                         amsgrad=False, beta1=beta1, beta2=beta2, lr=eta, weight_decay=wd, eps=eps, maximize=False)
         clock.start()
-        adamw_tangent_step_([s["z"] for s in states], [s["a"] for s in states], [s["b"] for s in states], hz, w_t,
-                            grads, m, v, step=steps[0], eta=eta, beta1=beta1, beta2=beta2, eps=eps,
-                            weight_decay=wd, mu=mu)
+        adamw_tangent_step_(z, [s["a"] for s in states], [s["b"] for s in states], hz, None, grads, m, v,
+                            step=steps[0], eta=eta, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd, mu=mu,
+                            decayed=wd != 0.0)
         clock.stop()
 
     # ------------------------------------------------------------------------------ checkpoints
