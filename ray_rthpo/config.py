@@ -23,7 +23,7 @@ import yaml
 
 from ray_rthpo.config_schema import check, check_choice, flatten, from_dict, merge, to_dict, unflatten
 from ray_rthpo.errors import ConfigError
-from ray_rthpo.hypergrad.hyper_updates import HYPER_UPDATES, NEEDS_NORMS
+from ray_rthpo.hypergrad.hyper_updates import DEFAULT_BETA, DEFAULT_HYPER_UPDATE, HYPER_UPDATES, NEEDS_NORMS
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "fake")
 MODELS = ("mlp", "lenet", "resnet18")
@@ -228,13 +228,16 @@ class LRConfig:
     # Initial learning rate eta-bar (for AdaDelta and Prodigy: their lr multiplier, 1.0 in torch, the
     # paper and Prodigy's recommendation; for schedule_free: the SGD learning rate).
     eta0: float = 0.1
-    # Hyper-learning rate beta. With lr.hyper_update additive, eq. (2): eta_{t+1} = eta_t - beta * h_t,
-    # whose scale differs by decades between models and optimizers (docs/results.md): search it on a log
-    # scale. With the scale-free rules, beta is the relative change of eta per step (docs/beta.md).
-    beta: float = 1.0e-4
-    # How eta moves given the hypergradient: additive (the paper's eq. 2), multiplicative (normalised
-    # by |grad E| |z|), adam_log (Adam on log eta) or sign_log (sign of a momentum on log eta).
-    hyper_update: str = "additive"
+    # Hyper-learning rate beta. With the scale-free rules (the default, multiplicative) beta is the
+    # relative change of eta per step, one number across workloads (docs/beta.md: 0.1 for
+    # multiplicative). With lr.hyper_update additive, the paper's eq. (2): eta_{t+1} = eta_t - beta * h_t,
+    # whose scale differs by decades between models and optimizers (docs/results.md): set beta and search
+    # it on a log scale (1e-4 is a value for the MNIST MLP).
+    beta: float = DEFAULT_BETA[DEFAULT_HYPER_UPDATE]
+    # How eta moves given the hypergradient: multiplicative (the default: eta (1 - beta cos), the cosine of
+    # grad E and z), additive (the paper's eq. 2), adam_log (Adam on log eta) or sign_log (sign of a
+    # momentum on log eta). Equations: ray_rthpo/hypergrad/hyper_updates.py and the README.
+    hyper_update: str = DEFAULT_HYPER_UPDATE
     # MARTHE's discount of the tangent: z_{t+1} = mu (I - eta H) z_t - g_t. 1 = RT-HPO, 0 = First-order (Val).
     mu: float = 1.0
     # eta is kept within [0, eta_max] after every hypergradient step.
@@ -285,7 +288,7 @@ class LRConfig:
         check_choice("lr.val_mode", self.val_mode, VAL_MODES)
         check(not (self.val_mode == "forward" and self.hyper_update in NEEDS_NORMS),
               f"lr.hyper_update {self.hyper_update} divides by |grad E|, which lr.val_mode forward does not give; "
-              "set lr.val_mode: backward.")
+              "set lr.val_mode: backward, or lr.hyper_update: adam_log (or another rule that needs no norm).")
         check_choice("lr.preset", self.preset, PRESETS)
         for key in ("hvp_batch_fraction", "val_batch_fraction"):
             value = getattr(self, key)

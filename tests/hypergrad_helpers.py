@@ -32,10 +32,12 @@ def batches(n: int, size: int = 8, seed: int = 1) -> list[tuple[torch.Tensor, to
 def controller(
     model: nn.Module, *, method: str = "rthpo", eta0: float = 0.3, beta: float = 0.0, mu: float = 1.0,
     momentum: float = 0.0, weight_decay: float = 0.0, hvp: str = "double_backward", base: str = "sgd",
-    **lr_kwargs: object,
+    hyper_update: str = "additive", **lr_kwargs: object,
 ) -> HypergradientStepper:
-    """The trainer's hypergradient stepper over ``model``: a fresh :class:`ray_rthpo.optim.RTHPO`."""
-    lr_cfg = LRConfig(method=method, eta0=eta0, beta=beta, mu=mu, hvp=hvp, **lr_kwargs)  # type: ignore[arg-type]
+    """The trainer's hypergradient stepper over ``model``: a fresh :class:`ray_rthpo.optim.RTHPO`, with the
+    paper's additive rule unless told otherwise (the literal references implement eq. 2)."""
+    lr_cfg = LRConfig(method=method, eta0=eta0, beta=beta, mu=mu, hvp=hvp, hyper_update=hyper_update,
+                      **lr_kwargs)  # type: ignore[arg-type]
     optim_cfg = OptimConfig(momentum=momentum, weight_decay=weight_decay, base=base)
     return hypergradient_stepper(model, lr_cfg, optim_cfg)
 

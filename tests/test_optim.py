@@ -313,7 +313,8 @@ def test_adamw_class_equals_the_proven_fast_path_every_step_while_eta_moves(kind
     model = model_fn(0)
     method = {1.0: "rthpo", 0.0: "hd_val"}.get(mu, "marthe")
     opt = RTHPO(model.parameters(), lr=ETA, beta=beta, base="adamw", weight_decay=weight_decay, betas=(B1, B2),
-                eps=EPS, method=method, mu=mu if method == "marthe" else None, eta_max=10.0)
+                eps=EPS, method=method, mu=mu if method == "marthe" else None, eta_max=10.0,
+                hyper_update="additive")  # the fast path's rule: the paper's eq. 2
     xv, yv = val
     for t, ((x, y), rec) in enumerate(zip(batches, records, strict=True)):
         opt.step(ModelClosure(model, F.cross_entropy, x, y), val_closure=ModelClosure(model, F.cross_entropy, xv, yv))
@@ -356,8 +357,11 @@ def test_forward_mode_validation_evaluates_batchnorm_in_eval_mode_like_the_backw
     the validation gradient in eval mode, and the running statistics never moved by the validation pass."""
     batches, val = data(6), data(1, 16, 7)[0]
     a, b = tiny(batchnorm=True), tiny(batchnorm=True)
-    ta = train(RTHPO(a.parameters(), lr=0.1, beta=1e-2, val_mode="backward"), a, batches, val)
-    tb = train(RTHPO(b.parameters(), lr=0.1, beta=1e-2, val_mode="forward"), b, batches, val)
+    # additive: the multiplicative default divides by |grad E|, which a forward-mode JVP does not give
+    ta = train(RTHPO(a.parameters(), lr=0.1, beta=1e-2, val_mode="backward", hyper_update="additive"), a, batches,
+               val)
+    tb = train(RTHPO(b.parameters(), lr=0.1, beta=1e-2, val_mode="forward", hyper_update="additive"), b, batches,
+               val)
     for (_, ea, ha), (_, eb, hb) in zip(ta, tb, strict=True):
         assert (ha is None and hb is None) or math.isclose(ha, hb, rel_tol=1e-10, abs_tol=1e-15)
         assert math.isclose(ea, eb, rel_tol=1e-12)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ray_rthpo.config import Config
+from ray_rthpo.config import Config, load_config
 from ray_rthpo.errors import ConfigError
 from ray_rthpo.experiment import config as E
 from ray_rthpo.experiment import spaces
@@ -185,6 +185,33 @@ def test_shipped_compare_configs_load(name: str) -> None:
     assert any(s.searcher.startswith("optuna") for s in exp.strategies)
     to_yaml = yaml.safe_dump(exp.to_dict(), sort_keys=False)
     assert "strategies" in to_yaml
+    # one untuned run of RT-HPO's defaults, and the hypergradient searches over the scale-free rule's range
+    default = exp.resolved(exp.strategy("rthpo_default"))
+    assert default.strategy.searcher == "none" and default.space == {} and default.num_samples == 1
+    assert (default.config.lr.method, default.config.lr.hyper_update, default.config.lr.beta) == (
+        "rthpo", "multiplicative", 0.1)
+    for name in ("rthpo", "hd_train", "hd_val"):
+        resolved = exp.resolved(exp.strategy(name))
+        assert resolved.config.lr.hyper_update == "multiplicative", name
+        assert resolved.space["lr.beta"] == ("loguniform", [1.0e-2, 1.0]), (name, resolved.space)
+
+
+def test_the_default_rule_and_beta_are_the_ones_docs_beta_chose() -> None:
+    """lr.hyper_update and lr.beta default to docs/beta.md's choice, for the config and the optimizer alike;
+    the paper's additive rule is what the Table 1 workloads name."""
+    import torch
+
+    from ray_rthpo.hypergrad.hyper_updates import DEFAULT_BETA, DEFAULT_HYPER_UPDATE
+    from ray_rthpo.optim import RTHPO
+
+    assert (DEFAULT_HYPER_UPDATE, DEFAULT_BETA["multiplicative"]) == ("multiplicative", 0.1)
+    lr = Config().lr
+    assert (lr.hyper_update, lr.beta) == ("multiplicative", 0.1)
+    group = RTHPO([torch.nn.Parameter(torch.zeros(2))]).param_groups[0]
+    assert (group["hyper_update"], group["beta"]) == ("multiplicative", 0.1)
+    assert "`lr.hyper_update: multiplicative` with `lr.beta: 1e-1`" in (REPO / "docs" / "beta.md").read_text()
+    for name in ("mnist_mlp", "mnist_lenet", "cifar10_resnet18", "cifar100_resnet18"):
+        assert load_config(REPO / "configs" / f"{name}.yaml").lr.hyper_update == "additive", name
 
 
 def test_a_missing_dataset_fails_before_ray_starts(tmp_path: Path) -> None:

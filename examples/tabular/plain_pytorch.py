@@ -43,7 +43,7 @@ def train(epochs: int = 20, seed: int = 0) -> dict[str, float]:
     train_loader = DataLoader(splits["train"], batch_size=32, shuffle=True, generator=shuffle)
     val_batches: Iterator = itertools.cycle(DataLoader(splits["val"], batch_size=64, shuffle=True, generator=shuffle))
 
-    opt = RTHPO(model.parameters(), lr=1e-3, beta=1e-6, base="adamw", weight_decay=0.01)  # instead of torch.optim.AdamW
+    opt = RTHPO(model.parameters(), lr=1e-3, base="adamw", weight_decay=0.01)  # instead of torch.optim.AdamW
     for epoch in range(1, epochs + 1):
         for x, y in train_loader:
             xv, yv = next(val_batches)  # a validation minibatch: never the test set

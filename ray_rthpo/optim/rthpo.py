@@ -104,8 +104,9 @@ class RTHPO(torch.optim.Optimizer):
         mu: MARTHE's discount; only for ``method="marthe"``.
         eta_max: eta is kept in ``[0, eta_max]``.
         hypergrad_clip: clip the hypergradient to ``[-c, c]`` (the training gradient is never touched).
-        hyper_update: ``"additive"`` (the paper's eq. 2), ``"multiplicative"``, ``"adam_log"`` or
-            ``"sign_log"`` (:mod:`ray_rthpo.hypergrad.hyper_updates` gives each equation).
+        hyper_update: ``"multiplicative"`` (the default, chosen in docs/beta.md), ``"additive"`` (the
+            paper's eq. 2), ``"adam_log"`` or ``"sign_log"`` (:mod:`ray_rthpo.hypergrad.hyper_updates`
+            gives each equation).
         hvp: how ``H z`` is computed: ``"double_backward"`` (any closure), ``"forward_over_reverse"``
             (one ``torch.func`` pass; needs a :class:`ModelClosure`, refuses train-mode BatchNorm),
             ``"forward_over_reverse_bn"`` (the same with BatchNorm statistics replayed once), or
@@ -137,7 +138,7 @@ class RTHPO(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Any], lr: float = 0.1, beta: float | None = None, *, base: str = "sgd",
                  method: str = "rthpo", mu: float | None = None, momentum: float = 0.0, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, eta_max: float = 10.0,
-                 hypergrad_clip: float | None = None, hyper_update: str = "additive", hvp: str = "auto",
+                 hypergrad_clip: float | None = None, hyper_update: str = hyper_updates.DEFAULT_HYPER_UPDATE, hvp: str = "auto",
                  val_mode: str = "backward", hvp_every: int = 1, hvp_batch_fraction: float = 1.0,
                  val_every: int = 1, val_batch_fraction: float = 1.0, model: nn.Module | None = None,
                  timing: bool = False) -> None:
