@@ -6,8 +6,12 @@ spends more wall time on that than on its budgets (docs/performance.md). :class:
 Tune ``SearchAlgorithm`` that holds each run's own searcher and space and hands out their trials in
 turn, so one experiment runs them all and its trial processes (``reuse_actors``) serve every run:
 
-* run k starts when run k-1 can start no more trials (its budget is spent or its searcher is done)
-  and its last trial has ended, so runs never overlap and each run's wall time is its own;
+* run k starts when run k-1 can start no more trials (its budget is spent or its searcher is done):
+  run k-1's last trials may still be running then, so consecutive runs overlap by at most the tail of
+  those trials. Waiting for them would leave slots idle at every run's end, and Tune would remove the
+  trial processes no pending trial needs: a new one takes seconds to start, and trials shorter than
+  that would then run one at a time (measured: docs/performance.md). A run's wall time is from its
+  first trial's creation to its last trial's end;
 * at most ``max_concurrent`` trials run at once, across runs;
 * :class:`SequenceStopper` gives every run its own :class:`~ray_rthpo.tune.budget.ComputeBudgetStopper`:
   a trial stops when its run's budget is spent;
@@ -35,6 +39,7 @@ from ray import cloudpickle
 from ray.tune.search import SearchAlgorithm
 from ray.tune.stopper import Stopper
 
+from ray_rthpo import metrics as M
 from ray_rthpo.tune.budget import ComputeBudgetStopper
 
 STATE_FILE = "rthpo-sequence-state.pkl"
@@ -98,6 +103,8 @@ class Run:
     ended_at: float | None = None
     made: int = 0
     live: set[str] = field(default_factory=set)
+    #: live trials whose last report is in (finished or diverged): about to end, their slot about to free
+    finishing: set[str] = field(default_factory=set)
 
     @property
     def wall_s(self) -> float:
@@ -160,12 +167,18 @@ class RunSequence(SearchAlgorithm):
         while self.current < len(self.runs):
             run = self.runs[self.current]
             if run.exhausted:
-                if run.live:
-                    return None  # the run's last trials are still running: the next run waits for them
-                self._end(run)
+                # The next run starts now, beside this one's last trials (they end it: on_trial_complete).
+                # Waiting for them would leave slots idle, and worse: Tune removes a trial process that no
+                # pending trial needs, and a new one takes seconds to start; a trial shorter than that then
+                # always takes the process a finished trial frees, and trials run one at a time.
+                if not run.live:
+                    self._end(run)
                 self.current += 1
                 continue
-            if sum(len(r.live) for r in self.runs) >= self.max_concurrent:
+            # A trial that made its last report counts as ended: the next one is then pending when it ends,
+            # and Tune hands it the trial process that frees (without a pending trial Tune removes that
+            # process when two trials end at once, and short trials then run one at a time).
+            if sum(len(r.live - r.finishing) for r in self.runs) >= self.max_concurrent:
                 return None
             trial = run.search_alg.next_trial()
             if trial is None:
@@ -184,6 +197,8 @@ class RunSequence(SearchAlgorithm):
         run = self.run_of(trial_id)
         if run is not None:
             run.search_alg.on_trial_result(trial_id, result)
+            if result.get(M.STATUS) in (M.STATUS_FINISHED, M.STATUS_DIVERGED) and trial_id in run.live:
+                run.finishing.add(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """Pass the completion to the trial's searcher; end its run when that was its last trial."""
@@ -192,6 +207,7 @@ class RunSequence(SearchAlgorithm):
         if run is None:
             return
         run.live.discard(trial_id)
+        run.finishing.discard(trial_id)
         run.search_alg.on_trial_complete(trial_id, result=result, error=error)
         if run.exhausted and not run.live:
             self._end(run)
@@ -223,7 +239,7 @@ class RunSequence(SearchAlgorithm):
         """Save the sequence's position, every run's counts and stopper, and every run's searcher state."""
         state = {"current": self.current, "owner": self.owner, "ended": sorted(self._ended),
                  "runs": [{"name": r.name, "started_at": r.started_at, "ended_at": r.ended_at, "made": r.made,
-                           "live": sorted(r.live), "stopper": r.stopper, "search": _search_state(r.search_alg)}
+                           "live": sorted(r.live), "finishing": sorted(r.finishing), "stopper": r.stopper, "search": _search_state(r.search_alg)}
                           for r in self.runs]}
         tmp = Path(dirpath) / f".{STATE_FILE}.tmp"
         tmp.write_bytes(cloudpickle.dumps(state))  # Ray's generators hold argparse parsers: plain pickle refuses
@@ -245,6 +261,7 @@ class RunSequence(SearchAlgorithm):
         for run, saved in zip(self.runs, state["runs"], strict=True):
             run.started_at, run.ended_at, run.made = saved["started_at"], saved["ended_at"], saved["made"]
             run.live, run.stopper = set(saved["live"]), saved["stopper"]
+            run.finishing = set(saved.get("finishing", ()))
             _restore_search(run.search_alg, saved["search"])
             for row in _JOURNALED.get(self.key, {}).get(run.name, []):  # each (trial, epoch) once
                 run.stopper.record(str(row["trial_id"]), row)
