@@ -1060,7 +1060,7 @@ def render_doc(study: Study, out: Path, figs: dict[str, Path | None], doc: Path)
           "processes with `torch.set_num_threads(1)`, started with `nice -n 10`: wall time is noisy, accuracies "
           "are deterministic given the seed (`tests/test_beta_analysis.py` checks that a rerun gives identical "
           "per-epoch metrics).",
-          f"- Library: `ray_rthpo` imported from `{lib.get('path', '?')}`, sha256 of its .py files "
+          "- Library: `ray_rthpo` (where it was imported from is in the session records), sha256 of its .py files "
           f"`{str(lib.get('sha256', '?'))[:16]}…`; repository HEAD `{(head or '?')[:12]}`.", ""]
     L += ["### Workloads and sizes", ""]
     L += ["| workload | config | train / val / test images | batch / val batch | epochs | steps per run | runs | "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -49,3 +51,15 @@ def ray_local() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture
+def ray_env() -> Iterator[dict[str, str]]:
+    """Environment for a subprocess that starts its own local Ray under a short private temp dir."""
+    temp = tempfile.mkdtemp(prefix="rtr", dir="/tmp")  # Ray's socket paths must stay short
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=temp, PYTHONUNBUFFERED="1")
+    try:
+        yield env
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)

@@ -197,6 +197,15 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             "user": str(user / "run.yaml"), "user_exp": str(user / "exp.yaml")}
 
 
+def assert_one_error_line(code: int, err: str, expected: list[str]) -> None:
+    """Exit status 2 and one line ``rthpo: error: ...`` on stderr that holds every part of ``expected``."""
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("rthpo: error: "), err
+    for part in expected:
+        assert part in lines[0], (part, lines[0])
+
+
 @pytest.mark.parametrize("command,args,expected", CASES,
                          ids=[f"{c}:{' '.join(a)}"[:60] for c, a, _ in CASES])
 def test_bad_input_is_one_clear_line_and_exit_2(inputs: dict[str, str], tmp_path: Path,
@@ -206,12 +215,7 @@ def test_bad_input_is_one_clear_line_and_exit_2(inputs: dict[str, str], tmp_path
     first = [] if args and not args[0].startswith("-") else [DIGITS if command == "train" else inputs["exp"]]
     out = tmp_path / "out"
     code = main([command, *first, *args, "--output", str(out)])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("rthpo: error: "), err
-    for part in expected:
-        assert part in lines[0], (part, lines[0])
+    assert_one_error_line(code, capsys.readouterr().err, expected)
     assert not out.exists() or not any(out.iterdir())  # nothing written for a refused run
 
 
@@ -438,11 +442,7 @@ def test_damaged_files_are_one_clear_line_and_lose_nothing(inputs: dict[str, str
     before = snapshot(tmp_path)
     code = main(argv)
     err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("rthpo: error: "), err
-    for part in expected:
-        assert part in lines[0], (part, lines[0])
+    assert_one_error_line(code, err, expected)
     assert "wJalrXUtnFEMI" not in err and "abc/def" not in err  # a secret is never printed
     assert snapshot(tmp_path) == before  # nothing written, nothing lost
 

@@ -18,17 +18,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 import yaml
-from tune_helpers import WorkerKiller, tiny_experiment
+from tune_helpers import CLI, WorkerKiller, recorded_statuses, tiny_experiment
 
 from ray_rthpo import metrics as M
 from ray_rthpo.experiment.config import ExperimentConfig, experiment_from_dict
@@ -39,7 +37,6 @@ from ray_rthpo.tune.checkpoints import restorable_checkpoints
 
 pytestmark = pytest.mark.ray
 
-CLI = "from ray_rthpo.cli import main; raise SystemExit(main())"
 EPOCHS = 8
 BUDGET_S = 3.0
 GRID = [0.05, 0.2, 0.5]
@@ -150,31 +147,6 @@ def test_a_comparison_under_a_worker_killer(ray_local: None, tmp_path: Path, mon
 
 
 # ------------------------------------------------------------------------------ a killed driver, resumed
-
-
-@pytest.fixture
-def ray_env() -> Iterator[dict[str, str]]:
-    """Environment for a subprocess that starts its own local Ray under a short private temp dir."""
-    temp = tempfile.mkdtemp(prefix="rtf", dir="/tmp")  # Ray's socket paths must stay short
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=temp, PYTHONUNBUFFERED="1")
-    try:
-        yield env
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def recorded_statuses(experiment: Path) -> dict[str, str]:
-    """trial id -> status in Tune's newest experiment snapshot in ``experiment`` ({} while none is readable)."""
-    states = sorted(experiment.glob("experiment_state-*.json"))
-    if not states:
-        return {}
-    try:
-        data = json.loads(states[-1].read_text())
-        trials = [json.loads(t[0]) if isinstance(t[0], str) else t[0] for t in data["trial_data"]]
-    except (ValueError, KeyError, IndexError, TypeError):
-        return {}  # being written
-    return {t["trial_id"]: t.get("status") for t in trials}
 
 
 def latest_by_trial(journal: Path) -> dict[str, dict[str, Any]]:

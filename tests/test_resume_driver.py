@@ -5,39 +5,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from tune_helpers import ETA_SPACE, tiny_experiment
+from tune_helpers import CLI, ETA_SPACE, recorded_statuses, tiny_experiment
 
 from ray_rthpo import metrics as M
 from ray_rthpo.report.selection import compute_spent, latest_reports
 
 pytestmark = pytest.mark.ray
 
-CLI = "from ray_rthpo.cli import main; raise SystemExit(main())"
 EPOCHS = 3
-
-
-@pytest.fixture
-def ray_env() -> Iterator[dict[str, str]]:
-    """Environment for a subprocess that starts its own local Ray under a short private temp dir."""
-    temp = tempfile.mkdtemp(prefix="rtr", dir="/tmp")  # Ray's socket paths must stay short
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=temp, PYTHONUNBUFFERED="1")
-    try:
-        yield env
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def journal_rows(path: Path) -> list[dict]:
@@ -58,15 +42,7 @@ def finished_trials(rows: list[dict]) -> set[str]:
 
 def recorded_finished(experiment: Path) -> set[str]:
     """Trial ids that Tune's newest experiment snapshot in ``experiment`` records as TERMINATED."""
-    states = sorted(experiment.glob("experiment_state-*.json"))
-    if not states:
-        return set()
-    try:
-        data = json.loads(states[-1].read_text())
-        trials = [json.loads(t[0]) if isinstance(t[0], str) else t[0] for t in data["trial_data"]]
-    except (ValueError, KeyError, IndexError, TypeError):
-        return set()  # being written
-    return {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}
+    return {trial for trial, status in recorded_statuses(experiment).items() if status == "TERMINATED"}
 
 
 @pytest.mark.parametrize("command", ["compare", "run"])

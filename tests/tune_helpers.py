@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+#: ``python -c CLI ...`` runs the ``rthpo`` command line in a subprocess.
+CLI = "from ray_rthpo.cli import main; raise SystemExit(main())"
 
 #: A run config that trains in well under a second per epoch on one CPU core.
 TINY_BASE: dict[str, Any] = {
@@ -180,3 +184,10 @@ class WorkerKiller:
                 looking_since = time.time()
             elif self._stop.wait(0.05):
                 return
+
+
+def recorded_statuses(experiment: Path) -> dict[str, str]:
+    """trial id -> status in Tune's newest experiment snapshot in ``experiment`` ({} while none is readable)."""
+    from ray_rthpo.tune.checkpoints import snapshot_trials
+
+    return {trial["trial_id"]: trial.get("status") for trial, _ in snapshot_trials(experiment)}

@@ -69,25 +69,36 @@ def retention_callback(keep_last: int = 1) -> Any:
     return CheckpointRetention()
 
 
+def _decoded(part: Any) -> Any:
+    return json.loads(part) if isinstance(part, str) else part
+
+
+def snapshot_trials(experiment: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(trial, run metadata) of every trial in the newest experiment-state snapshot of the Tune experiment
+    folder ``experiment`` (Ray 2.60's layout); empty when there is none or it cannot be read (being written)."""
+    states = sorted(Path(experiment).glob("experiment_state-*.json"))  # named by start time, as Ray picks
+    if not states:
+        return []
+    try:
+        data = json.loads(states[-1].read_text(encoding="utf-8"))
+        return [(_decoded(trial), _decoded(metadata)) for trial, metadata in data["trial_data"]]
+    except (ValueError, KeyError, IndexError, TypeError, OSError):
+        return []
+
+
 def restorable_checkpoints(experiment: Path) -> dict[str, Path]:
     """trial id -> the checkpoint folder ``Tuner.restore`` will continue that trial from, for every trial of
     the Tune experiment folder ``experiment`` that its newest snapshot records as not finished. Empty when
     there is no snapshot or it cannot be read (Ray then reports any problem itself)."""
-    states = sorted(Path(experiment).glob("experiment_state-*.json"))  # named by start time, as Ray picks
-    if not states:
-        return {}
     found: dict[str, Path] = {}
     try:
-        data = json.loads(states[-1].read_text(encoding="utf-8"))
-        for trial_json, metadata_json in data["trial_data"]:
-            trial = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
-            metadata = json.loads(metadata_json) if isinstance(metadata_json, str) else metadata_json
+        for trial, metadata in snapshot_trials(experiment):
             name = (metadata.get("last_result") or {}).get("checkpoint_dir_name")
             if trial.get("status") == "TERMINATED" or not name:
                 continue
             for folder in Path(experiment).glob(f"*_{trial['trial_id']}_*"):
                 found[str(trial["trial_id"])] = folder / name
-    except (ValueError, KeyError, TypeError, AttributeError, OSError):
+    except (KeyError, TypeError, AttributeError, OSError):
         return {}
     return found
 
@@ -114,4 +125,4 @@ def check_trial_checkpoints(experiment: Path) -> None:
                              "epochs it reported are kept, each counted once).")
 
 
-__all__ = ["retention_callback", "restorable_checkpoints", "check_trial_checkpoints"]
+__all__ = ["retention_callback", "snapshot_trials", "restorable_checkpoints", "check_trial_checkpoints"]

@@ -191,10 +191,7 @@ def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
     if not tables:
         first = next((e[0] for e in errors.values() if e), "no trial reported an epoch")
         raise RTHPOError(f"every trial failed (e.g. {first}); Ray's logs are in {storage}.")
-    order = {(seed, strategy.name): i for i, (seed, strategy) in enumerate(runs)}
-    trials = pd.concat(tables.values(), ignore_index=True)
-    trials = trials.iloc[sorted(range(len(trials)), key=lambda i: order.get(
-        (int(trials["seed"].iloc[i]), trials["strategy"].iloc[i]), len(order)))].reset_index(drop=True)
+    trials = pd.concat([tables[name] for name in headers if name in tables], ignore_index=True)  # config order
     write_trials(trials, out)  # again, in the config's order: a resumed experiment may have read every run back
     wall = time.time() - start
     markdown, summary = summary_markdown(exp, trials, walls, resources, errors, wall)

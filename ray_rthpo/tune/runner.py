@@ -291,6 +291,26 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def resume_journal(journal: str | os.PathLike[str] | None, restoring: bool) -> list[dict[str, Any]]:
+    """The rows a run's journal already holds when its interrupted Tune experiment is restored (a last line
+    cut short by a killed driver removed first); else none, and the journal of a run that never got as far
+    as Ray's experiment state is deleted."""
+    if journal is None:
+        return []
+    if restoring:
+        end_cut_line(journal)
+        return load_rows(journal)
+    if Path(journal).exists():
+        Path(journal).unlink()
+    return []
+
+
+def error_line(error: BaseException) -> str:
+    """One line for a trial's error, as the summary and the progress lines show it: ``Type: last line``."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1] if lines else ''}"
+
+
 def restored_run_config(tuner: Any) -> Any:
     """The ``RunConfig`` object a ``Tuner.restore``-d tuner will run with (mutable in place).
 
@@ -339,11 +359,7 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
     name = exp.run_name(strategy, seed)
     experiment_path = f"{storage_path.rstrip('/')}/{name}"
     restoring = resume and tune.Tuner.can_restore(experiment_path)
-    earlier = load_rows(journal) if restoring else []
-    if restoring and journal is not None and Path(journal).is_file():
-        end_cut_line(journal)
-    if journal is not None and not restoring and Path(journal).exists():
-        Path(journal).unlink()  # rows of a run that never got as far as Ray's experiment state
+    earlier = resume_journal(journal, restoring)
     require_gpu = (resources or exp.resources.as_ray()).get("gpu", 0.0) > 0 and not exp.resources.cpu_fallback
     # keyed by the experiment's path: Tune's restored experiment state unpickles its stopper as this one
     stopper = ComputeBudgetStopper(exp.budget_s, key=experiment_path)
@@ -393,8 +409,7 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
             raise callback.write_error from None
         raise
     wall = time.time() - start
-    errors = tuple(f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-                   for e in grid.errors)
+    errors = tuple(error_line(e) for e in grid.errors)
     return StrategyOutcome(name, latest_reports(pd.DataFrame(callback.rows)), wall, errors, experiment_path,
                            compute_s=stopper.spent_s, reported_s=callback.reported_s,
                            repeated_reports=callback.repeated, retries=callback.retries)

@@ -58,13 +58,13 @@ def trial_error_line(trial: Any) -> str:
 
     Read from the trial's local error files, which Tune writes before it calls ``on_trial_error``
     (``Trial.get_error`` reads the copy in the storage, which is synced later)."""
+    from ray_rthpo.tune.runner import error_line
+
     try:
         pickled = getattr(trial, "pickled_error_file", None)
         if pickled and os.path.isfile(pickled):
             with open(pickled, "rb") as f:
-                exc = cloudpickle.load(f)
-            lines = [line for line in str(exc).splitlines() if line.strip()]
-            return f"{type(exc).__name__}: {lines[-1].strip() if lines else ''}"
+                return error_line(cloudpickle.load(f))
         path = getattr(trial, "error_file", None)
         text = Path(path).read_text() if path and os.path.isfile(path) else str(trial.get_error() or "")
     except Exception:  # noqa: BLE001 - an unreadable error file must not end the comparison
@@ -306,8 +306,6 @@ class SequenceStopper(Stopper):
         return False
 
 
-
-
 def _routing_callback(key: str, callbacks: dict[str, Any], announce: Callable[[str], None]) -> Any:
     """A Tune callback that hands every trial event to the callback of the trial's run (by name), and keeps
     the last line of each errored trial's error (``errors``: run name -> lines)."""
@@ -383,8 +381,6 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
     from ray import tune
     from ray.tune.search.search_generator import SearchGenerator
 
-    from ray_rthpo import metrics as M
-    from ray_rthpo.report.journal import end_cut_line, load_rows
     from ray_rthpo.report.selection import latest_reports
     from ray_rthpo.tune.checkpoints import retention_callback
     from ray_rthpo.tune.runner import (
@@ -393,6 +389,7 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
         progress_callback_class,
         quiet_ray,
         restored_run_config,
+        resume_journal,
     )
     from ray_rthpo.tune.searchers import build_searcher, is_basic
     from ray_rthpo.tune.trainable import fresh_train_fn
@@ -408,12 +405,7 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
     for seed, strategy in runs:
         name, resolved = exp.run_name(strategy, seed), exp.resolved(strategy)
         journal = journals / f"{name}.jsonl"
-        if restoring and journal.is_file():
-            end_cut_line(journal)
-        elif journal.exists():
-            journal.unlink()  # rows of a run that never got as far as Ray's experiment state
-        earlier = load_rows(journal) if restoring else []
-        journaled[name] = earlier
+        earlier = journaled[name] = resume_journal(journal, restoring)
         searcher = build_searcher(strategy.searcher, seed=seed, options=strategy.searcher_options, max_concurrent=0)
         if is_basic(searcher):
             # Ray names a variant generator's trials by a prefix from uuid1 (the clock): generators made in the
