@@ -195,6 +195,65 @@ def test_get_state_set_state_and_pickling_round_trip() -> None:
     assert drive(c, 2, start=10) == expected
 
 
+SCRIPT = ["a0", "a1", "d0", "a2", "d1", "a3", "d2", "d3", "a4", "a5", "d4", "a6", "d5", "d6", "a7", "a8", "d8",
+          "a9", "d7", "a10"]  # ask / done: two trials at once (constant liar), twice two results between asks
+
+
+def play(searcher: SkOptSearch, settle: bool = False) -> list[dict[str, Any]]:
+    """Run :data:`SCRIPT`; ``settle``: wait for the background thread after every event."""
+    configs: dict[str, dict[str, Any]] = {}
+    for step in SCRIPT:
+        trial = f"t{step[1:]}"
+        if step[0] == "a":
+            config = searcher.suggest(trial)
+            assert config is not None  # the background searcher answers at once (or waits): never None
+            configs[trial] = config
+        else:
+            searcher.on_trial_complete(trial, {"loss": quadratic(configs[trial])})
+        if settle:
+            searcher.wait_fitted(timeout_s=60)
+    return list(configs.values())
+
+
+def test_background_fits_given_time_propose_what_the_synchronous_searcher_proposes() -> None:
+    """With the thread given time after every event, the background searcher asks exactly the synchronous
+    one's points (its asks on copies leave the optimizer as the synchronous tells and asks do)."""
+    expected = play(SkOptSearch(SPACE, "loss", "min", seed=3, n_initial_points=3))
+    background = SkOptSearch(SPACE, "loss", "min", seed=3, n_initial_points=3, background=True)
+    assert play(background, settle=True) == expected
+
+
+def test_background_fits_without_waiting_tell_every_result_and_never_repeat_a_point() -> None:
+    """Events faster than the fits: every suggestion is answered, points differ from one another, and
+    every result reaches the optimizer in the order the trials completed."""
+    searcher = SkOptSearch(SPACE, "loss", "min", seed=5, n_initial_points=3, background=True)
+    configs = play(searcher)
+    searcher.wait_fitted(timeout_s=60)
+    points = [tuple(sorted(c.items())) for c in configs]
+    assert len(set(points)) == len(points)
+    done = [f"t{step[1:]}" for step in SCRIPT if step[0] == "d"]
+    by_id = {f"t{i}": c for i, c in enumerate(configs)}
+    assert searcher.optimizer.yi == pytest.approx([quadratic(by_id[t]) for t in done])
+
+
+def test_background_state_saved_mid_fit_restores_and_pickles() -> None:
+    """A state taken while the thread fits holds the queued results; restored or unpickled, the searcher
+    goes on from it."""
+    a = SkOptSearch(SPACE, "loss", "min", seed=4, n_initial_points=3, background=True)
+    for i in range(5):
+        config = a.suggest(f"t{i}")
+        assert config is not None
+        a.on_trial_complete(f"t{i}", {"loss": quadratic(config)})  # its thread starts telling at once
+    state, pickled = a.get_state(), pickle.dumps(a)
+    assert len(state["optimizer"].yi) + len(state["untold"]) == 5
+    b, c = SkOptSearch(), pickle.loads(pickled)  # b: synchronous, it tells the queued results when it asks
+    b.set_state(state)
+    for searcher in (a, c):
+        searcher.wait_fitted(timeout_s=60)
+    assert b.suggest("next") == c.suggest("next") == a.suggest("next")
+    assert b.optimizer.yi == c.optimizer.yi == a.optimizer.yi and len(a.optimizer.yi) == 5
+
+
 def test_max_concurrent_and_distinct_concurrent_points() -> None:
     searcher = SkOptSearch(SPACE, "loss", "min", seed=0, n_initial_points=3, max_concurrent=2)
     drive(searcher, 4)  # past the random phase: the GP proposes from now on

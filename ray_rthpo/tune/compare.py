@@ -48,7 +48,7 @@ from ray_rthpo.report.selection import compute_spent, latest_reports
 from ray_rthpo.report.summary import summary_markdown
 from ray_rthpo.tune.checkpoints import check_trial_checkpoints
 from ray_rthpo.tune.runner import ProgressFn, run_strategy, trial_resources
-from ray_rthpo.tune.sequence import run_sequence
+from ray_rthpo.tune.sequence import in_sequence, run_sequence
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def check_resumable(exp: ExperimentConfig, out: Path, strategies: Sequence[Strat
                                      f"and run the same command again: run {name} is then restored from Ray's "
                                      "experiment state (its finished trials are not rerun).") from None
             elif "://" not in storage:  # a run without a scheduler lives in the shared 'sequence' experiment
-                check_trial_checkpoints(Path(storage) / (name if strategy.scheduler != "fifo" else "sequence"))
+                check_trial_checkpoints(Path(storage) / ("sequence" if in_sequence(strategy) else name))
 
 
 def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
@@ -167,21 +167,21 @@ def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
         progress(f"== {headers[name]}: {outcome.table['trial_id'].nunique() if not outcome.table.empty else 0} "
                  f"trials, {compute_spent(outcome.table):.1f} compute-s, {outcome.wall_s:.1f} wall-s{redone}")
 
-    # Runs without a scheduler share ONE Tune experiment (ray_rthpo/tune/sequence.py): its trial processes
+    # Runs without a scheduler or with ASHA share ONE Tune experiment (ray_rthpo/tune/sequence.py): its trial processes
     # serve every run, instead of each run paying an experiment's start-up and fresh trial processes.
-    fifo = [(seed, strategy) for seed, strategy in runs if strategy.scheduler == "fifo"]
+    shared = [(seed, strategy) for seed, strategy in runs if in_sequence(strategy)]
     by_name = {exp.run_name(strategy, seed): (seed, strategy) for seed, strategy in runs}
-    if any(exp.run_name(strategy, seed) not in finished for seed, strategy in fifo):
+    if any(exp.run_name(strategy, seed) not in finished for seed, strategy in shared):
         from ray import tune
 
         restoring = resume and tune.Tuner.can_restore(f"{storage.rstrip('/')}/sequence")
-        pending = fifo if restoring else [r for r in fifo if exp.run_name(r[1], r[0]) not in finished]
+        pending = shared if restoring else [r for r in shared if exp.run_name(r[1], r[0]) not in finished]
         run_sequence(exp, pending, storage_path=storage, resources=resources, journals=journals, resume=restoring,
                      progress=progress, on_run_done=lambda name, outcome: run_done(name, *by_name[name], outcome)
                      if name not in finished else None, headers=headers)
-    for seed, strategy in runs:  # a run with a scheduler (ASHA, PBT) is a Tune experiment of its own
+    for seed, strategy in runs:  # a PBT run is a Tune experiment of its own
         name = exp.run_name(strategy, seed)
-        if strategy.scheduler == "fifo" or name in finished:
+        if in_sequence(strategy) or name in finished:
             continue
         progress(f"== {headers[name]}: {exp.run_config(strategy).lr.method} by {strategy.searcher} + "
                  f"{strategy.scheduler.upper()}, budget {exp.budget_s:g} compute-s")

@@ -16,12 +16,13 @@ once the trials' compute seconds (``time/total_s``) add up to ``budget_s``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,26 @@ def quiet_ray() -> None:
     os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def without_tune_loggers() -> Iterator[None]:
+    """Inside: Tune's own per-trial loggers (``result.json``, ``progress.csv``, TensorBoard events) are off,
+    unless the caller set ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`` (0 keeps them). The comparison journals
+    every reported epoch itself (``trials.csv``); the loggers wrote it again in the driver at every report
+    (docs/performance.md). The variable and the log level are restored on exit, so a plain ``tune.run``
+    later in the same process is as Ray made it."""
+    name, analysis = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", logging.getLogger("ray.tune.analysis.experiment_analysis")
+    before, level = os.environ.get(name), analysis.level
+    os.environ.setdefault(name, "1")
+    if os.environ[name] == "1":  # Tuner.fit's result grid then finds no result files: a warning per trial
+        analysis.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        analysis.setLevel(level)
+        if before is None:
+            os.environ.pop(name, None)
 
 
 def one_thread_driver() -> None:
@@ -383,7 +404,8 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
         # PBT: the whole population must be alive at once (synchronous PBT pauses members at each
         # perturbation boundary, so a population larger than the free slots takes turns).
         search_alg = build_searcher(strategy.searcher, seed=seed, options=strategy.searcher_options,
-                                    max_concurrent=0 if strategy.scheduler == "pbt" else exp.max_concurrent)
+                                    max_concurrent=0 if strategy.scheduler == "pbt" else exp.max_concurrent,
+                                    background=True)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(resolved, repetition, require_gpu=require_gpu),
@@ -402,7 +424,7 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
         random.seed(seed)  # PBT draws its exploit partners and perturbations from the driver's `random`
     start = time.time()
     try:
-        with stopper.live():
+        with stopper.live(), without_tune_loggers():
             grid = tuner.fit()
     except Exception:
         if callback.write_error is not None:  # Tune wraps it in a TuneError: say it in one line
@@ -416,4 +438,5 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
 
 
 __all__ = ["StrategyOutcome", "init_ray", "trial_resources", "param_space", "scheduler", "restored_run_config",
+           "without_tune_loggers",
            "run_strategy"]

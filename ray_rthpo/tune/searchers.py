@@ -28,12 +28,14 @@ from ray_rthpo.experiment.searchers import OPTIONS, check_options
 
 
 def build_searcher(name: str, *, seed: int, options: Mapping[str, Any] | None = None,
-                   max_concurrent: int = 0) -> Any:
+                   max_concurrent: int = 0, background: bool = False) -> Any:
     """A fresh, seeded Ray ``Searcher`` (or ``SearchAlgorithm``) for ``name`` with ``options`` applied.
 
     The space, metric and mode are not given here: Tune passes them from ``param_space`` and
     ``TuneConfig``. ``max_concurrent`` is applied here only for grid/random (Ray's
     ``BasicVariantGenerator``); pass it as ``TuneConfig(max_concurrent_trials=...)`` for the others.
+    ``background``: skopt fits its surrogate in a thread, off Tune's event loop (``SkOptSearch``'s
+    ``background``; the runners set it); the other searchers ignore it.
     Raises :class:`ConfigError` for an unknown name or option.
     """
     check_options(name, options or {})
@@ -46,7 +48,8 @@ def build_searcher(name: str, *, seed: int, options: Mapping[str, Any] | None = 
         from ray_rthpo.tune.skopt_search import SkOptSearch
 
         return SkOptSearch(seed=seed, base_estimator=str(opts["base_estimator"]),
-                           n_initial_points=int(opts["n_initial_points"]), acq_func=str(opts["acq_func"]))
+                           n_initial_points=int(opts["n_initial_points"]), acq_func=str(opts["acq_func"]),
+                           background=background)
     return _optuna(name, seed, opts)
 
 

@@ -19,7 +19,13 @@ turn, so one experiment runs them all and its trial processes (``reuse_actors``)
   each searcher's own state) is saved with Tune's experiment state, so ``Tuner.restore`` continues a
   sequence where it stopped.
 
-Runs with a scheduler (ASHA, PBT) cannot share one: they keep an experiment each (``runner.run_strategy``).
+* a run with ASHA early stopping keeps its own ASHA scheduler: :class:`SequenceScheduler` (the
+  experiment's scheduler) hands every trial event to the scheduler of the trial's run, and FIFO to the
+  others, so ASHA's rungs hold that run's trials only, as in an experiment of its own.
+
+Population-based training cannot share one (it pauses trials and clones checkpoints across the whole
+experiment): a PBT run keeps an experiment of its own (``runner.run_strategy``); :func:`in_sequence` says
+which runs share.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ray import cloudpickle
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import SearchAlgorithm
 from ray.tune.stopper import Stopper
 
@@ -73,6 +80,16 @@ def trial_error_line(trial: Any) -> str:
     return lines[-1].strip() if lines else "trial error"
 
 
+#: The schedulers a run may keep inside the shared experiment (PBT needs an experiment of its own).
+SEQUENCE_SCHEDULERS = ("fifo", "asha")
+
+
+def in_sequence(strategy: Any) -> bool:
+    """True when runs of ``strategy`` (a StrategyConfig) share the comparison's one Tune experiment: no
+    scheduler, or ASHA (routed per run by :class:`SequenceScheduler`); PBT runs in an experiment of its own."""
+    return strategy.scheduler in SEQUENCE_SCHEDULERS
+
+
 def live_sequence(key: str) -> RunSequence | None:
     """The sequence object Tune is driving for ``key`` (None before Tune first called it)."""
     return _LIVE.get(key)
@@ -99,6 +116,8 @@ class Run:
     param_space: dict[str, Any]
     num_samples: int
     stopper: ComputeBudgetStopper
+    #: the run's own Ray trial scheduler (ASHA), or None: first-in, first-out
+    scheduler: TrialScheduler | None = None
     started_at: float | None = None
     ended_at: float | None = None
     made: int = 0
@@ -239,7 +258,8 @@ class RunSequence(SearchAlgorithm):
         """Save the sequence's position, every run's counts and stopper, and every run's searcher state."""
         state = {"current": self.current, "owner": self.owner, "ended": sorted(self._ended),
                  "runs": [{"name": r.name, "started_at": r.started_at, "ended_at": r.ended_at, "made": r.made,
-                           "live": sorted(r.live), "finishing": sorted(r.finishing), "stopper": r.stopper, "search": _search_state(r.search_alg)}
+                           "live": sorted(r.live), "finishing": sorted(r.finishing), "stopper": r.stopper,
+                           "scheduler": r.scheduler, "search": _search_state(r.search_alg)}
                           for r in self.runs]}
         tmp = Path(dirpath) / f".{STATE_FILE}.tmp"
         tmp.write_bytes(cloudpickle.dumps(state))  # Ray's generators hold argparse parsers: plain pickle refuses
@@ -262,6 +282,7 @@ class RunSequence(SearchAlgorithm):
             run.started_at, run.ended_at, run.made = saved["started_at"], saved["ended_at"], saved["made"]
             run.live, run.stopper = set(saved["live"]), saved["stopper"]
             run.finishing = set(saved.get("finishing", ()))
+            run.scheduler = saved.get("scheduler", run.scheduler)
             _restore_search(run.search_alg, saved["search"])
             for row in _JOURNALED.get(self.key, {}).get(run.name, []):  # each (trial, epoch) once
                 run.stopper.record(str(row["trial_id"]), row)
@@ -304,6 +325,82 @@ class SequenceStopper(Stopper):
     def stop_all(self) -> bool:
         """Never: the sequence finishes the experiment when its last run is over."""
         return False
+
+
+class SequenceScheduler(FIFOScheduler):
+    """The experiment's trial scheduler: every event of a trial whose run keeps a scheduler of its own
+    (``Run.scheduler``, e.g. ASHA) goes to that scheduler, so its decisions (stop a trial at a rung) see
+    that run's trials only; other trials are first-in, first-out. The run schedulers live in the sequence
+    (saved and restored with it), found by ``key`` as the stopper finds the budgets."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = key
+        self._metric_mode: tuple[str | None, str | None] = (None, None)
+        self._added: set[str] = set()  # trials handed to their run's scheduler (on_trial_add)
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        """Keep metric and mode for the run schedulers (given to each when it first sees a trial)."""
+        self._metric_mode = (metric, mode)
+        return super().set_search_properties(metric, mode, **spec)
+
+    def _own(self, controller: Any, trial: Any, *, add: bool = True) -> TrialScheduler | None:
+        sequence = live_sequence(self.key)
+        run = None if sequence is None else sequence.run_of(trial.trial_id)
+        scheduler = None if run is None else run.scheduler
+        if scheduler is None:
+            return None
+        if getattr(scheduler, "metric", None) is None:
+            scheduler.set_search_properties(*self._metric_mode)
+        if add and trial.trial_id not in self._added:
+            # a trial restored by Tuner.restore may report before the sequence it belongs to is restored
+            self._added.add(trial.trial_id)
+            if not _knows(scheduler, trial.trial_id):
+                scheduler.on_trial_add(controller, trial)
+        return scheduler
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        """Hand the new trial to its run's scheduler (none: FIFO)."""
+        self._own(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        """Its run's scheduler decides (CONTINUE or STOP at a rung); FIFO continues."""
+        own = self._own(tune_controller, trial)
+        return TrialScheduler.CONTINUE if own is None else own.on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        """Its run's scheduler records the last result (ASHA's rungs)."""
+        own = self._own(tune_controller, trial)
+        self._added.discard(trial.trial_id)
+        if own is not None:
+            own.on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        """Its run's scheduler forgets the failed attempt (Tune retries it, calling on_trial_add again)."""
+        own = self._own(tune_controller, trial, add=False)
+        if own is not None and trial.trial_id in self._added:
+            own.on_trial_error(tune_controller, trial)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        """Its run's scheduler forgets the trial."""
+        own = self._own(tune_controller, trial, add=False)
+        if own is not None and trial.trial_id in self._added:
+            self._added.discard(trial.trial_id)
+            if _knows(own, trial.trial_id, default=True):
+                own.on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        """One line: which runs keep a scheduler of their own."""
+        sequence = live_sequence(self.key)
+        owned = [r.name for r in sequence.runs if r.scheduler is not None] if sequence is not None else []
+        return f"SequenceScheduler: FIFO, own schedulers for {owned}"
+
+
+def _knows(scheduler: TrialScheduler, trial_id: str, default: bool = False) -> bool:
+    """Whether ``scheduler`` holds ``trial_id`` (Ray's ASHA keeps its trials in the private ``_trial_info``, and
+    fails on a trial it does not hold; ``default`` for a scheduler without such a table)."""
+    table = getattr(scheduler, "_trial_info", None)
+    return default if table is None else trial_id in table
 
 
 def _routing_callback(key: str, callbacks: dict[str, Any], announce: Callable[[str], None]) -> Any:
@@ -367,11 +464,11 @@ def _routing_callback(key: str, callbacks: dict[str, Any], announce: Callable[[s
 def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, resources: dict[str, float],
                  journals: Path, resume: bool, progress: Callable[[str], None],
                  on_run_done: Callable[[str, Any], None], headers: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run the FIFO ``runs`` ((seed, strategy) pairs, in order) of the experiment ``exp`` as one Tune
-    experiment ``<storage_path>/sequence`` (see the module doc); return ``{run name: StrategyOutcome}`` of
-    the runs that ran in this call. ``on_run_done(name, outcome)`` is called as each run ends (the
-    comparison writes its done marker and tables then). ``headers``: run name -> how its first progress line
-    names it (default: the name).
+    """Run the ``runs`` ((seed, strategy) pairs, in order; FIFO or ASHA: :func:`in_sequence`) of the
+    experiment ``exp`` as one Tune experiment ``<storage_path>/sequence`` (see the module doc); return
+    ``{run name: StrategyOutcome}`` of the runs that ran in this call. ``on_run_done(name, outcome)`` is
+    called as each run ends (the comparison writes its done marker and tables then). ``headers``: run name
+    -> how its first progress line names it (default: the name).
 
     ``resume``: restore the interrupted sequence (``Tuner.restore``: finished trials kept, unfinished ones
     continued from their last checkpoint, every run's searcher, position and budget restored, the
@@ -390,7 +487,9 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
         quiet_ray,
         restored_run_config,
         resume_journal,
+        without_tune_loggers,
     )
+    from ray_rthpo.tune.runner import scheduler as run_scheduler  # a run's own ASHA, or None (FIFO)
     from ray_rthpo.tune.searchers import build_searcher, is_basic
     from ray_rthpo.tune.trainable import fresh_train_fn
 
@@ -406,7 +505,8 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
         name, resolved = exp.run_name(strategy, seed), exp.resolved(strategy)
         journal = journals / f"{name}.jsonl"
         earlier = journaled[name] = resume_journal(journal, restoring)
-        searcher = build_searcher(strategy.searcher, seed=seed, options=strategy.searcher_options, max_concurrent=0)
+        searcher = build_searcher(strategy.searcher, seed=seed, options=strategy.searcher_options, max_concurrent=0,
+                                  background=True)
         if is_basic(searcher):
             # Ray names a variant generator's trials by a prefix from uuid1 (the clock): generators made in the
             # same instant share it, and their trials' ids would collide in one experiment. One of our own.
@@ -416,7 +516,7 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
             stopper.record(str(row["trial_id"]), row)
         sequence_runs.append(Run(name, strategy.name, seed, searcher if is_basic(searcher) else SearchGenerator(searcher),
                                  param_space(resolved, seed - exp.seed, require_gpu=require_gpu),
-                                 resolved.num_samples, stopper))
+                                 resolved.num_samples, stopper, scheduler=run_scheduler(resolved)))
         callbacks[name] = callback_class(exp, resolved, progress, journal, earlier, seed)
     sequence = RunSequence(sequence_runs, max_concurrent=exp.max_concurrent, key=experiment_path)
     _JOURNALED[experiment_path] = journaled
@@ -435,7 +535,8 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
     def announce(name: str) -> None:
         run = next(r for r in sequence_runs if r.name == name)
         strategy = exp.strategy(run.strategy)
-        progress(f"== {(headers or {}).get(name, name)}: {exp.run_config(strategy).lr.method} by {strategy.searcher}, "
+        by = strategy.searcher + ("" if strategy.scheduler == "fifo" else f" + {strategy.scheduler.upper()}")
+        progress(f"== {(headers or {}).get(name, name)}: {exp.run_config(strategy).lr.method} by {by}, "
                  f"budget {exp.budget_s:g} compute-s")
 
     set_run_end_hook(experiment_path, done)
@@ -455,7 +556,8 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
         tuner = tune.Tuner(
             trainable, param_space=sequence_runs[0].param_space,
             tune_config=tune.TuneConfig(metric=M.SELECTION_METRIC, mode=M.SELECTION_MODE, search_alg=sequence,
-                                        num_samples=-1, reuse_actors=True),
+                                        scheduler=SequenceScheduler(experiment_path), num_samples=-1,
+                                        reuse_actors=True),
             run_config=tune.RunConfig(
                 name="sequence", storage_path=storage_path, verbose=0, callbacks=[router, retention],
                 stop=SequenceStopper(experiment_path), failure_config=tune.FailureConfig(max_failures=exp.max_failures),
@@ -465,7 +567,8 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
     pending_before = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(exp.max_concurrent)
     try:
-        grid = tuner.fit()
+        with without_tune_loggers():
+            grid = tuner.fit()
     except Exception:
         error = next((c.write_error for c in callbacks.values() if c.write_error is not None), None)
         if error is not None:  # Tune wraps it in a TuneError: say it in one line
@@ -495,4 +598,4 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
     return outcomes
 
 
-__all__ = ["Run", "RunSequence", "SequenceStopper", "STATE_FILE", "live_sequence", "set_run_end_hook", "run_sequence"]
+__all__ = ["Run", "RunSequence", "SequenceStopper", "SequenceScheduler", "in_sequence", "SEQUENCE_SCHEDULERS", "STATE_FILE", "live_sequence", "set_run_end_hook", "run_sequence"]

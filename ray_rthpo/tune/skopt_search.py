@@ -12,6 +12,18 @@ The space is flat, as :func:`ray_rthpo.experiment.spaces.to_domain` makes it: do
 ``tune.loguniform``/``uniform``/``randint``/``choice``; other values are constants, passed unchanged.
 While trials run, the next point is asked from a copy of the optimizer told the running points with
 the best value so far ("constant liar"), so a running point is not proposed again.
+
+Fitting the surrogate takes a quarter of a second per fit (a GP on 20 points, two fits per trial with
+the liar), and Tune calls a searcher inside its one event loop: every running trial waits at its next
+report meanwhile, and on a busy machine the fits alone cost a comparison of short trials seconds of
+wall time (docs/performance.md). With ``background=True`` (what the comparison runners use) the fits
+run in a thread while the trials run: right after each suggestion the thread tells the optimizer the
+results that came in and prepares the point for the NEXT suggestion, away from the running trials
+(constant liar), so :meth:`SkOptSearch.suggest` answers at once. That point is asked when the previous
+suggestion was made: a result that arrives later (a trial running then, told to it as the best value
+so far) informs the point after it. This is asynchronous Bayesian optimisation; the synchronous mode
+(``background=False``, the default of the class) tells each result before the next point is asked, and
+with one trial at a time it proposes exactly skopt's own ask/tell sequence.
 """
 
 from __future__ import annotations
@@ -54,7 +66,7 @@ ACQ_FUNCS = ("gp_hedge", "EI", "PI", "LCB")
 _STATE_VERSION = 2
 #: Attributes (less their leading "_") that get_state saves and set_state loads.
 _STATE_KEYS = ("metric", "mode", "seed", "base_estimator", "n_initial_points", "acq_func", "penalty",
-               "max_concurrent", "dims", "constants", "optimizer", "live", "done")
+               "max_concurrent", "dims", "constants", "optimizer", "live", "done", "untold")
 
 
 class SkOptSearch(Searcher):
@@ -74,6 +86,8 @@ class SkOptSearch(Searcher):
             tell it as this metric value (the metric's units and direction, of the order of the worst
             real values). A trial ended without result or error (Ray removing a trial that never
             ran) is always dropped.
+        background: Fit the surrogate in a thread (see the module doc); :meth:`suggest` returns None
+            until the point is ready. False: every call does its work before returning.
 
     Raises:
         ImportError: scikit-optimize is not installed.
@@ -83,7 +97,7 @@ class SkOptSearch(Searcher):
     def __init__(self, space: Mapping[str, Any] | None = None, metric: str | None = None,
                  mode: str | None = None, *, seed: int | None = None, base_estimator: str = "GP",
                  n_initial_points: int = 5, acq_func: str = "gp_hedge",
-                 max_concurrent: int | None = None, penalty: float | None = None) -> None:
+                 max_concurrent: int | None = None, penalty: float | None = None, background: bool = False) -> None:
         if skopt is None:
             raise ImportError("SkOptSearch needs scikit-optimize, which is not installed. "
                               "Fix: pip install scikit-optimize.")
@@ -111,6 +125,14 @@ class SkOptSearch(Searcher):
         self._optimizer: Any = None
         self._live: dict[str, list[Any]] = {}  # trial id -> point (optimizer coordinates)
         self._done: set[str] = set()  # trial ids already completed
+        # (point, objective) of completed trials not yet told to the optimizer (background: the thread tells)
+        self._untold: list[tuple[list[Any], float]] = []
+        self._background = bool(background)
+        self._suggested = 0  # suggestions made so far: a background point is for the next one
+        # (suggestions made, point, optimizer it was asked from, that optimizer after the ask): the thread's
+        self._ready: tuple[int, list[Any], Any, Any] | None = None
+        self._worker: threading.Thread | None = None
+        self._generation = 0  # set_state bumps it: a thread started before must not install its result
         self._lock = threading.RLock()
         if space is not None:
             self._install(space)
@@ -159,7 +181,8 @@ class SkOptSearch(Searcher):
         return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        """The next config, or None while ``max_concurrent`` trials are live (Tune asks again)."""
+        """The next config, or None while ``max_concurrent`` trials are live (Tune asks again). Background:
+        the point the thread prepared, waiting for the thread when it has none ready yet."""
         with self._lock:
             if self._optimizer is None:
                 raise RuntimeError("SkOptSearch has no search space. Fix: pass space= to SkOptSearch, or put "
@@ -171,21 +194,101 @@ class SkOptSearch(Searcher):
                 return self._to_config(self._live[trial_id])
             if self._max_concurrent is not None and len(self._live) >= self._max_concurrent:
                 return None
-            point = self._ask()
+            if self._background:
+                point = self._background_point()
+            else:
+                self._tell_untold(self._optimizer, len(self._untold))
+                point = _ask(self._optimizer, list(self._live.values()))
             self._live[trial_id] = point
+            self._suggested += 1
+            if self._background:
+                self._start_fit()  # the point after this one, while the trials run
             return self._to_config(point)
 
-    def _ask(self) -> list[Any]:
-        opt = self._optimizer
-        pending = list(self._live.values())
-        model_phase = opt.base_estimator_ is not None and opt._n_initial_points <= 0  # skopt private, 0.10.x
-        if not (pending and model_phase):
-            return list(opt.ask())
-        # Constant liar: a deep copy (not skopt's copy(), which refits) is told the running points with
-        # the best value so far; the real optimizer and its random state stay untouched (reproducible).
-        liar = copy.deepcopy(opt)
-        liar.tell(pending, [float(min(opt.yi))] * len(pending))
-        return list(liar.ask())
+    def _background_point(self) -> list[Any]:
+        """The point the thread prepared for this suggestion; waits for the thread when it has none yet
+        (called with the lock held, which the thread takes only to read and to install)."""
+        while not self._ready_now():
+            self._start_fit()
+            worker = self._worker
+            self._lock.release()
+            try:
+                assert worker is not None
+                worker.join()
+            finally:
+                self._lock.acquire()
+        assert self._ready is not None
+        point, self._optimizer = self._ready[1], self._ready[3]  # the optimizer as its ask left it
+        self._ready = None
+        return point
+
+    def _ready_now(self) -> bool:
+        """True when the prepared point is for the next suggestion and the optimizer it was asked from."""
+        return self._ready is not None and self._ready[0] == self._suggested and self._ready[2] is self._optimizer
+
+    def _start_fit(self) -> None:
+        """Start the thread unless it runs already (it starts over when the searcher changed under it)."""
+        if self._worker is not None and self._worker.is_alive():
+            return
+        self._worker = threading.Thread(target=self._prepare, name="skopt-fit", daemon=True)
+        self._worker.start()
+
+    def _prepare(self) -> None:
+        """The thread: tell a copy of the optimizer the queued results (installed: what a synchronous
+        searcher's tells would make), ask a copy of that for the next suggestion's point away from the
+        running trials; again while results, suggestions or a restore came in meanwhile."""
+        while True:
+            with self._lock:
+                generation, suggested, base = self._generation, self._suggested, self._optimizer
+                if base is None or (self._ready_now() and not self._untold):
+                    return
+                queue, pending = list(self._untold), list(self._live.values())
+            try:
+                told = copy.deepcopy(base)
+                self._tell_untold(told, len(queue), queue=queue)
+                asked = copy.deepcopy(told)
+                point = _ask(asked, pending)
+            except Exception:  # noqa: BLE001 - logged; a waiting suggestion must not hang
+                logger.exception("SkOptSearch: the background fit failed; the next point is random.")
+                told = asked = base
+                point = list(base.space.rvs()[0])
+            with self._lock:
+                if generation != self._generation:
+                    return
+                if self._optimizer is not base:  # a suggestion took the prepared point meanwhile
+                    continue
+                del self._untold[:len(queue)]
+                self._optimizer = told
+                if suggested == self._suggested:
+                    self._ready = (suggested, point, told, asked)
+                    if not self._untold:
+                        return
+
+    def wait_fitted(self, timeout_s: float | None = None) -> None:
+        """Background mode: wait until the thread has told every result and prepared the next point (a
+        synchronous answer; used by tests). Does nothing in the synchronous mode."""
+        while self._background:
+            with self._lock:
+                if self._optimizer is None or (self._ready_now() and not self._untold):
+                    return
+                self._start_fit()
+                worker = self._worker
+            assert worker is not None
+            worker.join(timeout_s)
+            if worker.is_alive():
+                raise TimeoutError(f"SkOptSearch: the background fit took longer than {timeout_s} s.")
+
+    def _tell_untold(self, optimizer: Any, count: int, queue: list[tuple[list[Any], float]] | None = None) -> None:
+        """Tell ``optimizer`` the first ``count`` queued results one by one (a fit each, as skopt's own
+        loop would); without ``queue`` they are also removed from the queue (the synchronous path)."""
+        for point, objective in (queue if queue is not None else self._untold[:count]):
+            try:
+                optimizer.tell(point, objective)
+            except Exception:  # one bad tell must not end a long experiment (as in Ray's OptunaSearch)
+                logger.exception("SkOptSearch: telling point %s = %s to skopt failed; point dropped.",
+                                 point, objective)
+        if queue is None:
+            del self._untold[:count]
 
     def _to_config(self, point: list[Any]) -> dict[str, Any]:
         config = copy.deepcopy(self._constants)
@@ -208,7 +311,12 @@ class SkOptSearch(Searcher):
             self._done.add(trial_id)
             value = self._metric_value(trial_id, result, error)
             if value is not None:
-                self._tell(point, value)
+                # "max" becomes "min" here: skopt minimises. Background: told by the thread, in this order.
+                self._untold.append((point, -value if self._mode == "max" else value))
+                if not self._background:
+                    self._tell_untold(self._optimizer, len(self._untold))
+                elif self._optimizer is not None:
+                    self._start_fit()
 
     def _metric_value(self, trial_id: str, result: Mapping[str, Any] | None, error: bool) -> float | None:
         """The finite metric value to tell, the penalty, or None (drop)."""
@@ -227,15 +335,6 @@ class SkOptSearch(Searcher):
                        "(pass SkOptSearch(penalty=...) to tell a finite value instead).", trial_id, problem)
         return None
 
-    def _tell(self, point: list[Any], metric_value: float) -> None:
-        """The one place where "max" becomes "min": skopt minimises."""
-        objective = -metric_value if self._mode == "max" else metric_value
-        try:
-            self._optimizer.tell(point, objective)
-        except Exception:  # one bad tell must not end a long experiment (as in Ray's OptunaSearch)
-            logger.exception("SkOptSearch: telling point %s = %s to skopt failed; point dropped.",
-                             point, objective)
-
     def get_state(self) -> dict[str, Any]:
         """Everything needed to continue: optimizer (Xi, yi, random state, model), live trials, options."""
         with self._lock:
@@ -248,9 +347,12 @@ class SkOptSearch(Searcher):
         check(version == _STATE_VERSION, f"SkOptSearch state must be a dict with version {_STATE_VERSION}, "
               f"but got {version!r}. Fix: restore from a file written by SkOptSearch.save of this version.")
         state = copy.deepcopy(state)
+        state.setdefault("untold", [])  # written before results were queued: all told
         with self._lock:
             for key in _STATE_KEYS:
                 setattr(self, "_" + key, state[key])
+            self._generation += 1  # a fit under way belongs to the replaced state
+            self._ready = None
 
     def save(self, checkpoint_path: str) -> None:
         """Pickle :meth:`get_state` to ``checkpoint_path`` atomically."""
@@ -264,12 +366,13 @@ class SkOptSearch(Searcher):
         with open(checkpoint_path, "rb") as f:
             self.set_state(pickle.load(f))
 
-    def __getstate__(self) -> dict[str, Any]:  # Ray pickles the searcher; a lock does not pickle
-        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+    def __getstate__(self) -> dict[str, Any]:  # Ray pickles the searcher; a lock and a thread do not pickle
+        with self._lock:
+            return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_worker")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.RLock()
+        self._lock, self._worker = threading.RLock(), None
 
     @property
     def optimizer(self) -> Any:
@@ -286,6 +389,18 @@ class SkOptSearch(Searcher):
     def parameter_names(self) -> list[str]:
         """The searched keys, in the optimizer's dimension order."""
         return [dim.name for dim in self._dims]
+
+
+def _ask(optimizer: Any, pending: list[list[Any]]) -> list[Any]:
+    """The next point of ``optimizer``, away from the ``pending`` (running) points."""
+    model_phase = optimizer.base_estimator_ is not None and optimizer._n_initial_points <= 0  # skopt 0.10.x
+    if not (pending and model_phase):
+        return list(optimizer.ask())
+    # Constant liar: a deep copy (not skopt's copy(), which refits) is told the running points with the
+    # best value so far; the optimizer and its random state stay untouched (reproducible).
+    liar = copy.deepcopy(optimizer)
+    liar.tell(pending, [float(min(optimizer.yi))] * len(pending))
+    return list(liar.ask())
 
 
 def _check_metric_mode(metric: Any, mode: Any) -> None:
