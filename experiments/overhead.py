@@ -88,6 +88,9 @@ def split(exp: ExperimentConfig, trials: pd.DataFrame, walls: dict[str, float], 
                      "ideal s": compute / slots, "setup s": setup, "checkpoint s": checkpoint,
                      "start-up s": startup, "searcher s": searcher, "other s": wall - explained,
                      "wall / ideal": wall / (compute / slots) if compute else math.nan})
+    order = {exp.run_name(strategy, seed): i for i, (seed, strategy) in enumerate(
+        (seed, strategy) for seed in exp.repetitions() for strategy in exp.strategies)}
+    rows.sort(key=lambda row: order.get(row["run"], len(order)))  # the config's order
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
