@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -79,3 +80,16 @@ def test_a_runs_asha_rungs_are_saved_and_restored_with_the_sequence(tmp_path: Pa
     again = SequenceScheduler("unit-save")
     again.set_search_properties(M.SELECTION_METRIC, M.SELECTION_MODE)
     assert again.on_trial_result(None, FakeTrial("a3"), result(1, 0.2)) == TrialScheduler.STOP
+
+
+def test_a_saved_sequence_with_other_runs_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """Resuming with another run list (another config, or a comparison saved before ASHA runs shared the
+    experiment) says which runs differ and what to do."""
+
+    def runs(names: list[str]) -> RunSequence:
+        return RunSequence([Run(n, n, 0, BasicVariantGenerator(), {}, 1, ComputeBudgetStopper(1.0)) for n in names],
+                           max_concurrent=2, key="unit-refuse")
+
+    runs(["grid", "rand"]).save_to_dir(str(tmp_path))
+    with pytest.raises(ValueError, match=r"same config and --set values.*\['asha'\]: run it afresh"):
+        runs(["grid", "asha", "rand"]).restore_from_dir(str(tmp_path))

@@ -275,8 +275,12 @@ class RunSequence(SearchAlgorithm):
         state = pickle.loads((Path(dirpath) / STATE_FILE).read_bytes())
         names = [r["name"] for r in state["runs"]]
         if names != [r.name for r in self.runs]:
+            extra = sorted({r.name for r in self.runs} - set(names))
             raise ValueError(f"the saved sequence ran {names}, but this one has {[r.name for r in self.runs]}; "
-                             "resume with the same config and --set values.")
+                             "resume with the same config and --set values. (A comparison started by a ray_rthpo "
+                             "from before ASHA runs joined the shared experiment, whose ASHA runs had experiments "
+                             f"of their own, also differs here{': ' + str(extra) if extra else ''}: run it afresh "
+                             "in a new --output folder.)")
         self.current, self.owner, self._ended = state["current"], dict(state["owner"]), set(state["ended"])
         for run, saved in zip(self.runs, state["runs"], strict=True):
             run.started_at, run.ended_at, run.made = saved["started_at"], saved["ended_at"], saved["made"]
