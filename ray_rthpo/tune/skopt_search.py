@@ -35,7 +35,7 @@ import numbers
 import os
 import pickle
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -86,8 +86,9 @@ class SkOptSearch(Searcher):
             tell it as this metric value (the metric's units and direction, of the order of the worst
             real values). A trial ended without result or error (Ray removing a trial that never
             ran) is always dropped.
-        background: Fit the surrogate in a thread (see the module doc); :meth:`suggest` returns None
-            until the point is ready. False: every call does its work before returning.
+        background: Fit the surrogate in a thread (see the module doc); :meth:`suggest` answers with the
+            point the thread prepared, waiting only when none is ready. False: every call does its work
+            before returning.
 
     Raises:
         ImportError: scikit-optimize is not installed.
@@ -197,7 +198,7 @@ class SkOptSearch(Searcher):
             if self._background:
                 point = self._background_point()
             else:
-                self._tell_untold(self._optimizer, len(self._untold))
+                self._tell_queued(self._optimizer)  # results queued by a state saved in background mode
                 point = _ask(self._optimizer, list(self._live.values()))
             self._live[trial_id] = point
             self._suggested += 1
@@ -206,21 +207,27 @@ class SkOptSearch(Searcher):
             return self._to_config(point)
 
     def _background_point(self) -> list[Any]:
-        """The point the thread prepared for this suggestion; waits for the thread when it has none yet
-        (called with the lock held, which the thread takes only to read and to install)."""
-        while not self._ready_now():
-            self._start_fit()
-            worker = self._worker
-            self._lock.release()
-            try:
-                assert worker is not None
-                worker.join()
-            finally:
-                self._lock.acquire()
+        """The point the thread prepared for this suggestion; waits for the thread when it has none yet."""
+        self._wait_for_thread(self._ready_now)
         assert self._ready is not None
         point, self._optimizer = self._ready[1], self._ready[3]  # the optimizer as its ask left it
         self._ready = None
         return point
+
+    def _wait_for_thread(self, done: Callable[[], bool], timeout_s: float | None = None) -> None:
+        """Run the thread until ``done()`` (called with the lock held once, which is released while waiting:
+        the thread takes it to read and to install). Raises TimeoutError after ``timeout_s`` per fit."""
+        while not done():
+            self._start_fit()
+            worker = self._worker
+            assert worker is not None
+            self._lock.release()
+            try:
+                worker.join(timeout_s)
+            finally:
+                self._lock.acquire()
+            if worker.is_alive():
+                raise TimeoutError(f"SkOptSearch: the background fit took longer than {timeout_s} s.")
 
     def _ready_now(self) -> bool:
         """True when the prepared point is for the next suggestion and the optimizer it was asked from."""
@@ -245,7 +252,7 @@ class SkOptSearch(Searcher):
                 queue, pending = list(self._untold), list(self._live.values())
             try:
                 told = copy.deepcopy(base)
-                self._tell_untold(told, len(queue), queue=queue)
+                _tell(told, queue)
                 asked = copy.deepcopy(told)
                 point = _ask(asked, pending)
             except Exception:  # noqa: BLE001 - logged; a waiting suggestion must not hang
@@ -267,28 +274,16 @@ class SkOptSearch(Searcher):
     def wait_fitted(self, timeout_s: float | None = None) -> None:
         """Background mode: wait until the thread has told every result and prepared the next point (a
         synchronous answer; used by tests). Does nothing in the synchronous mode."""
-        while self._background:
-            with self._lock:
-                if self._optimizer is None or (self._ready_now() and not self._untold):
-                    return
-                self._start_fit()
-                worker = self._worker
-            assert worker is not None
-            worker.join(timeout_s)
-            if worker.is_alive():
-                raise TimeoutError(f"SkOptSearch: the background fit took longer than {timeout_s} s.")
+        if not self._background:
+            return
+        with self._lock:
+            self._wait_for_thread(lambda: self._optimizer is None or (self._ready_now() and not self._untold),
+                                  timeout_s)
 
-    def _tell_untold(self, optimizer: Any, count: int, queue: list[tuple[list[Any], float]] | None = None) -> None:
-        """Tell ``optimizer`` the first ``count`` queued results one by one (a fit each, as skopt's own
-        loop would); without ``queue`` they are also removed from the queue (the synchronous path)."""
-        for point, objective in (queue if queue is not None else self._untold[:count]):
-            try:
-                optimizer.tell(point, objective)
-            except Exception:  # one bad tell must not end a long experiment (as in Ray's OptunaSearch)
-                logger.exception("SkOptSearch: telling point %s = %s to skopt failed; point dropped.",
-                                 point, objective)
-        if queue is None:
-            del self._untold[:count]
+    def _tell_queued(self, optimizer: Any) -> None:
+        """The synchronous path: tell ``optimizer`` the queued results and empty the queue."""
+        _tell(optimizer, self._untold)
+        self._untold.clear()
 
     def _to_config(self, point: list[Any]) -> dict[str, Any]:
         config = copy.deepcopy(self._constants)
@@ -314,7 +309,7 @@ class SkOptSearch(Searcher):
                 # "max" becomes "min" here: skopt minimises. Background: told by the thread, in this order.
                 self._untold.append((point, -value if self._mode == "max" else value))
                 if not self._background:
-                    self._tell_untold(self._optimizer, len(self._untold))
+                    self._tell_queued(self._optimizer)
                 elif self._optimizer is not None:
                     self._start_fit()
 
@@ -389,6 +384,16 @@ class SkOptSearch(Searcher):
     def parameter_names(self) -> list[str]:
         """The searched keys, in the optimizer's dimension order."""
         return [dim.name for dim in self._dims]
+
+
+def _tell(optimizer: Any, results: list[tuple[list[Any], float]]) -> None:
+    """Tell ``optimizer`` the (point, objective) ``results`` one by one (a fit each, as skopt's own loop
+    would); a failing tell is logged and its point dropped."""
+    for point, objective in results:
+        try:
+            optimizer.tell(point, objective)
+        except Exception:  # one bad tell must not end a long experiment (as in Ray's OptunaSearch)
+            logger.exception("SkOptSearch: telling point %s = %s to skopt failed; point dropped.", point, objective)
 
 
 def _ask(optimizer: Any, pending: list[list[Any]]) -> list[Any]:
