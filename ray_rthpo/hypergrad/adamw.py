@@ -142,6 +142,7 @@ def adamw_tangent_step_(
     weight_decay: float,
     mu: float,
     decayed: bool = False,
+    phi: float = 1.0,
 ) -> None:
     """One step of the AdamW tangent recursion, in place: ``z, a, b`` become ``z_{t+1}, a_{t+1}, b_{t+1}``.
 
@@ -156,6 +157,11 @@ def adamw_tangent_step_(
     ``eta``: the learning rate this very step used. ``mu``: MARTHE's discount (1 = exact RT-HPO).
     ``decayed``: :func:`adamw_tangent_decay_` already applied the ``w_t`` terms to ``z`` before the base
     step (then ``w`` is not read and may be None); the same result bit for bit, without a clone of ``w_t``.
+    ``phi``: the schedule's factor at this step when the tuned quantity is a schedule's scale ``s``
+    (``eta_t = s phi_t``): ``z, a, b`` are then ``d/ds`` and
+    ``zeta_{t+1} = mu (1 - eta_t lam) zeta_t - phi_t (lam w_t + u_t) - eta_t du`` (``a``, ``b`` and ``du``
+    as above, with ``H zeta`` for ``Hz``). ``phi = 1`` is the recursion above, bit for bit. Pass the same
+    ``phi`` to :func:`adamw_tangent_decay_` when ``decayed``.
 
     With ``r = a_{t+1} - m b_{t+1} / (2 sqrt(v) sqrt(c2) D)`` the update is
     ``z_{t+1} = mu (1 - eta lam) z_t - lam w_t - (m + eta r) / (c1 D)``, i.e. the module equation with
@@ -177,6 +183,8 @@ def adamw_tangent_step_(
         raise ValueError(f"weight_decay must be finite and >= 0, but got {weight_decay!r}.")
     if not 0.0 <= mu <= 1.0:
         raise ValueError(f"mu must be in [0, 1] (1 = RT-HPO, 0 = first order), but got {mu!r}.")
+    if not (math.isfinite(phi) and phi >= 0.0):
+        raise ValueError(f"phi must be finite and >= 0 (the schedule's factor at this step), but got {phi!r}.")
     if w is None and weight_decay != 0.0 and not decayed:
         raise ValueError(
             f"w (the weights w_t before this step) is None but weight_decay = {weight_decay!r}; "
@@ -186,33 +194,36 @@ def adamw_tangent_step_(
     lists = [z, a, b, None if hz is None else list(hz), None if w is None else list(w), g, m, v]
     for zk, ak, bk, hzk, wk, gk, mk, vk in _blocks(lists):
         _tangent_update_(zk, ak, bk, hzk, wk, gk, mk, vk, c1=c1, c2_sqrt=c2_sqrt, eta=eta, beta1=beta1,
-                         beta2=beta2, eps=eps, weight_decay=weight_decay, mu=mu, decayed=decayed)
+                         beta2=beta2, eps=eps, weight_decay=weight_decay, mu=mu, decayed=decayed, phi=phi)
 
 
 @torch.no_grad()
-def adamw_tangent_decay_(z: Tensors, w: Tensors, *, eta: float, weight_decay: float, mu: float) -> None:
+def adamw_tangent_decay_(z: Tensors, w: Tensors, *, eta: float, weight_decay: float, mu: float,
+                         phi: float = 1.0) -> None:
     """The part of :func:`adamw_tangent_step_` that reads the weights ``w_t``, applied to ``z`` in place
     BEFORE ``optimizer.step()`` moves the weights, so that they need not be cloned every step: ``z``
     becomes ``mu (1 - eta lam) z_t - lam w_t`` (``lam w_t`` when ``mu == 0``, where ``z_t`` is unused).
     Then call :func:`adamw_tangent_step_` with ``decayed=True`` (and ``w=None``) and the same ``eta``,
-    ``weight_decay`` and ``mu``: ``z_{t+1}`` is bit for bit the one a clone of ``w_t`` gives."""
+    ``weight_decay`` and ``mu``: ``z_{t+1}`` is bit for bit the one a clone of ``w_t`` gives. With a
+    schedule's factor ``phi`` the ``w_t`` term is ``phi lam w_t`` (``mu == 0``: ``lam w_t``, the factor is
+    applied to the whole first-order tangent by :func:`adamw_tangent_step_`)."""
     z, w = list(z), list(w)
     _check_lengths(len(z), w=w)
     if mu == 0.0:
         torch._foreach_copy_(z, w)
         torch._foreach_mul_(z, weight_decay)  # the rounded lam w_t that adamw_tangent_step_ would form
     else:
-        _decay_(z, w, eta=eta, weight_decay=weight_decay, mu=mu)
+        _decay_(z, w, eta=eta, weight_decay=weight_decay, mu=mu, phi=phi)
 
 
 def _decay_(z: list[torch.Tensor], w: list[torch.Tensor] | None, *, eta: float, weight_decay: float,
-            mu: float) -> None:
-    """``z <- mu (1 - eta lam) z - lam w`` in place (``w`` read only when ``lam != 0``)."""
+            mu: float, phi: float = 1.0) -> None:
+    """``z <- mu (1 - eta lam) z - phi lam w`` in place (``w`` read only when ``lam != 0``)."""
     scale = mu * (1.0 - eta * weight_decay)
     if scale != 1.0:
         torch._foreach_mul_(z, scale)
     if weight_decay != 0.0:
-        torch._foreach_add_(z, w, alpha=-weight_decay)  # type: ignore[arg-type]
+        torch._foreach_add_(z, w, alpha=-weight_decay * phi)  # type: ignore[arg-type]
 
 
 def _blocks(lists: list[list[torch.Tensor] | None]) -> Iterator[list[list[torch.Tensor] | None]]:
@@ -248,20 +259,23 @@ def _tangent_update_(z: list[torch.Tensor], a: list[torch.Tensor], b: list[torch
                      hz: list[torch.Tensor] | None, w: list[torch.Tensor] | None, g: list[torch.Tensor],
                      m: list[torch.Tensor], v: list[torch.Tensor], *, c1: float, c2_sqrt: float, eta: float,
                      beta1: float, beta2: float, eps: float, weight_decay: float, mu: float,
-                     decayed: bool) -> None:
+                     decayed: bool, phi: float = 1.0) -> None:
     """The body of :func:`adamw_tangent_step_` (checked arguments) on one block of tensors."""
     # sqrt(v) once: D = sqrt(v) / sqrt(c2) + eps as _denominator forms it, and s below (the same values).
     sqrt_v = torch._foreach_sqrt(v)
     denom = torch._foreach_div(sqrt_v, c2_sqrt)
     torch._foreach_add_(denom, eps)
 
-    if mu == 0.0:  # first order: z_{t+1} = -(u_t + lam w_t), a = b = 0
+    if mu == 0.0:  # first order: z_{t+1} = -phi (u_t + lam w_t), a = b = 0
         u = torch._foreach_div(m, denom)
         torch._foreach_div_(u, c1)
         if weight_decay != 0.0:
             # lam w_t: in z already when decayed (adamw_tangent_decay_), the same rounded product
             torch._foreach_add_(u, z if decayed else torch._foreach_mul(w, weight_decay))  # type: ignore[arg-type]
-        torch._foreach_neg_(u)
+        if phi == 1.0:
+            torch._foreach_neg_(u)
+        else:
+            torch._foreach_mul_(u, -phi)
         torch._foreach_copy_(z, u)
         torch._foreach_zero_(a)
         torch._foreach_zero_(b)
@@ -284,13 +298,16 @@ def _tangent_update_(z: list[torch.Tensor], a: list[torch.Tensor], b: list[torch
     del mask
     torch._foreach_mul_(s, denom)
     torch._foreach_div_(r, s)
-    # m + eta r = m + eta a_{t+1} - eta m b_{t+1} / (2 sqrt(v) sqrt(c2) D)
+    # phi m + eta r = phi m + eta a_{t+1} - eta m b_{t+1} / (2 sqrt(v) sqrt(c2) D)   (phi = 1: no schedule)
     torch._foreach_mul_(r, -eta / (2.0 * c2_sqrt))
     torch._foreach_add_(r, a, alpha=eta)
-    torch._foreach_add_(r, m)
+    if phi == 1.0:
+        torch._foreach_add_(r, m)
+    else:
+        torch._foreach_add_(r, m, alpha=phi)
     del s, sqrt_v
 
-    # z_{t+1} = mu (1 - eta lam) z_t - lam w_t - (m + eta r) / (c1 D)   ( = ... - u_t - eta du )
+    # z_{t+1} = mu (1 - eta lam) z_t - phi lam w_t - (phi m + eta r) / (c1 D)   ( = ... - phi u_t - eta du )
     if not decayed:  # else adamw_tangent_decay_ did these two terms before the base step
-        _decay_(z, w, eta=eta, weight_decay=weight_decay, mu=mu)
+        _decay_(z, w, eta=eta, weight_decay=weight_decay, mu=mu, phi=phi)
     torch._foreach_addcdiv_(z, r, denom, value=-1.0 / c1)

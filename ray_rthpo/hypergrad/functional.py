@@ -75,7 +75,7 @@ def lr_step(eta: float, h: float, *, beta: float, eta_max: float, clip: float | 
 @torch.no_grad()
 def tangent_step_(
     z: Tensors, u: Tensors | None, hz: Tensors | None, v_next: Tensors, *, eta: float, mu: float,
-    momentum: float, weight_decay: float,
+    momentum: float, weight_decay: float, phi: float = 1.0,
 ) -> None:
     """One step of the tangent recursion, in place: ``z`` (and ``u``) become ``z_{t+1}`` (and ``u_{t+1}``).
 
@@ -86,13 +86,21 @@ def tangent_step_(
     ``hvp_every > 1``, or ``mu == 0``; ``ray_rthpo.hypergrad.reference`` is the literal check).
     Without momentum ``z_{t+1} = mu (1 - eta lam) z_t - eta mu H z_t - v_{t+1}``: two passes over the
     parameters for RT-HPO, no allocation. With momentum ``u`` is updated first, then ``z`` from it.
+
+    ``phi``: the schedule's factor at this step when the tuned quantity is a schedule's scale ``s`` with
+    ``eta_t = s phi_t`` (:mod:`ray_rthpo.optim.schedules`). ``z`` is then ``zeta = dw/ds`` and ``u = dv/ds``:
+    ``u_{t+1} = mu (m u_t + H_t zeta_t + lam zeta_t)``, ``zeta_{t+1} = mu zeta_t - eta_t u_{t+1} - phi_t v_{t+1}``
+    (only the last term carries ``phi``). ``phi = 1`` is the recursion above, bit for bit.
     """
     if momentum != 0.0 and u is None:
         raise ValueError("tangent_step_ needs the velocity tangent u when momentum != 0.")
     z, v_next = list(z), list(v_next)
-    if mu == 0.0:  # z_{t+1} = -v_{t+1}, u_{t+1} = 0
+    if mu == 0.0:  # z_{t+1} = -phi v_{t+1}, u_{t+1} = 0
         torch._foreach_copy_(z, v_next)
-        torch._foreach_neg_(z)
+        if phi == 1.0:
+            torch._foreach_neg_(z)
+        else:
+            torch._foreach_mul_(z, -phi)
         if u is not None:
             torch._foreach_zero_(list(u))
         return
@@ -112,4 +120,7 @@ def tangent_step_(
             torch._foreach_mul_(z, scale)
         if hz is not None:
             torch._foreach_add_(z, list(hz), alpha=-eta * mu)
-    torch._foreach_sub_(z, v_next)
+    if phi == 1.0:
+        torch._foreach_sub_(z, v_next)
+    else:
+        torch._foreach_add_(z, v_next, alpha=-phi)

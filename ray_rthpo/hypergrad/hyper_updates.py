@@ -32,6 +32,14 @@ steps the hypergradient stands for when it is only computed every ``k``-th step:
 
   ``beta`` is exactly the change of ``log eta`` per step.
 
+How ``beta`` scales with the run's length (``beta_horizon``): ``"step"`` takes ``beta`` as the change per
+step, so a consistent hypergradient moves ``log eta`` by up to ``beta T`` over a run of ``T`` steps and
+even a noisy one drifts by about ``beta sqrt(T)``: the same ``beta`` that suits 200 steps over-moves at
+2,000. ``"sqrt"`` takes ``beta / sqrt(T)`` per step (:func:`per_step_beta`): the random-walk drift of a
+noisy hypergradient over the whole run is then about ``beta`` whatever ``T``, while a consistent one still
+moves ``log eta`` by up to ``beta sqrt(T)``. When ``T`` is unknown, ``"sqrt"`` assumes
+:data:`ASSUMED_HORIZON` steps.
+
 The log-space rules never reach 0 (``exp`` is positive); they and the multiplicative rule are unit-free,
 so one ``beta`` can serve models whose raw hypergradients differ by decades.
 """
@@ -53,6 +61,13 @@ DEFAULT_HYPER_UPDATE = "multiplicative"
 #: the paper-style value of the shipped MNIST configs (also its best in docs/beta.md).
 DEFAULT_BETA: dict[str, float] = {"additive": 1.0e-4, "multiplicative": 1.0e-1, "adam_log": 3.16e-2,
                                   "sign_log": 3.16e-2}
+#: How beta scales with the run's length T (``beta_horizon``): "step" (beta per step), "sqrt" (beta/sqrt(T)).
+BETA_HORIZONS = ("step", "sqrt")
+#: beta per sqrt(T) steps when none is given with ``beta_horizon="sqrt"``: the per-step defaults at the
+#: ~100-step horizon they were measured at (docs/beta.md), i.e. DEFAULT_BETA x sqrt(100).
+DEFAULT_BETA_SQRT: dict[str, float] = {rule: 10.0 * beta for rule, beta in DEFAULT_BETA.items()}
+#: The run length that ``beta_horizon="sqrt"`` assumes when the number of steps is not given.
+ASSUMED_HORIZON = 1000
 #: Constants of the stateful rules.
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-12
@@ -64,6 +79,24 @@ NORM_EPS = 1e-12
 def initial_state() -> dict[str, Any]:
     """The state every rule starts from (the stateful rules' moments and count; unused by the others)."""
     return {"m": 0.0, "v": 0.0, "n": 0}
+
+
+def default_beta(rule: str, horizon: str = "step") -> float:
+    """beta when none is given: :data:`DEFAULT_BETA` for ``horizon="step"``; for ``"sqrt"``, the value of
+    :data:`DEFAULT_BETA_SQRT` (measured in docs/horizon.md)."""
+    if horizon == "sqrt":
+        return DEFAULT_BETA_SQRT[rule]
+    return DEFAULT_BETA[rule]
+
+
+def per_step_beta(beta: float, horizon: str, total_steps: int | None) -> float:
+    """The hyper-learning rate applied at each step: ``beta`` (``horizon="step"``) or ``beta / sqrt(T)``
+    (``"sqrt"``, ``T = total_steps``, or :data:`ASSUMED_HORIZON` when it is None)."""
+    if horizon == "step":
+        return beta
+    if horizon == "sqrt":
+        return beta / math.sqrt(total_steps if total_steps is not None else ASSUMED_HORIZON)
+    raise ValueError(f"beta_horizon must be one of {', '.join(BETA_HORIZONS)}, but got {horizon!r}.")
 
 
 def clip_hypergradient(h: float, clip: float | None) -> float:
@@ -112,4 +145,5 @@ def update(rule: str, eta: float, h: float, state: dict[str, Any], *, beta: floa
     return _in_range(eta * math.exp(-step * sign), eta_max), {**state, "m": m, "n": int(state["n"]) + 1}
 
 
-__all__ = ["HYPER_UPDATES", "NEEDS_NORMS", "DEFAULT_HYPER_UPDATE", "DEFAULT_BETA", "initial_state", "clip_hypergradient", "update"]
+__all__ = ["HYPER_UPDATES", "NEEDS_NORMS", "DEFAULT_HYPER_UPDATE", "DEFAULT_BETA", "BETA_HORIZONS", "ASSUMED_HORIZON",
+           "DEFAULT_BETA_SQRT", "default_beta", "initial_state", "per_step_beta", "clip_hypergradient", "update"]

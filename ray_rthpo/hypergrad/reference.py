@@ -8,6 +8,10 @@ momentum map ``Phi(w, v, eta) = (w - eta (m v + grad l(w) + lam w), m v + grad l
     A_t = [[I - eta_t (H_t + lam I),  -eta_t m I],     B_t = [[-(m v_t + grad l(w_t) + lam w_t)],
            [H_t + lam I,               m I      ]]            [0                               ]]
 
+With a schedule ``phi`` (a schedule's scale ``s`` tuned, ``eta_t = s phi_t``) the state's ``eta`` is ``s``,
+``A_t`` is formed with ``eta_t`` and ``B_t = dPhi_t/ds = phi_t dPhi_t/d eta`` (``-phi_t v_{t+1}`` in the
+weight block); the first-order rules' ``z_t = -v_t`` becomes ``-phi_{t-1} v_t``.
+
 Never use it for training: it builds N x N matrices.
 """
 
@@ -44,7 +48,8 @@ def flat_params(model: nn.Module) -> torch.Tensor:
 
 @dataclass
 class ReferenceState:
-    """``w_t``, ``v_t``, the stacked tangent ``zeta_t = (z_t, u_t)`` and ``eta`` (the last used)."""
+    """``w_t``, ``v_t``, the stacked tangent ``zeta_t = (z_t, u_t)``, ``eta`` (the tuned value: the learning
+    rate, or a schedule's scale ``s``) and the schedule's factor of the previous step."""
 
     w: torch.Tensor
     v: torch.Tensor
@@ -52,6 +57,7 @@ class ReferenceState:
     eta: float
     t: int = 0
     history: list[dict] = field(default_factory=list)
+    phi_prev: float = 1.0
 
 
 class ReferenceHypergradient:
@@ -65,9 +71,10 @@ class ReferenceHypergradient:
     def __init__(
         self, model: nn.Module, *, method: str, eta0: float, beta: float, mu: float = 1.0,
         momentum: float = 0.0, weight_decay: float = 0.0, eta_max: float = float("inf"),
-        clip: float | None = None,
+        clip: float | None = None, schedule: Callable[[int], float] | None = None,
     ) -> None:
         self.model = model
+        self.schedule = schedule
         self.method = method
         self.beta, self.momentum, self.lam = beta, momentum, weight_decay
         self.eta_max, self.clip = eta_max, clip
@@ -89,16 +96,18 @@ class ReferenceHypergradient:
         eye = torch.eye(n, dtype=s.w.dtype)
         g = self._grad(x, y, s.w)
         d = g + lam * s.w
+        phi = 1.0 if self.schedule is None else float(self.schedule(s.t))
         # The hypergradient at w_t with the current tangent z_t.
         if self.method == "hd_train":
-            h = -float(s.v @ d)                      # eq. (6): Delta eta = <v_t, d_t>
+            h = -s.phi_prev * float(s.v @ d)                      # eq. (6): Delta eta = <v_t, d_t>
         elif self.method == "hd_val":
-            h = -float(s.v @ self._grad(xv, yv, s.w))  # eq. (6) with the validation gradient
+            h = -s.phi_prev * float(s.v @ self._grad(xv, yv, s.w))  # eq. (6) with the validation gradient
         else:
             z = s.zeta[:n]
             h = float(self._grad(xv, yv, s.w) @ z)     # eq. (5)
-        eta = s.eta - self.beta * (max(-self.clip, min(self.clip, h)) if self.clip is not None else h)
-        eta = min(self.eta_max, max(0.0, eta))        # eq. (2), kept in [0, eta_max]
+        scale = s.eta - self.beta * (max(-self.clip, min(self.clip, h)) if self.clip is not None else h)
+        scale = min(self.eta_max, max(0.0, scale))    # eq. (2), kept in [0, eta_max]
+        eta = scale * phi                             # the learning rate of this step
         # The block Jacobian of Phi at (w_t, v_t) with eta_t, and B_t.
         hess = self._hessian(x, y, s.w) + lam * eye
         a = torch.zeros(2 * n, 2 * n, dtype=s.w.dtype)
@@ -107,10 +116,11 @@ class ReferenceHypergradient:
         a[n:, :n] = hess
         a[n:, n:] = m * eye
         v_next = m * s.v + d
-        b = torch.cat([-v_next, torch.zeros(n, dtype=s.w.dtype)])
+        b = torch.cat([-phi * v_next, torch.zeros(n, dtype=s.w.dtype)])
         zeta_next = self.mu * (a @ s.zeta) + b
         w_next = s.w - eta * v_next
-        record = {"h": h, "eta": eta, "w_next": w_next.clone(), "z_next": zeta_next[:n].clone()}
-        self.state = ReferenceState(w=w_next, v=v_next, zeta=zeta_next, eta=eta, t=s.t + 1, history=s.history)
+        record = {"h": h, "eta": eta, "scale": scale, "w_next": w_next.clone(), "z_next": zeta_next[:n].clone()}
+        self.state = ReferenceState(w=w_next, v=v_next, zeta=zeta_next, eta=scale, t=s.t + 1, history=s.history,
+                                    phi_prev=phi)
         s.history.append(record)
         return record

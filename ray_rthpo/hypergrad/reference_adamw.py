@@ -32,6 +32,9 @@ returns a wrong, non-symmetric matrix (about 2% off, silently; compare pytorch/p
 batch_norm's second-order forward AD), while ``jacfwd(grad)``, ``torch.autograd.functional.hessian``
 and the package's HVP routes agree with finite differences. The tests pin this down.
 
+With a schedule ``phi`` (a schedule's scale ``s`` tuned, ``eta_t = s phi_t``), the state's ``eta`` is ``s``,
+``A_t`` is formed with ``eta_t`` and ``B_t = dPhi_t/ds = phi_t (-lam w - u, 0, 0)``.
+
 Never use it for training: it builds 3n x 3n matrices.
 """
 
@@ -95,9 +98,10 @@ class ReferenceAdamW:
     def __init__(
         self, model: nn.Module, *, eta0: float, beta: float = 0.0, eta_max: float = float("inf"),
         mu: float = 1.0, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-        weight_decay: float = 0.0,
+        weight_decay: float = 0.0, schedule: Callable[[int], float] | None = None,
     ) -> None:
         self.model = model
+        self.schedule = schedule
         self.beta, self.eta_max, self.mu = beta, eta_max, mu
         self.beta1, self.beta2, self.eps, self.lam = beta1, beta2, eps, weight_decay
         w = flat_params(model)
@@ -108,9 +112,10 @@ class ReferenceAdamW:
         )
 
     def jacobian(
-        self, x: torch.Tensor, y: torch.Tensor, *, eta: float
+        self, x: torch.Tensor, y: torch.Tensor, *, eta: float, phi: float = 1.0
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """``(A_t, B_t, Phi_t(s_t))`` at the current state for the next step (t+1) with ``eta``."""
+        """``(A_t, B_t, Phi_t(s_t))`` at the current state for the next step (t+1) with ``eta`` (with a
+        schedule: ``eta_t = s phi_t`` and ``B_t = phi_t dPhi_t/d eta``)."""
         s, n = self.state, self.n
         b1, b2, eps, lam = self.beta1, self.beta2, self.eps, self.lam
         step = s.t + 1
@@ -134,7 +139,7 @@ class ReferenceAdamW:
         du_ds = torch.diag(du_dm1) @ dm1_ds + torch.diag(du_dv1) @ dv1_ds
         dw1_ds = torch.cat([(1 - eta * lam) * eye, zero, zero], dim=1) - eta * du_ds
         a_mat = torch.cat([dw1_ds, dm1_ds, dv1_ds], dim=0)
-        b_vec = torch.cat([-lam * s.w - u, torch.zeros(2 * n, dtype=s.w.dtype)])
+        b_vec = torch.cat([phi * (-lam * s.w - u), torch.zeros(2 * n, dtype=s.w.dtype)])
         w1 = (1 - eta * lam) * s.w - eta * u
         return a_mat, b_vec, (w1, m1, v1)
 
@@ -165,11 +170,13 @@ class ReferenceAdamW:
         """
         s, n = self.state, self.n
         h: float | None = None
-        eta = s.eta
+        scale = s.eta
         if xv is not None and yv is not None:
             h = float(self.validation_gradient(xv, yv, s.w) @ s.zeta[:n])   # h_t = grad E(w_t) . z_t
-            eta = min(self.eta_max, max(0.0, s.eta - self.beta * h))       # clip(eta - beta h, 0, eta_max)
-        a_mat, b_vec, (w1, m1, v1) = self.jacobian(x, y, eta=eta)
+            scale = min(self.eta_max, max(0.0, s.eta - self.beta * h))     # clip(eta - beta h, 0, eta_max)
+        phi = 1.0 if self.schedule is None else float(self.schedule(s.t))
+        eta = scale * phi                                                  # the learning rate of this step
+        a_mat, b_vec, (w1, m1, v1) = self.jacobian(x, y, eta=eta, phi=phi)
         zeta1 = self.mu * (a_mat @ s.zeta) + b_vec
         self._move_running_stats(x, s.w)
         record = {
@@ -177,7 +184,7 @@ class ReferenceAdamW:
             "z_next": zeta1[:n].clone(), "a_next": zeta1[n:2 * n].clone(), "b_next": zeta1[2 * n:].clone(),
         }
         self.state = AdamWReferenceState(
-            w=w1, m=m1, v=v1, zeta=zeta1, eta=eta, t=s.t + 1, history=s.history
+            w=w1, m=m1, v=v1, zeta=zeta1, eta=scale, t=s.t + 1, history=s.history
         )
         s.history.append(record)
         return record

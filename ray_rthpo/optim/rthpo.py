@@ -18,6 +18,11 @@ One step at ``w_t`` with the tangent ``z_t = dw_t/d eta`` (paper: Majumder, Doni
 4. the tangent's step with the same ``eta_t`` (:func:`ray_rthpo.hypergrad.functional.tangent_step_`,
    :func:`ray_rthpo.hypergrad.adamw.adamw_tangent_step_`), discounted by MARTHE's ``mu``.
 
+With ``schedule=`` the tuned quantity is the scale ``s`` of a schedule shape ``phi``
+(:mod:`ray_rthpo.optim.schedules`): step ``t`` uses ``eta_t = s phi(t)``, the tangent is ``zeta = dw/ds``
+(the same recursions with ``phi_t`` on their direction term) and the hypergradient ``dE/ds``; the
+update rules move ``s`` as they move eta without one (``phi = 1``, bit for bit).
+
 The learning rate lives in ``param_group["lr"]`` as a Python float, read and written every step; the
 tangents, the base optimizer's moments and the hyper-update's state live in ``self.state``, so
 ``state_dict()`` / ``load_state_dict()`` continue a run exactly.
@@ -49,6 +54,7 @@ from ray_rthpo.hypergrad.hvp import (
     loss_gradient,
     validation_directional_derivative,
 )
+from ray_rthpo.optim import schedules
 from ray_rthpo.optim.closures import ModelClosure
 
 Closure = Callable[[], torch.Tensor]
@@ -61,7 +67,10 @@ HVP_ROUTES = ("auto", "double_backward", "forward_over_reverse", "forward_over_r
 VAL_MODES = ("backward", "forward")
 #: Settings every param group shares: one learning rate (and how it moves) for all parameters.
 SHARED = ("lr", "beta", "mu", "method", "base", "eta_max", "hypergrad_clip", "hyper_update", "hvp", "val_mode",
-          "hvp_every", "hvp_batch_fraction", "val_every", "val_batch_fraction")
+          "hvp_every", "hvp_batch_fraction", "val_every", "val_batch_fraction", "beta_horizon", "total_steps")
+#: Settings added after the first checkpoints were written, with the value that reproduces them: a state
+#: saved without them loads as a run with no horizon scaling and no known length.
+LATER_SETTINGS = {"beta_horizon": "step", "total_steps": None}
 #: Key of the optimizer-wide state in ``self.state`` (saved by ``state_dict()`` as is).
 GLOBAL = "rthpo"
 
@@ -92,10 +101,13 @@ class RTHPO(torch.optim.Optimizer):
         params: parameters or param groups, as for any ``torch.optim`` optimizer. Groups may differ in
             ``weight_decay``, ``momentum`` (SGD), ``betas`` and ``eps`` (AdamW); they share one learning
             rate, which is the one being tuned (and every setting in :data:`SHARED`).
-        lr: the initial learning rate eta-bar (> 0, at most ``eta_max``).
+        lr: the initial learning rate eta-bar (> 0, at most ``eta_max``); with a ``schedule``, the initial
+            scale ``s`` (the peak of the built-in shapes). ``param_group["lr"]`` holds the tuned value (eta,
+            or ``s`` with a schedule); :attr:`eta` and ``last_step.eta`` are the learning rate itself.
         beta: the hyper-learning rate; its meaning follows ``hyper_update`` (``additive``: eta^2 per unit
             of loss, decades apart between models; the scale-free rules: relative change of eta per
-            step). None: the rule's default (:data:`ray_rthpo.hypergrad.hyper_updates.DEFAULT_BETA`).
+            step, or per ``sqrt(T)`` steps with ``beta_horizon="sqrt"``). None: the rule's default
+            (:func:`ray_rthpo.hypergrad.hyper_updates.default_beta`).
         base: ``"sgd"`` (``momentum``, L2 ``weight_decay`` as ``torch.optim.SGD``) or ``"adamw"``
             (``betas``, ``eps``, decoupled ``weight_decay`` as ``torch.optim.AdamW``).
         method: ``"rthpo"`` (exact tangent, mu = 1), ``"marthe"`` (discounted tangent, ``mu`` in [0, 1]),
@@ -122,6 +134,17 @@ class RTHPO(torch.optim.Optimizer):
             eval mode. With a :class:`ModelClosure` the closure names its module itself.
         timing: measure the seconds of hypergradient work (``last_step.hyper_seconds``; on CUDA this
             synchronises the device around each part).
+        schedule: None (a flat learning rate), a shape name of
+            :data:`ray_rthpo.optim.schedules.SCHEDULES` (``"warmup_cosine"``, ``"warmup_linear"``: they need
+            ``total_steps``) or a callable ``step -> factor``: the learning rate of step ``t`` is then
+            ``s * schedule(t)`` and ``s`` is what the hypergradient tunes.
+        total_steps: the run's number of steps ``T`` (needed by the named shapes; used by
+            ``beta_horizon="sqrt"``, which assumes
+            :data:`ray_rthpo.hypergrad.hyper_updates.ASSUMED_HORIZON` when it is None).
+        warmup: the named shapes' warmup, a fraction of ``total_steps`` or a number of steps.
+        beta_horizon: ``"step"`` (beta per step) or ``"sqrt"`` (``beta / sqrt(T)`` per step, so that the
+            drift of a noisy hypergradient over the run does not grow with its length;
+            :mod:`ray_rthpo.hypergrad.hyper_updates`).
 
     BatchNorm. The validation term must not move running statistics and must use them as a model in
     eval mode does: RTHPO guarantees it when ``val_closure`` is a :class:`ModelClosure` or ``model`` is
@@ -141,12 +164,17 @@ class RTHPO(torch.optim.Optimizer):
                  hypergrad_clip: float | None = None, hyper_update: str = hyper_updates.DEFAULT_HYPER_UPDATE, hvp: str = "auto",
                  val_mode: str = "backward", hvp_every: int = 1, hvp_batch_fraction: float = 1.0,
                  val_every: int = 1, val_batch_fraction: float = 1.0, model: nn.Module | None = None,
-                 timing: bool = False) -> None:
+                 timing: bool = False, schedule: str | schedules.Schedule | None = None,
+                 total_steps: int | None = None, warmup: float = schedules.DEFAULT_WARMUP,
+                 beta_horizon: str = "step") -> None:
         if hyper_update not in hyper_updates.HYPER_UPDATES:
             raise _bad("hyper_update", hyper_update, f"one of {', '.join(hyper_updates.HYPER_UPDATES)}",
                        "'additive' is the paper's rule")
+        if beta_horizon not in hyper_updates.BETA_HORIZONS:
+            raise _bad("beta_horizon", beta_horizon, f"one of {', '.join(hyper_updates.BETA_HORIZONS)}",
+                       "'sqrt' keeps the drift of eta from growing with the run's length")
         if beta is None:
-            beta = hyper_updates.DEFAULT_BETA[hyper_update]
+            beta = hyper_updates.default_beta(hyper_update, beta_horizon)
         if method not in METHODS:
             raise _bad("method", method, f"one of {', '.join(METHODS)}", "rthpo is the paper's method")
         if mu is None:
@@ -162,7 +190,14 @@ class RTHPO(torch.optim.Optimizer):
                         hypergrad_clip=hypergrad_clip, hyper_update=hyper_update, hvp=hvp, val_mode=val_mode,
                         hvp_every=hvp_every, hvp_batch_fraction=hvp_batch_fraction, val_every=val_every,
                         val_batch_fraction=val_batch_fraction, momentum=momentum, weight_decay=weight_decay,
-                        betas=tuple(betas), eps=eps)
+                        betas=tuple(betas), eps=eps, beta_horizon=beta_horizon, total_steps=total_steps)
+        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
+                                        or total_steps < 1):
+            raise _bad("total_steps", total_steps, "None or an integer >= 1", "pass the run's number of steps")
+        try:
+            self.schedule: schedules.Schedule = schedules.make_schedule(schedule, total_steps, warmup=warmup)
+        except ValueError as exc:
+            raise ValueError(f"RTHPO: {exc}") from None
         self.model = model
         self.timing = bool(timing)
         self.last_step: StepInfo | None = None
@@ -186,9 +221,15 @@ class RTHPO(torch.optim.Optimizer):
                         "be the same in every group (groups may differ in weight_decay, momentum, betas, eps).")
 
     @property
-    def eta(self) -> float:
-        """The current learning rate (shared by every group)."""
+    def scale(self) -> float:
+        """The tuned value: the learning rate, or with a ``schedule`` its scale ``s`` (``param_group["lr"]``)."""
         return float(self.param_groups[0]["lr"])
+
+    @property
+    def eta(self) -> float:
+        """The learning rate at the current scale and step count, ``s * phi(step)`` (shared by every
+        group; without a schedule, the learning rate itself)."""
+        return self.scale * schedules.factor(self.schedule, self.step_count)
 
     @property
     def diverged(self) -> bool:
@@ -234,7 +275,8 @@ class RTHPO(torch.optim.Optimizer):
             raise ValueError("RTHPO: no parameter requires a gradient; pass the parameters being trained.")
         self._init_state(groups)
         z = [self.state[p]["z"] for p in params]
-        t, mu, eta = int(state["step"]), float(first["mu"]), float(first["lr"])
+        t, mu, scale = int(state["step"]), float(first["mu"]), float(first["lr"])
+        phi = schedules.factor(self.schedule, t)
         device = params[0].device
         clock = _Clock(self.timing and device.type == "cuda", device)
 
@@ -249,24 +291,27 @@ class RTHPO(torch.optim.Optimizer):
             values = torch.stack([loss.detach().double(), h_tensor.double(), *(n.double() for n in norms)]).tolist()
             clock.stop()
             if not math.isfinite(values[0]) or not math.isfinite(values[1]):
-                return self._diverge(loss, eta, None if not math.isfinite(values[0]) else values[1], clock)
+                return self._diverge(loss, scale * phi, None if not math.isfinite(values[0]) else values[1], clock)
             h = values[1]
-            eta, state["hyper"] = hyper_updates.update(
-                first["hyper_update"], eta, h, state["hyper"], beta=float(first["beta"]),
+            beta = hyper_updates.per_step_beta(float(first["beta"]), first["beta_horizon"], first["total_steps"])
+            scale, state["hyper"] = hyper_updates.update(
+                first["hyper_update"], scale, h, state["hyper"], beta=beta,
                 eta_max=float(first["eta_max"]), k=int(first["val_every"]), clip=first["hypergrad_clip"],
                 grad_norm=values[2] if len(values) > 2 else None, z_norm=values[3] if len(values) > 3 else None)
             for group in self.param_groups:
-                group["lr"] = eta
+                group["lr"] = scale
             state["last_hypergrad"] = h
         elif not bool(torch.isfinite(loss)):  # the one host sync of a step without a hypergradient
-            return self._diverge(loss, eta, None, clock)
+            return self._diverge(loss, scale * phi, None, clock)
+        eta = scale * phi  # phi = 1 (no schedule): eta is the scale itself, bit for bit
 
         start = 0
         for group, ps in groups:
             n = len(ps)
             if n:
                 step = self._sgd_step if group["base"] == "sgd" else self._adamw_step
-                step(group, ps, grads[start:start + n], None if hz is None else hz[start:start + n], eta, mu, clock)
+                step(group, ps, grads[start:start + n], None if hz is None else hz[start:start + n], eta, mu, phi,
+                     clock)
             start += n
         state["step"] = t + 1
         self.last_step = StepInfo(loss.detach(), eta, h, clock.seconds, False)
@@ -396,7 +441,7 @@ class RTHPO(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------------ base steps + tangents
     def _sgd_step(self, group: dict[str, Any], ps: list[torch.Tensor], grads: list[torch.Tensor],
-                  hz: list[torch.Tensor] | None, eta: float, mu: float, clock: _Clock) -> None:
+                  hz: list[torch.Tensor] | None, eta: float, mu: float, phi: float, clock: _Clock) -> None:
         momentum, wd = float(group["momentum"]), float(group["weight_decay"])
         # v_{t+1} without momentum is d_t = g_t + lam w_t: taken before the step moves w
         direction = (torch._foreach_add(grads, [p.detach() for p in ps], alpha=wd) if wd != 0.0 else grads) \
@@ -411,11 +456,12 @@ class RTHPO(torch.optim.Optimizer):
             direction = buffers  # type: ignore[assignment]
         clock.start()
         fn.tangent_step_([self.state[p]["z"] for p in ps], [self.state[p]["u"] for p in ps] if momentum else None,
-                         hz, direction, eta=eta, mu=mu, momentum=momentum, weight_decay=wd)  # type: ignore[arg-type]
+                         hz, direction, eta=eta, mu=mu, momentum=momentum, weight_decay=wd,  # type: ignore[arg-type]
+                         phi=phi)
         clock.stop()
 
     def _adamw_step(self, group: dict[str, Any], ps: list[torch.Tensor], grads: list[torch.Tensor],
-                    hz: list[torch.Tensor] | None, eta: float, mu: float, clock: _Clock) -> None:
+                    hz: list[torch.Tensor] | None, eta: float, mu: float, phi: float, clock: _Clock) -> None:
         beta1, beta2 = (float(b) for b in group["betas"])
         eps, wd = float(group["eps"]), float(group["weight_decay"])
         states = [self.state[p] for p in ps]
@@ -423,7 +469,7 @@ class RTHPO(torch.optim.Optimizer):
         m, v, steps = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states]
         if wd != 0.0:  # the tangent's w_t terms, applied to z before the base step moves w: no clone of w_t
             clock.start()
-            adamw_tangent_decay_(z, ps, eta=eta, weight_decay=wd, mu=mu)
+            adamw_tangent_decay_(z, ps, eta=eta, weight_decay=wd, mu=mu, phi=phi)
             clock.stop()
         with torch.no_grad():
             _torch_adam(ps, grads, m, v, [], steps, foreach=None, capturable=False, differentiable=False,
@@ -432,14 +478,19 @@ class RTHPO(torch.optim.Optimizer):
         clock.start()
         adamw_tangent_step_(z, [s["a"] for s in states], [s["b"] for s in states], hz, None, grads, m, v,
                             step=steps[0], eta=eta, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd, mu=mu,
-                            decayed=wd != 0.0)
+                            decayed=wd != 0.0, phi=phi)
         clock.stop()
 
     # ------------------------------------------------------------------------------ checkpoints
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's ``load_state_dict`` on a deep copy (the tangents are updated in place and must never
-        alias the caller's dict); the groups' settings are checked again."""
-        super().load_state_dict(copy.deepcopy(state_dict))
+        alias the caller's dict); the groups' settings are checked again. A state saved before a setting of
+        :data:`LATER_SETTINGS` existed loads with the value that reproduces it."""
+        state_dict = copy.deepcopy(state_dict)
+        for group in state_dict.get("param_groups", []):
+            for key, value in LATER_SETTINGS.items():
+                group.setdefault(key, value)
+        super().load_state_dict(state_dict)
         if GLOBAL not in self.state:
             raise ValueError("RTHPO.load_state_dict: the state has no 'rthpo' entry, so it was not saved by "
                              "RTHPO.state_dict(); load a state saved by this optimizer class.")
@@ -538,6 +589,12 @@ def _check_group(group: dict[str, Any], index: int) -> None:
         value = group[key]
         if not (_number(value) and 0.0 < value <= 1.0):
             raise _bad(key, value, "in (0, 1]", "1.0 uses the whole batch")
+    if group["beta_horizon"] not in hyper_updates.BETA_HORIZONS:
+        raise _bad("beta_horizon", group["beta_horizon"], f"one of {', '.join(hyper_updates.BETA_HORIZONS)}",
+                   "'sqrt' keeps the drift of eta from growing with the run's length")
+    total = group["total_steps"]
+    if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 1):
+        raise _bad("total_steps", total, "None or an integer >= 1", "pass the run's number of steps")
 
 
 __all__ = ["RTHPO", "StepInfo", "METHODS", "BASES", "SHARED"]
