@@ -23,7 +23,14 @@ import yaml
 
 from ray_rthpo.config_schema import check, check_choice, flatten, from_dict, merge, to_dict, unflatten
 from ray_rthpo.errors import ConfigError
-from ray_rthpo.hypergrad.hyper_updates import DEFAULT_BETA, DEFAULT_HYPER_UPDATE, HYPER_UPDATES, NEEDS_NORMS
+from ray_rthpo.hypergrad.hyper_updates import (
+    BETA_HORIZONS,
+    DEFAULT_BETA,
+    DEFAULT_HYPER_UPDATE,
+    HYPER_UPDATES,
+    NEEDS_NORMS,
+)
+from ray_rthpo.optim.schedules import DEFAULT_WARMUP, SCHEDULES, warmup_steps
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "fake")
 MODELS = ("mlp", "lenet", "resnet18")
@@ -52,7 +59,8 @@ BASES = ("sgd", "adamw")
 #: Run-config keys that only some methods read (searching them for another method wastes a budget).
 KEYS_READ_ONLY_BY: dict[str, tuple[str, ...]] = {
     "lr.beta": HYPERGRADIENT_METHODS, "lr.mu": ("marthe",), "lr.hypergrad_clip": HYPERGRADIENT_METHODS,
-    "lr.gamma": ("exp_decay",), "lr.eta_min": ("cosine",),
+    "lr.gamma": ("exp_decay",), "lr.eta_min": ("cosine",), "lr.beta_horizon": HYPERGRADIENT_METHODS,
+    "lr.schedule": HYPERGRADIENT_METHODS + ("fixed",), "lr.warmup": HYPERGRADIENT_METHODS + ("fixed",),
 }
 #: Keys a restored run may take over from a new config (population-based training mutates them): the
 #: learning-rate hyperparameters, never the method, model, data or seed.
@@ -238,6 +246,17 @@ class LRConfig:
     # grad E and z), additive (the paper's eq. 2), adam_log (Adam on log eta) or sign_log (sign of a
     # momentum on log eta). Equations: ray_rthpo/hypergrad/hyper_updates.py and the README.
     hyper_update: str = DEFAULT_HYPER_UPDATE
+    # How beta scales with the run's length T: step (beta is the change per step, so its effect grows with
+    # T) or sqrt (beta / sqrt(T) per step: the drift of a noisy hypergradient over the run does not grow
+    # with T). T is train.epochs x steps per epoch. ray_rthpo/hypergrad/hyper_updates.py, docs/horizon.md.
+    beta_horizon: str = "step"
+    # The learning rate's shape over the run, for the hypergradient methods and fixed: constant, or
+    # warmup_cosine / warmup_linear (linear warmup over lr.warmup, then cosine / linear decay to 0 at
+    # the run's end). With a shape, eta_t = s * phi(t): fixed uses s = eta0 (the peak), the hypergradient
+    # methods tune s from eta0 by dE/ds (ray_rthpo/optim/schedules.py).
+    schedule: str = "constant"
+    # The warmup of lr.schedule: a fraction of the run's steps (below 1) or a number of steps.
+    warmup: float = DEFAULT_WARMUP
     # MARTHE's discount of the tangent: z_{t+1} = mu (I - eta H) z_t - g_t. 1 = RT-HPO, 0 = First-order (Val).
     mu: float = 1.0
     # eta is kept within [0, eta_max] after every hypergradient step.
@@ -290,6 +309,12 @@ class LRConfig:
               f"lr.hyper_update {self.hyper_update} divides by |grad E|, which lr.val_mode forward does not give; "
               "set lr.val_mode: backward, or lr.hyper_update: adam_log (or another rule that needs no norm).")
         check_choice("lr.preset", self.preset, PRESETS)
+        check_choice("lr.beta_horizon", self.beta_horizon, BETA_HORIZONS)
+        check_choice("lr.schedule", self.schedule, SCHEDULES)
+        try:
+            warmup_steps(self.warmup, 2)
+        except ValueError as exc:
+            raise ConfigError(f"lr.{exc}") from None
         for key in ("hvp_batch_fraction", "val_batch_fraction"):
             value = getattr(self, key)
             check(value is None or 0.0 < value <= 1.0,

@@ -11,6 +11,9 @@ VAL_ACC = "val/acc"
 TEST_LOSS = "test/loss"
 TEST_ACC = "test/acc"
 LR = "lr"
+#: The tuned value of RT-HPO on a schedule: its scale s (the learning rate is s * phi(step)); for the
+#: other methods (and RT-HPO without a schedule) the learning rate itself.
+LR_SCALE = "lr_scale"
 BETA = "beta"
 MU = "mu"
 HYPERGRAD = "hypergrad"

@@ -33,6 +33,7 @@ from ray_rthpo.config import SCHEDULE_METHODS, Config, LRConfig, OptimConfig
 from ray_rthpo.errors import ConfigError
 from ray_rthpo.hypergrad.hvp import default_hvp_route, has_batchnorm
 from ray_rthpo.optim import RTHPO, ModelClosure
+from ray_rthpo.optim.schedules import make_schedule
 
 ValBatchFn = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -129,7 +130,11 @@ class HypergradientStepper:
 
 
 def scheduled_lr(lr_cfg: LRConfig, *, epoch: int, step: int, total_steps: int) -> float:
-    """The learning rate of the fixed schedules: ``fixed``, ``exp_decay`` (eta0 gamma^epoch), ``cosine``."""
+    """The learning rate of the fixed schedules: ``fixed`` (eta0, times ``lr.schedule``'s factor at
+    ``step``: the peak of a warmup + decay shape), ``exp_decay`` (eta0 gamma^epoch), ``cosine``."""
+    if lr_cfg.method == "fixed" and lr_cfg.schedule != "constant":
+        shape = make_schedule(lr_cfg.schedule, max(1, total_steps), warmup=lr_cfg.warmup)
+        return lr_cfg.eta0 * shape(step)
     if lr_cfg.method == "exp_decay":
         return lr_cfg.eta0 * lr_cfg.gamma**epoch
     if lr_cfg.method == "cosine":
@@ -201,10 +206,11 @@ class ScheduleStepper:
 
 
 def hypergradient_stepper(model: nn.Module, lr_cfg: LRConfig, optim_cfg: OptimConfig,
-                          loss_fn: LossFn = F.cross_entropy) -> HypergradientStepper:
+                          loss_fn: LossFn = F.cross_entropy, total_steps: int | None = None) -> HypergradientStepper:
     """An :class:`ray_rthpo.optim.RTHPO` over ``model``'s trainable parameters, configured by the run
     config's ``lr`` and ``optim`` sections (``lr.hvp: auto`` resolved by the fixed rule
-    :func:`ray_rthpo.hypergrad.hvp.default_hvp_route`), behind the trainer's stepper interface."""
+    :func:`ray_rthpo.hypergrad.hvp.default_hvp_route`), behind the trainer's stepper interface.
+    ``total_steps`` (the run's length) sets ``lr.schedule``'s horizon and ``lr.beta_horizon``'s T."""
     route = default_hvp_route(model) if lr_cfg.hvp == "auto" else lr_cfg.hvp
     if route == "forward_over_reverse" and has_batchnorm(model):
         raise ConfigError(
@@ -219,7 +225,10 @@ def hypergradient_stepper(model: nn.Module, lr_cfg: LRConfig, optim_cfg: OptimCo
                   eta_max=lr_cfg.eta_max, hypergrad_clip=lr_cfg.hypergrad_clip, hyper_update=lr_cfg.hyper_update,
                   hvp=route, val_mode=lr_cfg.val_mode, hvp_every=sub.hvp_every,
                   hvp_batch_fraction=sub.hvp_batch_fraction, val_every=sub.val_every,
-                  val_batch_fraction=sub.val_batch_fraction, model=model, timing=True)
+                  val_batch_fraction=sub.val_batch_fraction, model=model, timing=True,
+                  schedule=None if lr_cfg.schedule == "constant" else lr_cfg.schedule,
+                  total_steps=max(1, total_steps) if total_steps is not None else None, warmup=lr_cfg.warmup,
+                  beta_horizon=lr_cfg.beta_horizon)
     return HypergradientStepper(model, rthpo, route, loss_fn)
 
 
@@ -283,7 +292,7 @@ def build_stepper(
                                                      weight_decay=optim_cfg.weight_decay)
         return optimizer, ScheduleStepper(model, optimizer, lr_cfg, total_steps, loss_fn)
     if lr_cfg.is_hypergradient:
-        stepper = hypergradient_stepper(model, lr_cfg, optim_cfg, loss_fn)
+        stepper = hypergradient_stepper(model, lr_cfg, optim_cfg, loss_fn, total_steps)
         return stepper.optimizer, stepper
     if adamw:
         optimizer = torch.optim.AdamW(params, lr=lr_cfg.eta0, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps,

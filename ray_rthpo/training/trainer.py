@@ -176,6 +176,7 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
         diverged = False
+        last_eta = read_lr(self.optimizer)  # the learning rate of the epoch's last step (s * phi(t) on a schedule)
         for b in range(self.steps_per_epoch):
             idx = order[b * bs:(b + 1) * bs]
             x_raw = self.train_x[idx]
@@ -183,6 +184,7 @@ class Trainer:
                 x_raw = augment_batch(x_raw, self.generator)
             x, y = self._inputs(x_raw), self.train_y[idx]
             out = self.stepper.train_step(x, y, epoch=self.epoch, val_batch=self._val_batch)
+            last_eta = out.eta
             hyper_s += out.hyper_seconds
             loss_sum += out.loss.double() * y.shape[0]
             correct += (out.logits.argmax(1) == y).sum()
@@ -226,7 +228,8 @@ class Trainer:
             M.VAL_ACC: val_acc,
             M.TEST_LOSS: _finite_loss(test_loss) if cfg.train.eval_test else None,
             M.TEST_ACC: test_acc if cfg.train.eval_test else None,
-            M.LR: read_lr(self.optimizer),
+            M.LR: last_eta if math.isfinite(last_eta) else read_lr(self.optimizer),
+            M.LR_SCALE: read_lr(self.optimizer),
             M.BETA: cfg.lr.beta if cfg.lr.is_hypergradient else 0.0,
             M.MU: float(self.stepper.mu),
             M.HYPERGRAD: float(self.stepper.last_hypergrad) if math.isfinite(self.stepper.last_hypergrad) else 0.0,
@@ -285,6 +288,8 @@ class Trainer:
         saved_flat = config_from_dict(state["config"]).to_flat()
         own_flat = self.config.to_flat()
         ignored = {"train.epochs", "train.device", "train.pythonpath"}  # where the run is, not what it is
+        if self.config.lr.schedule != "constant" or self.config.lr.beta_horizon != "step":
+            ignored.discard("train.epochs")  # the run's length is part of its schedule and its beta
         differ = sorted(k for k in set(saved_flat) | set(own_flat)
                         if k not in ignored and saved_flat.get(k) != own_flat.get(k))
         refused = [k for k in differ if k not in adopt]
