@@ -37,9 +37,11 @@ MODELS = ("mlp", "lenet", "resnet18")
 #: Learning-rate methods. The first four adapt eta online by a hypergradient.
 HYPERGRADIENT_METHODS = ("rthpo", "marthe", "hd_train", "hd_val")
 SCHEDULE_METHODS = ("fixed", "exp_decay", "cosine")
-#: Optimizers that set their own step size. prodigy and schedule_free need the optional extra
+#: Optimizers that set their own step size. prodigy, schedule_free, dog and dadapt need the optional extra
 #: lrfree (pip install -e '.[lrfree]'); they are checked when the run is built, not here.
-OPTIMIZER_METHODS = ("adadelta", "prodigy", "schedule_free")
+OPTIMIZER_METHODS = ("adadelta", "prodigy", "schedule_free", "dog", "dadapt")
+#: Methods whose lr (eta0, or a multiplier of their own step size) follows lr.schedule's shape when one is set.
+PEAK_SCHEDULED_METHODS = ("fixed", "prodigy", "dadapt")
 METHODS = HYPERGRADIENT_METHODS + SCHEDULE_METHODS + OPTIMIZER_METHODS
 HVP_MODES = ("auto", "double_backward", "forward_over_reverse", "forward_over_reverse_bn")
 VAL_MODES = ("backward", "forward")
@@ -60,7 +62,8 @@ BASES = ("sgd", "adamw")
 KEYS_READ_ONLY_BY: dict[str, tuple[str, ...]] = {
     "lr.beta": HYPERGRADIENT_METHODS, "lr.mu": ("marthe",), "lr.hypergrad_clip": HYPERGRADIENT_METHODS,
     "lr.gamma": ("exp_decay",), "lr.eta_min": ("cosine",), "lr.beta_horizon": HYPERGRADIENT_METHODS,
-    "lr.schedule": HYPERGRADIENT_METHODS + ("fixed",), "lr.warmup": HYPERGRADIENT_METHODS + ("fixed",),
+    "lr.schedule": HYPERGRADIENT_METHODS + PEAK_SCHEDULED_METHODS,
+    "lr.warmup": HYPERGRADIENT_METHODS + PEAK_SCHEDULED_METHODS,
 }
 #: Keys a restored run may take over from a new config (population-based training mutates them): the
 #: learning-rate hyperparameters, never the method, model, data or seed.
@@ -232,6 +235,9 @@ class LRConfig:
     # rthpo | marthe | hd_train | hd_val | fixed | exp_decay | cosine | adadelta | prodigy | schedule_free
     # prodigy: prodigyopt.Prodigy (Adam-like, adapts d; optim.momentum is not used). schedule_free:
     # schedulefree.SGDScheduleFree (momentum = optim.momentum, or the library's 0.9 when that is 0).
+    # dog: dog.DoG (dog-optimizer; its defaults, reps_rel 1e-6), evaluated and checkpointed at its
+    # PolynomialDecayAverager's average (gamma 8), as its authors recommend. dadapt: dadaptation's
+    # DAdaptSGD (optim.momentum) or, with optim.base adamw, DAdaptAdam with decoupled weight decay.
     method: str = "rthpo"
     # Initial learning rate eta-bar (for AdaDelta and Prodigy: their lr multiplier, 1.0 in torch, the
     # paper and Prodigy's recommendation; for schedule_free: the SGD learning rate).

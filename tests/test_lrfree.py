@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ def without_timing(history: list[dict]) -> list[dict]:
 
 def test_methods_are_registered() -> None:
     assert {"prodigy", "schedule_free"} <= set(OPTIMIZER_METHODS) <= set(METHODS)
-    with pytest.raises(ConfigError, match=r"lr\.method must be one of .*prodigy, schedule_free, but got 'prodigi'"):
+    with pytest.raises(ConfigError, match=r"lr\.method must be one of .*prodigy, schedule_free, dog, dadapt, but got 'prodigi'"):
         config_from_dict({"lr": {"method": "prodigi"}})
 
 
@@ -180,3 +181,44 @@ def test_compare_strategies_accept_the_methods(method: str) -> None:
                         "space": {"lr.eta0": {"loguniform": [0.1, 2.0]}}}],
     })
     assert exp.run_config(exp.strategy("s")).lr.method == method
+
+
+# ------------------------------------------------------------------ DoG (with its averager), D-Adaptation
+pytest.importorskip("dog")
+pytest.importorskip("dadaptation")
+
+
+@pytest.mark.parametrize(("method", "overrides"), [
+    ("dog", []), ("dadapt", ["optim.momentum=0.9"]), ("dadapt", ["optim.base=adamw", "optim.weight_decay=0.01"]),
+    ("dadapt", ["lr.schedule=warmup_cosine"]),
+], ids=["dog", "dadapt_sgd", "dadapt_adam", "dadapt_cosine"])
+def test_dog_and_dadapt_train_on_digits_at_their_defaults(method: str, overrides: list[str]) -> None:
+    """Their own step sizes start tiny (d0, reps_rel 1e-6) and grow: 8 epochs of 36 steps end far above
+    chance (0.1) on validation (DAdaptSGD overshoots with momentum, as without a schedule it may)."""
+    config = load_config(None, ["data.name=digits", "data.batch_size=32", "model.hidden=[32]", "train.epochs=8",
+                                "train.device=cpu", f"lr.method={method}", "lr.eta0=1.0", *overrides])
+    history = run_training(config)
+    assert history[-1][M.VAL_ACC] > 0.5 and history[-1][M.STATUS] == M.STATUS_FINISHED, history[-1]
+    assert history[-1][M.LR] > 10 * history[0][M.LR] or method == "dadapt", history  # DoG's step size grew
+    assert all(math.isfinite(row[M.LR]) and 0 < row[M.LR] < 100 for row in history)
+    if "lr.schedule=warmup_cosine" in overrides:  # the multiplier follows the shape: near 0 at the end
+        trainer = Trainer(config)
+        trainer.run_epoch()
+        assert trainer.optimizer.param_groups[0]["lr"] < 1.0
+
+
+def test_dog_evaluates_and_checkpoints_its_average_and_resumes_exactly() -> None:
+    config = load_config(None, ["data.name=digits", "data.batch_size=64", "model.hidden=[32]", "train.epochs=3",
+                                "train.device=cpu", "lr.method=dog"])
+    trainer = Trainer(config)
+    trainer.run_epoch()
+    averaged = trainer.stepper.averager.averaged_model
+    assert all(torch.equal(p, q) for p, q in zip(trainer.model.parameters(), averaged.parameters(), strict=True))
+    training = trainer.stepper._train_weights
+    assert training is not None and not all(torch.equal(training[k], v) for k, v in averaged.state_dict().items())
+    state = copy.deepcopy(trainer.state_dict())  # as written to a checkpoint file: DoG updates its tensors in place
+    trainer.run_epoch()
+    again = Trainer(config)
+    again.load_state_dict(state)
+    again.run_epoch()
+    assert without_timing(again.history) == without_timing(trainer.history)

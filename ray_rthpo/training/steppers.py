@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ray_rthpo.config import SCHEDULE_METHODS, Config, LRConfig, OptimConfig
+from ray_rthpo.config import PEAK_SCHEDULED_METHODS, SCHEDULE_METHODS, Config, LRConfig, OptimConfig
 from ray_rthpo.errors import ConfigError
 from ray_rthpo.hypergrad.hvp import default_hvp_route, has_batchnorm
 from ray_rthpo.optim import RTHPO, ModelClosure
@@ -53,12 +53,17 @@ class StepOutput(NamedTuple):
 def read_lr(optimizer: torch.optim.Optimizer) -> float:
     """The one learning rate of ``optimizer`` (all param groups share it), as a Python float.
 
-    For Prodigy, which keeps its adapted distance estimate ``d`` in the param group, this is the
-    effective step size ``d * lr`` (``lr`` is only a multiplier there, 1.0 by default).
+    For Prodigy and D-Adaptation, which keep their adapted distance estimate ``d`` in the param group,
+    this is the effective step size ``d * lr`` (``lr`` is only a multiplier there, 1.0 by default); for
+    DoG, its step size ``eta`` (the same for every tensor of a group; ``lr`` times ``reps_rel`` before the
+    first step).
     """
     group = optimizer.param_groups[0]
-    if "d" in group and "d0" in group:  # prodigyopt.Prodigy's group: lr, d, d0, d_max, d_coef, ...
+    if "d" in group and "numerator_weighted" in group or "d0" in group:  # Prodigy, D-Adaptation
         return float(group["d"]) * float(group["lr"])
+    if "reps_rel" in group:  # dog.DoG
+        etas = group.get("eta")
+        return float(etas[0]) if etas else float(group["lr"]) * float(group["reps_rel"])
     return float(group["lr"])
 
 
@@ -132,7 +137,7 @@ class HypergradientStepper:
 def scheduled_lr(lr_cfg: LRConfig, *, epoch: int, step: int, total_steps: int) -> float:
     """The learning rate of the fixed schedules: ``fixed`` (eta0, times ``lr.schedule``'s factor at
     ``step``: the peak of a warmup + decay shape), ``exp_decay`` (eta0 gamma^epoch), ``cosine``."""
-    if lr_cfg.method == "fixed" and lr_cfg.schedule != "constant":
+    if lr_cfg.method in PEAK_SCHEDULED_METHODS and lr_cfg.schedule != "constant":
         shape = make_schedule(lr_cfg.schedule, max(1, total_steps), warmup=lr_cfg.warmup)
         return lr_cfg.eta0 * shape(step)
     if lr_cfg.method == "exp_decay":
@@ -159,11 +164,21 @@ class ScheduleStepper:
         self.mu = 0.0
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.schedule_free = lr_cfg.method == "schedule_free"
+        self.scheduled = lr_cfg.method in SCHEDULE_METHODS or (
+            lr_cfg.method in PEAK_SCHEDULED_METHODS and lr_cfg.schedule != "constant")
+        #: DoG's weight averager (dog.PolynomialDecayAverager), stepped after every optimizer step; the
+        #: model holds the average between eval_mode() and train_mode(), the training weights are kept here.
+        self.averager: Any = None
+        self._train_weights: dict[str, torch.Tensor] | None = None
 
     def train_mode(self) -> None:
-        """Schedule-Free: move the weights to the training point ``y`` (call before the steps of an epoch)."""
+        """Schedule-Free: move the weights to the training point ``y``; DoG: put the training weights back
+        in place of the average (call before the steps of an epoch)."""
         if self.schedule_free:
             self.optimizer.train()  # type: ignore[attr-defined]
+        if self._train_weights is not None:
+            self.model.load_state_dict(self._train_weights)
+            self._train_weights = None
 
     def eval_mode(self, bn_batches: Iterable[torch.Tensor] = ()) -> bool:
         """Schedule-Free: move the weights to the averaged point ``x`` (call before evaluating or saving).
@@ -172,6 +187,12 @@ class ScheduleStepper:
         ``x`` from ``bn_batches`` (model inputs; consumed only then). Returns True when the weights
         moved; False when they were already at ``x``, and always for the other methods.
         """
+        if self.averager is not None:
+            if self._train_weights is not None:
+                return False
+            self._train_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(self.averager.averaged_model.state_dict())
+            return True
         if not self.schedule_free or not self.optimizer.param_groups[0]["train_mode"]:
             return False
         self.optimizer.eval()  # type: ignore[attr-defined]
@@ -183,7 +204,7 @@ class ScheduleStepper:
         self, x: torch.Tensor, y: torch.Tensor, *, epoch: int = 0, val_batch: ValBatchFn | None = None
     ) -> StepOutput:
         """Set the scheduled learning rate, then one forward, backward and optimizer step."""
-        if self.cfg.method in SCHEDULE_METHODS:
+        if self.scheduled:
             write_lr(self.optimizer, scheduled_lr(self.cfg, epoch=epoch, step=self.step_count,
                                                   total_steps=self.total_steps))
         self.optimizer.zero_grad(set_to_none=True)
@@ -191,16 +212,26 @@ class ScheduleStepper:
         loss = self.loss_fn(logits, y)
         loss.backward()
         self.optimizer.step()
+        if self.averager is not None:
+            self.averager.step()
         self.step_count += 1
         return StepOutput(loss.detach(), logits.detach(), read_lr(self.optimizer), None, 0.0, False)
 
     def state_dict(self) -> dict[str, Any]:
-        """The step count (the learning rate and optimizer state are in the optimizer's state_dict)."""
-        return {"step": self.step_count}
+        """The step count (the learning rate and optimizer state are in the optimizer's state_dict); for
+        DoG also its averager and, while the model holds the average, the training weights."""
+        out: dict[str, Any] = {"step": self.step_count}
+        if self.averager is not None:
+            out["averager"] = self.averager.state_dict()
+            out["train_weights"] = self._train_weights
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the step count saved by :meth:`state_dict`."""
+        """Restore what :meth:`state_dict` saved."""
         self.step_count = int(state["step"])
+        if self.averager is not None:
+            self.averager.load_state_dict(state["averager"])
+            self._train_weights = state["train_weights"]
 
 
 
@@ -269,7 +300,7 @@ def build_stepper(
     params = [p for p in model.parameters() if p.requires_grad]
     total_steps = steps_per_epoch * config.train.epochs
     adamw = optim_cfg.base == "adamw"
-    if adamw and lr_cfg.method in ("adadelta", "prodigy"):
+    if adamw and lr_cfg.method in ("adadelta", "prodigy", "dog"):
         raise ConfigError(f"lr.method {lr_cfg.method} is its own optimizer, so optim.base adamw does not apply; "
                           "set optim.base: sgd.")
     if lr_cfg.method == "adadelta":
@@ -280,6 +311,21 @@ def build_stepper(
     if lr_cfg.method == "prodigy":
         prodigyopt = _import_lrfree("prodigy", "prodigyopt")
         optimizer = prodigyopt.Prodigy(params, lr=lr_cfg.eta0, weight_decay=optim_cfg.weight_decay)
+        return optimizer, ScheduleStepper(model, optimizer, lr_cfg, total_steps, loss_fn)
+    if lr_cfg.method == "dog":
+        dog = _import_lrfree("dog", "dog")
+        optimizer = dog.DoG(params, weight_decay=optim_cfg.weight_decay)
+        stepper = ScheduleStepper(model, optimizer, lr_cfg, total_steps, loss_fn)
+        stepper.averager = dog.PolynomialDecayAverager(model)
+        return optimizer, stepper
+    if lr_cfg.method == "dadapt":
+        dadaptation = _import_lrfree("dadapt", "dadaptation")
+        if adamw:
+            optimizer = dadaptation.DAdaptAdam(params, lr=lr_cfg.eta0, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps,
+                                               weight_decay=optim_cfg.weight_decay, decouple=True)
+        else:
+            optimizer = dadaptation.DAdaptSGD(params, lr=lr_cfg.eta0, momentum=optim_cfg.momentum,
+                                              weight_decay=optim_cfg.weight_decay)
         return optimizer, ScheduleStepper(model, optimizer, lr_cfg, total_steps, loss_fn)
     if lr_cfg.method == "schedule_free":
         schedulefree = _import_lrfree("schedule_free", "schedulefree")
