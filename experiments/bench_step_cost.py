@@ -140,9 +140,19 @@ METHODS: dict[str, Spec] = {
 VARIANTS: dict[str, Spec] = {
     "rthpo[double_backward]": Spec({"method": "rthpo", "hvp": "double_backward"}),
     "rthpo[forward_over_reverse_bn]": Spec({"method": "rthpo", "hvp": "forward_over_reverse_bn"}),
-    "rthpo[val_mode=forward]": Spec({"method": "rthpo", "val_mode": "forward"}),
+    # forward mode gives no |grad E|, which the default (multiplicative) rule divides by: the paper's rule
+    "rthpo[val_mode=forward]": Spec({"method": "rthpo", "val_mode": "forward", "hyper_update": "additive"}),
     "rthpo[closure]": Spec({"method": "rthpo", "hvp": "double_backward"}, "sgd", "closure"),
     "rthpo[functional]": Spec({"method": "rthpo", "hvp": FUNCTIONAL}),
+    # sub-sampled every 10th step on a quarter of the batch: a candidate for the cheap default
+    "rthpo[every10,quarter]": Spec({"method": "rthpo", "hvp_every": 10, "hvp_batch_fraction": 0.25, "val_every": 10,
+                                    "val_batch_fraction": 0.25}),
+    "rthpo_adamw[every10,quarter]": Spec({"method": "rthpo", "hvp_every": 10, "hvp_batch_fraction": 0.25,
+                                          "val_every": 10, "val_batch_fraction": 0.25}, "adamw"),
+    # a step after lr.tune_fraction of the run (the tuning is over: the base step alone, on the schedule)
+    "rthpo[after_tuning]": Spec({"method": "rthpo", "tune_fraction": 1e-4, "schedule": "warmup_cosine"}),
+    "rthpo_adamw[after_tuning]": Spec({"method": "rthpo", "tune_fraction": 1e-4, "schedule": "warmup_cosine"},
+                                      "adamw"),
     "rthpo_adamw[closure]": Spec({"method": "rthpo", "hvp": "double_backward"}, "adamw", "closure"),
     "rthpo_adamw[functional]": Spec({"method": "rthpo", "hvp": FUNCTIONAL}, "adamw"),
 }
@@ -304,7 +314,7 @@ def build_entries(name: str, device: torch.device, methods: list[str]) -> tuple[
             sub = {k: group[k] for k in ("hvp_every", "hvp_batch_fraction", "val_every", "val_batch_fraction")}
             period = math.lcm(sub["hvp_every"], sub["val_every"])
             info.update({"hvp_route": group["hvp"], "val_mode": group["val_mode"], "subsampling": sub,
-                         "driver": spec.driver})
+                         "driver": spec.driver, "tune_fraction": group["tune_fraction"]})
             what = json.dumps([group["method"], group["mu"], info], sort_keys=True)
         else:
             what = json.dumps([config.lr.method, info], sort_keys=True)

@@ -155,6 +155,9 @@ class Task:
         out = list(spec.overrides) + list(design.extra_overrides.get("*", ()))
         out += list(design.extra_overrides.get(self.workload, ()))
         out += ["train.device=cpu", f"train.seed={self.seed}", f"lr.method={self.method}", f"lr.eta0={self.eta0!r}"]
+        # the study's setting: beta per step, every step exact, no backoff (the run configs' defaults since
+        # docs/horizon.md are horizon-scaled and cheap)
+        out += ["lr.beta_horizon=step", "lr.preset=exact", "lr.tune_fraction=1.0", "lr.backoff=null"]
         if self.rule is not None:
             out += [f"lr.hyper_update={self.rule}", f"lr.beta={self.beta!r}"]
         return out

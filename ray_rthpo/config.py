@@ -25,7 +25,7 @@ from ray_rthpo.config_schema import check, check_choice, flatten, from_dict, mer
 from ray_rthpo.errors import ConfigError
 from ray_rthpo.hypergrad.hyper_updates import (
     BETA_HORIZONS,
-    DEFAULT_BETA,
+    DEFAULT_BETA_SQRT,
     DEFAULT_HYPER_UPDATE,
     HYPER_UPDATES,
     NEEDS_NORMS,
@@ -46,13 +46,15 @@ METHODS = HYPERGRADIENT_METHODS + SCHEDULE_METHODS + OPTIMIZER_METHODS
 HVP_MODES = ("auto", "double_backward", "forward_over_reverse", "forward_over_reverse_bn")
 VAL_MODES = ("backward", "forward")
 #: lr.preset: which values the sub-sampling options take when a config leaves them at null.
-PRESETS = ("exact", "fast")
+PRESETS = ("exact", "fast", "cheap")
 #: The values behind each preset (docs/performance.md measures the cost and accuracy of ``fast``).
 #: ``fast``: the HVP on the first quarter of every 4th minibatch, the hypergradient every 4th step
-#: on the first half of the validation minibatch: about 1.4x the cost of an SGD step on CPU.
+#: on the first half of the validation minibatch: about 1.4x the cost of an SGD step on CPU. ``cheap``:
+#: both every 10th step on a quarter of their batches (docs/performance.md, docs/horizon.md).
 PRESET_VALUES: dict[str, dict[str, float | int]] = {
     "exact": {"hvp_every": 1, "hvp_batch_fraction": 1.0, "val_every": 1, "val_batch_fraction": 1.0},
     "fast": {"hvp_every": 4, "hvp_batch_fraction": 0.25, "val_every": 4, "val_batch_fraction": 0.5},
+    "cheap": {"hvp_every": 10, "hvp_batch_fraction": 0.25, "val_every": 10, "val_batch_fraction": 0.25},
 }
 DEVICES = ("auto", "cpu", "cuda")
 #: Base optimizers (optim.base) and the eta-update rules of the hypergradient methods (lr.hyper_update;
@@ -62,6 +64,7 @@ BASES = ("sgd", "adamw")
 KEYS_READ_ONLY_BY: dict[str, tuple[str, ...]] = {
     "lr.beta": HYPERGRADIENT_METHODS, "lr.mu": ("marthe",), "lr.hypergrad_clip": HYPERGRADIENT_METHODS,
     "lr.gamma": ("exp_decay",), "lr.eta_min": ("cosine",), "lr.beta_horizon": HYPERGRADIENT_METHODS,
+    "lr.tune_fraction": HYPERGRADIENT_METHODS, "lr.backoff": HYPERGRADIENT_METHODS,
     "lr.schedule": HYPERGRADIENT_METHODS + PEAK_SCHEDULED_METHODS,
     "lr.warmup": HYPERGRADIENT_METHODS + PEAK_SCHEDULED_METHODS,
 }
@@ -247,7 +250,7 @@ class LRConfig:
     # multiplicative). With lr.hyper_update additive, the paper's eq. (2): eta_{t+1} = eta_t - beta * h_t,
     # whose scale differs by decades between models and optimizers (docs/results.md): set beta and search
     # it on a log scale (1e-4 is a value for the MNIST MLP).
-    beta: float = DEFAULT_BETA[DEFAULT_HYPER_UPDATE]
+    beta: float = DEFAULT_BETA_SQRT[DEFAULT_HYPER_UPDATE]
     # How eta moves given the hypergradient: multiplicative (the default: eta (1 - beta cos), the cosine of
     # grad E and z), additive (the paper's eq. 2), adam_log (Adam on log eta) or sign_log (sign of a
     # momentum on log eta). Equations: ray_rthpo/hypergrad/hyper_updates.py and the README.
@@ -255,7 +258,7 @@ class LRConfig:
     # How beta scales with the run's length T: step (beta is the change per step, so its effect grows with
     # T) or sqrt (beta / sqrt(T) per step: the drift of a noisy hypergradient over the run does not grow
     # with T). T is train.epochs x steps per epoch. ray_rthpo/hypergrad/hyper_updates.py, docs/horizon.md.
-    beta_horizon: str = "step"
+    beta_horizon: str = "sqrt"
     # The learning rate's shape over the run, for the hypergradient methods and fixed: constant, or
     # warmup_cosine / warmup_linear (linear warmup over lr.warmup, then cosine / linear decay to 0 at
     # the run's end). With a shape, eta_t = s * phi(t): fixed uses s = eta0 (the peak), the hypergradient
@@ -263,6 +266,13 @@ class LRConfig:
     schedule: str = "constant"
     # The warmup of lr.schedule: a fraction of the run's steps (below 1) or a number of steps.
     warmup: float = DEFAULT_WARMUP
+    # The hypergradient methods tune over the first tune_fraction of the run's steps only; afterwards
+    # the tuned value stays and each step costs what a plain step of the base optimizer costs.
+    tune_fraction: float = 0.25
+    # A guard against a learning rate above the stable range: while tuning, a step whose training loss
+    # exceeds backoff x the running mean of the losses (and that mean by a quarter of the first loss)
+    # halves the tuned value, at most once every 10 steps. null: off (ray_rthpo/optim/rthpo.py).
+    backoff: float | None = 2.0
     # MARTHE's discount of the tangent: z_{t+1} = mu (I - eta H) z_t - g_t. 1 = RT-HPO, 0 = First-order (Val).
     mu: float = 1.0
     # eta is kept within [0, eta_max] after every hypergradient step.
@@ -285,7 +295,7 @@ class LRConfig:
     # exact | fast. Sub-sampled hypergradients (the paper's proposal to close the cost gap): the
     # four options below, when left at null, take the preset's value (config.PRESET_VALUES);
     # a value set explicitly always wins over the preset. exact = 1, 1.0, 1, 1.0.
-    preset: str = "exact"
+    preset: str = "cheap"
     # The HVP on this fraction of the minibatch (its first examples)...
     hvp_batch_fraction: float | None = None
     # ... and only every k-th step (in between, the H z term of the tangent recursion is dropped).
@@ -316,6 +326,11 @@ class LRConfig:
               "set lr.val_mode: backward, or lr.hyper_update: adam_log (or another rule that needs no norm).")
         check_choice("lr.preset", self.preset, PRESETS)
         check_choice("lr.beta_horizon", self.beta_horizon, BETA_HORIZONS)
+        check(self.backoff is None or (math.isfinite(self.backoff) and self.backoff > 1.0),
+              f"lr.backoff must be null or a number > 1, but got {self.backoff!r}; 2.0 halves the rate when the "
+              "loss doubles.")
+        check(math.isfinite(self.tune_fraction) and 0.0 < self.tune_fraction <= 1.0,
+              f"lr.tune_fraction must be in (0, 1], but got {self.tune_fraction!r}; 1.0 tunes over the whole run.")
         check_choice("lr.schedule", self.schedule, SCHEDULES)
         try:
             warmup_steps(self.warmup, 2)

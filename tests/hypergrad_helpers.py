@@ -29,13 +29,19 @@ def batches(n: int, size: int = 8, seed: int = 1) -> list[tuple[torch.Tensor, to
     ]
 
 
+#: The exact setting of the hypergradient methods (the run configs' defaults are the cheap ones).
+EXACT: dict[str, object] = {"preset": "exact", "beta_horizon": "step", "backoff": None, "tune_fraction": 1.0}
+
+
 def controller(
     model: nn.Module, *, method: str = "rthpo", eta0: float = 0.3, beta: float = 0.0, mu: float = 1.0,
     momentum: float = 0.0, weight_decay: float = 0.0, hvp: str = "double_backward", base: str = "sgd",
     hyper_update: str = "additive", **lr_kwargs: object,
 ) -> HypergradientStepper:
     """The trainer's hypergradient stepper over ``model``: a fresh :class:`ray_rthpo.optim.RTHPO`, with the
-    paper's additive rule unless told otherwise (the literal references implement eq. 2)."""
+    paper's additive rule unless told otherwise (the literal references implement eq. 2), in the exact
+    setting (every step, whole batches, beta per step, no backoff) unless ``lr_kwargs`` say otherwise."""
+    lr_kwargs = {**EXACT, **lr_kwargs}
     lr_cfg = LRConfig(method=method, eta0=eta0, beta=beta, mu=mu, hvp=hvp, hyper_update=hyper_update,
                       **lr_kwargs)  # type: ignore[arg-type]
     optim_cfg = OptimConfig(momentum=momentum, weight_decay=weight_decay, base=base)

@@ -329,3 +329,37 @@ def test_a_schedule_returning_a_bad_factor_is_refused_at_its_step() -> None:
     opt = RTHPO(model.parameters(), lr=S0, schedule=lambda t: 1.0 if t < 2 else float("nan"))
     with pytest.raises(ValueError, match=r"the schedule returned nan at step 2.*finite factor >= 0"):
         train(opt, model, train_batches("mlp", 3), val_batch("mlp"))
+
+
+@pytest.mark.parametrize("base", ["sgd", "adamw"])
+def test_after_its_tune_fraction_a_step_is_the_base_optimizers_alone(base: str) -> None:
+    """tune_fraction=0.5 over 12 steps: the first 6 steps equal the full run's bit for bit; from step 6 the
+    scale stays, no hypergradient is computed, the tangent is frozen and the weights follow torch's own
+    optimizer on the schedule from the same state."""
+    kind = "mlp"
+    batches, val, phi = train_batches(kind, STEPS), val_batch(kind), SHAPES["warmup_cosine"]
+    kwargs: dict = dict(lr=S0, beta=0.3, base=base, schedule=phi, total_steps=STEPS,
+                        **({"momentum": 0.9, "weight_decay": 0.05} if base == "sgd" else {"weight_decay": 0.1}))
+    full_model, model = MODELS[kind][0](0), MODELS[kind][0](0)
+    full = train(RTHPO(full_model.parameters(), **kwargs), full_model, batches[:6], val)
+    opt = RTHPO(model.parameters(), tune_fraction=0.5, **kwargs)
+    head = train(opt, model, batches[:6], val)
+    assert head == full and torch.equal(flat_params(model), flat_params(full_model)) and not opt.tuning
+    frozen, scale = tangent(opt, model), opt.scale
+    twin = copy.deepcopy(model)
+    plain_cls = torch.optim.SGD if base == "sgd" else torch.optim.AdamW
+    plain_kwargs = {k: v for k, v in kwargs.items() if k in ("momentum", "weight_decay")}
+    plain = plain_cls(twin.parameters(), lr=scale, **plain_kwargs)
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):  # the base optimizer's own state
+        plain.state[q].update({k: v.clone() for k, v in opt.state[p].items()
+                               if k in ("momentum_buffer", "exp_avg", "exp_avg_sq", "step")})
+    tail = train(opt, model, batches[6:], val)
+    for t, (x, y) in enumerate(batches[6:], start=6):
+        for group in plain.param_groups:
+            group["lr"] = scale * phi(t)
+        plain.zero_grad()
+        F.cross_entropy(twin(x), y).backward()
+        plain.step()
+    assert all(h is None for _, h in tail) and [e for e, _ in tail] == [scale * phi(t) for t in range(6, STEPS)]
+    assert opt.scale == scale and torch.equal(tangent(opt, model), frozen)
+    assert rel_err(flat_params(model), flat_params(twin)) < 1e-13

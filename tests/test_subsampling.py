@@ -189,13 +189,15 @@ def test_validation_is_not_evaluated_on_skipped_steps() -> None:
 # -- presets ---------------------------------------------------------------------------------------
 
 def test_presets_resolve_to_the_documented_values_and_explicit_values_win() -> None:
-    assert LRConfig().subsampling._asdict() == PRESET_VALUES["exact"] == {
+    assert LRConfig(preset="exact").subsampling._asdict() == PRESET_VALUES["exact"] == {
         "hvp_every": 1, "hvp_batch_fraction": 1.0, "val_every": 1, "val_batch_fraction": 1.0}
+    assert LRConfig().subsampling._asdict() == PRESET_VALUES["cheap"] == {  # the default (docs/horizon.md)
+        "hvp_every": 10, "hvp_batch_fraction": 0.25, "val_every": 10, "val_batch_fraction": 0.25}
     assert LRConfig(preset="fast").subsampling._asdict() == PRESET_VALUES["fast"] == {
         "hvp_every": 4, "hvp_batch_fraction": 0.25, "val_every": 4, "val_batch_fraction": 0.5}
     mixed = LRConfig(preset="fast", hvp_every=1, val_batch_fraction=1.0).subsampling
     assert (mixed.hvp_every, mixed.hvp_batch_fraction, mixed.val_every, mixed.val_batch_fraction) == (1, 0.25, 4, 1.0)
-    assert LRConfig(hvp_every=3).subsampling.hvp_every == 3  # explicit values work without a preset
+    assert LRConfig(hvp_every=3).subsampling.hvp_every == 3  # explicit values win over the default preset
 
 
 def test_preset_from_yaml_overrides_and_the_flat_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -210,7 +212,7 @@ def test_preset_from_yaml_overrides_and_the_flat_round_trip(tmp_path) -> None:  
 
 
 BAD = [
-    ({"preset": "faster"}, r"lr\.preset must be one of exact, fast, but got 'faster'.*'fast'"),
+    ({"preset": "faster"}, r"lr\.preset must be one of exact, fast, cheap, but got 'faster'.*'fast'"),
     ({"hvp_every": 0}, r"lr\.hvp_every must be an integer >= 1 \(or null for the preset's value\), but got 0"),
     ({"val_every": -2}, r"lr\.val_every must be an integer >= 1"),
     ({"hvp_batch_fraction": 0.0}, r"lr\.hvp_batch_fraction must be in \(0, 1\]"),
@@ -271,7 +273,7 @@ def test_auto_route_rule_is_deterministic_and_valid(name: str) -> None:
 def test_build_stepper_runs_resnet_with_batchnorm(route: str) -> None:
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="resnet18"), (3, 8, 8), 4).double()
-    cfg = Config(lr=LRConfig(method="rthpo", beta=1e-3, hvp=route), model=ModelConfig(name="resnet18"))
+    cfg = Config(lr=LRConfig(method="rthpo", beta=1e-3, hvp=route, preset="exact"), model=ModelConfig(name="resnet18"))
     _, stepper = build_stepper(model, cfg, steps_per_epoch=2, device=torch.device("cpu"))
     assert stepper.hvp_route == route
     gen = torch.Generator().manual_seed(0)

@@ -197,8 +197,9 @@ def test_shipped_compare_configs_load(name: str) -> None:
 
 
 def test_the_default_rule_and_beta_are_the_ones_docs_beta_chose() -> None:
-    """lr.hyper_update and lr.beta default to docs/beta.md's choice, for the config and the optimizer alike;
-    the paper's additive rule is what the Table 1 workloads name."""
+    """lr.hyper_update defaults to docs/beta.md's choice; beta is per step for the optimizer (docs/beta.md's
+    0.1) and per sqrt(T) steps for run configs (docs/horizon.md: beta 1 with lr.beta_horizon sqrt, the same
+    0.1 per step at 100 steps); the paper's additive rule is what the Table 1 workloads name."""
     import torch
 
     from ray_rthpo.hypergrad.hyper_updates import DEFAULT_BETA, DEFAULT_HYPER_UPDATE
@@ -206,7 +207,7 @@ def test_the_default_rule_and_beta_are_the_ones_docs_beta_chose() -> None:
 
     assert (DEFAULT_HYPER_UPDATE, DEFAULT_BETA["multiplicative"]) == ("multiplicative", 0.1)
     lr = Config().lr
-    assert (lr.hyper_update, lr.beta) == ("multiplicative", 0.1)
+    assert (lr.hyper_update, lr.beta, lr.beta_horizon) == ("multiplicative", 1.0, "sqrt")
     group = RTHPO([torch.nn.Parameter(torch.zeros(2))]).param_groups[0]
     assert (group["hyper_update"], group["beta"]) == ("multiplicative", 0.1)
     assert "`lr.hyper_update: multiplicative` with `lr.beta: 1e-1`" in (REPO / "docs" / "beta.md").read_text()

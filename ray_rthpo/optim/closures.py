@@ -71,10 +71,11 @@ class ModelClosure:
         return self.loss_fn(output, y)
 
     def head(self, fraction: float) -> ModelClosure:
-        """The same closure on the first ``round(fraction * n)`` examples (at least 1) of the batch."""
+        """The same closure on the first ``round(fraction * n)`` examples of the batch (at least 2, as
+        train-mode BatchNorm needs more than one value per channel)."""
         x, y = self.batch
         n = x.shape[0]
-        k = n if fraction >= 1.0 else max(1, min(n, int(round(fraction * n))))
+        k = n if fraction >= 1.0 else max(min(n, 2), min(n, int(round(fraction * n))))
         if k == n:
             return self
         return ModelClosure(self.model, self.loss_fn, x[:k], y[:k])

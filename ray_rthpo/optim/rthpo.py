@@ -67,10 +67,19 @@ HVP_ROUTES = ("auto", "double_backward", "forward_over_reverse", "forward_over_r
 VAL_MODES = ("backward", "forward")
 #: Settings every param group shares: one learning rate (and how it moves) for all parameters.
 SHARED = ("lr", "beta", "mu", "method", "base", "eta_max", "hypergrad_clip", "hyper_update", "hvp", "val_mode",
-          "hvp_every", "hvp_batch_fraction", "val_every", "val_batch_fraction", "beta_horizon", "total_steps")
+          "hvp_every", "hvp_batch_fraction", "val_every", "val_batch_fraction", "beta_horizon", "total_steps",
+          "tune_fraction", "backoff")
 #: Settings added after the first checkpoints were written, with the value that reproduces them: a state
 #: saved without them loads as a run with no horizon scaling and no known length.
-LATER_SETTINGS = {"beta_horizon": "step", "total_steps": None}
+LATER_SETTINGS = {"beta_horizon": "step", "total_steps": None, "tune_fraction": 1.0, "backoff": None}
+#: ``backoff``: the tuned value is multiplied by this on a loss spike, and no other spike counts for the
+#: next BACKOFF_COOLDOWN steps; LOSS_EMA is the weight of a step's loss in the running mean it is compared with.
+BACKOFF_FACTOR = 0.5
+BACKOFF_COOLDOWN = 10
+LOSS_EMA = 0.1
+#: ... and a spike must also rise above that mean by this fraction of the run's first loss, so that the
+#: noise of small minibatch losses late in a run is no spike.
+SPIKE_FLOOR = 0.25
 #: Key of the optimizer-wide state in ``self.state`` (saved by ``state_dict()`` as is).
 GLOBAL = "rthpo"
 
@@ -145,6 +154,15 @@ class RTHPO(torch.optim.Optimizer):
         beta_horizon: ``"step"`` (beta per step) or ``"sqrt"`` (``beta / sqrt(T)`` per step, so that the
             drift of a noisy hypergradient over the run does not grow with its length;
             :mod:`ray_rthpo.hypergrad.hyper_updates`).
+        tune_fraction: the hypergradient work (HVP, validation term, tangent) runs over the first
+            ``ceil(tune_fraction * total_steps)`` steps only; after that the tuned value stays and each step
+            is the base optimizer's alone (on the schedule, at plain cost). 1.0 (or no ``total_steps``):
+            every step.
+        backoff: None, or a factor ``k > 1``: while tuning, a step whose training loss exceeds ``k`` times the
+            running mean of the losses before it (weight :data:`LOSS_EMA`), and that mean by
+            :data:`SPIKE_FLOOR` times the first step's loss, halves the tuned value
+            (:data:`BACKOFF_FACTOR`), at most once every :data:`BACKOFF_COOLDOWN` steps: a guard against a
+            learning rate above the stable range, which the hypergradient sees only once the loss has risen.
 
     BatchNorm. The validation term must not move running statistics and must use them as a model in
     eval mode does: RTHPO guarantees it when ``val_closure`` is a :class:`ModelClosure` or ``model`` is
@@ -166,7 +184,7 @@ class RTHPO(torch.optim.Optimizer):
                  val_every: int = 1, val_batch_fraction: float = 1.0, model: nn.Module | None = None,
                  timing: bool = False, schedule: str | schedules.Schedule | None = None,
                  total_steps: int | None = None, warmup: float = schedules.DEFAULT_WARMUP,
-                 beta_horizon: str = "step") -> None:
+                 beta_horizon: str = "step", tune_fraction: float = 1.0, backoff: float | None = None) -> None:
         if hyper_update not in hyper_updates.HYPER_UPDATES:
             raise _bad("hyper_update", hyper_update, f"one of {', '.join(hyper_updates.HYPER_UPDATES)}",
                        "'additive' is the paper's rule")
@@ -190,7 +208,8 @@ class RTHPO(torch.optim.Optimizer):
                         hypergrad_clip=hypergrad_clip, hyper_update=hyper_update, hvp=hvp, val_mode=val_mode,
                         hvp_every=hvp_every, hvp_batch_fraction=hvp_batch_fraction, val_every=val_every,
                         val_batch_fraction=val_batch_fraction, momentum=momentum, weight_decay=weight_decay,
-                        betas=tuple(betas), eps=eps, beta_horizon=beta_horizon, total_steps=total_steps)
+                        betas=tuple(betas), eps=eps, beta_horizon=beta_horizon, total_steps=total_steps,
+                        tune_fraction=tune_fraction, backoff=backoff)
         if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
                                         or total_steps < 1):
             raise _bad("total_steps", total_steps, "None or an integer >= 1", "pass the run's number of steps")
@@ -242,6 +261,13 @@ class RTHPO(torch.optim.Optimizer):
         return int(self.state[GLOBAL]["step"])
 
     @property
+    def tuning(self) -> bool:
+        """True while steps still do hypergradient work (see ``tune_fraction``)."""
+        first = self.param_groups[0]
+        total, fraction = first["total_steps"], float(first["tune_fraction"])
+        return fraction >= 1.0 or total is None or self.step_count < math.ceil(fraction * total)
+
+    @property
     def mu(self) -> float:
         """MARTHE's discount in effect (1 for rthpo, 0 for the first-order methods)."""
         return float(self.param_groups[0]["mu"])
@@ -280,11 +306,12 @@ class RTHPO(torch.optim.Optimizer):
         device = params[0].device
         clock = _Clock(self.timing and device.type == "cuda", device)
 
-        want_hvp = mu != 0.0 and t % int(first["hvp_every"]) == 0
+        tuning = self.tuning
+        want_hvp = tuning and mu != 0.0 and t % int(first["hvp_every"]) == 0
         with torch.enable_grad():
             loss, grads, hz = self._gradients(closure, params, z, want_hvp, first, clock)
         h: float | None = None
-        if t > 0 and t % int(first["val_every"]) == 0:  # z_0 = 0, so h_0 = 0: skip the work
+        if tuning and t > 0 and t % int(first["val_every"]) == 0:  # z_0 = 0, so h_0 = 0: skip the work
             clock.start()
             with torch.enable_grad():
                 h_tensor, norms = self._hypergradient(grads, params, z, val_closure, first, groups)
@@ -301,6 +328,13 @@ class RTHPO(torch.optim.Optimizer):
             for group in self.param_groups:
                 group["lr"] = scale
             state["last_hypergrad"] = h
+            if tuning and first["backoff"] is not None:
+                scale = self._backoff(values[0], scale, float(first["backoff"]))
+        elif tuning and first["backoff"] is not None:
+            value = float(loss.detach())  # the one host sync of a step without a hypergradient
+            if not math.isfinite(value):
+                return self._diverge(loss, scale * phi, None, clock)
+            scale = self._backoff(value, scale, float(first["backoff"]))
         elif not bool(torch.isfinite(loss)):  # the one host sync of a step without a hypergradient
             return self._diverge(loss, scale * phi, None, clock)
         eta = scale * phi  # phi = 1 (no schedule): eta is the scale itself, bit for bit
@@ -311,11 +345,28 @@ class RTHPO(torch.optim.Optimizer):
             if n:
                 step = self._sgd_step if group["base"] == "sgd" else self._adamw_step
                 step(group, ps, grads[start:start + n], None if hz is None else hz[start:start + n], eta, mu, phi,
-                     clock)
+                     clock, tuning)
             start += n
         state["step"] = t + 1
         self.last_step = StepInfo(loss.detach(), eta, h, clock.seconds, False)
         return loss.detach()
+
+    def _backoff(self, loss: float, scale: float, factor: float) -> float:
+        """The tuned value after ``backoff``'s check of this step's training loss (see the class doc)."""
+        state = self.state[GLOBAL]
+        mean, cooldown = state.get("loss_mean"), int(state.get("backoff_cooldown", 0))
+        first = float(state.setdefault("loss_first", loss))
+        if mean is not None and cooldown == 0 and loss > factor * mean and loss - mean > SPIKE_FLOOR * first:
+            scale *= BACKOFF_FACTOR
+            for group in self.param_groups:
+                group["lr"] = scale
+            state["backoffs"] = int(state.get("backoffs", 0)) + 1
+            cooldown = BACKOFF_COOLDOWN
+        else:
+            cooldown = max(0, cooldown - 1)
+        state["backoff_cooldown"] = cooldown
+        state["loss_mean"] = loss if mean is None else (1.0 - LOSS_EMA) * mean + LOSS_EMA * loss
+        return scale
 
     def _diverge(self, loss: torch.Tensor, eta: float, h: float | None, clock: _Clock) -> torch.Tensor:
         self.state[GLOBAL]["diverged"] = True
@@ -441,11 +492,12 @@ class RTHPO(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------------ base steps + tangents
     def _sgd_step(self, group: dict[str, Any], ps: list[torch.Tensor], grads: list[torch.Tensor],
-                  hz: list[torch.Tensor] | None, eta: float, mu: float, phi: float, clock: _Clock) -> None:
+                  hz: list[torch.Tensor] | None, eta: float, mu: float, phi: float, clock: _Clock,
+                  tangent: bool = True) -> None:
         momentum, wd = float(group["momentum"]), float(group["weight_decay"])
         # v_{t+1} without momentum is d_t = g_t + lam w_t: taken before the step moves w
         direction = (torch._foreach_add(grads, [p.detach() for p in ps], alpha=wd) if wd != 0.0 else grads) \
-            if momentum == 0.0 else None
+            if momentum == 0.0 and tangent else None
         buffers = [self.state[p].get("momentum_buffer") for p in ps]
         with torch.no_grad():
             _torch_sgd(ps, grads, buffers, weight_decay=wd, momentum=momentum, lr=eta, dampening=0.0,
@@ -454,6 +506,8 @@ class RTHPO(torch.optim.Optimizer):
             for p, buffer in zip(ps, buffers, strict=True):
                 self.state[p]["momentum_buffer"] = buffer
             direction = buffers  # type: ignore[assignment]
+        if not tangent:
+            return
         clock.start()
         fn.tangent_step_([self.state[p]["z"] for p in ps], [self.state[p]["u"] for p in ps] if momentum else None,
                          hz, direction, eta=eta, mu=mu, momentum=momentum, weight_decay=wd,  # type: ignore[arg-type]
@@ -461,13 +515,14 @@ class RTHPO(torch.optim.Optimizer):
         clock.stop()
 
     def _adamw_step(self, group: dict[str, Any], ps: list[torch.Tensor], grads: list[torch.Tensor],
-                    hz: list[torch.Tensor] | None, eta: float, mu: float, phi: float, clock: _Clock) -> None:
+                    hz: list[torch.Tensor] | None, eta: float, mu: float, phi: float, clock: _Clock,
+                    tangent: bool = True) -> None:
         beta1, beta2 = (float(b) for b in group["betas"])
         eps, wd = float(group["eps"]), float(group["weight_decay"])
         states = [self.state[p] for p in ps]
         z = [s["z"] for s in states]
         m, v, steps = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states]
-        if wd != 0.0:  # the tangent's w_t terms, applied to z before the base step moves w: no clone of w_t
+        if wd != 0.0 and tangent:  # the tangent's w_t terms, applied to z before the base step moves w
             clock.start()
             adamw_tangent_decay_(z, ps, eta=eta, weight_decay=wd, mu=mu, phi=phi)
             clock.stop()
@@ -475,6 +530,8 @@ class RTHPO(torch.optim.Optimizer):
             _torch_adam(ps, grads, m, v, [], steps, foreach=None, capturable=False, differentiable=False,
                         fused=None, grad_scale=None, found_inf=None, has_complex=False, decoupled_weight_decay=True,
                         amsgrad=False, beta1=beta1, beta2=beta2, lr=eta, weight_decay=wd, eps=eps, maximize=False)
+        if not tangent:
+            return
         clock.start()
         adamw_tangent_step_(z, [s["a"] for s in states], [s["b"] for s in states], hz, None, grads, m, v,
                             step=steps[0], eta=eta, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd, mu=mu,
@@ -592,6 +649,10 @@ def _check_group(group: dict[str, Any], index: int) -> None:
     if group["beta_horizon"] not in hyper_updates.BETA_HORIZONS:
         raise _bad("beta_horizon", group["beta_horizon"], f"one of {', '.join(hyper_updates.BETA_HORIZONS)}",
                    "'sqrt' keeps the drift of eta from growing with the run's length")
+    if not (_number(group["tune_fraction"]) and 0.0 < group["tune_fraction"] <= 1.0):
+        raise _bad("tune_fraction", group["tune_fraction"], "in (0, 1]", "1.0 tunes over the whole run")
+    if group["backoff"] is not None and not (_number(group["backoff"]) and group["backoff"] > 1.0):
+        raise _bad("backoff", group["backoff"], "None or a number > 1", "2.0 halves the rate when the loss doubles")
     total = group["total_steps"]
     if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 1):
         raise _bad("total_steps", total, "None or an integer >= 1", "pass the run's number of steps")

@@ -259,7 +259,8 @@ def hypergradient_stepper(model: nn.Module, lr_cfg: LRConfig, optim_cfg: OptimCo
                   val_batch_fraction=sub.val_batch_fraction, model=model, timing=True,
                   schedule=None if lr_cfg.schedule == "constant" else lr_cfg.schedule,
                   total_steps=max(1, total_steps) if total_steps is not None else None, warmup=lr_cfg.warmup,
-                  beta_horizon=lr_cfg.beta_horizon)
+                  beta_horizon=lr_cfg.beta_horizon, tune_fraction=lr_cfg.tune_fraction,
+                  backoff=lr_cfg.backoff)
     return HypergradientStepper(model, rthpo, route, loss_fn)
 
 

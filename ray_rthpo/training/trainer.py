@@ -288,8 +288,10 @@ class Trainer:
         saved_flat = config_from_dict(state["config"]).to_flat()
         own_flat = self.config.to_flat()
         ignored = {"train.epochs", "train.device", "train.pythonpath"}  # where the run is, not what it is
-        if self.config.lr.schedule != "constant" or self.config.lr.beta_horizon != "step":
-            ignored.discard("train.epochs")  # the run's length is part of its schedule and its beta
+        if self.config.lr.schedule != "constant":  # the run's length is part of the schedule's shape
+            ignored.discard("train.epochs")
+        # (beta_horizon and tune_fraction keep the length they started with: total_steps is in the optimizer's
+        # state, so an extended run goes on with the beta and the tuning period of its first length.)
         differ = sorted(k for k in set(saved_flat) | set(own_flat)
                         if k not in ignored and saved_flat.get(k) != own_flat.get(k))
         refused = [k for k in differ if k not in adopt]
