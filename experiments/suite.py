@@ -1,0 +1,334 @@
+"""The suite that answers "should I use RT-HPO?": workloads x horizons, every row run by ``rthpo compare``.
+
+Each workload is a comparison config in ``configs/suite/`` (its rows are strategies: RT-HPO's defaults
+from three starting points, grid- and Optuna-tuned schedules, AdamW, the learning-rate-free optimizers);
+each horizon sets ``train.epochs``. A cell is one ``rthpo compare`` run in ``runs/suite/WORKLOAD-hSTEPS``,
+continued with ``--resume`` when it was interrupted, so this script keeps no journal, pool or state of its
+own: it only runs the cells and reads their ``trials.csv``::
+
+    python experiments/suite.py run --workloads digits_mlp --horizons 360 3600      # resumable
+    python experiments/suite.py report                                               # docs/suite.md, docs/horizon.md
+
+``report`` writes ``docs/suite.md`` (per-cell tables, the targets, time to target in the AlgoPerf manner,
+performance profiles and the AlgoPerf score) and ``docs/horizon.md`` (the study behind the defaults,
+``configs/suite/horizon_digits.yaml``) with their figures in ``docs/suite/``, from the run files alone.
+The analysis is pure functions over data frames (tested in tests/test_suite.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A comparison config, its steps per epoch, the epochs of each horizon (steps -> epochs), its seeds."""
+
+    config: str
+    steps_per_epoch: int
+    horizons: dict[int, int]
+    seeds: int = 3
+    doc: str = "suite"
+
+
+WORKLOADS: dict[str, Workload] = {
+    "digits_mlp": Workload("configs/suite/digits_mlp.yaml", 40, {360: 9, 3600: 90, 10000: 250}),
+    "horizon_digits": Workload("configs/suite/horizon_digits.yaml", 40, {360: 9, 3600: 90}, seeds=2, doc="horizon"),
+}
+#: Workloads the suite is meant to hold that have no config yet (reported as missing in docs/suite.md).
+PLANNED = ("mnist_mlp", "mnist_lenet", "cifar10_cnn", "char_lm_adamw", "tabular")
+#: Rows that are RT-HPO's defaults (untuned), and the grid each is held against.
+DEFAULT_ROWS = {f"rthpo_{base}_{start}": f"grid_{base}" for base in ("sgd", "adamw") for start in ("lo", "mid", "hi")}
+GRIDS = ("grid_sgd", "grid_adamw")
+COLLAPSE = 0.02   # a last epoch more than 2 points below the run's best validation accuracy is a collapse
+WITHIN = 0.01     # target: within 1 point of the grid's test accuracy
+R_MAX = 4.0       # AlgoPerf's r_max
+
+
+def cell_dir(out: Path, workload: str, steps: int) -> Path:
+    return out / f"{workload}-h{steps}"
+
+
+def cell_command(workload: str, steps: int, out: Path, *, seeds: int | None = None,
+                 epochs: int | None = None) -> list[str]:
+    """The ``rthpo compare`` command of one cell (``--resume`` when its folder already holds a run)."""
+    w = WORKLOADS[workload]
+    folder = cell_dir(out, workload, steps)
+    cmd = [sys.executable, "-m", "ray_rthpo.cli", "compare", str(REPO / w.config),
+           "--set", f"train.epochs={epochs if epochs is not None else w.horizons[steps]}",
+           "--seeds", str(seeds if seeds is not None else w.seeds), "--output", str(folder)]
+    if (folder / "config.yaml").exists():
+        cmd.append("--resume")
+    return cmd
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run (or continue) every requested cell, one after the other."""
+    out = Path(args.out)
+    for name in args.workloads:
+        if name not in WORKLOADS:
+            raise SystemExit(f"suite: unknown workload {name!r}; choose from {', '.join(WORKLOADS)}.")
+        w = WORKLOADS[name]
+        for steps in args.horizons or list(w.horizons):
+            if steps not in w.horizons:
+                raise SystemExit(f"suite: {name} has horizons {', '.join(map(str, w.horizons))}, not {steps}.")
+            cmd = cell_command(name, steps, out, seeds=args.seeds, epochs=args.epochs)
+            print("$", shlex.join(["python", *cmd[1:]]), flush=True)
+            start = time.time()
+            rc = subprocess.call(cmd)
+            print(f"{name} h{steps}: exit {rc} in {time.time() - start:.0f} s", flush=True)
+            if rc != 0:
+                return rc
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ analysis
+def seed_rows(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per (strategy, seed): the trial a searcher chose (best validation accuracy over its trials'
+    epochs), its test accuracy at that best-validation epoch and at its last epoch, the best and last
+    validation accuracy of that trial, the compute of all its trials (the search included), and the
+    run's last learning rate and tuned value."""
+    rows = []
+    for (strategy, seed), group in trials.groupby(["strategy", "seed"], sort=False):
+        best = group.loc[group["val/acc"].idxmax()]
+        chosen = group[group["trial_id"] == best["trial_id"]].sort_values("epoch")
+        last = chosen.iloc[-1]
+        compute = float(group.groupby("trial_id")["time/total_s"].max().sum())
+        rows.append({"strategy": strategy, "seed": int(seed), "trials": int(group["trial_id"].nunique()),
+                     "best_val": float(best["val/acc"]), "test_at_best": float(best["test/acc"]),
+                     "last_val": float(last["val/acc"]), "test_last": float(last["test/acc"]),
+                     "steps": int(last["step"]), "compute_s": compute, "lr_last": float(last["lr"]),
+                     "scale_last": float(last.get("lr_scale", last["lr"])),
+                     "collapsed": bool(best["val/acc"] - last["val/acc"] > COLLAPSE)})
+    return pd.DataFrame(rows)
+
+
+def time_to_target(trials: pd.DataFrame, target: float) -> pd.DataFrame:
+    """Per (strategy, seed): the compute seconds until a validation accuracy >= ``target`` first appears,
+    counting every trial of the search that finished before (trials in the order they started) and the
+    reaching trial up to that epoch; inf when none reaches it."""
+    rows = []
+    for (strategy, seed), group in trials.groupby(["strategy", "seed"], sort=False):
+        spent, reached = 0.0, math.inf
+        order = group.groupby("trial_id")["time/started_at"].min().sort_values().index
+        for trial in order:
+            t = group[group["trial_id"] == trial].sort_values("epoch")
+            hit = t[t["val/acc"] >= target]
+            if len(hit):
+                reached = spent + float(hit["time/total_s"].iloc[0])
+                break
+            spent += float(t["time/total_s"].max())
+        rows.append({"strategy": strategy, "seed": int(seed), "time_s": reached})
+    return pd.DataFrame(rows)
+
+
+def performance_profile(times: pd.DataFrame, taus: np.ndarray) -> pd.DataFrame:
+    """``times``: one row per cell, one column per method (a median time to target, inf if not reached).
+    rho(tau) per method: the fraction of cells whose ratio t / min_t is <= tau (AlgoPerf)."""
+    best = times.min(axis=1)
+    ratios = times.div(best, axis=0)
+    ratios[~np.isfinite(best.to_numpy())] = np.inf  # a cell no method reached counts for none
+    return pd.DataFrame({m: [(ratios[m] <= tau).mean() for tau in taus] for m in times.columns}, index=taus)
+
+
+def algoperf_score(profile: pd.DataFrame) -> pd.Series:
+    """Integral of rho from 1 to r_max, divided by r_max - 1 (the trapezoid rule on the profile's grid)."""
+    taus = profile.index.to_numpy(dtype=float)
+    return pd.Series({m: float(np.trapezoid(profile[m].to_numpy(), taus)) / (R_MAX - 1) for m in profile.columns})
+
+
+def load_cells(out: Path, doc: str) -> dict[tuple[str, int], pd.DataFrame]:
+    """The ``trials.csv`` of every cell under ``out`` whose workload belongs to ``doc``."""
+    cells = {}
+    for name, w in WORKLOADS.items():
+        if w.doc != doc:
+            continue
+        for steps in w.horizons:
+            path = cell_dir(out, name, steps) / "trials.csv"
+            if path.exists():
+                cells[(name, steps)] = pd.read_csv(path)
+    return cells
+
+
+def _pct(x: float) -> str:
+    return "–" if not math.isfinite(x) else f"{100 * x:.1f}"
+
+
+def cell_table(rows: pd.DataFrame) -> list[str]:
+    """Markdown rows: mean ± std over seeds per strategy."""
+    agg = rows.groupby("strategy", sort=False).agg(
+        seeds=("seed", "count"), trials=("trials", "mean"), test=("test_at_best", "mean"),
+        test_sd=("test_at_best", "std"), test_last=("test_last", "mean"), best_val=("best_val", "mean"),
+        last_val=("last_val", "mean"), collapses=("collapsed", "sum"), compute=("compute_s", "mean"),
+        scale=("scale_last", "median"))
+    lines = ["| row | seeds | trials | test % (best val) | test % (last) | val % best / last | collapses | "
+             "compute-s | tuned value at end |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in agg.iterrows():
+        sd = "" if not math.isfinite(r.test_sd) else f" ± {100 * r.test_sd:.1f}"
+        lines.append(f"| {name} | {int(r.seeds)} | {r.trials:g} | {_pct(r.test)}{sd} | {_pct(r.test_last)} | "
+                     f"{_pct(r.best_val)} / {_pct(r.last_val)} | {int(r.collapses)} | {r.compute:.1f} | "
+                     f"{r.scale:.3g} |")
+    return lines
+
+
+def targets(cells: dict[tuple[str, int], pd.DataFrame]) -> list[str]:
+    """The issue's targets per cell: each default row within 1 point of its grid, and no collapse."""
+    lines = ["| cell | row | test % (mean) | grid % | within 1 pt | collapses |", "|---|---|---|---|---|---|"]
+    for (name, steps), trials in sorted(cells.items()):
+        rows = seed_rows(trials)
+        means = rows.groupby("strategy")["test_at_best"].mean()
+        for row, grid in DEFAULT_ROWS.items():
+            if row not in means or grid not in means:
+                continue
+            ok = means[row] >= means[grid] - WITHIN
+            collapses = int(rows[rows.strategy == row]["collapsed"].sum())
+            lines.append(f"| {name} h{steps} | {row} | {_pct(means[row])} | {_pct(means[grid])} | "
+                         f"{'met' if ok else 'NOT met'} | {collapses} |")
+    return lines
+
+
+def medians_to_target(cells: dict[tuple[str, int], pd.DataFrame]) -> pd.DataFrame:
+    """One row per cell, one column per strategy: the median over seeds of the time to the target (the
+    better grid's median best validation accuracy)."""
+    out = {}
+    for (name, steps), trials in sorted(cells.items()):
+        rows = seed_rows(trials)
+        grids = [rows[rows.strategy == g]["best_val"].median() for g in GRIDS if g in set(rows.strategy)]
+        if not grids:
+            continue
+        times = time_to_target(trials, max(grids))
+        out[f"{name} h{steps}"] = times.groupby("strategy")["time_s"].median()
+    return pd.DataFrame(out).T
+
+
+def report(args: argparse.Namespace) -> int:
+    """Write docs/suite.md and docs/horizon.md (and their figures) from the cells' run files."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out, docs = Path(args.out), Path(args.docs)
+    figs = docs / "suite"
+    figs.mkdir(parents=True, exist_ok=True)
+    machine = f"{platform.machine()}, {platform.system()}, Python {platform.python_version()}"
+    for doc in ("suite", "horizon"):
+        cells = load_cells(out, doc)
+        lines = [f"# {'The suite' if doc == 'suite' else 'The horizon study'}", "",
+                 "Generated by `python experiments/suite.py report` from the cells' `trials.csv` "
+                 f"(`{args.out}/WORKLOAD-hSTEPS`); do not edit by hand. Machine: {machine}.", ""]
+        if doc == "horizon":
+            lines += HORIZON_INTRO
+        else:
+            lines += SUITE_INTRO
+        missing = [f"{n} h{s}" for n, w in WORKLOADS.items() if w.doc == doc for s in w.horizons
+                   if (n, s) not in cells]
+        if doc == "suite":
+            missing += [f"{p} (no config yet)" for p in PLANNED]
+        lines += ["## Cells", "", "| cell | steps | seeds | wall of its runs | command |", "|---|---|---|---|---|"]
+        for (name, steps), trials in sorted(cells.items()):
+            wall = trials.groupby(["strategy", "seed"])["time/wall_elapsed_s"].max().sum() \
+                if "time/wall_elapsed_s" in trials else float("nan")
+            cmd = shlex.join(["python", "experiments/suite.py", "run", "--workloads", name, "--horizons", str(steps)])
+            lines.append(f"| {name} | {steps} | {trials['seed'].nunique()} | {wall / 60:.0f} min (summed) | "
+                         f"`{cmd}` |")
+        lines += ["", f"Missing: {', '.join(missing) if missing else 'none'}.", ""]
+        if doc == "suite" and cells:
+            lines += ["## Targets", "", *targets(cells), ""]
+            med = medians_to_target(cells)
+            if not med.empty:
+                taus = np.linspace(1.0, R_MAX, 61)
+                profile = performance_profile(med.fillna(np.inf), taus)
+                score = algoperf_score(profile).sort_values(ascending=False)
+                lines += ["## Time to target and the AlgoPerf score", "",
+                          "Target per cell: the better grid's median best validation accuracy; time: every compute "
+                          "second a row spends to first reach it, its search included (median over seeds; – = not "
+                          f"reached). Score: the integral of the performance profile from 1 to {R_MAX:g}, over "
+                          f"{R_MAX - 1:g}.", "",
+                          "| row | score | " + " | ".join(med.index) + " |", "|---|---|" + "---|" * len(med.index)]
+                for m in score.index:
+                    cells_txt = " | ".join("–" if not math.isfinite(med.loc[c, m]) else f"{med.loc[c, m]:.1f} s"
+                                           for c in med.index)
+                    lines.append(f"| {m} | {score[m]:.3f} | {cells_txt} |")
+                fig, ax = plt.subplots(figsize=(8, 4.5))
+                for m in score.index[:12]:
+                    ax.step(taus, profile[m], where="post", label=f"{m} ({score[m]:.2f})")
+                ax.set_xlabel("tau (time to target / best time)")
+                ax.set_ylabel("fraction of cells")
+                ax.set_title("Performance profiles (AlgoPerf score in brackets)")
+                ax.legend(fontsize=7, ncol=2)
+                fig.tight_layout()
+                fig.savefig(figs / "profile.png", dpi=110)
+                plt.close(fig)
+                lines += ["", "![performance profiles](suite/profile.png)", ""]
+        for (name, steps), trials in sorted(cells.items()):
+            lines += [f"## {name}, {steps} steps", "", *cell_table(seed_rows(trials)), ""]
+            fig, ax = plt.subplots(figsize=(8, 4))
+            rt = trials[trials["method"] == "rthpo"]
+            for (strategy, seed), t in rt.groupby(["strategy", "seed"]):
+                t = t.sort_values("epoch")
+                ax.semilogy(t["step"], t["lr"].clip(lower=1e-8), lw=0.8, label=strategy if seed == 0 else None)
+            ax.set_xlabel("step")
+            ax.set_ylabel("learning rate at the epoch's last step")
+            ax.set_title(f"{name}, {steps} steps: RT-HPO's learning rate")
+            ax.legend(fontsize=6, ncol=3)
+            fig.tight_layout()
+            fname = f"{name}-h{steps}_lr.png"
+            fig.savefig(figs / fname, dpi=100)
+            plt.close(fig)
+            lines += [f"![learning rates](suite/{fname})", ""]
+        (docs / f"{doc}.md").write_text("\n".join(lines))
+        print(f"wrote {docs / f'{doc}.md'} ({len(cells)} cells)")
+    return 0
+
+
+SUITE_INTRO = [
+    "Rows (configs/suite/*.yaml): `rthpo_{sgd,adamw}_{lo,mid,hi}` are RT-HPO's defaults (warmup + cosine, its "
+    "peak tuned online from a tenth of, at and ten times the grid's best peak); `grid_*` the same schedule with its "
+    "peak tuned by a 7-point half-decade grid, `optuna_*` by 7 TPE trials; `adamw_1e-3` AdamW at 1e-3 on the "
+    "schedule; `prodigy`, `schedule_free_*`, `dog` (with its averager), `dadapt_adam` at their documented "
+    "defaults; `rthpo_old_default` RT-HPO's default before this suite (flat eta, beta 0.1 per step, exact). Test "
+    "accuracy is read at the best-validation epoch of the trial a row chose, and at its last epoch; a collapse is a "
+    "last epoch more than 2 points below the run's best validation accuracy.", ""]
+HORIZON_INTRO = [
+    "What the defaults rest on: candidate updates of log s over SGD (momentum 0.9) and AdamW on digits "
+    "(configs/suite/horizon_digits.yaml), from a tenth of, at and ten times the tuned peak, at 360 and 3,600 "
+    "steps. `step01_exact` is beta 0.1 per step, the old default: its per-step change adds up over a longer run. "
+    "`sqrt1` divides beta 1 by sqrt(T), so the drift of a noisy hypergradient over the whole run is the same at "
+    "every T. `cheap_tf25` computes the hypergradient every 10th step on a quarter batch over the first quarter of "
+    "the run only. The defaults (lr.beta_horizon sqrt, lr.beta 1, lr.preset cheap, lr.tune_fraction 0.25) are "
+    "the `sqrt1_cheap_tf25` rows, plus lr.backoff 2.0 (not in these rows: see the suite's `rthpo_*_hi` rows). "
+    "When the run's length is unknown (RTHPO without total_steps), `beta_horizon='sqrt'` assumes 1,000 steps.",
+    ""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="run or continue cells (rthpo compare --resume)")
+    p_run.add_argument("--workloads", nargs="+", default=["digits_mlp"], metavar="NAME")
+    p_run.add_argument("--horizons", nargs="+", type=int, default=None, metavar="STEPS")
+    p_run.add_argument("--seeds", type=int, default=None, help="seeds per row (default: the workload's)")
+    p_run.add_argument("--epochs", type=int, default=None, help="override the horizon's epochs (smoke runs)")
+    p_run.add_argument("--out", default="runs/suite")
+    p_rep = sub.add_parser("report", help="write docs/suite.md and docs/horizon.md from the run files")
+    p_rep.add_argument("--out", default="runs/suite")
+    p_rep.add_argument("--docs", default=str(REPO / "docs"))
+    args = parser.parse_args(argv)
+    return run(args) if args.command == "run" else report(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

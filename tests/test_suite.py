@@ -1,0 +1,85 @@
+"""experiments/suite.py: its analysis on hand-built trial tables (the chosen trial, compute with the search,
+time to target, performance profiles, the AlgoPerf score), and its documented commands at smoke size."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "experiments"))
+
+import suite  # noqa: E402
+
+
+def trial(strategy: str, seed: int, trial_id: str, started: float, vals: list[float], tests: list[float],
+          epoch_s: float = 1.0) -> list[dict]:
+    return [{"strategy": strategy, "seed": seed, "trial_id": trial_id, "method": "fixed", "epoch": e + 1,
+             "step": 10 * (e + 1), "val/acc": v, "test/acc": t, "time/total_s": epoch_s * (e + 1),
+             "time/started_at": started, "lr": 0.1, "lr_scale": 0.1}
+            for e, (v, t) in enumerate(zip(vals, tests, strict=True))]
+
+
+@pytest.fixture
+def trials() -> pd.DataFrame:
+    rows = (trial("grid", 0, "a", 0.0, [0.5, 0.6], [0.4, 0.5])
+            + trial("grid", 0, "b", 1.0, [0.7, 0.9, 0.8], [0.6, 0.85, 0.8])
+            + trial("one", 0, "c", 0.0, [0.95, 0.5], [0.9, 0.45], epoch_s=2.0))
+    return pd.DataFrame(rows)
+
+
+def test_a_searcher_is_read_at_its_chosen_trial_with_all_its_compute(trials: pd.DataFrame) -> None:
+    rows = suite.seed_rows(trials).set_index("strategy")
+    grid, one = rows.loc["grid"], rows.loc["one"]
+    assert (grid.trials, grid.best_val, grid.test_at_best, grid.test_last) == (2, 0.9, 0.85, 0.8)
+    assert grid.compute_s == 2.0 + 3.0 and grid.collapsed  # its last epoch 0.8 is 10 points below its best
+    assert one.collapsed and one.test_last == 0.45 and one.compute_s == 4.0
+
+
+def test_time_to_target_counts_the_search_before_the_reaching_trial(trials: pd.DataFrame) -> None:
+    times = suite.time_to_target(trials, target=0.9).set_index("strategy")["time_s"]
+    assert times["grid"] == 2.0 + 2.0  # all of trial a, then b's first two epochs
+    assert times["one"] == 2.0
+    assert math.isinf(suite.time_to_target(trials, target=0.99)["time_s"].iloc[0])
+
+
+def test_performance_profile_and_the_algoperf_score() -> None:
+    times = pd.DataFrame({"a": [1.0, 2.0], "b": [2.0, np.inf]}, index=["w1", "w2"])
+    taus = np.linspace(1.0, 4.0, 301)
+    profile = suite.performance_profile(times, taus)
+    assert profile["a"].iloc[0] == 1.0 and profile["b"].iloc[0] == 0.0
+    assert profile.loc[taus[taus >= 2.0][0], "b"] == 0.5  # b is 2x the best on w1, never on w2
+    score = suite.algoperf_score(profile)
+    assert score["a"] == pytest.approx(1.0) and score["b"] == pytest.approx(0.5 * 2.0 / 3.0, abs=0.01)
+
+
+def test_a_cell_command_resumes_an_existing_run(tmp_path: Path) -> None:
+    cmd = suite.cell_command("digits_mlp", 3600, tmp_path)
+    assert cmd[-2:] == ["--output", str(tmp_path / "digits_mlp-h3600")] and "train.epochs=90" in cmd
+    (tmp_path / "digits_mlp-h3600").mkdir()
+    (tmp_path / "digits_mlp-h3600" / "config.yaml").write_text("{}")
+    assert suite.cell_command("digits_mlp", 3600, tmp_path)[-1] == "--resume"
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_documented_commands_run_at_smoke_size(tmp_path: Path) -> None:
+    """`suite.py run` (one epoch, one seed: every row of the horizon study through rthpo compare) and
+    `suite.py report`, which writes docs/horizon.md and its figures from the run files."""
+    out, docs = tmp_path / "runs", tmp_path / "docs"
+    run = subprocess.run([sys.executable, str(REPO / "experiments" / "suite.py"), "run", "--workloads",
+                          "horizon_digits", "--horizons", "360", "--seeds", "1", "--epochs", "1", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rep = subprocess.run([sys.executable, str(REPO / "experiments" / "suite.py"), "report", "--out", str(out),
+                          "--docs", str(docs)], capture_output=True, text=True, timeout=300)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    text = (docs / "horizon.md").read_text()
+    assert "## horizon_digits, 360 steps" in text and "sgd_sqrt1_cheap_tf25_hi" in text
+    assert (docs / "suite" / "horizon_digits-h360_lr.png").stat().st_size > 1000
