@@ -363,3 +363,54 @@ def test_after_its_tune_fraction_a_step_is_the_base_optimizers_alone(base: str) 
     assert all(h is None for _, h in tail) and [e for e, _ in tail] == [scale * phi(t) for t in range(6, STEPS)]
     assert opt.scale == scale and torch.equal(tangent(opt, model), frozen)
     assert rel_err(flat_params(model), flat_params(twin)) < 1e-13
+
+
+# --------------------------------------------------------------------- through the Trainer (run configs)
+def _digits(*overrides: str):  # type: ignore[no-untyped-def]
+    from ray_rthpo.config import load_config
+
+    return load_config(None, ["data.name=digits", "data.batch_size=64", "model.hidden=[32]", "train.epochs=4",
+                              "train.device=cpu", "lr.method=rthpo", "lr.schedule=warmup_cosine", *overrides])
+
+
+TIMING = ("time/", "node/")
+
+
+def _untimed(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if not k.startswith(TIMING)} for row in history]
+
+
+@pytest.mark.parametrize("base", ["sgd", "adamw"])
+def test_a_scheduled_trainer_run_resumes_exactly_from_a_checkpoint(base: str) -> None:
+    """The run configs' defaults on warmup + cosine: a checkpoint after epoch 2 continues to the same epochs,
+    learning rates and tuned scale as the run that never stopped."""
+    from ray_rthpo.training.trainer import Trainer
+
+    config = _digits(f"optim.base={base}", "lr.eta0=0.01" if base == "adamw" else "lr.eta0=0.1")
+    whole = Trainer(config)
+    while not whole.done:
+        whole.run_epoch()
+    part = Trainer(config)
+    part.run_epoch()
+    part.run_epoch()
+    saved = copy.deepcopy(part.state_dict())
+    again = Trainer(config)
+    again.load_state_dict(saved)
+    while not again.done:
+        again.run_epoch()
+    assert _untimed(again.history) == _untimed(whole.history)
+    lrs = [row["lr"] for row in whole.history]
+    assert lrs[-1] < 0.05 * max(lrs)  # the schedule decays to the run's end
+    assert whole.history[-1]["lr_scale"] != config.lr.eta0  # the scale was tuned
+
+
+def test_a_scheduled_run_refuses_a_resume_with_another_length() -> None:
+    from ray_rthpo.errors import ConfigError
+    from ray_rthpo.training.trainer import Trainer
+
+    trainer = Trainer(_digits())
+    trainer.run_epoch()
+    saved = copy.deepcopy(trainer.state_dict())
+    longer = Trainer(_digits("train.epochs=8"))
+    with pytest.raises(ConfigError, match=r"train.epochs \(checkpoint 4, now 8\)"):
+        longer.load_state_dict(saved)
