@@ -56,6 +56,8 @@ PRESET_VALUES: dict[str, dict[str, float | int]] = {
     "fast": {"hvp_every": 4, "hvp_batch_fraction": 0.25, "val_every": 4, "val_batch_fraction": 0.5},
     "cheap": {"hvp_every": 10, "hvp_batch_fraction": 0.25, "val_every": 10, "val_batch_fraction": 0.25},
 }
+#: The fewest hypergradient steps a preset's period leaves in the tuning of a run (LRConfig.subsampling_for).
+MIN_HYPER_UPDATES = 8
 DEVICES = ("auto", "cpu", "cuda")
 #: Base optimizers (optim.base) and the eta-update rules of the hypergradient methods (lr.hyper_update;
 #: the equations are in ray_rthpo/hypergrad/hyper_updates.py).
@@ -359,6 +361,18 @@ class LRConfig:
                            hvp_batch_fraction=float(values["hvp_batch_fraction"]),
                            val_every=int(values["val_every"]),
                            val_batch_fraction=float(values["val_batch_fraction"]))
+
+    def subsampling_for(self, total_steps: int | None) -> Subsampling:
+        """:attr:`subsampling` for a run of ``total_steps``: a period the preset sets (not an explicit
+        ``lr.hvp_every`` / ``lr.val_every``) is cut so that the tuning (the first ``lr.tune_fraction`` of the
+        steps) holds at least :data:`MIN_HYPER_UPDATES` hypergradient steps, down to every step."""
+        sub = self.subsampling
+        if total_steps is None:
+            return sub
+        tuning = math.ceil(min(1.0, self.tune_fraction) * total_steps)
+        cap = max(1, tuning // MIN_HYPER_UPDATES)
+        return sub._replace(**{key: min(getattr(sub, key), cap) for key in ("hvp_every", "val_every")
+                               if getattr(self, key) is None})
 
 
 @dataclass(frozen=True)

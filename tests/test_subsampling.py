@@ -308,3 +308,14 @@ def test_in_place_tangent_step_is_the_textbook_recursion(
     if momentum != 0.0:
         for a, b in zip(u_new, u_exp, strict=True):  # type: ignore[arg-type]
             assert torch.allclose(a, b, rtol=1e-14, atol=1e-15)
+
+
+def test_a_short_run_keeps_enough_hypergradient_steps_under_the_cheap_preset() -> None:
+    """The cheap preset's period 10 is cut so that the tuning quarter holds at least 8 hypergradient steps
+    (a 20-step run tunes on every step of its first 5); explicit periods are kept."""
+    lr = LRConfig()
+    assert lr.subsampling_for(3600).val_every == 10 and lr.subsampling_for(360).val_every == 10
+    assert lr.subsampling_for(200).val_every == 6 and lr.subsampling_for(20).val_every == 1
+    assert lr.subsampling_for(None) == lr.subsampling
+    assert LRConfig(val_every=10).subsampling_for(20).val_every == 10
+    assert LRConfig(preset="exact").subsampling_for(20).hvp_every == 1

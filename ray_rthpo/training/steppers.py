@@ -248,7 +248,7 @@ def hypergradient_stepper(model: nn.Module, lr_cfg: LRConfig, optim_cfg: OptimCo
             "lr.hvp is forward_over_reverse, but the model has BatchNorm, whose running statistics "
             "torch.func cannot update; set lr.hvp to forward_over_reverse_bn, double_backward or auto."
         )
-    sub = lr_cfg.subsampling
+    sub = lr_cfg.subsampling_for(max(1, total_steps) if total_steps is not None else None)
     params = [p for p in model.parameters() if p.requires_grad]
     rthpo = RTHPO(params, lr=lr_cfg.eta0, beta=lr_cfg.beta, base=optim_cfg.base, method=lr_cfg.method,
                   mu=lr_cfg.mu if lr_cfg.method == "marthe" else None, momentum=optim_cfg.momentum,
