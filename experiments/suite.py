@@ -277,9 +277,11 @@ def report(args: argparse.Namespace) -> int:
             lines += [f"## {name}, {steps} steps", "", *cell_table(seed_rows(trials)), ""]
             fig, ax = plt.subplots(figsize=(8, 4))
             rt = trials[trials["method"] == "rthpo"]
-            for (strategy, seed), t in rt.groupby(["strategy", "seed"]):
+            colours = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(rt["strategy"]))}
+            for (strategy, seed), t in rt.groupby(["strategy", "seed"], sort=False):
                 t = t.sort_values("epoch")
-                ax.semilogy(t["step"], t["lr"].clip(lower=1e-8), lw=0.8, label=strategy if seed == 0 else None)
+                ax.semilogy(t["step"], t["lr"].clip(lower=1e-8), lw=0.8, color=colours[strategy],
+                            label=strategy if seed == t["seed"].min() and seed == rt["seed"].min() else None)
             ax.set_xlabel("step")
             ax.set_ylabel("learning rate at the epoch's last step")
             ax.set_title(f"{name}, {steps} steps: RT-HPO's learning rate")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -35,16 +35,6 @@ SGD_SETTINGS = [
     pytest.param(0.0, 0.0, id="sgd"),
     pytest.param(0.9, 0.05, id="momentum+weight_decay"),
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

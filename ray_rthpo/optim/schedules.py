@@ -70,17 +70,23 @@ class Constant:
 
 
 @dataclass(frozen=True)
-class WarmupCosine:
-    """Linear warmup over ``warmup`` (a fraction or a step count), then cosine from 1 to ``final``."""
+class _Warmup:
+    """Linear warmup over ``warmup`` (a fraction or a step count), then :meth:`decay` from 1 to ``final``."""
 
     total_steps: int
     warmup: float = DEFAULT_WARMUP
     final: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_total(self.total_steps, "warmup_cosine")
+        _check_total(self.total_steps, self.name)
         warmup_steps(self.warmup, self.total_steps)
         _check_final(self.final)
+
+    name = "warmup"
+
+    def decay(self, p: float) -> float:
+        """The decay's factor from 1 (``p = 0``) to 0 (``p = 1``) over the rest of the run."""
+        raise NotImplementedError
 
     def __call__(self, step: int) -> float:
         """The factor at ``step`` (0-based)."""
@@ -88,29 +94,29 @@ class WarmupCosine:
         if step < w:
             return (step + 1) / w
         p = min(1.0, (step - w) / (self.total_steps - w))
-        return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * p))
+        return self.final + (1.0 - self.final) * self.decay(p)
 
 
 @dataclass(frozen=True)
-class WarmupLinear:
-    """Linear warmup over ``warmup`` (a fraction or a step count), then linear decay from 1 to ``final``."""
+class WarmupCosine(_Warmup):
+    """Linear warmup, then cosine from 1 to ``final``."""
 
-    total_steps: int
-    warmup: float = DEFAULT_WARMUP
-    final: float = 0.0
+    name = "warmup_cosine"
 
-    def __post_init__(self) -> None:
-        _check_total(self.total_steps, "warmup_linear")
-        warmup_steps(self.warmup, self.total_steps)
-        _check_final(self.final)
+    def decay(self, p: float) -> float:
+        """``(1 + cos(pi p)) / 2``."""
+        return 0.5 * (1.0 + math.cos(math.pi * p))
 
-    def __call__(self, step: int) -> float:
-        """The factor at ``step`` (0-based)."""
-        w = warmup_steps(self.warmup, self.total_steps)
-        if step < w:
-            return (step + 1) / w
-        p = min(1.0, (step - w) / (self.total_steps - w))
-        return self.final + (1.0 - self.final) * (1.0 - p)
+
+@dataclass(frozen=True)
+class WarmupLinear(_Warmup):
+    """Linear warmup, then linear decay from 1 to ``final``."""
+
+    name = "warmup_linear"
+
+    def decay(self, p: float) -> float:
+        """``1 - p``."""
+        return 1.0 - p
 
 
 def make_schedule(spec: str | Schedule | None, total_steps: int | None = None, *,
