@@ -495,16 +495,48 @@ def _verdict(results: dict[str, Any], method: str, key: str = "ratio_to_bound",
     return "; ".join(parts) if parts else "not measured"
 
 
+#: The run configs' default: lr.tune_fraction of the run tunes (``[every10,quarter]``, the cheap preset), the rest
+#: is the step after the tuning (``[after_tuning]``); its cost over a run is the mix of the two.
+DEFAULT_TUNE_FRACTION = 0.25
+TARGET_DEFAULT_RATIO = 1.3  # issue 18: the default settings at most 1.3x the base step
+
+
+def _measured_on(results: dict[str, Any]) -> str:
+    """The line that says how and where a JSON of this script was measured."""
+    return (("CPU time of the process" if results.get("clock") == "cpu" else "Wall time")
+            + f" measured on {results['device']}"
+            + (f" ({results['device_name']})" if results.get("device_name") else "")
+            + f", torch {results['torch']}, {results['num_threads']} thread"
+            + f"{'s' if results['num_threads'] != 1 else ''}, {results['cpu_count']} cores, load "
+            f"average {results['load_average_before']:.2f} before and {results['load_average_after']:.2f} after; "
+            + ", ".join(f"{name} {res['reps']} repetitions" for name, res in results["models"].items()) + ".")
+
+
+def default_cost_table(results: dict[str, Any]) -> list[str]:
+    """The cost of the run configs' default over a run, per model and base, from the cheap and after-tuning rows."""
+    lines = ["| model | base | tuning step (cheap) | step after the tuning | over a run "
+             f"({DEFAULT_TUNE_FRACTION:g} / {1 - DEFAULT_TUNE_FRACTION:g}) | at most {TARGET_DEFAULT_RATIO}x |",
+             "|---|---|---|---|---|---|"]
+    for name, res in results["models"].items():
+        for base, prefix in (("sgd", "rthpo"), ("adamw", "rthpo_adamw")):
+            tune, after = res["methods"].get(f"{prefix}[every10,quarter]"), res["methods"].get(f"{prefix}[after_tuning]")
+            if tune is None or after is None:
+                continue
+            t, a = tune.get("ratio_to_unit", tune["ratio_to_sgd"]), after.get("ratio_to_unit", after["ratio_to_sgd"])
+            run = DEFAULT_TUNE_FRACTION * t + (1 - DEFAULT_TUNE_FRACTION) * a
+            lines.append(f"| {name} | {base} | {t:.2f}x | {a:.2f}x | {run:.2f}x | "
+                         f"{'met' if run <= TARGET_DEFAULT_RATIO else 'NOT met'} |")
+    return lines
+
+
 def markdown_tables(results: dict[str, Any]) -> str:
-    """The step-cost tables of ``docs/performance.md`` (SGD, then AdamW) from a JSON of this script."""
+    """The step-cost tables of ``docs/performance.md`` (SGD, then AdamW) from a JSON of this script; a JSON
+    of the default's rows only (no ``rthpo``) gives the header and :func:`default_cost_table`."""
     models = results["models"]
+    if not any("rthpo" in res["methods"] for res in models.values()):
+        return "\n".join([_measured_on(results), "", *default_cost_table(results)])
     lines = [
-        ("CPU time of the process" if results.get("clock") == "cpu" else "Wall time")
-        + f" measured on {results['device']}"
-        + (f" ({results['device_name']})" if results.get("device_name") else "")
-        + f", torch {results['torch']}, {results['num_threads']} thread{'s' if results['num_threads'] != 1 else ''}, {results['cpu_count']} cores, load "
-        f"average {results['load_average_before']:.2f} before and {results['load_average_after']:.2f} after; "
-        + ", ".join(f"{name} {res['reps']} repetitions" for name, res in models.items()) + ".",
+        _measured_on(results),
         "",
         "SGD (ratios to a plain SGD step; `bound` = min(grad + HVP by the two routes) + one validation gradient):",
         "",
