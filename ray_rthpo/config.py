@@ -248,8 +248,8 @@ class LRConfig:
     # paper and Prodigy's recommendation; for schedule_free: the SGD learning rate).
     eta0: float = 0.1
     # Hyper-learning rate beta. With the scale-free rules (the default, multiplicative) beta is the
-    # relative change of eta per step, one number across workloads (docs/beta.md: 0.1 for
-    # multiplicative). With lr.hyper_update additive, the paper's eq. (2): eta_{t+1} = eta_t - beta * h_t,
+    # relative change of eta per sqrt(T) steps under lr.beta_horizon sqrt (the default: 1, docs/horizon.md),
+    # or per step under lr.beta_horizon step (docs/beta.md: 0.1). With lr.hyper_update additive, the paper's eq. (2): eta_{t+1} = eta_t - beta * h_t,
     # whose scale differs by decades between models and optimizers (docs/results.md): set beta and search
     # it on a log scale (1e-4 is a value for the MNIST MLP).
     beta: float = DEFAULT_BETA_SQRT[DEFAULT_HYPER_UPDATE]

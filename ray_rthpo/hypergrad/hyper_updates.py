@@ -63,8 +63,9 @@ DEFAULT_BETA: dict[str, float] = {"additive": 1.0e-4, "multiplicative": 1.0e-1, 
                                   "sign_log": 3.16e-2}
 #: How beta scales with the run's length T (``beta_horizon``): "step" (beta per step), "sqrt" (beta/sqrt(T)).
 BETA_HORIZONS = ("step", "sqrt")
-#: beta per sqrt(T) steps when none is given with ``beta_horizon="sqrt"``: the per-step defaults at the
-#: ~100-step horizon they were measured at (docs/beta.md), i.e. DEFAULT_BETA x sqrt(100).
+#: beta per sqrt(T) steps when none is given with ``beta_horizon="sqrt"``: the per-step defaults at a
+#: 100-step horizon (docs/beta.md measured them on ~200 steps), i.e. DEFAULT_BETA x sqrt(100). Only the
+#: multiplicative rule's value (1) is measured across horizons (docs/horizon.md); the others are scaled alike.
 DEFAULT_BETA_SQRT: dict[str, float] = {rule: 10.0 * beta for rule, beta in DEFAULT_BETA.items()}
 #: The run length that ``beta_horizon="sqrt"`` assumes when the number of steps is not given.
 ASSUMED_HORIZON = 1000
@@ -82,8 +83,8 @@ def initial_state() -> dict[str, Any]:
 
 
 def default_beta(rule: str, horizon: str = "step") -> float:
-    """beta when none is given: :data:`DEFAULT_BETA` for ``horizon="step"``; for ``"sqrt"``, the value of
-    :data:`DEFAULT_BETA_SQRT` (measured in docs/horizon.md)."""
+    """beta when none is given: :data:`DEFAULT_BETA` for ``horizon="step"``, :data:`DEFAULT_BETA_SQRT` for
+    ``"sqrt"``."""
     if horizon == "sqrt":
         return DEFAULT_BETA_SQRT[rule]
     return DEFAULT_BETA[rule]
