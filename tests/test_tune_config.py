@@ -188,12 +188,14 @@ def test_shipped_compare_configs_load(name: str) -> None:
     # one untuned run of RT-HPO's defaults, and the hypergradient searches over the scale-free rule's range
     default = exp.resolved(exp.strategy("rthpo_default"))
     assert default.strategy.searcher == "none" and default.space == {} and default.num_samples == 1
-    assert (default.config.lr.method, default.config.lr.hyper_update, default.config.lr.beta) == (
-        "rthpo", "multiplicative", 0.1)
+    defaults, lr = Config().lr, default.config.lr
+    keys = ("hyper_update", "beta", "beta_horizon", "preset", "tune_fraction", "backoff", "hvp_every", "val_every")
+    assert lr.method == "rthpo" and lr.schedule == "warmup_cosine"  # the defaults on the usual schedule
+    assert {k: getattr(lr, k) for k in keys} == {k: getattr(defaults, k) for k in keys}, name
     for name in ("rthpo", "hd_train", "hd_val"):
         resolved = exp.resolved(exp.strategy(name))
         assert resolved.config.lr.hyper_update == "multiplicative", name
-        assert resolved.space["lr.beta"] == ("loguniform", [1.0e-2, 1.0]), (name, resolved.space)
+        assert resolved.space["lr.beta"] == ("loguniform", [1.0e-1, 10.0]), (name, resolved.space)  # per sqrt(T)
 
 
 def test_the_default_rule_and_beta_are_the_ones_docs_beta_chose() -> None:
