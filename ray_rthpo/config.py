@@ -249,8 +249,8 @@ class LRConfig:
     eta0: float = 0.1
     # Hyper-learning rate beta. With the scale-free rules (the default, multiplicative) beta is the
     # relative change of eta per sqrt(T) steps under lr.beta_horizon sqrt (the default: 1, docs/horizon.md),
-    # or per step under lr.beta_horizon step (docs/beta.md: 0.1). With lr.hyper_update additive, the paper's eq. (2): eta_{t+1} = eta_t - beta * h_t,
-    # whose scale differs by decades between models and optimizers (docs/results.md): set beta and search
+    # or per step under lr.beta_horizon step (docs/beta.md: 0.1). With lr.hyper_update additive, the
+    # paper's eq. (2): eta_{t+1} = eta_t - beta * h_t, whose scale differs by decades between models and optimizers (docs/results.md): set beta and search
     # it on a log scale (1e-4 is a value for the MNIST MLP).
     beta: float = DEFAULT_BETA_SQRT[DEFAULT_HYPER_UPDATE]
     # How eta moves given the hypergradient: multiplicative (the default: eta (1 - beta cos), the cosine of
@@ -369,7 +369,7 @@ class LRConfig:
         sub = self.subsampling
         if total_steps is None:
             return sub
-        tuning = math.ceil(min(1.0, self.tune_fraction) * total_steps)
+        tuning = math.ceil(self.tune_fraction * total_steps)
         cap = max(1, tuning // MIN_HYPER_UPDATES)
         return sub._replace(**{key: min(getattr(sub, key), cap) for key in ("hvp_every", "val_every")
                                if getattr(self, key) is None})

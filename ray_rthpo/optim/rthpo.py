@@ -188,10 +188,7 @@ class RTHPO(torch.optim.Optimizer):
         if hyper_update not in hyper_updates.HYPER_UPDATES:
             raise _bad("hyper_update", hyper_update, f"one of {', '.join(hyper_updates.HYPER_UPDATES)}",
                        "'additive' is the paper's rule")
-        if beta_horizon not in hyper_updates.BETA_HORIZONS:
-            raise _bad("beta_horizon", beta_horizon, f"one of {', '.join(hyper_updates.BETA_HORIZONS)}",
-                       "'sqrt' keeps the drift of eta from growing with the run's length")
-        if beta is None:
+        if beta is None:  # an unknown beta_horizon is refused with the other settings, by _check_group
             beta = hyper_updates.default_beta(hyper_update, beta_horizon)
         if method not in METHODS:
             raise _bad("method", method, f"one of {', '.join(METHODS)}", "rthpo is the paper's method")
@@ -210,17 +207,14 @@ class RTHPO(torch.optim.Optimizer):
                         val_batch_fraction=val_batch_fraction, momentum=momentum, weight_decay=weight_decay,
                         betas=tuple(betas), eps=eps, beta_horizon=beta_horizon, total_steps=total_steps,
                         tune_fraction=tune_fraction, backoff=backoff)
-        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
-                                        or total_steps < 1):
-            raise _bad("total_steps", total_steps, "None or an integer >= 1", "pass the run's number of steps")
-        try:
-            self.schedule: schedules.Schedule = schedules.make_schedule(schedule, total_steps, warmup=warmup)
-        except ValueError as exc:
-            raise ValueError(f"RTHPO: {exc}") from None
         self.model = model
         self.timing = bool(timing)
         self.last_step: StepInfo | None = None
         super().__init__(params, defaults)
+        try:  # after the groups' checks (total_steps among them), so that only the shape's own errors remain
+            self.schedule: schedules.Schedule = schedules.make_schedule(schedule, total_steps, warmup=warmup)
+        except ValueError as exc:
+            raise ValueError(f"RTHPO: {exc}") from None
         self.state[GLOBAL] = {"step": 0, "last_hypergrad": 0.0, "diverged": False,
                               "hyper": hyper_updates.initial_state()}
 
@@ -328,7 +322,7 @@ class RTHPO(torch.optim.Optimizer):
             for group in self.param_groups:
                 group["lr"] = scale
             state["last_hypergrad"] = h
-            if tuning and first["backoff"] is not None:
+            if first["backoff"] is not None:
                 scale = self._backoff(values[0], scale, float(first["backoff"]))
         elif tuning and first["backoff"] is not None:
             value = float(loss.detach())  # the one host sync of a step without a hypergradient

@@ -59,7 +59,7 @@ def read_lr(optimizer: torch.optim.Optimizer) -> float:
     first step).
     """
     group = optimizer.param_groups[0]
-    if "d" in group and "numerator_weighted" in group or "d0" in group:  # Prodigy, D-Adaptation
+    if "d" in group and ("d0" in group or "numerator_weighted" in group):  # Prodigy, D-Adaptation
         return float(group["d"]) * float(group["lr"])
     if "reps_rel" in group:  # dog.DoG
         etas = group.get("eta")
@@ -134,11 +134,21 @@ class HypergradientStepper:
         """Nothing to restore here (see :meth:`state_dict`)."""
 
 
-def scheduled_lr(lr_cfg: LRConfig, *, epoch: int, step: int, total_steps: int) -> float:
-    """The learning rate of the fixed schedules: ``fixed`` (eta0, times ``lr.schedule``'s factor at
-    ``step``: the peak of a warmup + decay shape), ``exp_decay`` (eta0 gamma^epoch), ``cosine``."""
+def peak_shape(lr_cfg: LRConfig, total_steps: int) -> Callable[[int], float] | None:
+    """``lr.schedule``'s shape for the methods whose lr follows it (:data:`PEAK_SCHEDULED_METHODS`), else None."""
     if lr_cfg.method in PEAK_SCHEDULED_METHODS and lr_cfg.schedule != "constant":
-        shape = make_schedule(lr_cfg.schedule, max(1, total_steps), warmup=lr_cfg.warmup)
+        return make_schedule(lr_cfg.schedule, max(1, total_steps), warmup=lr_cfg.warmup)
+    return None
+
+
+def scheduled_lr(lr_cfg: LRConfig, *, epoch: int, step: int, total_steps: int,
+                 shape: Callable[[int], float] | None = None) -> float:
+    """The learning rate of the fixed schedules: ``fixed`` (eta0, times the factor at ``step`` of
+    ``lr.schedule``'s shape, :func:`peak_shape`, which a caller stepping often passes as ``shape``: the peak
+    of a warmup + decay shape), ``exp_decay`` (eta0 gamma^epoch), ``cosine``."""
+    if shape is None:
+        shape = peak_shape(lr_cfg, total_steps)
+    if shape is not None:
         return lr_cfg.eta0 * shape(step)
     if lr_cfg.method == "exp_decay":
         return lr_cfg.eta0 * lr_cfg.gamma**epoch
@@ -164,8 +174,8 @@ class ScheduleStepper:
         self.mu = 0.0
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.schedule_free = lr_cfg.method == "schedule_free"
-        self.scheduled = lr_cfg.method in SCHEDULE_METHODS or (
-            lr_cfg.method in PEAK_SCHEDULED_METHODS and lr_cfg.schedule != "constant")
+        self.shape = peak_shape(lr_cfg, total_steps)  # built once: it is read every step
+        self.scheduled = lr_cfg.method in SCHEDULE_METHODS or self.shape is not None
         #: DoG's weight averager (dog.PolynomialDecayAverager), stepped after every optimizer step; the
         #: model holds the average between eval_mode() and train_mode(), the training weights are kept here.
         self.averager: Any = None
@@ -206,7 +216,7 @@ class ScheduleStepper:
         """Set the scheduled learning rate, then one forward, backward and optimizer step."""
         if self.scheduled:
             write_lr(self.optimizer, scheduled_lr(self.cfg, epoch=epoch, step=self.step_count,
-                                                  total_steps=self.total_steps))
+                                                  total_steps=self.total_steps, shape=self.shape))
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.model(x)
         loss = self.loss_fn(logits, y)
@@ -248,7 +258,8 @@ def hypergradient_stepper(model: nn.Module, lr_cfg: LRConfig, optim_cfg: OptimCo
             "lr.hvp is forward_over_reverse, but the model has BatchNorm, whose running statistics "
             "torch.func cannot update; set lr.hvp to forward_over_reverse_bn, double_backward or auto."
         )
-    sub = lr_cfg.subsampling_for(max(1, total_steps) if total_steps is not None else None)
+    total = max(1, total_steps) if total_steps is not None else None
+    sub = lr_cfg.subsampling_for(total)
     params = [p for p in model.parameters() if p.requires_grad]
     rthpo = RTHPO(params, lr=lr_cfg.eta0, beta=lr_cfg.beta, base=optim_cfg.base, method=lr_cfg.method,
                   mu=lr_cfg.mu if lr_cfg.method == "marthe" else None, momentum=optim_cfg.momentum,
@@ -258,7 +269,7 @@ def hypergradient_stepper(model: nn.Module, lr_cfg: LRConfig, optim_cfg: OptimCo
                   hvp_batch_fraction=sub.hvp_batch_fraction, val_every=sub.val_every,
                   val_batch_fraction=sub.val_batch_fraction, model=model, timing=True,
                   schedule=None if lr_cfg.schedule == "constant" else lr_cfg.schedule,
-                  total_steps=max(1, total_steps) if total_steps is not None else None, warmup=lr_cfg.warmup,
+                  total_steps=total, warmup=lr_cfg.warmup,
                   beta_horizon=lr_cfg.beta_horizon, tune_fraction=lr_cfg.tune_fraction,
                   backoff=lr_cfg.backoff)
     return HypergradientStepper(model, rthpo, route, loss_fn)
