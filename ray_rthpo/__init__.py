@@ -13,8 +13,20 @@ Layout (each folder says what it holds; only ``tune`` imports Ray):
 
 from __future__ import annotations
 
-from ray_rthpo.optim import RTHPO, ModelClosure
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 __all__ = ["RTHPO", "ModelClosure", "__version__"]
+
+if TYPE_CHECKING:
+    from ray_rthpo.optim import RTHPO, ModelClosure
+
+
+def __getattr__(name: str) -> Any:
+    """``ray_rthpo.RTHPO`` / ``ray_rthpo.ModelClosure``, imported on first use: importing a torch-free
+    module of the package (the config layer, the CLI's argument checks) does not load torch."""
+    if name in ("RTHPO", "ModelClosure"):
+        return getattr(importlib.import_module("ray_rthpo.optim"), name)
+    raise AttributeError(f"module 'ray_rthpo' has no attribute {name!r}")

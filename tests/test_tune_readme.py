@@ -24,7 +24,7 @@ def python_blocks(text: str) -> list[str]:
 
 def test_readme_main_command_is_the_digits_comparison() -> None:
     first = (REPO / "README.md").read_text().split("```bash\n", 1)[1].splitlines()[0]
-    assert first.startswith("pip install -e . && rthpo compare configs/compare_digits.yaml")
+    assert first.startswith("pip install -e \".[tune]\" && rthpo compare configs/compare_digits.yaml")
     assert (REPO / "configs" / "compare_digits.yaml").is_file()
 
 
