@@ -99,6 +99,25 @@ CASES += [
     ("compare", ["{user_exp}", "--set", "train.loss=rthpo_bad_user:loss_per_example"], ["train.loss", "scalar"]),
     ("run", ["{user_exp}", "--set", "model.factory=rthpo_bad_user:model_string"], ["model.factory", "torch.nn.Module"]),
 ]
+#: A file given to the wrong subcommand, and budgets that are not finite (issue 21): ``{empty}`` is an empty
+#: YAML file, ``{digits}`` a run config, ``{compare_digits}`` an experiment, ``{table1}`` a Table 1 workload,
+#: ``{nan_budget}`` an experiment whose YAML says ``budget_s: nan``.
+CASES += [
+    ("compare", ["{empty}"], ["'{empty}' is empty", "experiment config", "budget_s and strategies"]),
+    ("run", ["{empty}"], ["'{empty}' is empty", "rthpo run needs an experiment config"]),
+    ("compare", ["{digits}"], ["'{digits}' is a run config", "nothing to compare", "rthpo train {digits}"]),
+    ("compare", ["{digits}", "--set", "lr.eta0=0.5"], ["is a run config", "rthpo train"]),
+    ("compare", ["{table1}"], ["Table 1 workload", "rthpo table1 --workload {table1}"]),
+    ("train", ["{exp}"], ["'{exp}' is an experiment config", "base, strategies", "rthpo compare {exp}"]),
+    ("train", ["{compare_digits}"], ["is an experiment config", "rthpo compare {compare_digits}", "rthpo run"]),
+    ("train", ["{table1}"], ["Table 1 workload", "rthpo table1 --workload {table1}"]),
+    ("compare", ["{exp}", "--set", "budget_s=nan"], ["budget_s must be a finite number of seconds > 0", "'nan'"]),
+    ("compare", ["{exp}", "--set", "budget_s=NaN"], ["budget_s must be a finite number of seconds > 0", "'NaN'"]),
+    ("compare", ["{exp}", "--set", "budget_s=inf"], ["budget_s must be a finite number of seconds > 0", "'inf'"]),
+    ("compare", ["{exp}", "--set", "budget_s=.nan"], ["budget_s must be a finite number of seconds > 0", "nan"]),
+    ("run", ["{exp}", "--strategy", "a", "--set", "budget_s=-inf"], ["budget_s must be a finite number", "-inf"]),
+    ("compare", ["{nan_budget}"], ["budget_s must be a finite number of seconds > 0", "'nan'"]),
+]
 
 #: The user module of the cases above: one good factory of each kind, and one wrong in each way.
 USER_CODE = """
@@ -193,8 +212,14 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (user / "exp.yaml").write_text(yaml.safe_dump({**tiny_experiment(
         {"name": "a", "method": "fixed", "searcher": "grid", "space": {"lr.eta0": {"grid": [0.1, 0.3]}}}),
         "base": run_config}))
+    (root / "empty.yaml").write_text("")
+    (root / "nan_budget.yaml").write_text(exp.read_text().replace("budget_s: 1000.0", "budget_s: nan"))
+    assert "budget_s: nan" in (root / "nan_budget.yaml").read_text()
     return {"exp": str(exp), "bad_yaml": str(bad_yaml), "truncated": str(truncated),
-            "user": str(user / "run.yaml"), "user_exp": str(user / "exp.yaml")}
+            "user": str(user / "run.yaml"), "user_exp": str(user / "exp.yaml"), "empty": str(root / "empty.yaml"),
+            "digits": DIGITS, "compare_digits": str(REPO / "configs" / "compare_digits.yaml"),
+            "table1": str(REPO / "configs" / "table1" / "mlp_mnist.yaml"),
+            "nan_budget": str(root / "nan_budget.yaml")}
 
 
 def assert_one_error_line(code: int, err: str, expected: list[str]) -> None:
@@ -215,8 +240,10 @@ def test_bad_input_is_one_clear_line_and_exit_2(inputs: dict[str, str], tmp_path
     first = [] if args and not args[0].startswith("-") else [DIGITS if command == "train" else inputs["exp"]]
     out = tmp_path / "out"
     code = main([command, *first, *args, "--output", str(out)])
-    assert_one_error_line(code, capsys.readouterr().err, expected)
+    printed = capsys.readouterr()
+    assert_one_error_line(code, printed.err, [part.format(**inputs) for part in expected])
     assert not out.exists() or not any(out.iterdir())  # nothing written for a refused run
+    assert str(out) not in printed.out  # ... and no output folder named that was never made (a failing factory)
 
 
 @pytest.mark.parametrize("command", ["train", "compare", "run"])
@@ -258,6 +285,44 @@ def test_bad_input_through_the_console_script_prints_no_traceback(inputs: dict[s
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and proc.stderr.strip().startswith("rthpo: error: ")
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+#: Config errors that must appear before torch, Ray, pandas or matplotlib load (issue 21: they took 3-17 s).
+QUICK_ERRORS = [
+    ["compare", "{bad_exp}"],
+    ["compare", "{empty}"],
+    ["compare", "{digits}"],
+    ["compare", "{exp}", "--set", "budget_s=nan"],
+    ["compare", "{exp}", "--set", "strategies.a.searcher=hyperband"],
+    ["compare", "{exp}", "--num-cpus", "0"],
+    ["run", "{exp}", "--strategy", "zzz"],
+    ["train", "{exp}"],
+    ["train", "{bad_yaml}"],
+    ["train", "{digits}", "--set", "lr.bta=0.1"],
+]
+HEAVY_MODULES = ("torch", "ray", "pandas", "matplotlib", "scipy")
+
+
+def test_config_errors_are_reported_before_torch_and_ray_are_imported(inputs: dict[str, str],
+                                                                      tmp_path: Path) -> None:
+    """Each command of QUICK_ERRORS, in one fresh interpreter: exit 2 with none of HEAVY_MODULES imported (so
+    the line appears in well under a second), and nothing written."""
+    bad_exp = tmp_path / "bad_exp.yaml"
+    bad_exp.write_text(yaml.safe_dump({**yaml.safe_load(Path(inputs["exp"]).read_text()),
+                                       "base": {"lr": {"eta0": "1e-2x"}}}))  # an experiment, a bad number
+    argvs = [[a.format(bad_exp=bad_exp, **inputs) for a in argv] + ["--output", str(tmp_path / "out")]
+             for argv in QUICK_ERRORS]
+    script = ("import json, sys\nfrom ray_rthpo.cli import main\nout = []\n"
+              f"for argv in {argvs!r}:\n    out.append(main(argv))\n"
+              f"print(json.dumps([out, [m for m in {HEAVY_MODULES!r} if m in sys.modules]]))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    codes, loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert codes == [2] * len(QUICK_ERRORS) and len(errors) == len(QUICK_ERRORS), proc.stderr
+    assert all(line.startswith("rthpo: error: ") for line in errors), proc.stderr
+    assert loaded == [], f"imported before the error: {loaded}"
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------ bad input beyond configs: files on disk

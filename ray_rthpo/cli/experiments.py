@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 
 from ray_rthpo.cli.common import add_common_arguments, default_output, user_code_paths
-from ray_rthpo.errors import RTHPOError
+from ray_rthpo.errors import ConfigError, RTHPOError
 
 
 def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``rthpo compare`` (and, with :func:`add_run_arguments`, ``rthpo run``)."""
     add_common_arguments(parser)
     parser.add_argument("--address", default=None, metavar="ADDR",
                         help="join an existing Ray cluster (auto, HOST:6379 or ray://HOST:10001) instead of "
@@ -40,39 +41,45 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``rthpo run``: those of compare and ``--strategy``."""
     add_experiment_arguments(parser)
     parser.add_argument("--strategy", default=None, metavar="NAME",
                         help="which strategy of the config to run (needed when it has several)")
 
 
 def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) -> int:
+    # The config is read and checked first, with the light config layer alone: a config error is one line in
+    # well under a second. torch, Ray, pandas and matplotlib are imported after it, when the run needs them.
     from ray_rthpo.experiment.config import load_experiment
-    from ray_rthpo.factories import workload_name
-    from ray_rthpo.training.user_code import check_user_code
-    from ray_rthpo.tune.compare import run_comparison
 
     if args.seeds is not None:
         if args.seeds < 1:
             raise RTHPOError(f"--seeds must be an integer >= 1 (repetitions of every strategy), but got {args.seeds}.")
         args.overrides = [*args.overrides, f"seeds={args.seeds}"]
-    exp = load_experiment(args.config, args.overrides)
-    # User code (model.factory, data.factory, train.loss): the current directory and the config file's folder
-    # go into train.pythonpath, so that every trial imports it, wherever Ray runs it.
-    paths = next((p for s in exp.strategies if (p := user_code_paths(exp.run_config(s), args.config))), None)
-    if paths is not None:
-        exp = load_experiment(args.config, [*args.overrides, f"train.pythonpath={json.dumps(paths)}"])
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise RTHPOError(f"--num-cpus must be >= 1, but got {args.num_cpus}.")
+    check_experiment_file(args.config, command)
+    exp = load_experiment(args.config, args.overrides, resolve_data=False)  # every check, without torch
     if command == "run":
         if strategy_name is None and len(exp.strategies) > 1:
             raise RTHPOError(f"{args.config} has {len(exp.strategies)} strategies; pick one with --strategy NAME "
                              f"({', '.join(s.name for s in exp.strategies)}), or use rthpo compare.")
-        strategies = [exp.strategy(strategy_name) if strategy_name else exp.strategies[0]]
-        stem = f"{Path(args.config).stem}-{strategies[0].name}"
+        names = [exp.strategy(strategy_name).name if strategy_name else exp.strategies[0].name]
+        stem = f"{Path(args.config).stem}-{names[0]}"
     else:
-        strategies = list(exp.strategies)
+        names = [s.name for s in exp.strategies]
         stem = Path(args.config).stem
+    from ray_rthpo.factories import workload_name
+    from ray_rthpo.training.user_code import check_user_code
+    from ray_rthpo.tune.compare import run_comparison
+
+    # User code (model.factory, data.factory, train.loss): the current directory and the config file's folder
+    # go into train.pythonpath, so that every trial imports it, wherever Ray runs it.
+    paths = next((p for s in exp.strategies if (p := user_code_paths(exp.run_config(s), args.config))), None)
+    extra = [] if paths is None else [f"train.pythonpath={json.dumps(paths)}"]
+    exp = load_experiment(args.config, [*args.overrides, *extra])  # data.data_dir resolved
+    strategies = [exp.strategy(name) for name in names]
     out = Path(args.output) if args.output else default_output(stem, resume=args.resume)
-    if args.num_cpus is not None and args.num_cpus < 1:
-        raise RTHPOError(f"--num-cpus must be >= 1, but got {args.num_cpus}.")
     from ray_rthpo.tune.compare import preflight
 
     # A missing or truncated data file, or an output folder that holds another experiment: fail before Ray
@@ -111,11 +118,44 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
     return 0
 
 
+def check_experiment_file(path: str | Path, command: str) -> None:
+    """Refuse, before anything loads, a file that is not an experiment config for ``rthpo COMMAND``: an empty
+    file, a Table 1 workload, and for ``compare`` a run config (``rthpo run`` takes one as a one-trial
+    experiment). Raises RTHPOError (a ConfigError) naming the file, what it is and the command to use."""
+    from ray_rthpo.config import load_yaml
+    from ray_rthpo.experiment.config import RUN_SECTIONS, config_kind
+
+    shown = str(path)
+    data = load_yaml(path)
+    kind = config_kind(data)
+    example = "e.g. configs/compare_digits.yaml"
+    if kind == "empty":
+        raise ConfigError(f"config file {shown!r} is empty; rthpo {command} needs an experiment config: "
+                          "base (run-config sections or the path of a run config), budget_s and strategies "
+                          f"({example}).")
+    if kind == "table1":
+        raise ConfigError(f"config file {shown!r} is a Table 1 workload (it has workload, eta0_grid, "
+                          "beta_grid), not an experiment config; run it with rthpo table1 --workload "
+                          f"{shown}.")
+    if kind == "run" and command == "compare" and not set(data) <= set(RUN_SECTIONS):
+        raise ConfigError(f"config file {shown!r} has neither base nor strategies (it has "
+                          f"{', '.join(map(str, data))}), so it is no experiment config; rthpo compare needs "
+                          f"base, budget_s and strategies ({example}).")
+    if kind == "run" and command == "compare":
+        raise ConfigError(f"config file {shown!r} is a run config (no base or strategies), so there is "
+                          f"nothing to compare; train it once with rthpo train {shown}, or compare "
+                          "strategies with an experiment config whose base is this file "
+                          f"({example}: base, budget_s, strategies).")
+
+
 def run_command(args: argparse.Namespace) -> int:
+    """``rthpo run``: one strategy of an experiment config (or one trial of a run config) as one Tune
+    experiment."""
     return _execute(args, args.strategy, "run")
 
 
 def compare_command(args: argparse.Namespace) -> int:
+    """``rthpo compare``: every strategy of an experiment config under the same compute budget."""
     return _execute(args, None, "compare")
 
 
@@ -171,4 +211,4 @@ def run_table1_command(args: argparse.Namespace) -> int:
 
 
 __all__ = ["add_experiment_arguments", "add_run_arguments", "add_table1_arguments", "run_command",
-           "compare_command", "run_table1_command", "TABLE1_CONFIGS"]
+           "compare_command", "run_table1_command", "check_experiment_file", "TABLE1_CONFIGS"]

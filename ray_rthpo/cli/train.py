@@ -13,23 +13,49 @@ from pathlib import Path
 
 from ray_rthpo import metrics as M
 from ray_rthpo.cli.common import add_common_arguments, default_output, format_epoch, user_code_paths
-from ray_rthpo.errors import RTHPOError
+from ray_rthpo.errors import ConfigError, RTHPOError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``rthpo train``: CONFIG, ``--set``, ``--output`` and ``--resume``."""
     add_common_arguments(parser)
     parser.add_argument("--resume", action="store_true",
                         help="continue from the checkpoint in the output folder")
 
 
+def check_run_file(path: str | Path) -> None:
+    """Refuse an experiment config or a Table 1 workload given to ``rthpo train`` (which takes a run config),
+    naming the command that runs it. Raises ConfigError."""
+    from ray_rthpo.config import load_yaml
+    from ray_rthpo.experiment.config import EXPERIMENT_KEYS, config_kind
+
+    shown = str(path)
+    data = load_yaml(path)
+    kind = config_kind(data)
+    if kind == "experiment":
+        keys = ", ".join(k for k in EXPERIMENT_KEYS if k in data)
+        raise ConfigError(f"config file {shown!r} is an experiment config (it has {keys}), not a run config; "
+                          f"run its strategies with rthpo compare {shown} (or one with rthpo run {shown} "
+                          "--strategy NAME); rthpo train takes a run config such as configs/digits.yaml.")
+    if kind == "table1":
+        raise ConfigError(f"config file {shown!r} is a Table 1 workload, not a run config; run it with "
+                          f"rthpo table1 --workload {shown}; rthpo train takes a run config such as "
+                          "configs/digits.yaml.")
+
+
 def run(args: argparse.Namespace) -> int:
+    """``rthpo train``: one run of a run config, without Ray; returns the exit status."""
+    # The config is checked with the light config layer alone (an error is one line in well under a second);
+    # torch is imported after it.
     from ray_rthpo.config import load_config, save_config
+
+    check_run_file(args.config)
+    config = load_config(args.config, args.overrides)
     from ray_rthpo.experiment.output import check_writable
     from ray_rthpo.factories import workload_name
     from ray_rthpo.report.files import atomic_write_text, write_history_csv
     from ray_rthpo.training.trainer import Trainer
 
-    config = load_config(args.config, args.overrides)
     paths = user_code_paths(config, args.config)
     if paths is not None:
         config = config.replace(**{"train.pythonpath": paths})
@@ -41,15 +67,16 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not checkpoint.is_file():
         raise RTHPOError(f"--resume: no checkpoint at {str(checkpoint)!r}; run without --resume to start afresh.")
     check_writable(out)  # a read-only or forbidden folder: one line now, not a traceback after the first epoch
-    print(f"rthpo train: {config.lr.method} on {workload_name(config)}, "
-          f"{config.train.epochs} epochs -> {out}", flush=True)
+    print(f"rthpo train: {config.lr.method} on {workload_name(config)}, {config.train.epochs} epochs",
+          flush=True)
     # loads the data and imports the user's factories: a missing file or a broken factory fails before
-    # anything is written
+    # anything is written (and before the output folder is named: it is printed once it exists)
     trainer = Trainer(config)
     if args.resume:  # a damaged checkpoint or another config is refused before config.yaml is rewritten
         trainer.load(checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
+    print(f"output folder {out}", flush=True)
     if args.resume:
         print(f"resumed at epoch {trainer.epoch}", flush=True)
     print(f"device {trainer.device}, {len(trainer.data.train)} train / {len(trainer.data.val)} val / "
@@ -74,4 +101,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "check_run_file", "run"]

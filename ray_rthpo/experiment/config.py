@@ -2,7 +2,7 @@
 
     name: compare_digits
     base: {data: {name: digits}, model: {hidden: [64]}, train: {epochs: 6}}   # or base: digits.yaml
-    budget_s: 30          # compute seconds per strategy, summed over its trials (time/total_s)
+    budget_s: 30          # compute seconds per strategy: time/epoch_s summed over its trials' epochs
     resources: {cpu: 1, gpu: 0}
     max_concurrent: 2
     seed: 0
@@ -25,14 +25,18 @@
 
 Every strategy gets the same ``budget_s`` and the same ``resources``; the searched metric is always
 ``val/acc`` (maximised). A plain run config (``configs/digits.yaml``, no ``strategies``) is an
-experiment with one trial of that config. Unknown keys and wrong types fail with the key's path.
+experiment with one trial of that config (``rthpo run``; ``rthpo compare`` refuses it: :func:`config_kind`).
+Unknown keys and wrong types fail with the key's path.
+
+Loading a config imports neither torch nor Ray: every error in it is reported before the data layer
+(``data.data_dir`` resolution) is imported.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +52,31 @@ from ray_rthpo.config import (
     parse_override,
 )
 from ray_rthpo.config_schema import check, check_choice, flatten, from_dict
-from ray_rthpo.data.paths import resolve_data_dir
 from ray_rthpo.errors import ConfigError
 from ray_rthpo.experiment.searchers import check_searcher
 from ray_rthpo.experiment.spaces import GRID_KIND, check_space
 
 RUN_SECTIONS = ("data", "model", "optim", "lr", "train")
 SCHEDULERS = ("fifo", "asha", "pbt")
+#: Top-level keys that only an experiment config has (a run config has RUN_SECTIONS only).
+EXPERIMENT_KEYS = ("base", "strategies")
+#: Top-level keys that only a Table 1 workload (``rthpo table1 --workload``) has.
+TABLE1_KEYS = ("workload", "eta0_grid", "beta_grid", "base_overrides")
+
+
+def config_kind(data: dict[str, Any]) -> str:
+    """What a config file's top-level mapping is: ``"empty"`` (an empty file), ``"table1"`` (a Table 1
+    workload), ``"experiment"`` (it has ``base`` or ``strategies``) or ``"run"`` (run-config sections
+    only)."""
+    if not data:
+        return "empty"
+    if any(key in data for key in TABLE1_KEYS):
+        return "table1"
+    if any(key in data for key in EXPERIMENT_KEYS):
+        return "experiment"
+    return "run"
+
+
 def check_budget_s(value: Any) -> None:
     """Raise ConfigError unless ``value`` is a compute budget: a finite number of seconds > 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -254,7 +276,7 @@ class ExperimentConfig:
     name: str = "experiment"
     # The run config every trial starts from (a Config once loaded; sections or a path in YAML).
     base: Any = None
-    # Compute seconds per strategy, summed over its trials' time/total_s; the experiment ends when spent.
+    # Compute seconds per strategy: each (trial, epoch)'s time/epoch_s, once; the experiment ends when spent.
     budget_s: float = 60.0
     resources: Resources = field(default_factory=Resources)
     # Trials running at once per strategy (the budget counts compute, so this changes wall time only).
@@ -348,9 +370,12 @@ def read_base(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
 
 
 def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", base_dir: Path | None = None,
-                         cwd: Path | None = None) -> ExperimentConfig:
+                         cwd: Path | None = None, resolve_data: bool = True) -> ExperimentConfig:
     """Build an :class:`ExperimentConfig` from a YAML mapping (strict), resolving ``base: path`` against
-    ``base_dir`` and ``data.data_dir`` against ``cwd``. A mapping without ``strategies`` is a run config."""
+    ``base_dir`` and ``data.data_dir`` against ``cwd``. A mapping without ``strategies`` is a run config.
+
+    Every check runs before the data layer (which imports torch) is imported; ``resolve_data=False`` leaves
+    the base's ``data.data_dir`` as written and never imports it (a quick check of the config alone)."""
     if not isinstance(data, dict):
         raise ConfigError(f"an experiment config must be a mapping, but got {data!r}.")
     if "strategies" not in data and "base" not in data:
@@ -363,12 +388,32 @@ def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", base
         base = {}
     if not isinstance(base, dict):
         raise ConfigError(f"base must be run-config sections or the path of a run-config YAML, but got {base!r}.")
-    config = resolve_data_dir(config_from_dict(base), cwd)
+    _check_budget_text(data.get("budget_s"))
     strategies = data.get("strategies")
     if isinstance(strategies, list):  # a strategy may read other data: make its data_dir absolute too
         strategies = [_resolve_override_data_dir(s, cwd) if isinstance(s, dict) else s for s in strategies]
         data = {**data, "strategies": strategies}
-    return from_dict(ExperimentConfig, {**data, "base": config})
+    config = config_from_dict(base)
+    # Every error of the config is raised here, before the data layer (and with it torch) is imported.
+    exp = from_dict(ExperimentConfig, {**data, "base": config})
+    if not resolve_data:
+        return exp
+    from ray_rthpo.data.paths import resolve_data_dir
+
+    resolved = resolve_data_dir(config, cwd)
+    return exp if resolved == config else replace(exp, base=resolved)
+
+
+def _check_budget_text(value: Any) -> None:
+    """``budget_s: nan`` / ``--set budget_s=inf`` arrive as strings (YAML 1.1 spells them ``.nan``, ``.inf``):
+    refuse them as the non-finite budgets they mean, not as words."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return  # not a number at all: the schema says so
+        if not math.isfinite(number):
+            check_budget_s(value)
 
 
 def _resolve_override_data_dir(strategy: dict[str, Any], cwd: Path | None) -> dict[str, Any]:
@@ -424,16 +469,20 @@ def apply_override(data: dict[str, Any], text: str) -> dict[str, Any]:
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None, *,
-                    cwd: Path | None = None) -> ExperimentConfig:
-    """Load an experiment YAML (or a plain run config) with ``--set`` overrides; strict about keys and types."""
+                    cwd: Path | None = None, resolve_data: bool = True) -> ExperimentConfig:
+    """Load an experiment YAML (or a plain run config) with ``--set`` overrides; strict about keys and types.
+    ``resolve_data``: see :func:`experiment_from_dict`."""
     path = Path(path)
     data = load_yaml(path)
     if isinstance(data, dict):
         data = read_base(data, path.parent)
     for text in overrides or []:
         data = apply_override(data, text)
-    return experiment_from_dict(data, name=path.stem, base_dir=path.parent, cwd=cwd)
+    return experiment_from_dict(data, name=path.stem, base_dir=path.parent, cwd=cwd,
+                                resolve_data=resolve_data)
 
 
-__all__ = ["ExperimentConfig", "StrategyConfig", "ResolvedStrategy", "resolve_strategy", "Resources", "AshaConfig", "PbtConfig", "load_experiment",
-           "experiment_from_dict", "apply_override", "check_budget_s", "read_base", "set_path", "SCHEDULERS"]
+__all__ = ["ExperimentConfig", "StrategyConfig", "ResolvedStrategy", "resolve_strategy", "Resources",
+           "AshaConfig", "PbtConfig", "load_experiment", "experiment_from_dict", "apply_override",
+           "check_budget_s", "config_kind", "read_base", "set_path", "SCHEDULERS", "EXPERIMENT_KEYS",
+           "TABLE1_KEYS"]
