@@ -125,6 +125,88 @@ def test_a_repeated_epoch_counts_once_by_its_last_report() -> None:
     assert stopper.spent_s == pytest.approx(3.5)
 
 
+def test_several_trials_reporting_the_same_epochs_each_count_without_ray() -> None:
+    """Three trials report epochs 1..4 each, interleaved (as concurrent trials do): every (trial, epoch)
+    counts, not every epoch once; a redone epoch replaces that trial's report only; the stopper stops at the first
+    report that reaches the budget, and agrees with report.selection.compute_spent on the same rows. No Ray
+    runs: the stopper is fed result dicts by hand."""
+    import pandas as pd
+    import ray
+
+    from ray_rthpo.report.selection import compute_spent
+
+    seconds = {"a": 1.0, "b": 2.0, "c": 0.5}  # each trial's epoch seconds
+    rows = [{"trial_id": t, EPOCH: e, EPOCH_SECONDS: seconds[t], TOTAL_SECONDS: e * seconds[t]}
+            for e in (1, 2, 3, 4) for t in "abc"]
+    total = 4 * sum(seconds.values())  # 14.0
+    stopper = ComputeBudgetStopper(budget_s=total)
+    decisions = [stopper(row["trial_id"], row) for row in rows]
+    assert decisions == [False] * (len(rows) - 1) + [True]  # the last report reaches the budget, none before
+    assert stopper.spent_s == pytest.approx(total)
+    assert compute_spent(pd.DataFrame(rows)) == pytest.approx(total)
+
+    redo = {"trial_id": "b", EPOCH: 2, EPOCH_SECONDS: 3.0, TOTAL_SECONDS: 5.0}  # b restored, redoes epoch 2
+    stopper.record("b", redo)
+    assert stopper.spent_s == pytest.approx(total + 1.0)  # b's epoch 2 now 3.0 s; a's and c's unchanged
+    assert compute_spent(pd.DataFrame([*rows, redo])) == pytest.approx(stopper.spent_s)
+
+    # Below the budget, the same: two trials with identical reports are two trials' compute.
+    twin = ComputeBudgetStopper(budget_s=100.0)
+    for trial in ("x", "y"):
+        for epoch in (1, 2):
+            twin.record(trial, {EPOCH: epoch, EPOCH_SECONDS: 1.5})
+    assert twin.spent_s == pytest.approx(6.0) and not twin.stop_all()
+    assert not ray.is_initialized()
+
+
+def test_a_pbt_clone_counts_its_own_epochs_not_the_donors_cumulative_seconds() -> None:
+    """A population-based-training member that takes over another's checkpoint inherits its cumulative
+    time/total_s, but reports its own epoch seconds: only those count."""
+    stopper = ComputeBudgetStopper(budget_s=100.0)
+    for epoch in (1, 2, 3):
+        stopper.record("donor", {EPOCH: epoch, EPOCH_SECONDS: 2.0, TOTAL_SECONDS: 2.0 * epoch})
+    stopper.record("clone", {EPOCH: 1, EPOCH_SECONDS: 2.0, TOTAL_SECONDS: 2.0})
+    stopper.record("clone", {EPOCH: 4, EPOCH_SECONDS: 2.0, TOTAL_SECONDS: 8.0})  # cloned at 3, runs epoch 4
+    assert stopper.spent_s == pytest.approx(3 * 2.0 + 2 * 2.0)
+
+
+@pytest.mark.parametrize(
+    ("result", "has"),
+    [
+        ({EPOCH: 1, "val/acc": 0.5}, "'epoch' but no 'time/epoch_s', no 'time/total_s'"),
+        ({"val/acc": 0.5}, "no 'epoch', no 'time/epoch_s', no 'time/total_s'"),
+        ({EPOCH_SECONDS: 1.0}, "no 'epoch' (it has 'time/epoch_s'), no 'time/total_s'"),
+        ({EPOCH: 1, EPOCH_SECONDS: float("nan")}, "'epoch' but 'time/epoch_s'=nan"),
+    ],
+)
+def test_a_trainable_without_compute_seconds_is_warned_with_the_keys_read_and_what_follows(
+        caplog: pytest.LogCaptureFixture, result: dict[str, Any], has: str) -> None:
+    """A function trainable of the user's that reports no time/epoch_s (nor time/total_s) is never stopped by
+    the budget: the one warning per trial names the keys the stopper reads (those of the docs), what the
+    report has, and that the budget will not stop it."""
+    stopper = ComputeBudgetStopper(budget_s=1.0)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert stopper("t", result) is False
+    assert stopper.spent_s == 0.0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    text = warnings[0]
+    assert "it reads 'epoch' with 'time/epoch_s', else the cumulative 'time/total_s'" in text, text
+    assert f"this report has {has}" in text, text
+    assert "does not count toward the budget of 1 s" in text and "never stopped by the budget" in text, text
+    assert "Fix: report {'epoch': N, 'time/epoch_s': that epoch's compute seconds} every epoch" in text, text
+
+
+def test_the_module_doc_names_the_keys_the_stopper_reads() -> None:
+    """The docs' words match the code: the contract names epoch + time/epoch_s first, time/total_s second."""
+    from ray_rthpo.tune import budget
+
+    doc = budget.__doc__ or ""
+    assert doc.index('"epoch", "time/epoch_s"') < doc.index('"time/total_s"'), doc[:600]
+    assert EPOCH_SECONDS == "time/epoch_s" and TOTAL_SECONDS == "time/total_s" and EPOCH == "epoch"
+
+
 def test_a_pickled_copy_unpickles_as_the_live_stopper_of_its_experiment() -> None:
     """Tune restores its experiment state with the stopper pickled in it; while a live stopper with the same
     key is registered, that copy *is* the live one (journal-seeded), else a copy with the pickled counts."""

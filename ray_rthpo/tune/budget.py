@@ -5,14 +5,18 @@ A fair comparison of tuning methods gives each the same compute, however it is s
 (``TuneConfig(time_budget_s=...)``) do not measure that: they count parallel trials once and idle
 time too. This stopper sums what the trials themselves report.
 
-Metric contract (what every trainable must report, at every epoch)::
+Metric contract (what a trainable must report, at every epoch), one of::
 
-    tune.report({TOTAL_SECONDS: seconds_so_far, ...})    # TOTAL_SECONDS == "time/total_s"
+    tune.report({EPOCH: epoch, EPOCH_SECONDS: seconds_of_this_epoch, ...})   # "epoch", "time/epoch_s"
+    tune.report({TOTAL_SECONDS: seconds_so_far, ...})                          # "time/total_s"
 
-``seconds_so_far`` is the cumulative compute seconds this trial has spent so far (training,
-hypergradients, evaluation), measured by the training loop, never reset within a trial. A trial
-resumed from a checkpoint should continue from the checkpoint's count. Report every epoch: the
-experiment can only stop at a report, so the budget is overshot by at most one report interval
+The first is what ray_rthpo's trainable reports (with both) and what the stopper reads first: each
+(trial, epoch) is counted by its ``time/epoch_s``. The second, read when a report lacks ``epoch`` or
+``time/epoch_s``, is the cumulative compute seconds this trial has spent so far (training,
+hypergradients, evaluation), never reset within a trial; a trial resumed from a checkpoint should
+continue from the checkpoint's count. A report with neither is not counted (a warning says so, once
+per trial): a trainable that never reports either is never stopped by the budget. Report every epoch:
+the experiment can only stop at a report, so the budget is overshot by at most one report interval
 per running trial.
 
 Use::
@@ -147,11 +151,7 @@ class ComputeBudgetStopper(Stopper):
             return
         value = lookup(result, self._time_key) if isinstance(result, Mapping) else None
         if value is None:
-            self._warn_once(
-                trial_id,
-                f"reported no {self._time_key!r}; this report is not counted. "
-                f"Fix: report the cumulative compute seconds as {self._time_key!r} every epoch.",
-            )
+            self._warn_once(trial_id, self._not_counted(epoch, epoch_s))
         elif not _finite(value) or value < 0:
             self._warn_once(
                 trial_id, f"reported {self._time_key!r}={value!r}, not counted (must be finite, >= 0)."
@@ -216,6 +216,25 @@ class ComputeBudgetStopper(Stopper):
         count of trials that report no epoch + restarts of those."""
         epochs = sum(sum(per_epoch.values()) for per_epoch in self._epoch_s.values())
         return self._already_spent_s + self._restarted_s + sum(self._latest_s.values()) + epochs
+
+    def _not_counted(self, epoch: Any, epoch_s: Any) -> str:
+        """The warning for a report that cannot be counted: the keys read, what it has, what follows."""
+        per_epoch = self._increment_key or EPOCH_SECONDS
+        reads = f"{EPOCH!r} with {per_epoch!r}"
+        if self._increment_key is None:
+            reads += f", else the cumulative {self._time_key!r}"
+        if epoch is None:
+            has = f"no {EPOCH!r}" + (f", no {per_epoch!r}" if epoch_s is None else f" (it has {per_epoch!r})")
+        else:
+            has = f"{EPOCH!r} but " + (f"no {per_epoch!r}" if epoch_s is None
+                                       else f"{per_epoch!r}={epoch_s!r}")
+        if self._increment_key is None:
+            has += f", no {self._time_key!r}"
+        return (f"reported no compute that the budget can count (it reads {reads}; this report has {has}): "
+                f"this trial's compute does not count toward the budget of {self._budget_s:g} s, and an "
+                "experiment whose trials never report it is never stopped by the budget (it ends when its "
+                "trials do). "
+                f"Fix: report {{{EPOCH!r}: N, {per_epoch!r}: that epoch's compute seconds}} every epoch.")
 
     def _warn_once(self, trial_id: str, message: str) -> None:
         if trial_id not in self._warned:

@@ -11,7 +11,7 @@
 The Tuner gets the strategy's run config as ``param_space`` (flat dotted keys) with its searched keys
 replaced by Ray domains, the searcher from :mod:`ray_rthpo.tune.searchers`, ASHA if asked, the metric
 ``val/acc`` (max), and a :class:`~ray_rthpo.tune.budget.ComputeBudgetStopper` that ends the experiment
-once the trials' compute seconds (``time/total_s``) add up to ``budget_s``.
+once the trials' compute seconds (each (trial, epoch)'s ``time/epoch_s``, once) add up to ``budget_s``.
 """
 
 from __future__ import annotations
