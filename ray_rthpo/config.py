@@ -23,19 +23,14 @@ import yaml
 
 from ray_rthpo.config_schema import check, check_choice, flatten, from_dict, merge, to_dict, unflatten
 from ray_rthpo.errors import ConfigError
-from ray_rthpo.hypergrad.hyper_updates import (
-    BETA_HORIZONS,
-    DEFAULT_BETA_SQRT,
-    DEFAULT_HYPER_UPDATE,
-    HYPER_UPDATES,
-    NEEDS_NORMS,
-)
-from ray_rthpo.optim.schedules import DEFAULT_WARMUP, SCHEDULES, warmup_steps
+from ray_rthpo.hypergrad.hyper_updates import DEFAULT_BETA_SQRT, DEFAULT_HYPER_UPDATE
+from ray_rthpo.optim import settings
+from ray_rthpo.optim.schedules import SCHEDULES
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "fake")
 MODELS = ("mlp", "lenet", "resnet18")
-#: Learning-rate methods. The first four adapt eta online by a hypergradient.
-HYPERGRADIENT_METHODS = ("rthpo", "marthe", "hd_train", "hd_val")
+#: Learning-rate methods. The first four adapt eta online by a hypergradient (RTHPO's ``method``).
+HYPERGRADIENT_METHODS = settings.METHODS
 SCHEDULE_METHODS = ("fixed", "exp_decay", "cosine")
 #: Optimizers that set their own step size. prodigy, schedule_free, dog and dadapt need the optional extra
 #: lrfree (pip install -e '.[lrfree]'); they are checked when the run is built, not here.
@@ -43,8 +38,8 @@ OPTIMIZER_METHODS = ("adadelta", "prodigy", "schedule_free", "dog", "dadapt")
 #: Methods whose lr (eta0, or a multiplier of their own step size) follows lr.schedule's shape when one is set.
 PEAK_SCHEDULED_METHODS = ("fixed", "prodigy", "dadapt")
 METHODS = HYPERGRADIENT_METHODS + SCHEDULE_METHODS + OPTIMIZER_METHODS
-HVP_MODES = ("auto", "double_backward", "forward_over_reverse", "forward_over_reverse_bn")
-VAL_MODES = ("backward", "forward")
+HVP_MODES = settings.HVP_ROUTES
+VAL_MODES = settings.VAL_MODES
 #: lr.preset: which values the sub-sampling options take when a config leaves them at null.
 PRESETS = ("exact", "fast", "cheap")
 #: The values behind each preset (docs/performance.md measures the cost and accuracy of ``fast``).
@@ -59,9 +54,50 @@ PRESET_VALUES: dict[str, dict[str, float | int]] = {
 #: The fewest hypergradient steps a preset's period leaves in the tuning of a run (LRConfig.subsampling_for).
 MIN_HYPER_UPDATES = 8
 DEVICES = ("auto", "cpu", "cuda")
-#: Base optimizers (optim.base) and the eta-update rules of the hypergradient methods (lr.hyper_update;
-#: the equations are in ray_rthpo/hypergrad/hyper_updates.py).
-BASES = ("sgd", "adamw")
+#: Base optimizers (optim.base).
+BASES = settings.BASES
+#: The lr.* / optim.* keys that are RTHPO's settings (ray_rthpo/optim/settings.py declares their ranges and
+#: fixes once) whose run-config default differs from RTHPO's own, and why: a run config knows its length
+#: and is tuned for cost (the cheap preset, docs/horizon.md); RTHPO alone keeps the exact, per-step maths.
+RUN_DEFAULTS: dict[str, Any] = {
+    "lr.eta0": 0.1,  # the paper's eta-bar for its MLP (RTHPO: the base optimizer's, 1e-3)
+    "lr.beta": DEFAULT_BETA_SQRT[DEFAULT_HYPER_UPDATE],  # per sqrt(T) steps (RTHPO: the rule's default)
+    "lr.beta_horizon": "sqrt",  # the run's length is known (RTHPO: per step)
+    "lr.schedule": "constant",  # a name (RTHPO: None, the same flat shape)
+    "lr.tune_fraction": 0.25,  # tuning over the first quarter, then plain steps (RTHPO: the whole run)
+    "lr.backoff": 2.0,  # the loss-spike guard on (RTHPO: off)
+    "lr.mu": 1.0,  # read only by marthe (RTHPO: None, required for marthe)
+    "optim.weight_decay": 0.0,  # the same for both bases (RTHPO: the base optimizer's)
+    # null: the value of lr.preset (RTHPO: every step, on the whole batch)
+    "lr.hvp_every": None, "lr.hvp_batch_fraction": None, "lr.val_every": None, "lr.val_batch_fraction": None,
+}
+
+
+def run_default(key: str) -> Any:
+    """The run config's default of ``key``, an RTHPO setting: :data:`RUN_DEFAULTS`, else RTHPO's own."""
+    return RUN_DEFAULTS[key] if key in RUN_DEFAULTS else settings.default(settings.CONFIG_KEYS[key])
+
+
+def check_settings(values: dict[str, Any]) -> None:
+    """Raise ConfigError for the first of ``values`` (run-config key -> value; None values skipped: a null is
+    the preset's or off) out of the range RTHPO declares (ray_rthpo/optim/settings.py), or for a broken
+    rule between them, in the optimizer's words with the config's keys."""
+    named = {settings.CONFIG_KEYS.get(key, key.split(".", 1)[1]): value for key, value in values.items()
+             if value is not None}
+    keys = {settings.CONFIG_KEYS.get(key, key.split(".", 1)[1]): key for key in values}
+
+    def label(name: str) -> str:
+        return keys.get(name) or next(k for k, n in settings.CONFIG_KEYS.items() if n == name)
+
+    try:
+        settings.check(named, label, prefix="")
+    except settings.SettingError as exc:
+        preset = " (or null: the value of lr.preset)" if exc.label in _PRESET_KEYS else ""
+        raise ConfigError(f"{exc}{preset}") from None
+
+
+#: The keys whose null means lr.preset's value.
+_PRESET_KEYS = ("lr.hvp_every", "lr.hvp_batch_fraction", "lr.val_every", "lr.val_batch_fraction")
 #: Run-config keys that only some methods read (searching them for another method wastes a budget).
 KEYS_READ_ONLY_BY: dict[str, tuple[str, ...]] = {
     "lr.beta": HYPERGRADIENT_METHODS, "lr.mu": ("marthe",), "lr.hypergrad_clip": HYPERGRADIENT_METHODS,
@@ -102,10 +138,6 @@ def check_args(key: str, args: Any, spec: str | None) -> None:
         factory = key.rsplit("_", 1)[0]
         raise ConfigError(f"{key} is set ({args!r}) but {factory} is null; name the factory that takes them "
                           f"({factory}: module:function) or delete {key}.")
-
-
-def _positive(name: str, value: float) -> None:
-    check(math.isfinite(value) and value > 0, f"{name} must be a finite number > 0, but got {value!r}.")
 
 
 def _non_negative(name: str, value: float) -> None:
@@ -204,24 +236,18 @@ class OptimConfig:
     # schedulefree.AdamWScheduleFree. adadelta and prodigy are their own optimizers: sgd only here.
     base: str = "sgd"
     # SGD: heavy-ball momentum (torch.optim.SGD, dampening 0). The paper uses 0. AdamW: must be 0 (betas).
-    momentum: float = 0.0
+    momentum: float = run_default("optim.momentum")
     # SGD: L2 weight decay added to the gradient, (1 - eta*lambda) in the tangent's Jacobian. AdamW:
     # decoupled weight decay, w <- (1 - eta*lambda) w (torch.optim.AdamW's default is 0.01).
-    weight_decay: float = 0.0
+    weight_decay: float = run_default("optim.weight_decay")
     # AdamW's moment decays (beta1, beta2) and epsilon, as torch.optim.AdamW.
-    betas: tuple[float, ...] = (0.9, 0.999)
-    eps: float = 1.0e-8
+    betas: tuple[float, ...] = run_default("optim.betas")
+    eps: float = run_default("optim.eps")
 
     def __post_init__(self) -> None:
-        check_choice("optim.base", self.base, BASES)
-        check(0.0 <= self.momentum < 1.0, f"optim.momentum must be in [0, 1), but got {self.momentum!r}.")
-        check(self.base == "sgd" or self.momentum == 0.0,
-              f"optim.momentum is {self.momentum!r}, but optim.base is adamw, whose momentum is optim.betas[0]; "
-              "set optim.momentum: 0.")
-        _non_negative("optim.weight_decay", self.weight_decay)
-        check(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
-              f"optim.betas must be two numbers in [0, 1), but got {list(self.betas)!r}.")
-        _positive("optim.eps", self.eps)
+        # RTHPO's ranges and fixes (ray_rthpo/optim/settings.py), for every method over these bases.
+        check_settings({f"optim.{key}": getattr(self, key) for key in ("base", "momentum", "weight_decay",
+                                                                       "betas", "eps")})
 
 
 class Subsampling(NamedTuple):
@@ -246,41 +272,41 @@ class LRConfig:
     method: str = "rthpo"
     # Initial learning rate eta-bar (for AdaDelta and Prodigy: their lr multiplier, 1.0 in torch, the
     # paper and Prodigy's recommendation; for schedule_free: the SGD learning rate).
-    eta0: float = 0.1
+    eta0: float = run_default("lr.eta0")
     # Hyper-learning rate beta. With the scale-free rules (the default, multiplicative) beta is the
     # relative change of eta per sqrt(T) steps under lr.beta_horizon sqrt (the default: 1, docs/horizon.md),
     # or per step under lr.beta_horizon step (docs/beta.md: 0.1). With lr.hyper_update additive, the
     # paper's eq. (2): eta_{t+1} = eta_t - beta * h_t, whose scale differs by decades between models and optimizers (docs/results.md): set beta and search
     # it on a log scale (1e-4 is a value for the MNIST MLP).
-    beta: float = DEFAULT_BETA_SQRT[DEFAULT_HYPER_UPDATE]
+    beta: float = run_default("lr.beta")
     # How eta moves given the hypergradient: multiplicative (the default: eta (1 - beta cos), the cosine of
     # grad E and z), additive (the paper's eq. 2), adam_log (Adam on log eta) or sign_log (sign of a
     # momentum on log eta). Equations: ray_rthpo/hypergrad/hyper_updates.py and the README.
-    hyper_update: str = DEFAULT_HYPER_UPDATE
+    hyper_update: str = run_default("lr.hyper_update")
     # How beta scales with the run's length T: step (beta is the change per step, so its effect grows with
     # T) or sqrt (beta / sqrt(T) per step: the drift of a noisy hypergradient over the run does not grow
     # with T). T is train.epochs x steps per epoch. ray_rthpo/hypergrad/hyper_updates.py, docs/horizon.md.
-    beta_horizon: str = "sqrt"
+    beta_horizon: str = run_default("lr.beta_horizon")
     # The learning rate's shape over the run, for the hypergradient methods and fixed: constant, or
     # warmup_cosine / warmup_linear (linear warmup over lr.warmup, then cosine / linear decay to 0 at
     # the run's end). With a shape, eta_t = s * phi(t): fixed uses s = eta0 (the peak), the hypergradient
     # methods tune s from eta0 by dE/ds (ray_rthpo/optim/schedules.py).
-    schedule: str = "constant"
+    schedule: str = run_default("lr.schedule")
     # The warmup of lr.schedule: a fraction of the run's steps (below 1) or a number of steps.
-    warmup: float = DEFAULT_WARMUP
+    warmup: float = run_default("lr.warmup")
     # The hypergradient methods tune over the first tune_fraction of the run's steps only; afterwards
     # the tuned value stays and each step costs what a plain step of the base optimizer costs.
-    tune_fraction: float = 0.25
+    tune_fraction: float = run_default("lr.tune_fraction")
     # A guard against a learning rate above the stable range: while tuning, a step whose training loss
     # exceeds backoff x the running mean of the losses (and that mean by a quarter of the first loss)
     # halves the tuned value, at most once every 10 steps. null: off (ray_rthpo/optim/rthpo.py).
-    backoff: float | None = 2.0
+    backoff: float | None = run_default("lr.backoff")
     # MARTHE's discount of the tangent: z_{t+1} = mu (I - eta H) z_t - g_t. 1 = RT-HPO, 0 = First-order (Val).
-    mu: float = 1.0
+    mu: float = run_default("lr.mu")
     # eta is kept within [0, eta_max] after every hypergradient step.
-    eta_max: float = 10.0
+    eta_max: float = run_default("lr.eta_max")
     # Clip the hypergradient h_t to [-c, c] (null: no clipping). The training gradient is never clipped.
-    hypergrad_clip: float | None = None
+    hypergrad_clip: float | None = run_default("lr.hypergrad_clip")
     # exp_decay: eta = eta0 * gamma ** epoch.
     gamma: float = 0.9
     # cosine: eta goes from eta0 to eta_min over the run.
@@ -289,63 +315,38 @@ class LRConfig:
     # ray_rthpo.hypergrad.hvp.default_hvp_route; never a timing race, so runs reproduce),
     # double_backward, forward_over_reverse (refuses BatchNorm), or forward_over_reverse_bn (the
     # same with BatchNorm running statistics updated once outside torch.func).
-    hvp: str = "auto"
+    hvp: str = run_default("lr.hvp")
     # How grad E(w) . z is computed: backward (a validation gradient) or forward (a JVP of the
     # validation loss along z: one forward-mode pass, no backward). On CPU backward is never slower
     # (docs/performance.md), so it is the default.
-    val_mode: str = "backward"
+    val_mode: str = run_default("lr.val_mode")
     # exact | fast. Sub-sampled hypergradients (the paper's proposal to close the cost gap): the
     # four options below, when left at null, take the preset's value (config.PRESET_VALUES);
     # a value set explicitly always wins over the preset. exact = 1, 1.0, 1, 1.0.
     preset: str = "cheap"
     # The HVP on this fraction of the minibatch (its first examples)...
-    hvp_batch_fraction: float | None = None
+    hvp_batch_fraction: float | None = run_default("lr.hvp_batch_fraction")
     # ... and only every k-th step (in between, the H z term of the tangent recursion is dropped).
-    hvp_every: int | None = None
+    hvp_every: int | None = run_default("lr.hvp_every")
     # The hypergradient (validation term) only every k-th step; eta is unchanged in between and
     # moves by k * beta * h on a due step (h stands for the k steps), so beta keeps its per-step scale.
-    val_every: int | None = None
+    val_every: int | None = run_default("lr.val_every")
     # The validation term on this fraction of the validation minibatch (its first examples).
-    val_batch_fraction: float | None = None
+    val_batch_fraction: float | None = run_default("lr.val_batch_fraction")
 
     def __post_init__(self) -> None:
         check_choice("lr.method", self.method, METHODS)
-        _positive("lr.eta0", self.eta0)
-        _non_negative("lr.beta", self.beta)
-        check(0.0 <= self.mu <= 1.0, f"lr.mu must be in [0, 1], but got {self.mu!r}.")
-        _positive("lr.eta_max", self.eta_max)
-        check(self.eta0 <= self.eta_max,
-              f"lr.eta0 ({self.eta0!r}) must not exceed lr.eta_max ({self.eta_max!r}); raise lr.eta_max.")
-        if self.hypergrad_clip is not None:
-            _positive("lr.hypergrad_clip", self.hypergrad_clip)
+        # The keys that are RTHPO's settings: its ranges, fixes and rules (ray_rthpo/optim/settings.py), in
+        # its words; the method joins them when it is RTHPO's (its rules with val_mode apply).
+        values = {key: getattr(self, key.split(".", 1)[1]) for key in settings.CONFIG_KEYS if key.startswith("lr.")}
+        if self.is_hypergradient:
+            values["lr.method"] = self.method
+        check_settings(values)
+        # The keys of the other methods and of the preset.
         check(0.0 < self.gamma <= 1.0, f"lr.gamma must be in (0, 1], but got {self.gamma!r}.")
         _non_negative("lr.eta_min", self.eta_min)
-        check_choice("lr.hyper_update", self.hyper_update, HYPER_UPDATES)
-        check_choice("lr.hvp", self.hvp, HVP_MODES)
-        check_choice("lr.val_mode", self.val_mode, VAL_MODES)
-        check(not (self.val_mode == "forward" and self.hyper_update in NEEDS_NORMS),
-              f"lr.hyper_update {self.hyper_update} divides by |grad E|, which lr.val_mode forward does not give; "
-              "set lr.val_mode: backward, or lr.hyper_update: adam_log (or another rule that needs no norm).")
         check_choice("lr.preset", self.preset, PRESETS)
-        check_choice("lr.beta_horizon", self.beta_horizon, BETA_HORIZONS)
-        check(self.backoff is None or (math.isfinite(self.backoff) and self.backoff > 1.0),
-              f"lr.backoff must be null or a number > 1, but got {self.backoff!r}; 2.0 halves the rate when the "
-              "loss doubles.")
-        check(math.isfinite(self.tune_fraction) and 0.0 < self.tune_fraction <= 1.0,
-              f"lr.tune_fraction must be in (0, 1], but got {self.tune_fraction!r}; 1.0 tunes over the whole run.")
         check_choice("lr.schedule", self.schedule, SCHEDULES)
-        try:
-            warmup_steps(self.warmup, 2)
-        except ValueError as exc:
-            raise ConfigError(f"lr.{exc}") from None
-        for key in ("hvp_batch_fraction", "val_batch_fraction"):
-            value = getattr(self, key)
-            check(value is None or 0.0 < value <= 1.0,
-                  f"lr.{key} must be in (0, 1] (or null for the preset's value), but got {value!r}.")
-        for key in ("hvp_every", "val_every"):
-            value = getattr(self, key)
-            check(value is None or value >= 1,
-                  f"lr.{key} must be an integer >= 1 (or null for the preset's value), but got {value!r}.")
 
     @property
     def is_hypergradient(self) -> bool:

@@ -60,7 +60,7 @@ BAD = [
     ({"lr": {"eta0": -0.1}}, r"lr\.eta0 must be a finite number > 0, but got -0\.1"),
     ({"lr": {"eta0": 0}}, r"lr\.eta0 must be a finite number > 0, but got 0"),
     ({"lr": {"beta": -1.0}}, r"lr\.beta must be a finite number >= 0, but got -1\.0"),
-    ({"lr": {"mu": 1.5}}, r"lr\.mu must be in \[0, 1\], but got 1\.5"),
+    ({"lr": {"mu": 1.5}}, r"lr\.mu must be a number in \[0, 1\], but got 1\.5"),
     ({"lr": {"eta0": 5.0, "eta_max": 1.0}}, r"lr\.eta0 .* must not exceed lr\.eta_max"),
     ({"lr": {"hvp": "magic"}}, r"lr\.hvp must be one of"),
     ({"optim": {"momentum": 1.0}}, r"optim\.momentum must be in \[0, 1\)"),

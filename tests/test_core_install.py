@@ -35,7 +35,7 @@ def test_the_optimizer_imports_and_steps_without_the_harness() -> None:
         import torch
         import ray_rthpo
         from ray_rthpo import RTHPO, ModelClosure
-        from ray_rthpo.optim import schedules
+        from ray_rthpo.optim import schedules, settings
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
         x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))

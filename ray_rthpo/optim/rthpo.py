@@ -46,6 +46,7 @@ from ray_rthpo.hypergrad import functional as fn
 from ray_rthpo.hypergrad import hyper_updates
 from ray_rthpo.hypergrad.adamw import adamw_tangent_decay_, adamw_tangent_step_
 from ray_rthpo.hypergrad.hvp import (
+    default_hvp_route,
     eval_mode,
     frozen_batchnorm_stats,
     grad_and_hvp_forward_over_reverse,
@@ -54,21 +55,19 @@ from ray_rthpo.hypergrad.hvp import (
     loss_gradient,
     validation_directional_derivative,
 )
-from ray_rthpo.optim import schedules
+from ray_rthpo.optim import schedules, settings
 from ray_rthpo.optim.closures import ModelClosure
 
 Closure = Callable[[], torch.Tensor]
 
-#: ``method`` -> MARTHE's discount of the tangent (``marthe`` takes ``mu``).
-METHOD_MU = {"rthpo": 1.0, "hd_val": 0.0, "hd_train": 0.0}
-METHODS = ("rthpo", "marthe", "hd_val", "hd_train")
-BASES = ("sgd", "adamw")
-HVP_ROUTES = ("auto", "double_backward", "forward_over_reverse", "forward_over_reverse_bn")
-VAL_MODES = ("backward", "forward")
-#: Settings every param group shares: one learning rate (and how it moves) for all parameters.
-SHARED = ("lr", "beta", "mu", "method", "base", "eta_max", "hypergrad_clip", "hyper_update", "hvp", "val_mode",
-          "hvp_every", "hvp_batch_fraction", "val_every", "val_batch_fraction", "beta_horizon", "total_steps",
-          "tune_fraction", "backoff")
+#: The names each setting allows, and the settings every param group shares: declared once, in
+#: ray_rthpo/optim/settings.py, with every setting's range, default and fix.
+METHOD_MU = settings.METHOD_MU
+METHODS = settings.METHODS
+BASES = settings.BASES
+HVP_ROUTES = settings.HVP_ROUTES
+VAL_MODES = settings.VAL_MODES
+SHARED = settings.SHARED
 #: Settings added after the first checkpoints were written, with the value that reproduces them: a state
 #: saved without them loads as a run with no horizon scaling and no known length.
 LATER_SETTINGS = {"beta_horizon": "step", "total_steps": None, "tune_fraction": 1.0, "backoff": None}
@@ -95,14 +94,6 @@ class StepInfo(NamedTuple):
     diverged: bool
 
 
-def _bad(name: str, value: Any, requirement: str, fix: str) -> ValueError:
-    return ValueError(f"RTHPO: {name} must be {requirement}, but got {value!r}; {fix}.")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 class RTHPO(torch.optim.Optimizer):
     """Real-time hyper-parameter optimisation of the learning rate, over SGD or AdamW.
 
@@ -111,7 +102,8 @@ class RTHPO(torch.optim.Optimizer):
             ``weight_decay``, ``momentum`` (SGD), ``betas`` and ``eps`` (AdamW); they share one learning
             rate, which is the one being tuned (and every setting in :data:`SHARED`).
         lr: the initial learning rate eta-bar (> 0, at most ``eta_max``); with a ``schedule``, the initial
-            scale ``s`` (the peak of the built-in shapes). ``param_group["lr"]`` holds the tuned value (eta,
+            scale ``s`` (the peak of the built-in shapes). None: the base optimizer's default, as in torch
+            (``torch.optim.SGD`` and ``torch.optim.AdamW``: 1e-3). ``param_group["lr"]`` holds the tuned value (eta,
             or ``s`` with a schedule); :attr:`eta` and ``last_step.eta`` are the learning rate itself.
         beta: the hyper-learning rate; its meaning follows ``hyper_update`` (``additive``: eta^2 per unit
             of loss, decades apart between models; the scale-free rules: relative change of eta per
@@ -119,6 +111,8 @@ class RTHPO(torch.optim.Optimizer):
             (:func:`ray_rthpo.hypergrad.hyper_updates.default_beta`).
         base: ``"sgd"`` (``momentum``, L2 ``weight_decay`` as ``torch.optim.SGD``) or ``"adamw"``
             (``betas``, ``eps``, decoupled ``weight_decay`` as ``torch.optim.AdamW``).
+        weight_decay: None: the base optimizer's default, as in torch (SGD 0, AdamW 0.01); so
+            ``RTHPO(params, base="adamw")`` starts where ``torch.optim.AdamW(params)`` does.
         method: ``"rthpo"`` (exact tangent, mu = 1), ``"marthe"`` (discounted tangent, ``mu`` in [0, 1]),
             ``"hd_val"`` (first order: mu = 0, validation gradient), ``"hd_train"`` (first order with the
             training gradient in place of the validation one: Baydin et al. 2018; no ``val_closure``).
@@ -176,8 +170,9 @@ class RTHPO(torch.optim.Optimizer):
     :attr:`diverged`; later steps then raise, until ``load_state_dict`` restores an earlier state.
     """
 
-    def __init__(self, params: Iterable[Any], lr: float = 0.1, beta: float | None = None, *, base: str = "sgd",
-                 method: str = "rthpo", mu: float | None = None, momentum: float = 0.0, weight_decay: float = 0.0,
+    def __init__(self, params: Iterable[Any], lr: float | None = None, beta: float | None = None, *,
+                 base: str = "sgd", method: str = "rthpo", mu: float | None = None, momentum: float = 0.0,
+                 weight_decay: float | None = None,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, eta_max: float = 10.0,
                  hypergrad_clip: float | None = None, hyper_update: str = hyper_updates.DEFAULT_HYPER_UPDATE, hvp: str = "auto",
                  val_mode: str = "backward", hvp_every: int = 1, hvp_batch_fraction: float = 1.0,
@@ -185,22 +180,27 @@ class RTHPO(torch.optim.Optimizer):
                  timing: bool = False, schedule: str | schedules.Schedule | None = None,
                  total_steps: int | None = None, warmup: float = schedules.DEFAULT_WARMUP,
                  beta_horizon: str = "step", tune_fraction: float = 1.0, backoff: float | None = None) -> None:
-        if hyper_update not in hyper_updates.HYPER_UPDATES:
-            raise _bad("hyper_update", hyper_update, f"one of {', '.join(hyper_updates.HYPER_UPDATES)}",
-                       "'additive' is the paper's rule")
+        # The settings that decide others' defaults first (their range check names them); the rest are
+        # checked with the groups (_check_group), against ray_rthpo/optim/settings.py.
+        settings.check({"base": base, "hyper_update": hyper_update, "method": method})
+        lr = settings.default("lr", base) if lr is None else lr
+        weight_decay = settings.default("weight_decay", base) if weight_decay is None else weight_decay
         if beta is None:  # an unknown beta_horizon is refused with the other settings, by _check_group
             beta = hyper_updates.default_beta(hyper_update, beta_horizon)
-        if method not in METHODS:
-            raise _bad("method", method, f"one of {', '.join(METHODS)}", "rthpo is the paper's method")
         if mu is None:
             if method == "marthe":
-                raise _bad("mu", mu, "a number in [0, 1] for method='marthe'", "pass e.g. mu=0.9")
+                raise settings.SettingError("mu", "must be a number in [0, 1] for method='marthe', but got None; "
+                                            "pass e.g. mu=0.9.")
             mu = METHOD_MU[method]
         elif method != "marthe" and mu != METHOD_MU[method]:
-            raise _bad("mu", mu, f"{METHOD_MU[method]} for method={method!r} (or left out)",
-                       "use method='marthe' for another discount")
+            raise settings.SettingError("mu", f"must be {METHOD_MU[method]} for method={method!r} (or left out), "
+                                        f"but got {mu!r}; use method='marthe' for another discount.")
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"RTHPO: model must be a torch.nn.Module or None, but got {type(model).__name__}.")
+        if hvp == "forward_over_reverse" and model is not None and has_batchnorm(model):
+            raise settings.SettingError("hvp", "must not be forward_over_reverse for a model with BatchNorm, whose "
+                                        "running statistics torch.func cannot update; set hvp to "
+                                        "forward_over_reverse_bn, double_backward or auto.")
         defaults = dict(lr=lr, beta=beta, mu=mu, method=method, base=base, eta_max=eta_max,
                         hypergrad_clip=hypergrad_clip, hyper_update=hyper_update, hvp=hvp, val_mode=val_mode,
                         hvp_every=hvp_every, hvp_batch_fraction=hvp_batch_fraction, val_every=val_every,
@@ -406,8 +406,8 @@ class RTHPO(torch.optim.Optimizer):
     def _route(self, closure: Closure) -> str:
         route = str(self.param_groups[0]["hvp"])
         model = closure.model if isinstance(closure, ModelClosure) else None
-        if route == "auto":
-            return "forward_over_reverse_bn" if model is not None and has_batchnorm(model) else "double_backward"
+        if route == "auto":  # the one rule (also the run configs' lr.hvp: auto)
+            return default_hvp_route(model) if model is not None else "double_backward"
         if route != "double_backward" and model is None:
             raise TypeError(f"RTHPO: hvp={route!r} runs the model through torch.func, so closure must be a "
                             "ray_rthpo.optim.ModelClosure(model, loss_fn, x, y); or use hvp='double_backward'.")
@@ -594,62 +594,12 @@ def _named(model: nn.Module, params: list[torch.Tensor]) -> list[tuple[str, torc
 
 
 def _check_group(group: dict[str, Any], index: int) -> None:
-    """Raise ValueError naming the setting, its value and the fix for anything out of range."""
-    where = f"lr of param group {index}" if index else "lr"
-    if not (_number(group["eta_max"]) and group["eta_max"] > 0):
-        raise _bad("eta_max", group["eta_max"], "a finite number > 0", "it is the largest learning rate allowed")
-    if not (_number(group["lr"]) and 0 < group["lr"] <= group["eta_max"]):
-        raise _bad(where, group["lr"], f"a finite number in (0, eta_max={group['eta_max']}]",
-                   "pass the initial learning rate eta-bar, or raise eta_max")
-    if not (_number(group["beta"]) and group["beta"] >= 0):
-        raise _bad("beta", group["beta"], "a finite number >= 0", "0 keeps the learning rate fixed")
-    if not (_number(group["mu"]) and 0.0 <= group["mu"] <= 1.0):
-        raise _bad("mu", group["mu"], "in [0, 1]", "1 is RT-HPO, 0 is first order")
-    if group["base"] not in BASES:
-        raise _bad("base", group["base"], f"one of {', '.join(BASES)}", "use 'sgd' or 'adamw'")
-    if not (_number(group["weight_decay"]) and group["weight_decay"] >= 0):
-        raise _bad("weight_decay", group["weight_decay"], "a finite number >= 0", "0 turns it off")
-    if not (_number(group["momentum"]) and 0.0 <= group["momentum"] < 1.0):
-        raise _bad("momentum", group["momentum"], "in [0, 1)", "0 is plain SGD")
-    if group["base"] == "adamw" and group["momentum"] != 0.0:
-        raise _bad("momentum", group["momentum"], "0 with base='adamw'", "AdamW's momentum is betas[0]")
-    betas = group["betas"]
-    if not (len(betas) == 2 and all(_number(b) and 0.0 <= b < 1.0 for b in betas)):
-        raise _bad("betas", betas, "two numbers in [0, 1)", "torch's default is (0.9, 0.999)")
-    if not (_number(group["eps"]) and group["eps"] > 0):
-        raise _bad("eps", group["eps"], "a finite number > 0", "torch's default is 1e-8")
-    if group["hypergrad_clip"] is not None and not (_number(group["hypergrad_clip"]) and group["hypergrad_clip"] > 0):
-        raise _bad("hypergrad_clip", group["hypergrad_clip"], "None or a number > 0", "None turns it off")
-    if group["hyper_update"] not in hyper_updates.HYPER_UPDATES:
-        raise _bad("hyper_update", group["hyper_update"], f"one of {', '.join(hyper_updates.HYPER_UPDATES)}",
-                   "'additive' is the paper's rule")
-    if group["hvp"] not in HVP_ROUTES:
-        raise _bad("hvp", group["hvp"], f"one of {', '.join(HVP_ROUTES)}", "'auto' picks one")
-    if group["val_mode"] not in VAL_MODES:
-        raise _bad("val_mode", group["val_mode"], f"one of {', '.join(VAL_MODES)}", "'backward' is the default")
-    if group["val_mode"] == "forward" and group["hyper_update"] in hyper_updates.NEEDS_NORMS:
-        raise _bad("val_mode", "forward", f"'backward' with hyper_update={group['hyper_update']!r}",
-                   "that rule divides by |grad E|, which a forward-mode JVP does not give")
-    if group["method"] == "hd_train" and group["val_mode"] == "forward":
-        raise _bad("val_mode", "forward", "'backward' with method='hd_train'", "hd_train uses no validation pass")
-    for key in ("hvp_every", "val_every"):
-        value = group[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise _bad(key, value, "an integer >= 1", "1 computes it every step")
-    for key in ("hvp_batch_fraction", "val_batch_fraction"):
-        value = group[key]
-        if not (_number(value) and 0.0 < value <= 1.0):
-            raise _bad(key, value, "in (0, 1]", "1.0 uses the whole batch")
-    if group["beta_horizon"] not in hyper_updates.BETA_HORIZONS:
-        raise _bad("beta_horizon", group["beta_horizon"], f"one of {', '.join(hyper_updates.BETA_HORIZONS)}",
-                   "'sqrt' keeps the drift of eta from growing with the run's length")
-    if not (_number(group["tune_fraction"]) and 0.0 < group["tune_fraction"] <= 1.0):
-        raise _bad("tune_fraction", group["tune_fraction"], "in (0, 1]", "1.0 tunes over the whole run")
-    if group["backoff"] is not None and not (_number(group["backoff"]) and group["backoff"] > 1.0):
-        raise _bad("backoff", group["backoff"], "None or a number > 1", "2.0 halves the rate when the loss doubles")
-    total = group["total_steps"]
-    if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 1):
-        raise _bad("total_steps", total, "None or an integer >= 1", "pass the run's number of steps")
+    """Raise :class:`ray_rthpo.optim.settings.SettingError` (a ValueError) naming the setting, its value and the
+    fix for anything out of range (ray_rthpo/optim/settings.py declares each setting once)."""
+    def label(name: str) -> str:
+        return f"{name} of param group {index}" if index and name == "lr" else name
+
+    settings.check({name: group[name] for name in settings.SETTINGS if name in group}, label)
 
 
 __all__ = ["RTHPO", "StepInfo", "METHODS", "BASES", "SHARED"]

@@ -1,0 +1,256 @@
+"""The settings of :class:`ray_rthpo.optim.RTHPO`, declared once: name, range, default, meaning and fix.
+
+Everything that checks or describes a setting reads :data:`SETTINGS`:
+
+* ``RTHPO(...)`` and ``add_param_group`` check every group with :func:`check_group`
+  (ray_rthpo/optim/rthpo.py);
+* the run config (ray_rthpo/config.py) checks each ``lr.*`` / ``optim.*`` key that is one of these settings
+  with the same :func:`problem`, its message naming the config key (``lr.beta``) where the optimizer's names
+  the argument (``beta``): the words after the name are the same;
+* the Trainer builds the optimizer's keywords from a run config with :func:`from_config`
+  (ray_rthpo/training/methods.py), so no second list of keywords exists;
+* the argument table of docs/optimizer.md is :func:`markdown_table` (``python -m ray_rthpo.optim.settings``).
+
+Torch-free, so that the config layer loads without torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ray_rthpo.hypergrad import hyper_updates
+from ray_rthpo.optim import schedules
+
+#: ``method``: the hypergradient methods (the run configs' other ``lr.method`` values are other optimizers).
+METHODS = ("rthpo", "marthe", "hd_val", "hd_train")
+#: ``method`` -> MARTHE's discount of the tangent (``marthe`` takes ``mu``).
+METHOD_MU = {"rthpo": 1.0, "hd_val": 0.0, "hd_train": 0.0}
+BASES = ("sgd", "adamw")
+HVP_ROUTES = ("auto", "double_backward", "forward_over_reverse", "forward_over_reverse_bn")
+VAL_MODES = ("backward", "forward")
+#: The defaults that follow ``base``, as torch's own optimizers have them (torch.optim.SGD / AdamW).
+BASE_DEFAULTS: dict[str, dict[str, float]] = {"sgd": {"lr": 1e-3, "weight_decay": 0.0},
+                                               "adamw": {"lr": 1e-3, "weight_decay": 1e-2}}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _warmup_ok(value: Any) -> bool:
+    try:
+        schedules.warmup_steps(value, 2)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of RTHPO.
+
+    ``valid`` says whether a value is allowed; a value that is not gets the message
+    ``"<name> must be <requirement>, but got <value>; <fix>."``. ``default`` is RTHPO's (a dict by ``base``
+    for the settings whose default follows it, as torch's optimizers have them); ``config_key`` is the run
+    config's key for it (None: not a run-config key); ``shared``: the same in every param group.
+    """
+
+    name: str
+    default: Any
+    requirement: str
+    fix: str
+    meaning: str
+    valid: Callable[[Any], bool]
+    config_key: str | None = None
+    shared: bool = True
+
+
+def _choice(names: Iterable[str]) -> Callable[[Any], bool]:
+    names = tuple(names)
+    return lambda value: isinstance(value, str) and value in names
+
+
+def _one_of(names: Iterable[str]) -> str:
+    return "one of " + ", ".join(names)
+
+
+_DECLARED = (
+    Setting("lr", {b: d["lr"] for b, d in BASE_DEFAULTS.items()}, "a finite number > 0", "pass the initial learning rate eta-bar",
+            "Initial learning rate eta-bar; with a `schedule`, the initial scale `s` (the shape's peak). "
+            "Default: the base optimizer's (1e-3).",
+            lambda v: _number(v) and v > 0, "lr.eta0"),
+    Setting("beta", None, "a finite number >= 0", "0 keeps the learning rate fixed",
+            "Hyper-learning rate; its unit follows `hyper_update` and `beta_horizon`. None: the rule's default.",
+            lambda v: _number(v) and v >= 0, "lr.beta"),
+    Setting("base", "sgd", _one_of(BASES), "use 'sgd' or 'adamw'",
+            "The base optimizer: SGD (momentum, L2 weight decay) or AdamW (decoupled weight decay).",
+            _choice(BASES), "optim.base"),
+    Setting("method", "rthpo", _one_of(METHODS), "rthpo is the paper's method",
+            "rthpo (exact tangent), marthe (discounted by `mu`), hd_val / hd_train (first order).",
+            _choice(METHODS)),
+    Setting("mu", None, "a number in [0, 1]", "1 is RT-HPO, 0 is first order",
+            "MARTHE's discount of the tangent; only for method='marthe'.",
+            lambda v: _number(v) and 0.0 <= v <= 1.0, "lr.mu"),
+    Setting("momentum", 0.0, "in [0, 1)", "0 is plain SGD",
+            "SGD's heavy-ball momentum (dampening 0); 0 with AdamW.",
+            lambda v: _number(v) and 0.0 <= v < 1.0, "optim.momentum", shared=False),
+    Setting("weight_decay", {b: d["weight_decay"] for b, d in BASE_DEFAULTS.items()}, "a finite number >= 0",
+            "0 turns it off",
+            "L2 decay (SGD) or decoupled decay (AdamW). Default: the base optimizer's (0, AdamW 0.01).",
+            lambda v: _number(v) and v >= 0, "optim.weight_decay", shared=False),
+    Setting("betas", (0.9, 0.999), "two numbers in [0, 1)", "torch's default is (0.9, 0.999)",
+            "AdamW's moment decays.",
+            lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(_number(b) and 0.0 <= b < 1.0 for b in v),
+            "optim.betas", shared=False),
+    Setting("eps", 1e-8, "a finite number > 0", "torch's default is 1e-8", "AdamW's epsilon.",
+            lambda v: _number(v) and v > 0, "optim.eps", shared=False),
+    Setting("eta_max", 10.0, "a finite number > 0", "it is the largest learning rate allowed",
+            "The tuned value is kept in [0, eta_max].", lambda v: _number(v) and v > 0, "lr.eta_max"),
+    Setting("hypergrad_clip", None, "None (null in a config) or a number > 0", "None turns it off",
+            "Clip the hypergradient to [-c, c] (the training gradient is never touched).",
+            lambda v: v is None or (_number(v) and v > 0), "lr.hypergrad_clip"),
+    Setting("hyper_update", hyper_updates.DEFAULT_HYPER_UPDATE, _one_of(hyper_updates.HYPER_UPDATES),
+            "'additive' is the paper's rule",
+            "How the hypergradient moves the tuned value (ray_rthpo/hypergrad/hyper_updates.py).",
+            _choice(hyper_updates.HYPER_UPDATES), "lr.hyper_update"),
+    Setting("hvp", "auto", _one_of(HVP_ROUTES), "'auto' picks one",
+            "How H z is computed; auto: forward_over_reverse_bn for a ModelClosure of a model with BatchNorm, "
+            "else double_backward.", _choice(HVP_ROUTES), "lr.hvp"),
+    Setting("val_mode", "backward", _one_of(VAL_MODES), "'backward' is the default",
+            "backward (a validation gradient) or forward (a JVP along z; needs a ModelClosure).",
+            _choice(VAL_MODES), "lr.val_mode"),
+    Setting("hvp_every", 1, "an integer >= 1", "1 computes it every step",
+            "The HVP only every k-th step (H z dropped in between).",
+            lambda v: _integer(v) and v >= 1, "lr.hvp_every"),
+    Setting("hvp_batch_fraction", 1.0, "in (0, 1]", "1.0 uses the whole batch",
+            "The HVP on the first fraction of the batch (below 1: needs a ModelClosure).",
+            lambda v: _number(v) and 0.0 < v <= 1.0, "lr.hvp_batch_fraction"),
+    Setting("val_every", 1, "an integer >= 1", "1 computes it every step",
+            "The hypergradient only every k-th step (the tuned value moves by k steps' worth).",
+            lambda v: _integer(v) and v >= 1, "lr.val_every"),
+    Setting("val_batch_fraction", 1.0, "in (0, 1]", "1.0 uses the whole batch",
+            "The validation term on the first fraction of the validation batch (below 1: a ModelClosure).",
+            lambda v: _number(v) and 0.0 < v <= 1.0, "lr.val_batch_fraction"),
+    Setting("schedule", None, f"None, {_one_of(schedules.SCHEDULES)}, or a callable step -> factor",
+            "warmup_cosine is the usual choice",
+            "The learning rate's shape phi: step t uses s * phi(t), and the hypergradient tunes the scale s.",
+            lambda v: v is None or callable(v) or (isinstance(v, str) and v in schedules.SCHEDULES),
+            "lr.schedule"),
+    Setting("total_steps", None, "None or an integer >= 1", "pass the run's number of steps",
+            "The run's length T: the named shapes' horizon, beta_horizon='sqrt''s T, tune_fraction's base.",
+            lambda v: v is None or (_integer(v) and v >= 1)),
+    Setting("warmup", schedules.DEFAULT_WARMUP, "a fraction of the run in [0, 1) or a whole number of steps",
+            "0.05 warms up over the first 5% of the steps",
+            "The named shapes' linear warmup.", _warmup_ok, "lr.warmup"),
+    Setting("beta_horizon", "step", _one_of(hyper_updates.BETA_HORIZONS),
+            "'sqrt' keeps the drift of eta from growing with the run's length",
+            "step: beta per step; sqrt: beta / sqrt(T) per step (T = total_steps, else "
+            f"{hyper_updates.ASSUMED_HORIZON} assumed).", _choice(hyper_updates.BETA_HORIZONS), "lr.beta_horizon"),
+    Setting("tune_fraction", 1.0, "in (0, 1]", "1.0 tunes over the whole run",
+            "Hypergradient work over the first fraction of total_steps only; then plain base-optimizer steps.",
+            lambda v: _number(v) and 0.0 < v <= 1.0, "lr.tune_fraction"),
+    Setting("backoff", None, "None (null in a config) or a number > 1", "2.0 halves the rate when the loss doubles",
+            "While tuning, a training loss above backoff x its running mean halves the tuned value.",
+            lambda v: v is None or (_number(v) and v > 1.0), "lr.backoff"),
+)
+
+#: Every setting of RTHPO, by name, in the order of its signature.
+SETTINGS: dict[str, Setting] = {s.name: s for s in _DECLARED}
+#: The settings every param group shares: one learning rate (and how it moves) for all parameters.
+SHARED = tuple(name for name, s in SETTINGS.items() if s.shared and name not in ("schedule", "warmup"))
+#: Run-config key -> setting name, for the keys that are RTHPO settings.
+CONFIG_KEYS = {s.config_key: s.name for s in _DECLARED if s.config_key is not None}
+
+
+class SettingError(ValueError):
+    """A setting out of its range: :attr:`label` (the argument, or the config key) and :attr:`detail` (the
+    words after it), so that the config layer can say the same with its own key."""
+
+    def __init__(self, label: str, detail: str, prefix: str = "RTHPO: ") -> None:
+        super().__init__(f"{prefix}{label} {detail}")
+        self.label = label
+        self.detail = detail
+
+
+def default(name: str, base: str = "sgd") -> Any:
+    """RTHPO's default of setting ``name`` (for ``lr`` and ``weight_decay``: the ``base`` optimizer's)."""
+    value = SETTINGS[name].default
+    return value[base] if isinstance(value, dict) else value
+
+
+def problem(name: str, value: Any) -> str | None:
+    """None when ``value`` is allowed for setting ``name``; else the words that follow its name in the error:
+    ``"must be <requirement>, but got <value>; <fix>."``."""
+    setting = SETTINGS[name]
+    if setting.valid(value):
+        return None
+    return f"must be {setting.requirement}, but got {value!r}; {setting.fix}."
+
+
+def relation_problem(values: Mapping[str, Any], label: Callable[[str], str] = str) -> tuple[str, str] | None:
+    """The first rule between settings that ``values`` breaks, as (the setting to change, the words after
+    its label), each setting named by ``label(name)``; None when they agree. ``values`` may lack settings
+    (a rule is checked only when all its settings are there)."""
+    def has(*names: str) -> bool:
+        return all(n in values for n in names)
+
+    if has("lr", "eta_max") and _number(values["lr"]) and values["lr"] > values["eta_max"]:
+        return "lr", (f"({values['lr']!r}) must not exceed {label('eta_max')} ({values['eta_max']!r}); "
+                      f"lower {label('lr')} or raise {label('eta_max')}.")
+    if has("base", "momentum") and values["base"] == "adamw" and values["momentum"] != 0.0:
+        return "momentum", (f"must be 0 with {label('base')} adamw, but got {values['momentum']!r}; AdamW's momentum "
+                            f"is {label('betas')}[0], so set {label('momentum')} to 0.")
+    if has("val_mode", "hyper_update") and values["val_mode"] == "forward" \
+            and values["hyper_update"] in hyper_updates.NEEDS_NORMS:
+        return "val_mode", (f"must be backward with {label('hyper_update')} {values['hyper_update']}, which divides "
+                            f"by |grad E|, a norm a forward-mode JVP does not give; set {label('val_mode')} to "
+                            f"backward, or {label('hyper_update')} to adam_log (or another rule that needs no norm).")
+    if has("val_mode", "method") and values["val_mode"] == "forward" and values["method"] == "hd_train":
+        return "val_mode", (f"must be backward with {label('method')} hd_train, which has no validation pass; "
+                            f"set {label('val_mode')} to backward.")
+    return None
+
+
+def check(values: Mapping[str, Any], label: Callable[[str], str] = str, prefix: str = "RTHPO: ") -> None:
+    """Raise :class:`SettingError` for the first setting in ``values`` out of its range, then for the first
+    rule between them that is broken (:func:`relation_problem`)."""
+    for name, value in values.items():
+        words = problem(name, value)
+        if words is not None:
+            raise SettingError(label(name), words, prefix)
+    broken = relation_problem(values, label)
+    if broken is not None:
+        raise SettingError(label(broken[0]), broken[1], prefix)
+
+
+def from_config(read: Callable[[str], Any]) -> dict[str, Any]:
+    """RTHPO's keywords from a run config: ``{name: read(config_key)}`` for every setting that is a run-config
+    key (``read("lr.eta0")`` returns the config's value)."""
+    return {name: read(key) for key, name in CONFIG_KEYS.items()}
+
+
+def markdown_table() -> str:
+    """The argument table of docs/optimizer.md: every setting, its default, range and meaning."""
+    rows = ["| argument | default | allowed | meaning | run config |", "|---|---|---|---|---|"]
+    for s in _DECLARED:
+        shown = (", ".join(f"{b}: {v!r}" for b, v in s.default.items()) if isinstance(s.default, dict)
+                 else repr(s.default))
+        key = f"`{s.config_key}`" if s.config_key else "-"
+        rows.append(f"| `{s.name}` | `{shown}` | {s.requirement} | {s.meaning} | {key} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")
+
+
+__all__ = ["SETTINGS", "SHARED", "CONFIG_KEYS", "METHODS", "METHOD_MU", "BASES", "HVP_ROUTES", "VAL_MODES",
+           "BASE_DEFAULTS", "Setting", "SettingError", "default", "problem", "relation_problem", "check",
+           "from_config", "markdown_table"]
