@@ -14,12 +14,11 @@ per repetition, and the median over repetitions is reported. Every entry runs on
 copy of the weights, once per repetition, as it would inside a training step after other work:
 no entry is timed over back-to-back repeats that keep its data hot in the caches. Entries:
 
-* the units of the ratios: ``sgd`` and ``adamw``, one step of
-  :class:`ray_rthpo.training.steppers.ScheduleStepper` with ``lr.method: fixed`` over ``optim.base``
-  sgd / adamw (forward, backward, ``optimizer.step`` of ``torch.optim.SGD`` / ``torch.optim.AdamW``,
-  the latter with weight decay 0.01);
-* the methods, each through ``HypergradientStepper.train_step`` built by
-  :func:`ray_rthpo.training.steppers.build_stepper` (the code users run, ``lr.hvp: auto``):
+* the units of the ratios: ``sgd`` and ``adamw``, one training step of ``lr.method: fixed`` over
+  ``optim.base`` sgd / adamw as the Trainer takes it (forward, backward, ``optimizer.step`` of
+  ``torch.optim.SGD`` / ``torch.optim.AdamW``, the latter with weight decay 0.01);
+* the methods, each built by :func:`ray_rthpo.training.methods.build_optimizer` and stepped as the Trainer
+  steps RTHPO (``opt.step`` with :class:`ray_rthpo.optim.ModelClosure` closures; ``lr.hvp: auto``):
   ``hd_train``, ``hd_val``, ``rthpo``, ``marthe`` (mu = 0.9), ``rthpo_fast`` (``lr.preset: fast``) over
   SGD, and the same over AdamW (``hd_train_adamw``, ..., ``rthpo_fast_adamw``); ``rthpo`` with each
   HVP route and validation mode forced (``rthpo[...]``), which is what justifies the ``auto`` rules;
@@ -84,7 +83,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ray_rthpo.config import Config, DataConfig, LRConfig, ModelConfig, OptimConfig
 from ray_rthpo.hypergrad.hvp import has_batchnorm
 from ray_rthpo.models import build_model
-from ray_rthpo.training.steppers import HypergradientStepper, build_stepper
+from ray_rthpo.optim import RTHPO, ModelClosure
+from ray_rthpo.training.methods import build_optimizer
 
 #: model -> (input shape, batch size on CPU, batch size on CUDA)
 MODEL_SETUPS: dict[str, tuple[tuple[int, int, int], int, int]] = {
@@ -109,8 +109,8 @@ TARGET_FAST_RATIO = 1.5  # issue 4: the fast preset at most 1.5x its unit
 
 class Spec(NamedTuple):
     """One timed method: its ``lr.*`` overrides, the base optimizer (``optim.base``) and the driver:
-    ``stepper`` is :class:`ray_rthpo.training.steppers.HypergradientStepper.train_step` (the trainer's
-    code: :class:`ray_rthpo.optim.ModelClosure` closures); ``closure`` drives the same
+    ``stepper`` steps it as the Trainer does (ray_rthpo/training/trainer.py: ``opt.step`` with
+    :class:`ray_rthpo.optim.ModelClosure` closures); ``closure`` drives the same
     :class:`ray_rthpo.optim.RTHPO` with bare Python closures (``opt.step(lambda: loss, val_closure=...)``)."""
 
     lr: dict[str, Any]
@@ -142,7 +142,7 @@ VARIANTS: dict[str, Spec] = {
     "rthpo[forward_over_reverse_bn]": Spec({"method": "rthpo", "hvp": "forward_over_reverse_bn"}),
     # forward mode gives no |grad E|, which the default (multiplicative) rule divides by: the paper's rule
     "rthpo[val_mode=forward]": Spec({"method": "rthpo", "val_mode": "forward", "hyper_update": "additive"}),
-    "rthpo[closure]": Spec({"method": "rthpo", "hvp": "double_backward"}, "sgd", "closure"),
+    "rthpo[closure]": Spec({"method": "rthpo", "hvp": "double_backward", "preset": "exact"}, "sgd", "closure"),
     "rthpo[functional]": Spec({"method": "rthpo", "hvp": FUNCTIONAL}),
     # sub-sampled every 10th step on a quarter of the batch: a candidate for the cheap default
     "rthpo[every10,quarter]": Spec({"method": "rthpo", "hvp_every": 10, "hvp_batch_fraction": 0.25, "val_every": 10,
@@ -153,7 +153,7 @@ VARIANTS: dict[str, Spec] = {
     "rthpo[after_tuning]": Spec({"method": "rthpo", "tune_fraction": 1e-4, "schedule": "warmup_cosine"}),
     "rthpo_adamw[after_tuning]": Spec({"method": "rthpo", "tune_fraction": 1e-4, "schedule": "warmup_cosine"},
                                       "adamw"),
-    "rthpo_adamw[closure]": Spec({"method": "rthpo", "hvp": "double_backward"}, "adamw", "closure"),
+    "rthpo_adamw[closure]": Spec({"method": "rthpo", "hvp": "double_backward", "preset": "exact"}, "adamw", "closure"),
     "rthpo_adamw[functional]": Spec({"method": "rthpo", "hvp": FUNCTIONAL}, "adamw"),
 }
 #: base optimizer -> the entry that is the unit of its ratios
@@ -286,7 +286,7 @@ def _config(name: str, spec: Spec, bs: int, functional_route: str) -> Config:
 
 
 def build_entries(name: str, device: torch.device, methods: list[str]) -> tuple[list[Entry], dict[str, Any]]:
-    """Models, steppers and the bound's pieces for model ``name``, each with its own copy of the weights."""
+    """Models, optimizers and the bound's pieces for model ``name``, each with its own copy of the weights."""
     shape, bs_cpu, bs_cuda = MODEL_SETUPS[name]
     bs = bs_cuda if device.type == "cuda" else bs_cpu
     gen = torch.Generator().manual_seed(0)
@@ -306,11 +306,11 @@ def build_entries(name: str, device: torch.device, methods: list[str]) -> tuple[
         before = _allocated(device)
         model = copy.deepcopy(base)
         config = _config(name, spec, bs, functional_route)
-        _, stepper = build_stepper(model, config, steps_per_epoch=1000, device=device)
+        optimizer = build_optimizer(model, config, steps_per_epoch=1000).optimizer
         info: dict[str, Any] = {"base": spec.base}
         period = 1
-        if isinstance(stepper, HypergradientStepper):
-            group = stepper.optimizer.param_groups[0]
+        if isinstance(optimizer, RTHPO):
+            group = optimizer.param_groups[0]
             sub = {k: group[k] for k in ("hvp_every", "hvp_batch_fraction", "val_every", "val_batch_fraction")}
             period = math.lcm(sub["hvp_every"], sub["val_every"])
             info.update({"hvp_route": group["hvp"], "val_mode": group["val_mode"], "subsampling": sub,
@@ -322,7 +322,7 @@ def build_entries(name: str, device: torch.device, methods: list[str]) -> tuple[
             aliases[method] = timed[what]  # the variant is what an entry above already does: not timed twice
             continue
         timed[what] = method
-        step = _step_function(stepper, spec.driver, model, x, y, xv, yv)
+        step = _step_function(optimizer, spec.driver, model, x, y, xv, yv)
 
         def run(step: Callable[[], bool] = step, period: int = period, method: str = method) -> None:
             for _ in range(period):
@@ -349,11 +349,19 @@ def build_entries(name: str, device: torch.device, methods: list[str]) -> tuple[
                      "functional_route": functional_route}
 
 
-def _step_function(stepper: Any, driver: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+def _step_function(opt: torch.optim.Optimizer, driver: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                    xv: torch.Tensor, yv: torch.Tensor) -> Callable[[], bool]:
-    """One training step as users run it; returns whether it diverged."""
+    """One training step as users run it (the Trainer's ``_step``); returns whether it diverged."""
+    if not isinstance(opt, RTHPO):  # the units: forward, backward, step
+
+        def plain_step() -> bool:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            return False
+
+        return plain_step
     if driver == "closure":  # RTHPO on its own, as in its docstring: bare closures (RTHPO knows the model)
-        opt = stepper.optimizer
 
         def closure_step() -> bool:
             opt.step(lambda: F.cross_entropy(model(x), y), val_closure=lambda: F.cross_entropy(model(xv), yv))
@@ -361,10 +369,12 @@ def _step_function(stepper: Any, driver: str, model: nn.Module, x: torch.Tensor,
 
         return closure_step
 
-    def stepper_step() -> bool:
-        return stepper.train_step(x, y, val_batch=lambda: (xv, yv)).diverged
+    def trainer_step() -> bool:  # ModelClosures, the validation batch drawn when due
+        opt.step(ModelClosure(model, F.cross_entropy, x, y),
+                 val_closure=ModelClosure(model, F.cross_entropy, batch=lambda: (xv, yv)))
+        return opt.diverged
 
-    return stepper_step
+    return trainer_step
 
 
 def bench_model(name: str, device: torch.device, reps: int, warmup: int, methods: list[str],

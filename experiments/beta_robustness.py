@@ -223,7 +223,7 @@ def _record_eta(optimizer: Any, args: Any, kwargs: Any) -> None:
     """torch's global optimizer post-step hook: the learning rate the step just used (RTHPO sets
     ``param_groups[0]["lr"]`` to eta_t before its base step; a schedule sets it before ``step``)."""
     if _TRACE is not None:
-        from ray_rthpo.training.steppers import read_lr
+        from ray_rthpo.training.methods import read_lr
 
         _TRACE.append(read_lr(optimizer))
 

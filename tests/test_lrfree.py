@@ -14,7 +14,7 @@ from torch import nn
 from ray_rthpo import metrics as M
 from ray_rthpo.config import METHODS, OPTIMIZER_METHODS, Config, config_from_dict, load_config
 from ray_rthpo.errors import ConfigError
-from ray_rthpo.training.steppers import read_lr, refresh_batchnorm_stats
+from ray_rthpo.training.methods import read_lr, refresh_batchnorm_stats
 from ray_rthpo.training.trainer import Trainer, run_training
 
 pytest.importorskip("prodigyopt")
@@ -212,9 +212,9 @@ def test_dog_evaluates_and_checkpoints_its_average_and_resumes_exactly() -> None
                                 "train.device=cpu", "lr.method=dog"])
     trainer = Trainer(config)
     trainer.run_epoch()
-    averaged = trainer.stepper.averager.averaged_model
+    averaged = trainer.method.averager.averaged_model
     assert all(torch.equal(p, q) for p, q in zip(trainer.model.parameters(), averaged.parameters(), strict=True))
-    training = trainer.stepper._train_weights
+    training = trainer._train_weights
     assert training is not None and not all(torch.equal(training[k], v) for k, v in averaged.state_dict().items())
     state = copy.deepcopy(trainer.state_dict())  # as written to a checkpoint file: DoG updates its tensors in place
     trainer.run_epoch()

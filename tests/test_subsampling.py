@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from hypergrad_helpers import batches, controller, controller_flat_z, tiny_model
+from hypergrad_helpers import ConfigRTHPO, batches, controller, controller_flat_z, tiny_model
 
 from ray_rthpo.config import PRESET_VALUES, Config, LRConfig, ModelConfig, config_from_dict, load_config
 from ray_rthpo.errors import ConfigError
@@ -25,7 +25,7 @@ from ray_rthpo.hypergrad.hvp import (
 )
 from ray_rthpo.hypergrad.reference import flat_loss_fn, flat_params
 from ray_rthpo.models import build_model
-from ray_rthpo.training.steppers import build_stepper
+from ray_rthpo.training.methods import build_optimizer
 
 ROUTES = ["double_backward", "forward_over_reverse"]
 OPTIMIZERS = [
@@ -213,10 +213,10 @@ def test_preset_from_yaml_overrides_and_the_flat_round_trip(tmp_path) -> None:  
 
 BAD = [
     ({"preset": "faster"}, r"lr\.preset must be one of exact, fast, cheap, but got 'faster'.*'fast'"),
-    ({"hvp_every": 0}, r"lr\.hvp_every must be an integer >= 1 \(or null for the preset's value\), but got 0"),
+    ({"hvp_every": 0}, r"lr\.hvp_every must be an integer >= 1, but got 0; .* \(or null: the value of lr\.preset\)"),
     ({"val_every": -2}, r"lr\.val_every must be an integer >= 1"),
     ({"hvp_batch_fraction": 0.0}, r"lr\.hvp_batch_fraction must be in \(0, 1\]"),
-    ({"val_batch_fraction": 1.5}, r"lr\.val_batch_fraction must be in \(0, 1\] .*1\.5"),
+    ({"val_batch_fraction": 1.5}, r"lr\.val_batch_fraction must be in \(0, 1\], but got 1\.5"),
     ({"val_mode": "sideways"}, r"lr\.val_mode must be one of backward, forward"),
 ]
 
@@ -270,12 +270,13 @@ def test_auto_route_rule_is_deterministic_and_valid(name: str) -> None:
 
 
 @pytest.mark.parametrize("route", ["double_backward", "forward_over_reverse_bn"])
-def test_build_stepper_runs_resnet_with_batchnorm(route: str) -> None:
+def test_build_optimizer_runs_resnet_with_batchnorm(route: str) -> None:
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="resnet18"), (3, 8, 8), 4).double()
     cfg = Config(lr=LRConfig(method="rthpo", beta=1e-3, hvp=route, preset="exact"), model=ModelConfig(name="resnet18"))
-    _, stepper = build_stepper(model, cfg, steps_per_epoch=2, device=torch.device("cpu"))
-    assert stepper.hvp_route == route
+    run = build_optimizer(model, cfg, steps_per_epoch=2)
+    assert run.optimizer.param_groups[0]["hvp"] == route
+    stepper = ConfigRTHPO(model, run.optimizer)
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(4, 3, 8, 8, generator=gen, dtype=torch.float64), torch.randint(0, 4, (4,), generator=gen)
     for _ in range(2):

@@ -1,6 +1,6 @@
 """A slow, literal implementation of the hypergradient methods, written straight from the equations.
 
-Used only by the tests, to check the fast path (:class:`ray_rthpo.training.steppers.HypergradientController`)
+Used only by the tests, to check the fast path (:class:`ray_rthpo.optim.RTHPO`)
 at every step. Everything is a flat parameter vector; the Hessian is formed explicitly; the tangent
 recursion is the paper's ``zeta_{t+1} = mu A_t zeta_t + B_t`` with the block Jacobian of the SGD-with-
 momentum map ``Phi(w, v, eta) = (w - eta (m v + grad l(w) + lam w), m v + grad l(w) + lam w)``::

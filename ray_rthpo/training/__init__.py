@@ -1,5 +1,5 @@
-"""The training loop, without Ray: one run of one configuration (``trainer``), stepped by the
-learning-rate method of its config (``steppers``)."""
+"""The training loop, without Ray: one run of one configuration (``trainer``), with the optimizer (and lr
+scheduler) of its config's learning-rate method (``methods``)."""
 
 from __future__ import annotations
 

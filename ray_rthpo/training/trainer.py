@@ -30,9 +30,17 @@ from ray_rthpo.config import ADOPTABLE_KEYS, Config, config_from_dict
 from ray_rthpo.data import DataBundle, Split, augment_batch, load_data
 from ray_rthpo.errors import ConfigError, RTHPOError
 from ray_rthpo.factories import check_model_and_loss, resolve_loss, use_pythonpath, uses_user_code
+from ray_rthpo.hypergrad.hvp import has_batchnorm
 from ray_rthpo.models import build_model
+from ray_rthpo.optim import ModelClosure
 from ray_rthpo.report.files import atomic_write_bytes
-from ray_rthpo.training.steppers import build_stepper, read_lr, write_lr
+from ray_rthpo.training.methods import (
+    build_optimizer,
+    move_scheduler,
+    read_lr,
+    refresh_batchnorm_stats,
+    write_lr,
+)
 
 ReportFn = Callable[[dict[str, Any], "Trainer"], None]
 #: 2: the hypergradient methods' state (tangents, moments, the hyper-update's state) is the optimizer's.
@@ -107,8 +115,13 @@ class Trainer:
         n = len(self.data.train)
         bs = config.data.batch_size
         self.steps_per_epoch = max(1, n // bs) if n >= bs else 1
-        self.optimizer, self.stepper = build_stepper(self.model, config, self.steps_per_epoch, self.device,
-                                                     self.loss_fn)
+        #: The optimizer, its lr scheduler and DoG's averager (ray_rthpo/training/methods.py); run_epoch
+        #: steps them itself.
+        self.method = build_optimizer(self.model, config, self.steps_per_epoch)
+        self.optimizer = self.method.optimizer
+        self._steps = 0  # steps taken by an optimizer other than RTHPO (RTHPO counts its own)
+        #: DoG: the training weights while the model holds the average (between evaluating and training).
+        self._train_weights: dict[str, torch.Tensor] | None = None
         self.val_sampler = ValidationSampler(len(self.data.val), config.data.val_batch_size, self.generator)
         self.epoch = 0
         self.total_seconds = 0.0
@@ -116,6 +129,11 @@ class Trainer:
         self.status = M.STATUS_RUNNING
         #: {key: (checkpoint value, adopted value)} of the last :meth:`load_state_dict` (see ``adopt``).
         self.adopted: dict[str, tuple[Any, Any]] = {}
+
+    @property
+    def step_count(self) -> int:
+        """Optimizer steps taken so far."""
+        return self.optimizer.step_count if self.method.hypergradient else self._steps
 
     @property
     def done(self) -> bool:
@@ -134,10 +152,7 @@ class Trainer:
     def evaluate(self, split: Split) -> tuple[float, float]:
         """Mean loss (cross-entropy, or ``train.loss`` weighted by batch size) and accuracy of the model on a
         whole split (eval mode, no gradients)."""
-        # Schedule-Free: evaluate (and later checkpoint) the averaged weights, with BatchNorm statistics
-        # re-estimated there on up to 50 fixed training batches; a no-op for the other methods.
-        tb = self.config.data.batch_size
-        self.stepper.eval_mode(self._inputs(self.train_x[i:i + tb]) for i in range(0, min(len(self.train_x), 50 * tb), tb))
+        self._to_evaluated_weights()
         was_training = self.model.training
         self.model.eval()
         total_loss, correct, n = 0.0, 0, len(split)
@@ -156,6 +171,59 @@ class Trainer:
             self.model.train(was_training)
         return total_loss / max(1, n), correct / max(1, n)
 
+    def _to_evaluated_weights(self) -> bool:
+        """Schedule-Free: move the weights to the averaged point ``x``, with BatchNorm statistics re-estimated
+        there on up to 50 fixed training batches; DoG: put its average in the model, keeping the training
+        weights. Evaluations and checkpoints (written after an epoch) then hold those weights. Returns True
+        when the weights moved (False when they already were there, and always for the other methods)."""
+        if self.method.averager is not None:
+            if self._train_weights is not None:
+                return False
+            self._train_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(self.method.averager.averaged_model.state_dict())
+            return True
+        if not self.method.schedule_free or not self.optimizer.param_groups[0]["train_mode"]:
+            return False
+        self.optimizer.eval()  # type: ignore[attr-defined]
+        if has_batchnorm(self.model):
+            tb = self.config.data.batch_size
+            refresh_batchnorm_stats(self.model, (self._inputs(self.train_x[i:i + tb])
+                                                 for i in range(0, min(len(self.train_x), 50 * tb), tb)))
+        return True
+
+    def _to_training_weights(self) -> None:
+        """Schedule-Free: back to the training point ``y``; DoG: the training weights in place of the average
+        (before the steps of an epoch)."""
+        if self.method.schedule_free:
+            self.optimizer.train()  # type: ignore[attr-defined]
+        if self._train_weights is not None:
+            self.model.load_state_dict(self._train_weights)
+            self._train_weights = None
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, float, bool]:
+        """One optimizer step on ``(x, y)``: RTHPO's ``step`` with the closures (the validation batch is drawn
+        only when the step computes a hypergradient), or a forward, backward and ``step()``, then the lr
+        scheduler and DoG's averager. Returns the loss and logits (detached), the learning rate the step used,
+        the seconds of hypergradient work, and whether the step diverged."""
+        if self.method.hypergradient:
+            closure = ModelClosure(self.model, self.loss_fn, x, y)
+            self.optimizer.step(closure, val_closure=ModelClosure(self.model, self.loss_fn, batch=self._val_batch))
+            info = self.optimizer.last_step
+            assert info is not None and closure.output is not None
+            return info.loss, closure.output, info.eta, info.hyper_seconds, info.diverged
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.model(x)
+        loss = self.loss_fn(logits, y)
+        loss.backward()
+        self.optimizer.step()
+        eta = read_lr(self.optimizer)  # after the step (Prodigy's d moves in it), before the schedule's next lr
+        if self.method.scheduler is not None:
+            self.method.scheduler.step()
+        if self.method.averager is not None:
+            self.method.averager.step()
+        self._steps += 1
+        return loss.detach(), logits.detach(), eta, 0.0, False
+
     def _loss_ok(self, mean_loss: float) -> bool:
         return math.isfinite(mean_loss) and mean_loss <= self.config.train.diverge_loss
 
@@ -166,7 +234,7 @@ class Trainer:
             raise RuntimeError(f"the run is already {self.status} after {self.epoch} epochs; nothing to run.")
         cfg = self.config
         self.model.train()
-        self.stepper.train_mode()  # Schedule-Free: back to the training weights; a no-op otherwise
+        self._to_training_weights()  # Schedule-Free, DoG: back to the training weights
         start = time.perf_counter()  # the three parts below add up to time/epoch_s
         hyper_s = 0.0
         n = len(self.data.train)
@@ -183,13 +251,12 @@ class Trainer:
             if cfg.data.augment:
                 x_raw = augment_batch(x_raw, self.generator)
             x, y = self._inputs(x_raw), self.train_y[idx]
-            out = self.stepper.train_step(x, y, epoch=self.epoch, val_batch=self._val_batch)
-            last_eta = out.eta
-            hyper_s += out.hyper_seconds
-            loss_sum += out.loss.double() * y.shape[0]
-            correct += (out.logits.argmax(1) == y).sum()
+            loss, logits, last_eta, seconds, step_diverged = self._step(x, y)
+            hyper_s += seconds
+            loss_sum += loss.double() * y.shape[0]
+            correct += (logits.argmax(1) == y).sum()
             seen += y.shape[0]
-            if out.diverged or not math.isfinite(out.eta):
+            if step_diverged or not math.isfinite(last_eta):
                 diverged = True
                 break
             if b % 50 == 49 and not self._loss_ok(float(loss_sum) / seen):
@@ -219,9 +286,10 @@ class Trainer:
             self.status = M.STATUS_DIVERGED
         elif self.epoch >= cfg.train.epochs:
             self.status = M.STATUS_FINISHED
+        hypergrad = self.optimizer.last_hypergrad if self.method.hypergradient else 0.0
         result = {
             M.EPOCH: self.epoch,
-            M.STEP: int(self.stepper.step_count),
+            M.STEP: int(self.step_count),
             M.TRAIN_LOSS: _finite_loss(train_loss),
             M.TRAIN_ACC: float(correct) / max(1, seen),
             M.VAL_LOSS: _finite_loss(val_loss),
@@ -229,10 +297,11 @@ class Trainer:
             M.TEST_LOSS: _finite_loss(test_loss) if cfg.train.eval_test else None,
             M.TEST_ACC: test_acc if cfg.train.eval_test else None,
             M.LR: last_eta if math.isfinite(last_eta) else read_lr(self.optimizer),
-            M.LR_SCALE: read_lr(self.optimizer),
+            # The tuned value for RTHPO (the scale on a schedule); the last step's lr for the others.
+            M.LR_SCALE: read_lr(self.optimizer) if self.method.hypergradient else last_eta,
             M.BETA: cfg.lr.beta if cfg.lr.is_hypergradient else 0.0,
-            M.MU: float(self.stepper.mu),
-            M.HYPERGRAD: float(self.stepper.last_hypergrad) if math.isfinite(self.stepper.last_hypergrad) else 0.0,
+            M.MU: self.optimizer.mu if self.method.hypergradient else 0.0,
+            M.HYPERGRAD: hypergrad if math.isfinite(hypergrad) else 0.0,
             M.EPOCH_SECONDS: epoch_s,
             M.TOTAL_SECONDS: self.total_seconds,
             M.TRAIN_SECONDS: train_s,
@@ -257,7 +326,9 @@ class Trainer:
             "history": list(self.history),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "stepper": self.stepper.state_dict(),
+            # The method's state beyond the optimizer's (the key's name is older than this layout; kept so
+            # that earlier checkpoints load): the step count and, for DoG, its averager and training weights.
+            "stepper": self._method_state(),
             "generator": self.generator.get_state(),
             "val_sampler": self.val_sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -313,7 +384,7 @@ class Trainer:
                     continue
                 for group in self.optimizer.param_groups:
                     group[group_key] = getattr(self.config.lr, group_key)
-        self.stepper.load_state_dict(state["stepper"])
+        self._load_method_state(state["stepper"])
         self.generator.set_state(state["generator"])
         self.val_sampler.load_state_dict(state["val_sampler"])
         torch.set_rng_state(state["torch_rng"])
@@ -329,6 +400,25 @@ class Trainer:
             self.status = M.STATUS_RUNNING
         self.adopted = adopted
         return adopted
+
+    def _method_state(self) -> dict[str, Any]:
+        if self.method.hypergradient:
+            return {}  # RTHPO's state_dict holds everything (eta, tangents, moments, its step count)
+        out: dict[str, Any] = {"step": self._steps}
+        if self.method.averager is not None:
+            out["averager"] = self.method.averager.state_dict()
+            out["train_weights"] = self._train_weights
+        return out
+
+    def _load_method_state(self, state: dict[str, Any]) -> None:
+        if self.method.hypergradient:
+            return
+        self._steps = int(state["step"])
+        if self.method.scheduler is not None:
+            move_scheduler(self.method.scheduler, self._steps)
+        if self.method.averager is not None:
+            self.method.averager.load_state_dict(state["averager"])
+            self._train_weights = state["train_weights"]
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`state_dict` to ``path`` atomically (a temporary file, then a rename)."""
