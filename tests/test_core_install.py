@@ -19,7 +19,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 #: What ``pip install ray_rthpo`` must not need: the extra ``tune``'s modules and what they pull in.
 HARNESS = ("ray", "optuna", "skopt", "sklearn", "torchvision", "pandas", "matplotlib", "yaml", "scipy",
-           "PIL", "threadpoolctl", "greenlet", "prodigyopt", "schedulefree", "dog", "dadaptation")
+           "PIL", "threadpoolctl", "greenlet", "prodigyopt", "schedulefree", "dog", "dadaptation", "lightning",
+           "pytorch_lightning", "mlflow")
 
 
 def run_without_harness(code: str) -> subprocess.CompletedProcess[str]:

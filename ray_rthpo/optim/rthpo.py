@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -182,7 +183,8 @@ class RTHPO(torch.optim.Optimizer):
                  beta_horizon: str = "step", tune_fraction: float = 1.0, backoff: float | None = None) -> None:
         # The settings that decide others' defaults first (their range check names them); the rest are
         # checked with the groups (_check_group), against ray_rthpo/optim/settings.py.
-        settings.check({"base": base, "hyper_update": hyper_update, "method": method})
+        settings.check({"base": base, "hyper_update": hyper_update, "method": method, "schedule": schedule,
+                        "warmup": warmup})
         lr = settings.default("lr", base) if lr is None else lr
         weight_decay = settings.default("weight_decay", base) if weight_decay is None else weight_decay
         if beta is None:  # an unknown beta_horizon is refused with the other settings, by _check_group
@@ -220,7 +222,15 @@ class RTHPO(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------------------ validation
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group (torch's contract); its settings are checked, the shared ones against group 0."""
+        """Add a group (torch's contract); its settings are checked, the shared ones against group 0, and a
+        key that is no setting (a misspelt ``momentun``) is refused rather than stored and ignored."""
+        if isinstance(param_group, dict):
+            unknown = sorted(set(param_group) - set(self.defaults) - {"params", "name"})
+            if unknown:
+                close = difflib.get_close_matches(unknown[0], list(self.defaults), n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"RTHPO: param group {len(self.param_groups)} has the key {unknown[0]!r}, which is "
+                                 f"no setting of RTHPO; {hint}a group may set {', '.join(sorted(self.defaults))}.")
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         _check_group(group, len(self.param_groups) - 1)
@@ -541,12 +551,38 @@ class RTHPO(torch.optim.Optimizer):
         for group in state_dict.get("param_groups", []):
             for key, value in LATER_SETTINGS.items():
                 group.setdefault(key, value)
+        self._check_loadable(state_dict)
         super().load_state_dict(state_dict)
         if GLOBAL not in self.state:
             raise ValueError("RTHPO.load_state_dict: the state has no 'rthpo' entry, so it was not saved by "
                              "RTHPO.state_dict(); load a state saved by this optimizer class.")
         for i, group in enumerate(self.param_groups):
             _check_group(group, i)
+
+
+    def _check_loadable(self, state_dict: dict[str, Any]) -> None:
+        """Refuse, before anything is loaded, a state whose base or method differs from this optimizer's
+        (torch would switch them silently: SGD moments read as AdamW's), or whose tensors do not have the
+        shapes of these parameters (a state saved for another model: torch accepts it, the next step fails)."""
+        saved_groups = state_dict.get("param_groups", [])
+        for key in ("base", "method"):
+            saved = {g.get(key) for g in saved_groups} - {None}
+            own = self.param_groups[0][key]
+            if saved and saved != {own}:
+                raise ValueError(f"RTHPO.load_state_dict: the state was saved by RTHPO({key}={sorted(saved)[0]!r}), "
+                                 f"but this optimizer has {key}={own!r}; build it with {key}="
+                                 f"{sorted(saved)[0]!r} to continue that run.")
+        params = [p for g in self.param_groups for p in g["params"]]
+        ids = [i for g in saved_groups for i in g.get("params", [])]
+        if len(ids) != len(params):
+            raise ValueError(f"RTHPO.load_state_dict: the state holds {len(ids)} parameters, but this optimizer "
+                             f"has {len(params)}; load a state saved for the same model and param groups.")
+        for index, p in zip(ids, params, strict=True):
+            for key, value in state_dict.get("state", {}).get(index, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                    raise ValueError(f"RTHPO.load_state_dict: the state's {key!r} of parameter {index} has shape "
+                                     f"{tuple(value.shape)}, but the parameter has shape {tuple(p.shape)}; the state "
+                                     "was saved for another model: load one saved for this model.")
 
 
 class _Clock:
