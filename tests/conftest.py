@@ -1,13 +1,30 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and the ``harness`` marker: a test that needs the extra ``tune`` (the config layer,
+the Trainer, Ray) is skipped where it is not installed (CI's core leg, .ci/core_env.py)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 
 import pytest
+
+
+#: The extra tune's modules a ``harness`` test may need.
+_HARNESS = ("yaml", "ray", "sklearn", "torchvision", "pandas")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the ``harness`` tests, with the reason, where the extra ``tune`` is not installed."""
+    missing = [m for m in _HARNESS if importlib.util.find_spec(m) is None]
+    if not missing:
+        return
+    skip = pytest.mark.skip(reason=f"needs the extra tune (pip install -e '.[tune]'); missing {', '.join(missing)}")
+    for item in items:
+        if item.get_closest_marker("harness") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)

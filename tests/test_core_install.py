@@ -55,6 +55,7 @@ def test_the_optimizer_imports_and_steps_without_the_harness() -> None:
     assert "loaded: []" in result.stdout
 
 
+@pytest.mark.harness
 def test_the_config_layer_loads_without_torch() -> None:
     """Config errors come before torch loads (it takes seconds): the config layer does not import it."""
     result = subprocess.run([sys.executable, "-c", "import sys, ray_rthpo.config, ray_rthpo.cli; "
