@@ -158,6 +158,10 @@ class RTHPO(torch.optim.Optimizer):
             :data:`SPIKE_FLOOR` times the first step's loss, halves the tuned value
             (:data:`BACKOFF_FACTOR`), at most once every :data:`BACKOFF_COOLDOWN` steps: a guard against a
             learning rate above the stable range, which the hypergradient sees only once the loss has risen.
+        process_group: data parallelism (docs/distributed.md). None: when ``torch.distributed`` is
+            initialised, average over the default group; a ``torch.distributed.ProcessGroup``: over that
+            group; False: never (each process steps on its own batch, as without ``torch.distributed``).
+            Not a param-group setting and not saved by ``state_dict()``.
 
     BatchNorm. The validation term must not move running statistics and must use them as a model in
     eval mode does: RTHPO guarantees it when ``val_closure`` is a :class:`ModelClosure` or ``model`` is
@@ -165,6 +169,18 @@ class RTHPO(torch.optim.Optimizer):
     no ``model``, the closure must do it itself (``model.eval()`` inside, ``model.train()`` after). The
     training closure runs once per step (one BatchNorm update); a sub-batch HVP runs with the running
     statistics frozen. The hypergradient treats the running statistics as constants.
+
+    Data parallelism. Under ``torch.distributed`` (a group of more than one process) each rank passes its
+    shard of the batch and of the validation batch; RTHPO averages the loss, the training gradient, ``H z``
+    and the validation term (the hypergradient alone when the rule needs no norm) over the group in ONE
+    ``all_reduce`` per step, weighting each rank by its :class:`ModelClosure`'s batch size (a bare closure
+    counts 1: every rank must then average over as many examples), so that every rank takes the step one
+    process takes on the whole batch and holds the same weights, tangents and learning rate, bit for bit;
+    the returned loss is the whole batch's. Losses must be means over their examples. Every rank must start
+    from the same weights and state (checked once, at the first step after construction or loading). A
+    ``DistributedDataParallel`` module is refused (pass its ``.module``), and so is train-mode BatchNorm
+    (SyncBatchNorm included) under data parallelism; ``hvp_batch_fraction`` and ``val_batch_fraction`` take
+    the first examples of every rank's shard.
 
     ``step`` computes the gradients itself from ``closure`` (``p.grad`` is neither read nor written) and
     returns the training loss. A non-finite loss or hypergradient leaves the weights untouched and sets
@@ -180,7 +196,8 @@ class RTHPO(torch.optim.Optimizer):
                  val_every: int = 1, val_batch_fraction: float = 1.0, model: nn.Module | None = None,
                  timing: bool = False, schedule: str | schedules.Schedule | None = None,
                  total_steps: int | None = None, warmup: float = schedules.DEFAULT_WARMUP,
-                 beta_horizon: str = "step", tune_fraction: float = 1.0, backoff: float | None = None) -> None:
+                 beta_horizon: str = "step", tune_fraction: float = 1.0, backoff: float | None = None,
+                 process_group: Any = None) -> None:
         # The settings that decide others' defaults first (their range check names them); the rest are
         # checked with the groups (_check_group), against ray_rthpo/optim/settings.py.
         settings.check({"base": base, "hyper_update": hyper_update, "method": method, "schedule": schedule,
@@ -212,6 +229,8 @@ class RTHPO(torch.optim.Optimizer):
         self.model = model
         self.timing = bool(timing)
         self.last_step: StepInfo | None = None
+        from ray_rthpo.optim.distributed import check_process_group  # not a group setting: never saved
+        self.process_group = check_process_group(process_group)
         super().__init__(params, defaults)
         try:  # after the groups' checks (total_steps among them), so that only the shape's own errors remain
             self.schedule: schedules.Schedule = schedules.make_schedule(schedule, total_steps, warmup=warmup)
@@ -312,13 +331,20 @@ class RTHPO(torch.optim.Optimizer):
 
         tuning = self.tuning
         want_hvp = tuning and mu != 0.0 and t % int(first["hvp_every"]) == 0
+        reps = self._replicas(closure, val_closure, params)
         with torch.enable_grad():
             loss, grads, hz = self._gradients(closure, params, z, want_hvp, first, clock)
         h: float | None = None
-        if tuning and t > 0 and t % int(first["val_every"]) == 0:  # z_0 = 0, so h_0 = 0: skip the work
+        # z_0 = 0, so h_0 = 0: skip the work
+        hyper_due = tuning and t > 0 and t % int(first["val_every"]) == 0
+        grad_e: list[torch.Tensor] | torch.Tensor | None = None
+        if reps is not None:  # data parallel: the whole batch's values, all from one all_reduce
+            loss, grads, hz, grad_e = self._all_reduce(reps, closure, val_closure, loss, grads, hz, hyper_due,
+                                                       params, z, first, clock)
+        if hyper_due:
             clock.start()
             with torch.enable_grad():
-                h_tensor, norms = self._hypergradient(grads, params, z, val_closure, first, groups)
+                h_tensor, norms = self._hypergradient(grads, params, z, val_closure, first, groups, grad_e)
             values = torch.stack([loss.detach().double(), h_tensor.double(), *(n.double() for n in norms)]).tolist()
             clock.stop()
             if not math.isfinite(values[0]) or not math.isfinite(values[1]):
@@ -354,6 +380,77 @@ class RTHPO(torch.optim.Optimizer):
         state["step"] = t + 1
         self.last_step = StepInfo(loss.detach(), eta, h, clock.seconds, False)
         return loss.detach()
+
+    # ------------------------------------------------------------------------- data parallelism
+    def _replicas(self, closure: Closure, val_closure: Closure | None, params: list[torch.Tensor]) -> Any:
+        """The process group this step averages over (:mod:`ray_rthpo.optim.distributed`), or None; refuses a
+        DDP-wrapped module and, under data parallelism, train-mode BatchNorm; checks once that the ranks
+        start alike."""
+        from ray_rthpo.optim import distributed
+
+        modules = [("model", self.model), ("closure.model", getattr(closure, "model", None)),
+                   ("val_closure.model", getattr(val_closure, "model", None))]
+        for where, module in modules:
+            if isinstance(module, nn.Module):
+                distributed.refuse_wrapped(module, where)
+        reps = distributed.replicas(getattr(self, "process_group", None))
+        if reps is None:
+            return None
+        for where, module in modules[:2]:  # the validation term runs in eval mode
+            if isinstance(module, nn.Module):
+                distributed.refuse_train_batchnorm(module, where)
+        state = self.state[GLOBAL]
+        if getattr(self, "_replicas_checked", None) is not state:  # once per construction or load_state_dict
+            distributed.check_same(reps, self._fingerprint(params),
+                                   "weights, optimizer states or learning rates")
+            self._replicas_checked = state
+        return reps
+
+    def _fingerprint(self, params: list[torch.Tensor]) -> torch.Tensor:
+        """Eight numbers that differ between two optimizers whose weights, states or learning rates differ."""
+        with torch.no_grad():
+            zero = torch.zeros((), dtype=torch.float64, device=params[0].device)
+            weights = [p.detach().double() for p in params]
+            states = [v.detach().double() for p in params for _, v in sorted(self.state[p].items())
+                      if isinstance(v, torch.Tensor)]
+            index = torch.arange(1, len(weights) + 1, dtype=torch.float64, device=zero.device)
+            sums = torch.stack([w.sum() for w in weights])
+            stats = [sums.sum(), (sums * index).sum(), sum((w * w).sum() for w in weights),
+                     sum((s.sum() for s in states), zero), sum(((s * s).sum() for s in states), zero)]
+        state = self.state[GLOBAL]
+        numbers = [float(state["step"]), self.scale, float(len(params))]
+        return torch.cat([torch.tensor(numbers, dtype=torch.float64, device=zero.device), torch.stack(stats)])
+
+    def _all_reduce(self, reps: Any, closure: Closure, val_closure: Closure | None, loss: torch.Tensor,
+                    grads: list[torch.Tensor], hz: list[torch.Tensor] | None, hyper_due: bool,
+                    params: list[torch.Tensor], z: list[torch.Tensor], first: dict[str, Any], clock: _Clock
+                    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor] | None, Any]:
+        """Data parallel: the whole batch's loss, ``g``, ``H z`` and (on a hypergradient step) validation
+        term, as the ranks' means weighted by their batch sizes, from ONE all_reduce. The validation term
+        is the validation gradient when the rule needs its norm, else the hypergradient ``grad E . z``
+        alone (``z`` is the same on every rank); None for ``hd_train``, whose term is the averaged
+        training gradient."""
+        from ray_rthpo.optim import distributed
+
+        items: list[tuple[int, list[torch.Tensor]]] = [(distributed.batch_size(closure),
+                                                        [loss.detach(), *grads])]
+        if hz is not None:
+            items.append((distributed.batch_size(closure, float(first["hvp_batch_fraction"])), hz))
+        local: list[torch.Tensor] | torch.Tensor | None = None
+        if hyper_due and first["method"] != "hd_train":
+            clock.start()
+            with torch.enable_grad():
+                local = self._validation_gradient(val_closure, params, z, first)
+            if isinstance(local, list) and first["hyper_update"] not in hyper_updates.NEEDS_NORMS:
+                local = fn.dot(local, z)  # one number instead of the vector
+            clock.stop()
+            items.append((distributed.batch_size(val_closure, float(first["val_batch_fraction"])),
+                          [local] if isinstance(local, torch.Tensor) else local))
+        out = distributed.weighted_means(reps, items)
+        loss, grads = out[0][0].clone(), out[0][1:]  # the loss outlives the step (last_step): not a view
+        hz = out[1] if hz is not None else None
+        grad_e = None if local is None else (out[-1][0] if isinstance(local, torch.Tensor) else out[-1])
+        return loss, grads, hz, grad_e
 
     def _backoff(self, loss: float, scale: float, factor: float) -> float:
         """The tuned value after ``backoff``'s check of this step's training loss (see the class doc)."""
@@ -445,14 +542,17 @@ class RTHPO(torch.optim.Optimizer):
     # -------------------------------------------------------------------------- hypergradient
     def _hypergradient(self, grads: list[torch.Tensor], params: list[torch.Tensor], z: list[torch.Tensor],
                        val_closure: Closure | None, first: dict[str, Any],
-                       groups: list[tuple[dict[str, Any], list[torch.Tensor]]]) -> tuple[torch.Tensor, list]:
-        """``h_t`` as a 0-d tensor (no host sync), and ``[|grad E|, |z|]`` when the rule needs them."""
+                       groups: list[tuple[dict[str, Any], list[torch.Tensor]]],
+                       grad_e: list[torch.Tensor] | torch.Tensor | None = None) -> tuple[torch.Tensor, list]:
+        """``h_t`` as a 0-d tensor (no host sync), and ``[|grad E|, |z|]`` when the rule needs them.
+        ``grad_e``: the validation term already computed (data parallel: averaged over the ranks)."""
         norms_needed = first["hyper_update"] in hyper_updates.NEEDS_NORMS
         if first["method"] == "hd_train":
             grad_e = self._training_direction(grads, groups)
         else:
-            grad_e = self._validation_gradient(val_closure, params, z, first)
-            if isinstance(grad_e, torch.Tensor):  # val_mode forward: only the directional derivative
+            if grad_e is None:
+                grad_e = self._validation_gradient(val_closure, params, z, first)
+            if isinstance(grad_e, torch.Tensor):  # val_mode forward (or data parallel, no norms): h itself
                 return grad_e, []
         h = fn.dot(grad_e, z)
         if not norms_needed:
