@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -60,6 +61,10 @@ from ray_rthpo.optim import schedules, settings
 from ray_rthpo.optim.closures import ModelClosure
 
 Closure = Callable[[], torch.Tensor]
+
+if "decoupled_weight_decay" not in inspect.signature(_torch_adam).parameters:  # pyproject.toml: torch >= 2.7
+    raise ImportError(f"ray_rthpo's RTHPO needs torch >= 2.7 (its AdamW step is torch's functional adam with "
+                      f"decoupled_weight_decay), but this is torch {torch.__version__}; pip install 'torch>=2.7'.")
 
 #: The names each setting allows, and the settings every param group shares: declared once, in
 #: ray_rthpo/optim/settings.py, with every setting's range, default and fix.
