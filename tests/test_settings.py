@@ -181,3 +181,39 @@ def test_a_state_of_another_base_or_method_is_refused(saved: dict[str, str], own
     with pytest.raises(ValueError, match=rf"saved by RTHPO\({key}='{value}'\), but this optimizer has "
                                          rf"{key}='{own[key]}'; build it with {key}='{value}'"):
         RTHPO(torch.nn.Linear(3, 2).parameters(), lr=0.1, **own).load_state_dict(state)
+
+
+def test_a_torch_lr_scheduler_on_rthpo_is_warned_about_with_the_fix() -> None:
+    model = torch.nn.Linear(3, 2)
+    opt = RTHPO(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1)
+    x, y = torch.randn(4, 3), torch.randint(0, 2, (4,))
+    with pytest.warns(UserWarning, match=r"lr_scheduler is attached .* pass its shape to RTHPO: "
+                                         r"RTHPO\(\.\.\., schedule='warmup_cosine'"):
+        opt.step(lambda: F.cross_entropy(model(x), y), val_closure=lambda: F.cross_entropy(model(x), y))
+    scheduler.step()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per optimizer
+        opt.step(lambda: F.cross_entropy(model(x), y), val_closure=lambda: F.cross_entropy(model(x), y))
+
+
+def test_a_validation_closure_of_another_module_is_refused() -> None:
+    model, other = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    opt = RTHPO(model.parameters(), lr=0.1)
+    x, y = torch.randn(4, 3), torch.randint(0, 2, (4,))
+    opt.step(lambda: F.cross_entropy(model(x), y), val_closure=lambda: F.cross_entropy(other(x), y))  # step 0
+    with pytest.raises(ValueError, match=r"val_closure's loss does not depend on any parameter this optimizer "
+                                         r"trains .* the learning rate would never move"):
+        opt.step(lambda: F.cross_entropy(model(x), y), val_closure=lambda: F.cross_entropy(other(x), y))
+
+
+def test_the_validation_pass_restores_each_layer_s_own_mode() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    model[1].eval()  # frozen BatchNorm inside a model in training mode
+    opt = RTHPO(model.parameters(), lr=0.1, model=model)
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    for _ in range(2):
+        opt.step(lambda: F.cross_entropy(model(x), y), val_closure=lambda: F.cross_entropy(model(x), y))
+    assert model.training and model[0].training and not model[1].training

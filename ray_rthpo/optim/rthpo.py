@@ -36,6 +36,7 @@ import difflib
 import inspect
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -323,6 +324,14 @@ class RTHPO(torch.optim.Optimizer):
                                "hypergradient); lower lr or beta, or set hypergrad_clip, and restart from a "
                                "state_dict saved before it.")
         first = self.param_groups[0]
+        if "initial_lr" in first and not getattr(self, "_warned_scheduler", False):
+            self._warned_scheduler = True
+            warnings.warn("RTHPO: a torch.optim.lr_scheduler is attached to this optimizer (its param groups have "
+                          "'initial_lr'): each scheduler.step() overwrites param_group['lr'], the value RTHPO tunes, "
+                          "so the scheduler's values replace the hypergradient's. Drop the scheduler and pass its "
+                          "shape to RTHPO: RTHPO(..., schedule='warmup_cosine', total_steps=T), or schedule=a "
+                          "callable step -> factor; the hypergradient then tunes the shape's scale.",
+                          UserWarning, stacklevel=2)
         groups = [(g, [p for p in g["params"] if p.requires_grad]) for g in self.param_groups]
         params = [p for _, ps in groups for p in ps]
         if not params:
@@ -597,7 +606,13 @@ class RTHPO(torch.optim.Optimizer):
             return directional
         with eval_mode(module) if module is not None else contextlib.nullcontext():
             loss = _scalar(_call(val_closure), "val_closure")
-            return loss_gradient(loss, params)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        if all(g is None for g in grads):
+            raise ValueError("RTHPO: val_closure's loss does not depend on any parameter this optimizer trains (does "
+                             "it evaluate another module, or a copy of the model?), so the hypergradient would be 0 "
+                             "at every step and the learning rate would never move; evaluate the model being "
+                             "trained, e.g. val_closure=lambda: loss_fn(model(xv), yv).")
+        return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
 
     # ------------------------------------------------------------------------ base steps + tangents
     def _sgd_step(self, group: dict[str, Any], ps: list[torch.Tensor], grads: list[torch.Tensor],
