@@ -203,8 +203,11 @@ def test_one_seed_works_everywhere() -> None:
     assert summary.loc["A", "test acc IQM"] == 0.7 and summary.loc["B", "mean rank"] == 2.0
     assert math.isnan(summary.loc["A", "IQM CI low"]) and math.isnan(summary.loc["B", "diff CI low"])
     assert summary.loc["B", "wins vs reference"] == 0.0
-    text = stats.markdown_summary(summary.reset_index())
-    assert "0.7000 [n/a]" in text
+    text = stats.markdown_summary(summary.reset_index()).split("*Legend.*")[0]  # one seed: no CI, IQM, wins
+    assert "| A | m-A | random | 0.7000 | best | 1 |" in text and "[n/a]" not in text and "IQM" not in text
+    assert "| B | m-B | random | 0.6000 | -0.1000 | 2 |" in text  # no test-set size: a difference of accuracy
+    with_size = stats.markdown_summary(summary.reset_index(), test_size=10)
+    assert "| B | m-B | random | 0.6000 | -1 of 10 images | 2 |" in with_size
     curves = stats.seed_curves(df)
     on_grid = stats.curves_on_grid(curves, stats.compute_grid(curves, n_points=5))
     agg = stats.aggregate_curves(on_grid)

@@ -65,18 +65,39 @@ def _zoom_floor(curve: pd.DataFrame, column: str, budget_s: float | None) -> flo
     return max(0.0, float(later.min()) - 0.02)
 
 
+#: Methods whose reported ``lr`` is not a learning rate: AdaDelta's ``lr`` multiplies a per-parameter step
+#: (sqrt of its running averages), so no scalar of it is one. Left out of the learning-rate plot.
+NOT_A_LEARNING_RATE = {"adadelta": "its lr multiplies a per-parameter step; it has no learning rate"}
+#: Methods whose reported ``lr`` is an effective step size (``training.methods.read_lr``), while their
+#: ``lr.eta0`` is a multiplier: plotted without the multiplier at epoch 0, and labelled.
+EFFECTIVE_STEP = {"prodigy": "effective step size d·lr", "dadapt": "effective step size d·lr",
+                  "dog": "DoG's step size"}
+
+
 def plot_lr_trajectories(df: pd.DataFrame) -> Any:
-    """Figure: eta per epoch of each strategy's best-by-validation trial (log scale), starting at eta-bar."""
+    """Figure: the learning rate per epoch of each strategy's best-by-validation trial (log scale), starting
+    at eta-bar. Only learning rates share the η axis: for Prodigy and D-Adaptation the effective step size
+    d·lr and for DoG its step size (labelled so, their eta-bar is a multiplier and is not drawn); AdaDelta,
+    whose lr is a multiplier, is left out, and the legend says so (:data:`NOT_A_LEARNING_RATE`)."""
     fig, (ax,) = _figure(1, 11.0)
     markers, styles = "osv^DPXhd", ["-", "--", "-.", ":"]  # identical runs stay visible on top of each other
-    for i, (strategy, group) in enumerate(latest_reports(df).groupby(STRATEGY, sort=False)):
+    left_out: list[str] = []
+    effective = False
+    reports = latest_reports(df)
+    for i, strategy in enumerate(pd.unique(df[STRATEGY])):  # in the table's (the config's) order
+        group = reports[reports[STRATEGY] == strategy]
         best = best_by_validation(group)
         trial = group[group[TRIAL_ID] == best[TRIAL_ID]].sort_values(M.EPOCH)
-        epochs, lrs = list(trial[M.EPOCH]), list(trial[M.LR].astype(float))
-        if "config/lr.eta0" in trial and pd.notna(trial["config/lr.eta0"].iloc[0]):
-            epochs, lrs = [0, *epochs], [float(trial["config/lr.eta0"].iloc[0]), *lrs]
         method = str(trial["method"].iloc[0]) if "method" in trial else ""
-        note = " lr multiplier" if method == "adadelta" else ""
+        if method in NOT_A_LEARNING_RATE:
+            left_out.append(f"{strategy} ({method}): not shown, {NOT_A_LEARNING_RATE[method]}")
+            continue
+        epochs, lrs = list(trial[M.EPOCH]), list(trial[M.LR].astype(float))
+        eta0 = trial["config/lr.eta0"].iloc[0] if "config/lr.eta0" in trial else None
+        if method not in EFFECTIVE_STEP and eta0 is not None and pd.notna(eta0):
+            epochs, lrs = [0, *epochs], [float(eta0), *lrs]
+        note = f", {EFFECTIVE_STEP[method]}" if method in EFFECTIVE_STEP else ""
+        effective = effective or bool(note)
         label = f"{strategy} ({method}{note}), chosen epoch {int(best[M.EPOCH])}"
         if M.DIVERGED in group:
             diverged = int(group.groupby(TRIAL_ID)[M.DIVERGED].any().sum())
@@ -88,11 +109,18 @@ def plot_lr_trajectories(df: pd.DataFrame) -> Any:
                 color=line.get_color())
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("learning rate η (end of epoch)")
+    where = "; effective step size where labelled" if effective else ""
+    ax.set_ylabel(f"learning rate η (end of epoch){where}")
     ax.set_title("η of each strategy's best-by-validation run (★: the chosen epoch)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    handles, labels = ax.get_legend_handles_labels()
+    if left_out:
+        from matplotlib.lines import Line2D
+
+        handles += [Line2D([], [], linestyle="none") for _ in left_out]
+        labels += left_out
+    ax.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig
 
 
-__all__ = ["plot_best_so_far", "plot_lr_trajectories"]
+__all__ = ["NOT_A_LEARNING_RATE", "EFFECTIVE_STEP", "plot_best_so_far", "plot_lr_trajectories"]

@@ -22,7 +22,8 @@ Decisions (documented once, here):
   rank on seeds others lack. ``n seeds`` counts each strategy's own repetitions.
 * **Reference ("best") strategy**: lowest mean rank; ties go to the higher IQM, then the higher mean,
   then the strategy seen first. With no seed shared by all strategies, mean ranks are NaN and the IQM
-  decides.
+  decides. Strategies that only the last rule (first seen) separates from it tie with it
+  (:func:`tied_with_best`), and the tables and the result say so.
 * **Paired comparison**: on the seeds both the strategy and the reference have (pairwise, not only the
   seeds all strategies share). Win fraction: seeds where the strategy's test accuracy is higher, ties
   count 1/2. Difference: mean over paired seeds of (strategy - reference), with its bootstrap CI.
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -419,10 +421,37 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown_summary(summary: pd.DataFrame) -> str:
+def tied_with_best(summary: pd.DataFrame) -> list[Any]:
+    """The strategies of a :func:`strategy_summary` that tie with its reference (the best), reference first:
+    the same mean rank, IQM and mean of the chosen test accuracy (to 12 decimals); with one seed, the same
+    test accuracy. A tie that the rule of :func:`best_strategy` broke by its last resort (first seen)."""
+    _check_frame(summary, [STRATEGY, "reference", "test acc mean", "test acc IQM", "mean rank"],
+                 "tied_with_best", "strategy_summary()")
+    if summary.empty:
+        return []
+    columns = ["test acc mean"] if _one_seed(summary) else ["mean rank", "test acc IQM", "test acc mean"]
+    keyed = summary.set_index(STRATEGY)[columns].apply(pd.to_numeric, errors="coerce").round(12)
+    reference = summary["reference"].iloc[0]
+    if reference not in keyed.index or keyed.loc[reference].isna().any():
+        return [reference] if reference in keyed.index else []
+    same = (keyed == keyed.loc[reference]).all(axis=1)
+    return [reference, *[s for s in keyed.index[same] if s != reference]]
+
+
+def _one_seed(summary: pd.DataFrame) -> bool:
+    return "n seeds" in summary and not summary.empty and int(summary["n seeds"].max()) <= 1
+
+
+def markdown_summary(summary: pd.DataFrame, *, test_size: int | None = None) -> str:
     """The :func:`strategy_summary` as a Markdown table (accuracies to 4 decimals, seconds to 1), followed by
-    a legend of its columns."""
+    a legend of its columns. With one seed the columns that need several (intervals, IQM, wins) are left out
+    and the difference to the best is in test images when ``test_size`` (the number of test examples) is
+    given. Strategies tied with the best are marked "tied best" (:func:`tied_with_best`)."""
     level = round(100 * float(summary.attrs.get("confidence_level", 0.95)))
+    tied = set(tied_with_best(summary)) if len(summary) else set()
+    tied = tied if len(tied) > 1 else set()
+    if _one_seed(summary):
+        return _markdown_one_seed(summary, tied, test_size)
     headers = ["strategy", "method", "searcher", "n seeds", f"test acc mean [{level}% CI]",
                f"test acc IQM [{level}% CI]", "mean rank", "wins vs best", f"diff vs best [{level}% CI]",
                "diverged trials", "compute s / seed", "wall s / seed"]
@@ -434,23 +463,62 @@ def markdown_summary(summary: pd.DataFrame) -> str:
             f"{_acc(r['test acc mean'])} {_ci(r['mean CI low'], r['mean CI high'])}",
             f"{_acc(r['test acc IQM'])} {_ci(r['IQM CI low'], r['IQM CI high'])}",
             "n/a" if not math.isfinite(r["mean rank"]) else f"{r['mean rank']:.2f} ({r['ranked seeds']} seeds)",
-            "best (reference)" if is_reference else "n/a (no shared seed)" if not r["paired seeds"] else
+            ("tied best (reference)" if tied else "best (reference)") if is_reference
+            else "tied best" if r[STRATEGY] in tied else "n/a (no shared seed)" if not r["paired seeds"] else
             f"{r['wins vs reference']:.2f} of {r['paired seeds']}",
             "—" if is_reference else "n/a" if not r["paired seeds"] else
             f"{_acc(r['diff vs reference'], True)} {_ci(r['diff CI low'], r['diff CI high'], True)}",
             f"{r['diverged trials']} of {r['trials']}", _seconds(r["compute s mean"]), _seconds(r["wall s mean"]),
         ])
     legend = (
-        "\n*Legend.* Each seed is one repetition of a strategy under the same compute budget; its outcome is the "
-        "test accuracy of the (trial, epoch) chosen by validation accuracy. **n seeds**: repetitions run. "
+        "*Legend.* Each seed is one repetition of a strategy under the same compute budget; its outcome is "
+        "the test accuracy of the (trial, epoch) chosen by validation accuracy. **n seeds**: repetitions "
+        "run. "
         f"**test acc mean / IQM**: mean and interquartile mean (25% trimmed) over seeds, with a {level}% "
         "percentile-bootstrap CI (n/a with one seed). **mean rank**: rank within each seed (1 = best, ties "
-        "averaged) averaged over the seeds all strategies share. **wins vs best**: fraction of the seeds shared "
-        "with the best strategy (lowest mean rank, ties by IQM) on which this one is more accurate, ties count "
-        "1/2. **diff vs best**: mean paired difference (this − best) of test accuracy with its bootstrap CI. "
-        "**diverged trials**: trials flagged diverged, of trials run, summed over seeds. **compute s / seed**: "
-        "summed epoch seconds of all trials, mean per seed. **wall s / seed**: elapsed seconds, mean per seed.\n")
-    return _table(headers, rows) + legend
+        "averaged) averaged over the seeds all strategies share. **wins vs best**: fraction of the seeds "
+        "shared with the best strategy (lowest mean rank, ties by IQM, then mean) on which this one is more "
+        "accurate, ties count 1/2; *tied best*: the same mean rank, IQM and mean as the best. **diff vs "
+        "best**: mean paired difference (this − best) of test accuracy with its bootstrap CI. **diverged "
+        "trials**: trials flagged diverged, of trials run, summed over seeds. **compute s / seed**: summed "
+        "epoch seconds of all trials, mean per seed. **wall s / seed**: elapsed seconds, mean per seed.")
+    return _table(headers, rows) + "\n" + _wrapped(legend)
+
+
+def _markdown_one_seed(summary: pd.DataFrame, tied: set[Any], test_size: int | None) -> str:
+    """One seed: strategy, method, searcher, test acc, vs best (test images), rank, diverged, compute,
+    wall."""
+    headers = ["strategy", "method", "searcher", "test acc", "vs best", "rank", "diverged trials",
+               "compute s", "wall s"]
+    best = float(summary.loc[summary[STRATEGY] == summary["reference"].iloc[0], "test acc mean"].iloc[0])
+    rows = []
+    for r in summary.to_dict("records"):
+        value = float(r["test acc mean"])
+        if r[STRATEGY] in tied or (r[STRATEGY] == r["reference"]):
+            versus = "tied best" if tied else "best"
+        elif not (math.isfinite(value) and math.isfinite(best)):
+            versus = "n/a"
+        elif test_size:
+            versus = f"{int(round((value - best) * test_size)):+d} of {test_size} images"
+        else:
+            versus = _acc(value - best, True)
+        rows.append([str(r[STRATEGY]), str(r["method"]), str(r["searcher"]), _acc(value), versus,
+                     "n/a" if not math.isfinite(r["mean rank"]) else f"{r['mean rank']:g}",
+                     f"{r['diverged trials']} of {r['trials']}", _seconds(r["compute s mean"]),
+                     _seconds(r["wall s mean"])])
+    legend = (
+        "*Legend.* One seed: each strategy ran once under the same compute budget; its outcome is the test "
+        "accuracy of the (trial, epoch) chosen by validation accuracy. **vs best**: "
+        + (f"test images it classified correctly more (+) or fewer (−) than the best strategy, of the test "
+           f"set's {test_size}" if test_size else "its test accuracy minus the best strategy's") + "; *tied "
+        "best*: the same test accuracy as the best. **rank**: 1 = best, ties averaged. **diverged trials**: "
+        "trials flagged diverged, of trials run. **compute s**: summed epoch seconds of all trials. **wall "
+        "s**: elapsed seconds. Intervals, IQMs and paired comparisons need several seeds (--seeds N).")
+    return _table(headers, rows) + "\n" + _wrapped(legend)
+
+
+def _wrapped(text: str, width: int = 110) -> str:
+    return "\n".join(textwrap.wrap(text, width=width, break_on_hyphens=False)) + "\n"
 
 
 def markdown_time_to_target(table: pd.DataFrame) -> str:
@@ -459,13 +527,14 @@ def markdown_time_to_target(table: pd.DataFrame) -> str:
                  "markdown_time_to_target", "time_to_target()")
     rows = [[str(r[STRATEGY]), _acc(r["target val acc"]), f"{r['seeds reached']} of {r['n seeds']}",
              _seconds(r["median compute s"])] for r in table.to_dict("records")]
-    legend = ("\n*Legend.* **seeds reached**: repetitions whose best validation accuracy so far reached the target. "
-              "**median compute s**: median, over those seeds only, of the summed epoch seconds at which it was "
-              "first reached (n/a if none did).\n")
-    return _table(["strategy", "target val acc", "seeds reached", "median compute s"], rows) + legend
+    legend = ("*Legend.* **seeds reached**: repetitions whose best validation accuracy so far reached the "
+              "target. **median compute s**: median, over those seeds only, of the summed epoch seconds at "
+              "which it was first reached (n/a if none did).")
+    headers = ["strategy", "target val acc", "seeds reached", "median compute s"]
+    return _table(headers, rows) + "\n" + _wrapped(legend)
 
 
 __all__ = ["SEED", "COMPUTE", "WALL", "FRACTION", "iqm", "bootstrap_ci", "seed_outcomes", "seed_ranks",
            "best_strategy", "paired_comparison", "strategy_summary", "seed_curves", "compute_grid", "curves_on_grid",
-           "aggregate_curves", "rank_curves", "seed_time_to_target", "time_to_target", "markdown_summary",
-           "markdown_time_to_target"]
+           "aggregate_curves", "rank_curves", "seed_time_to_target", "time_to_target", "tied_with_best",
+           "markdown_summary", "markdown_time_to_target"]

@@ -29,27 +29,34 @@ def _need(frame: pd.DataFrame, columns: list[str], what: str, made_by: str) -> N
                          f"{made_by}.")
 
 
-def plot_best_so_far(aggregated: pd.DataFrame, ranks: pd.DataFrame, budget_s: float | None = None) -> Any:
+def plot_best_so_far(aggregated: pd.DataFrame, ranks: pd.DataFrame | None = None,
+                     budget_s: float | None = None) -> Any:
     """Figure (``best_so_far.png``): panel 1, per strategy, the median over seeds of the test accuracy of the
     best-by-validation (trial, epoch) so far against cumulative compute, with its 25-75% band
     (``stats.aggregate_curves``); panel 2, the mean rank over the budget fraction (``stats.rank_curves``).
-    With one seed the band is the line itself."""
+
+    What needs several seeds is left out with one (``aggregated``'s ``n seeds`` at most 1): the band and the
+    rank panel (a rank over one seed moves with every test image); the figure is then the curves alone.
+    ``ranks=None`` leaves out the rank panel too."""
     _need(aggregated, [T.STRATEGY, T.COMPUTE, "median", "q25", "q75"], "plot_best_so_far", "stats.aggregate_curves()")
-    _need(ranks, [T.STRATEGY, T.FRACTION, "mean rank"], "plot_best_so_far", "stats.rank_curves()")
-    fig, (ax_acc, ax_rank) = _figure(2, 13.5)
+    if ranks is not None:
+        _need(ranks, [T.STRATEGY, T.FRACTION, "mean rank"], "plot_best_so_far", "stats.rank_curves()")
+    seeds_seen = pd.to_numeric(aggregated["n seeds"], errors="coerce").max() if "n seeds" in aggregated else 1
+    several = bool(seeds_seen > 1)
+    with_ranks = several and ranks is not None
+    fig, axes = _figure(2, 13.5) if with_ranks else _figure(1, 8.5)
+    ax_acc = axes[0]
     colors: dict[Any, Any] = {}
     for i, (strategy, group) in enumerate(aggregated.groupby(T.STRATEGY, sort=False)):
         x = group[T.COMPUTE].to_numpy(dtype=float)
         seeds = int(group["n seeds"].max()) if "n seeds" in group else 0
         (line,) = ax_acc.step(x, group["median"].to_numpy(dtype=float), where="post", linewidth=1.6,
-                              linestyle=_STYLES[(i // 10) % len(_STYLES)], label=f"{strategy} (n={seeds})")
+                              linestyle=_STYLES[(i // 10) % len(_STYLES)],
+                              label=f"{strategy} (n={seeds})" if several else str(strategy))
         colors[strategy] = line.get_color()
-        ax_acc.fill_between(x, group["q25"].to_numpy(dtype=float), group["q75"].to_numpy(dtype=float), step="post",
-                            alpha=0.2, color=line.get_color(), linewidth=0)
-    for i, (strategy, group) in enumerate(ranks.groupby(T.STRATEGY, sort=False)):
-        ax_rank.step(group[T.FRACTION].to_numpy(dtype=float), group["mean rank"].to_numpy(dtype=float), where="post",
-                     linewidth=1.6, linestyle=_STYLES[(i // 10) % len(_STYLES)], color=colors.get(strategy),
-                     label=str(strategy))
+        if several:
+            ax_acc.fill_between(x, group["q25"].to_numpy(dtype=float), group["q75"].to_numpy(dtype=float),
+                                step="post", alpha=0.2, color=line.get_color(), linewidth=0)
     if budget_s:
         ax_acc.axvline(budget_s, color="grey", linestyle=":", linewidth=1)
     low = _zoom_floor(aggregated)
@@ -58,15 +65,22 @@ def plot_best_so_far(aggregated: pd.DataFrame, ranks: pd.DataFrame, budget_s: fl
         ax_acc.set_ylim(low, min(1.0, top) + 0.01)
     ax_acc.set_xlabel("cumulative compute (s, summed over trials)")
     ax_acc.set_ylabel("test accuracy of the best-by-validation trial")
-    ax_acc.set_title("Median over seeds, 25–75% band (chosen by validation)")
-    ax_rank.set_xlabel("fraction of the compute budget")
-    ax_rank.set_ylabel("mean rank over seeds (1 = best)")
-    ax_rank.set_title("Mean rank over the budget")
-    strategies = ranks[T.STRATEGY].nunique()
-    if strategies:
-        ax_rank.set_ylim(0.8, strategies + 0.2)
-    for ax in (ax_acc, ax_rank):
-        ax.grid(alpha=0.3)
+    ax_acc.set_title("Median over seeds, 25–75% band (chosen by validation)" if several
+                     else "One seed: test accuracy of the run chosen by validation so far")
+    if with_ranks:
+        ax_rank = axes[1]
+        for i, (strategy, group) in enumerate(ranks.groupby(T.STRATEGY, sort=False)):
+            ax_rank.step(group[T.FRACTION].to_numpy(dtype=float), group["mean rank"].to_numpy(dtype=float),
+                         where="post", linewidth=1.6, linestyle=_STYLES[(i // 10) % len(_STYLES)],
+                         color=colors.get(strategy), label=str(strategy))
+        ax_rank.set_xlabel("fraction of the compute budget")
+        ax_rank.set_ylabel("mean rank over seeds (1 = best)")
+        ax_rank.set_title("Mean rank over the budget")
+        strategies = ranks[T.STRATEGY].nunique()
+        if strategies:
+            ax_rank.set_ylim(0.8, strategies + 0.2)
+        ax_rank.grid(alpha=0.3)
+    ax_acc.grid(alpha=0.3)
     ax_acc.legend(fontsize=7, loc="lower right")
     return fig
 

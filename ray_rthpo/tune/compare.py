@@ -8,16 +8,21 @@
     exp = load_experiment("configs/compare_digits.yaml")
     joined = init_ray()
     result = run_comparison(exp, Path("runs/compare_digits"), joined=joined)
-    print(result.markdown)
+    print(result.markdown)   # the result, then one table, at most 120 columns (summary.md has them all)
 
 Output folder (every file written atomically)::
 
-    summary.md           per strategy over seeds (mean, IQM, bootstrap CIs, ranks, paired comparison), the
-                         compute to reach target_val_acc, and one row per run (strategy, seed)
+    summary.md           the result first (the best strategy, who is within its noise, where the
+                         untuned RT-HPO run stands: ray_rthpo/report/conclusion.py), then per strategy
+                         over seeds (mean, IQM, bootstrap CIs, ranks, paired comparison; with one seed
+                         only what one seed measures), the compute to reach target_val_acc, and one row
+                         per run (strategy, seed)
     trials.csv           every reported epoch of every trial (+ trials.parquet when pyarrow is installed)
     best_so_far.png      median over seeds (25-75% band) of the test acc of the best-by-validation trial vs
-                         cumulative compute, and the mean rank over the budget
-    lr_trajectories.png  eta per epoch of each strategy's best-by-validation run (first seed)
+                         cumulative compute, and the mean rank over the budget (one seed: the curves alone)
+    lr_trajectories.png  eta per epoch of each strategy's best-by-validation run (first seed): learning rates
+                         only (Prodigy's, D-Adaptation's and DoG's effective step size, labelled; AdaDelta's
+                         multiplier is left out)
     config.yaml          the resolved experiment config
     ray/                 Ray Tune's storage (checkpoints, Ray's own result files), unless storage_path is set
     progress/            per run (strategy, seed): every reported epoch as it arrived (NAME.jsonl), NAME.done.json
@@ -41,11 +46,12 @@ from ray_rthpo.errors import RTHPOError
 from ray_rthpo.experiment.config import ExperimentConfig, StrategyConfig
 from ray_rthpo.experiment.output import PROGRESS_DIR, check_output, check_storage_path, ray_storage
 from ray_rthpo.report import stats, stats_plots
+from ray_rthpo.report.conclusion import Conclusion
 from ray_rthpo.report.files import atomic_save_figure, atomic_write_text, write_trials
 from ray_rthpo.report.journal import check_journal, load_rows
 from ray_rthpo.report.plots import plot_lr_trajectories
 from ray_rthpo.report.selection import compute_spent, latest_reports
-from ray_rthpo.report.summary import summary_markdown
+from ray_rthpo.report.summary import summary_texts
 from ray_rthpo.tune.checkpoints import check_trial_checkpoints
 from ray_rthpo.tune.runner import ProgressFn, run_strategy, trial_resources
 from ray_rthpo.tune.sequence import in_sequence, run_sequence
@@ -53,13 +59,18 @@ from ray_rthpo.tune.sequence import in_sequence, run_sequence
 
 @dataclass(frozen=True)
 class ComparisonResult:
-    """The tables a comparison produced, and where it wrote them."""
+    """The tables a comparison produced, and where it wrote them. ``markdown``: what to print at the end
+    (the result, then one table, best first, every line at most 120 columns); ``summary_md``: the text of
+    ``summary.md`` (the same result, then every table in full); ``conclusion``: the result's numbers
+    (:class:`ray_rthpo.report.conclusion.Conclusion`)."""
 
     trials: pd.DataFrame
     summary: pd.DataFrame
     markdown: str
     wall_s: float
     output: Path
+    summary_md: str = ""
+    conclusion: Conclusion | None = None
 
 
 def preflight(exp: ExperimentConfig, out: Path, *, strategies: Sequence[StrategyConfig] | None = None,
@@ -194,18 +205,22 @@ def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
     trials = pd.concat([tables[name] for name in headers if name in tables], ignore_index=True)  # config order
     write_trials(trials, out)  # again, in the config's order: a resumed experiment may have read every run back
     wall = time.time() - start
-    markdown, summary = summary_markdown(exp, trials, walls, resources, errors, wall)
-    atomic_write_text(out / "summary.md", markdown)
+    texts = summary_texts(exp, trials, walls, resources, errors, wall)
+    atomic_write_text(out / "summary.md", texts.markdown)
     write_figures(trials, exp.budget_s, out)
-    return ComparisonResult(trials, summary, markdown, wall, out)
+    return ComparisonResult(trials, texts.per_strategy, texts.console, wall, out, texts.markdown,
+                            texts.conclusion)
 
 
 def write_figures(trials: pd.DataFrame, budget_s: float, out: Path) -> None:
-    """``best_so_far.png`` (median over seeds with the 25-75% band, and the mean rank over the budget) and
-    ``lr_trajectories.png`` (eta of each strategy's chosen run in the first seed) into ``out``."""
+    """``best_so_far.png`` (median over seeds with the 25-75% band, and the mean rank over the budget; with
+    one seed the curves alone) and ``lr_trajectories.png`` (the learning rate of each strategy's chosen run in
+    the first seed) into ``out``."""
     curves = stats.seed_curves(trials)
     on_grid = stats.curves_on_grid(curves, stats.compute_grid(curves, budget_s=budget_s))
-    figure = stats_plots.plot_best_so_far(stats.aggregate_curves(on_grid), stats.rank_curves(on_grid), budget_s)
+    several = trials["seed"].nunique() > 1 if "seed" in trials else False
+    figure = stats_plots.plot_best_so_far(stats.aggregate_curves(on_grid),
+                                          stats.rank_curves(on_grid) if several else None, budget_s)
     atomic_save_figure(figure, out / "best_so_far.png", dpi=120)
     first = trials[trials["seed"] == trials["seed"].min()] if "seed" in trials else trials
     atomic_save_figure(plot_lr_trajectories(first), out / "lr_trajectories.png", dpi=120)
