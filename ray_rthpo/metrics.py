@@ -10,6 +10,9 @@ VAL_LOSS = "val/loss"
 VAL_ACC = "val/acc"
 TEST_LOSS = "test/loss"
 TEST_ACC = "test/acc"
+#: The sizes of the validation and test sets behind val/acc and test/acc (one example is 1/n of accuracy).
+VAL_N = "val/n"
+TEST_N = "test/n"
 LR = "lr"
 #: The tuned value of RT-HPO on a schedule: its scale s (the learning rate is s * phi(step)); for the
 #: other methods (and RT-HPO without a schedule) the learning rate itself.

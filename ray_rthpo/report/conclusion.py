@@ -35,7 +35,7 @@ from ray_rthpo.report import stats
 from ray_rthpo.report.console import WIDTH, bullet, paragraph
 
 #: Optional column of the trials table: the number of test examples each accuracy is over.
-TEST_SIZE = "test/n"
+TEST_SIZE = M.TEST_N
 #: The strategy of the compare configs that runs RT-HPO's defaults once, without a search.
 UNTUNED = "rthpo_default"
 _LARGEST_TEST_SET = 10**7

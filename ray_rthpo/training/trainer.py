@@ -296,6 +296,8 @@ class Trainer:
             M.VAL_ACC: val_acc,
             M.TEST_LOSS: _finite_loss(test_loss) if cfg.train.eval_test else None,
             M.TEST_ACC: test_acc if cfg.train.eval_test else None,
+            M.VAL_N: len(self.data.val),
+            M.TEST_N: len(self.data.test) if cfg.train.eval_test else None,
             M.LR: last_eta if math.isfinite(last_eta) else read_lr(self.optimizer),
             # The tuned value for RTHPO (the scale on a schedule); the last step's lr for the others.
             M.LR_SCALE: read_lr(self.optimizer) if self.method.hypergradient else last_eta,
