@@ -421,6 +421,44 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking: every run's (every trial's) parameters and per-epoch metrics, logged to MLflow.
+
+    Off unless ``tracking.mlflow`` is set; docs/tracking.md says what is logged and how to read it back."""
+
+    # An MLflow tracking URI: a folder (mlruns, /abs/mlruns or file:///abs/mlruns: MLflow's file store, which
+    # rthpo allows for its own process, MLFLOW_ALLOW_FILE_STORE=true), http(s)://host:5000 (a tracking
+    # server), or sqlite:///mlflow.db (needs sqlalchemy and alembic: pip install mlflow). null: no tracking.
+    # Needs the extra tracking (pip install mlflow-skinny). A string (typed Any: checked below, with the fix).
+    mlflow: Any | None = None
+    # The MLflow experiment the runs are logged to (created when missing). null: the config file's name
+    # (rthpo train) or the experiment's name (rthpo compare / run). A string.
+    experiment: Any | None = None
+
+    def __post_init__(self) -> None:
+        check(self.mlflow is None or (isinstance(self.mlflow, str) and bool(self.mlflow.strip())),
+              f"tracking.mlflow must be an MLflow tracking URI, a string such as file:///abs/mlruns, a "
+              f"folder or http://host:5000, but got {self.mlflow!r}; write one (quoted if YAML reads it "
+              "otherwise), or delete the key to log nothing.")
+        check(self.experiment is None or (isinstance(self.experiment, str) and bool(self.experiment.strip())),
+              f"tracking.experiment must be an MLflow experiment name (a string), but got "
+              f"{self.experiment!r}; name one, or delete the key (the config's name is used).")
+        check(self.experiment is None or self.mlflow is not None,
+              f"tracking.experiment is {self.experiment!r} but tracking.mlflow is null, so nothing is "
+              "logged; set tracking.mlflow to a tracking URI (e.g. file:///abs/mlruns), or delete "
+              "tracking.experiment.")
+        if self.mlflow is not None:
+            from ray_rthpo.tracking import check_mlflow
+
+            check_mlflow(self.mlflow)
+
+    @property
+    def enabled(self) -> bool:
+        """True when runs are logged (``tracking.mlflow`` is set)."""
+        return self.mlflow is not None
+
+
+@dataclass(frozen=True)
 class Config:
     """One training run: data, model, inner optimizer, learning-rate method, and run settings."""
 
@@ -429,6 +467,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     lr: LRConfig = field(default_factory=LRConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # Where every run's parameters and per-epoch metrics are logged (MLflow); off by default.
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict, ready for YAML/JSON (the resolved config kept beside results)."""
@@ -493,7 +533,7 @@ def save_config(config: Config, path: str | Path) -> None:
 
 
 __all__ = [
-    "Config", "DataConfig", "ModelConfig", "OptimConfig", "LRConfig", "TrainConfig",
+    "Config", "DataConfig", "ModelConfig", "OptimConfig", "LRConfig", "TrainConfig", "TrackingConfig",
     "config_from_dict", "load_config", "load_yaml", "save_config", "parse_override",
     "DATASETS", "MODELS", "METHODS", "HYPERGRADIENT_METHODS", "PRESETS", "PRESET_VALUES", "Subsampling",
     "KEYS_READ_ONLY_BY", "ADOPTABLE_KEYS", "method_reads", "FACTORY_SPEC", "check_spec", "check_args",

@@ -10,10 +10,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ray_rthpo import metrics as M
 from ray_rthpo.cli.common import add_common_arguments, default_output, format_epoch, user_code_paths
 from ray_rthpo.errors import ConfigError, RTHPOError
+
+if TYPE_CHECKING:
+    from ray_rthpo.config import Config
+    from ray_rthpo.tracking import MLflowRun
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +46,37 @@ def check_run_file(path: str | Path) -> None:
         raise ConfigError(f"config file {shown!r} is a Table 1 workload, not a run config; run it with "
                           f"rthpo table1 --workload {shown}; rthpo train takes a run config such as "
                           "configs/digits.yaml.")
+
+
+#: Beside a tracked run's checkpoint: the MLflow run it logs to, so that --resume goes on logging to it.
+TRACKING_FILE = "tracking.json"
+
+
+def start_tracking(config: Config, out: Path, name: str) -> MLflowRun:
+    """Start (or, when ``out`` holds :data:`TRACKING_FILE` for the same URI and experiment, continue) the
+    MLflow run of ``rthpo train``: the run config's flat keys as parameters, then one step per epoch
+    (``tracker.report(result, trainer)``). ``name``: the config file's stem, the default experiment."""
+    from ray_rthpo.report.files import atomic_write_text
+    from ray_rthpo.tracking import MLflowRun, run_params, tracking_uri
+
+    tracking = config.tracking
+    assert tracking.mlflow is not None
+    uri, experiment = tracking_uri(tracking.mlflow), tracking.experiment or name
+    saved_path = out / TRACKING_FILE
+    run_id = None
+    if saved_path.is_file():
+        try:
+            saved = json.loads(saved_path.read_text())
+        except (OSError, ValueError):
+            saved = {}
+        if isinstance(saved, dict) and saved.get("mlflow") == uri and saved.get("experiment") == experiment:
+            run_id = saved.get("run_id")
+    tracker = MLflowRun(tracking, experiment=experiment, run_name=out.name, params=run_params(config),
+                        tags={"rthpo.command": "train", "rthpo.output": str(out.resolve())}, run_id=run_id)
+    run_id = tracker.start()
+    atomic_write_text(saved_path, json.dumps({"mlflow": uri, "experiment": experiment, "run_id": run_id}))
+    print(f"MLflow: run {run_id} in experiment {experiment!r} at {uri}", flush=True)
+    return tracker
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,7 +107,10 @@ def run(args: argparse.Namespace) -> int:
           flush=True)
     # loads the data and imports the user's factories: a missing file or a broken factory fails before
     # anything is written (and before the output folder is named: it is printed once it exists)
-    trainer = Trainer(config)
+    # tracking says where the run is logged, not what it is: the Trainer (and its checkpoint) never sees it
+    tracked = config.tracking
+    trainer = Trainer(config.replace(**{"tracking.mlflow": None, "tracking.experiment": None})
+                      if tracked.enabled else config)
     if args.resume:  # a damaged checkpoint or another config is refused before config.yaml is rewritten
         trainer.load(checkpoint)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,16 +120,27 @@ def run(args: argparse.Namespace) -> int:
         print(f"resumed at epoch {trainer.epoch}", flush=True)
     print(f"device {trainer.device}, {len(trainer.data.train)} train / {len(trainer.data.val)} val / "
           f"{len(trainer.data.test)} test examples, {trainer.steps_per_epoch} steps per epoch", flush=True)
+    tracker = start_tracking(config, out, Path(args.config).stem) if tracked.enabled else None
     try:
         while not trainer.done:
             result = trainer.run_epoch()
             print(format_epoch(result), flush=True)
             trainer.save(checkpoint)
             write_history_csv(trainer.history, out / "history.csv")
+            if tracker is not None:
+                tracker.report(result, trainer)
     except KeyboardInterrupt:
+        if tracker is not None:
+            tracker.end("KILLED")
         print(f"\ninterrupted; the last finished epoch is saved. Continue with: rthpo train {args.config} "
               f"--output {out} --resume", file=sys.stderr)
         return 130
+    except BaseException:
+        if tracker is not None:
+            tracker.end("FAILED")
+        raise
+    if tracker is not None:
+        tracker.end("FINISHED")
     write_history_csv(trainer.history, out / "history.csv")  # again: a resumed run may have had none to add
     final = trainer.history[-1]
     atomic_write_text(out / "result.json", json.dumps(final, indent=2))
@@ -101,4 +151,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_arguments", "check_run_file", "run"]
+__all__ = ["add_arguments", "check_run_file", "run", "start_tracking", "TRACKING_FILE"]

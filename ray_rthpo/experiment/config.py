@@ -46,6 +46,7 @@ from ray_rthpo.config import (
     KEYS_READ_ONLY_BY,
     METHODS,
     Config,
+    TrackingConfig,
     config_from_dict,
     load_yaml,
     method_reads,
@@ -56,7 +57,7 @@ from ray_rthpo.errors import ConfigError
 from ray_rthpo.experiment.searchers import check_searcher
 from ray_rthpo.experiment.spaces import GRID_KIND, check_space
 
-RUN_SECTIONS = ("data", "model", "optim", "lr", "train")
+RUN_SECTIONS = ("data", "model", "optim", "lr", "train", "tracking")
 SCHEDULERS = ("fifo", "asha", "pbt")
 #: Top-level keys that only an experiment config has (a run config has RUN_SECTIONS only).
 EXPERIMENT_KEYS = ("base", "strategies")
@@ -223,6 +224,11 @@ def resolve_strategy(base: Config, strategy: StrategyConfig) -> ResolvedStrategy
     flat: dict[str, Any] = flatten(dict(strategy.overrides or {}))
     if strategy.method is not None:
         flat = {"lr.method": strategy.method, **flat}
+    space_keys = strategy.space if isinstance(strategy.space, dict) else {}  # else check_space says so
+    for what, keys in (("overrides", flat), ("space", space_keys)):
+        tracked = sorted(str(k) for k in keys if str(k).startswith("tracking."))
+        check(not tracked, f"strategy {strategy.name}: {what} sets {', '.join(tracked)}, but tracking is one "
+              "for the whole experiment; move it to the experiment's top level (tracking: {mlflow: URI}).")
     try:
         config = base.replace(**flat) if flat else base
     except ConfigError as err:
@@ -294,6 +300,9 @@ class ExperimentConfig:
     max_failures: int = 1
     # Ray storage (checkpoints, Ray's own result files). null: <output>/ray. Multi-node: s3://... or NFS.
     storage_path: str | None = None
+    # Where every trial's parameters and per-epoch metrics are logged ({mlflow: URI, experiment: NAME}),
+    # through Ray Tune's MLflowLoggerCallback (docs/tracking.md). Unset: the base run config's tracking.
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     strategies: tuple[StrategyConfig, ...] = ()
 
     def __post_init__(self) -> None:
@@ -312,6 +321,8 @@ class ExperimentConfig:
         names = [s.name for s in self.strategies]
         dupes = sorted({n for n in names if names.count(n) > 1})
         check(not dupes, f"strategy names must be unique, but {dupes} appear twice; rename one.")
+        if not self.tracking.enabled and self.base.tracking.enabled:  # a plain run config's own section
+            object.__setattr__(self, "tracking", self.base.tracking)
         # Every strategy is resolved here, once: its run config, checked space and trial count.
         object.__setattr__(self, "_resolved", {s.name: resolve_strategy(self.base, s) for s in self.strategies})
 
@@ -448,6 +459,8 @@ def apply_override(data: dict[str, Any], text: str) -> dict[str, Any]:
     """
     key, value = parse_override(text)
     parts = key.split(".")
+    if parts[0] == "tracking":  # the experiment's own (a plain run config's section): it wins over base's
+        return set_path(data, parts, value, key)
     if parts[0] in RUN_SECTIONS:
         if "strategies" not in data and "base" not in data:  # a plain run config
             return set_path(data, parts, value, key)

@@ -170,7 +170,8 @@ def param_space(resolved: ResolvedStrategy, repetition: int = 0, *, require_gpu:
     ``resources.cpu_fallback`` is false) turns ``train.device: auto`` into ``cuda``, so that a trial
     whose GPU turns out unusable fails instead of training on the CPU."""
     space = {key: to_domain(kind, values) for key, (kind, values) in resolved.space.items()}
-    flat = resolved.config.to_flat()
+    # tracking says where trials are logged (by the driver's callbacks), not what they train: no trial key
+    flat = {k: v for k, v in resolved.config.to_flat().items() if not k.startswith("tracking.")}
     if require_gpu and flat["train.device"] == "auto":
         flat["train.device"] = "cuda"
     if resolved.strategy.scheduler == "pbt":  # an exploit clones the donor's latest checkpoint: every epoch
@@ -352,6 +353,27 @@ def restored_run_config(tuner: Any) -> Any:
     return get()
 
 
+def tracking_callbacks(exp: ExperimentConfig, experiment_path: str, runs: list[tuple[int, Any]], *,
+                       shared: bool) -> list[Any]:
+    """The ``RunConfig`` callbacks that log the trials of Tune experiment ``experiment_path``, which runs the
+    ``runs`` ((seed, strategy) pairs; ``shared``: a sequence of them, else one) to MLflow: Ray's
+    ``MLflowLoggerCallback`` (:mod:`ray_rthpo.tune.tracking`). None, and nothing imported, when the
+    experiment's ``tracking`` is off."""
+    if not exp.tracking.enabled:
+        return []
+    from ray_rthpo.tune import tracking
+
+    return tracking.tracking_callbacks(exp, experiment_path=experiment_path, runs=runs, shared=shared)
+
+
+def tracking_env(exp: ExperimentConfig) -> contextlib.AbstractContextManager[None]:
+    """Around ``Tuner.fit``: MLflow's file store allowed in this driver when the experiment logs to one
+    (:func:`ray_rthpo.tracking.file_store_allowed`; the callbacks log from the driver, never a trial)."""
+    from ray_rthpo.tracking import file_store_allowed, tracking_uri
+
+    return file_store_allowed(tracking_uri(exp.tracking.mlflow) if exp.tracking.mlflow is not None else None)
+
+
 def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_path: str,
                  resources: dict[str, float] | None = None, progress: ProgressFn = print,
                  journal: str | Path | None = None, resume: bool = False, seed: int | None = None) -> StrategyOutcome:
@@ -391,6 +413,7 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
     # PBT restores trials from *other* trials' latest checkpoints: keep a few, so that a donor's next report
     # cannot delete the one being cloned.
     retention = retention_callback(keep_last=4 if strategy.scheduler == "pbt" else 1)
+    logged = tracking_callbacks(exp, experiment_path, [(seed, strategy)], shared=False)  # MLflow, if asked
     if restoring:
         progress(f"[{name}] resuming the Tune experiment in {experiment_path} "
                  f"({len({row['trial_id'] for row in earlier})} trial(s) already reported, "
@@ -398,7 +421,7 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True, param_space=param_space(resolved, repetition, require_gpu=require_gpu))
         run_config = restored_run_config(tuner)
-        run_config.callbacks = [callback, retention]
+        run_config.callbacks = [callback, retention, *logged]
         run_config.stop = stopper
     else:
         # PBT: the whole population must be alive at once (synchronous PBT pauses members at each
@@ -414,7 +437,7 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
                 search_alg=search_alg, scheduler=scheduler(resolved), num_samples=resolved.num_samples,
                 max_concurrent_trials=None if is_basic(search_alg) else exp.max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(
-                name=name, storage_path=storage_path, verbose=0, callbacks=[callback, retention],
+                name=name, storage_path=storage_path, verbose=0, callbacks=[callback, retention, *logged],
                 stop=stopper,
                 failure_config=tune.FailureConfig(max_failures=exp.max_failures),
                 # old checkpoints are deleted by `retention`, never one that Tune's saved state still names
@@ -424,7 +447,7 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
         random.seed(seed)  # PBT draws its exploit partners and perturbations from the driver's `random`
     start = time.time()
     try:
-        with stopper.live(), without_tune_loggers():
+        with stopper.live(), without_tune_loggers(), tracking_env(exp):
             grid = tuner.fit()
     except Exception:
         if callback.write_error is not None:  # Tune wraps it in a TuneError: say it in one line
@@ -438,5 +461,5 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
 
 
 __all__ = ["StrategyOutcome", "init_ray", "trial_resources", "param_space", "scheduler", "restored_run_config",
-           "without_tune_loggers",
+           "without_tune_loggers", "tracking_callbacks", "tracking_env",
            "run_strategy"]

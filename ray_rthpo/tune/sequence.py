@@ -491,6 +491,8 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
         quiet_ray,
         restored_run_config,
         resume_journal,
+        tracking_callbacks,
+        tracking_env,
         without_tune_loggers,
     )
     from ray_rthpo.tune.runner import scheduler as run_scheduler  # a run's own ASHA, or None (FIFO)
@@ -546,6 +548,8 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
     set_run_end_hook(experiment_path, done)
     router = _routing_callback(experiment_path, callbacks, announce)
     retention = retention_callback(keep_last=1)
+    # MLflow, if asked: every trial a run, tagged with the run (strategy, seed) it belongs to
+    logged = tracking_callbacks(exp, experiment_path, runs, shared=True)
     trainable = tune.with_resources(fresh_train_fn(), resources)
     if restoring:
         progress(f"[sequence] resuming the Tune experiment in {experiment_path} "
@@ -554,7 +558,7 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                    param_space=sequence_runs[0].param_space)
         run_config = restored_run_config(tuner)
-        run_config.callbacks = [router, retention]
+        run_config.callbacks = [router, retention, *logged]
         run_config.stop = SequenceStopper(experiment_path)
     else:
         tuner = tune.Tuner(
@@ -563,7 +567,7 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
                                         scheduler=SequenceScheduler(experiment_path), num_samples=-1,
                                         reuse_actors=True),
             run_config=tune.RunConfig(
-                name="sequence", storage_path=storage_path, verbose=0, callbacks=[router, retention],
+                name="sequence", storage_path=storage_path, verbose=0, callbacks=[router, retention, *logged],
                 stop=SequenceStopper(experiment_path), failure_config=tune.FailureConfig(max_failures=exp.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
     # Tune starts at most one pending trial at a time for a search algorithm of its own kind (its
@@ -571,7 +575,7 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
     pending_before = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(exp.max_concurrent)
     try:
-        with without_tune_loggers():
+        with without_tune_loggers(), tracking_env(exp):
             grid = tuner.fit()
     except Exception:
         error = next((c.write_error for c in callbacks.values() if c.write_error is not None), None)
