@@ -217,3 +217,13 @@ def test_the_validation_pass_restores_each_layer_s_own_mode() -> None:
     for _ in range(2):
         opt.step(lambda: F.cross_entropy(model(x), y), val_closure=lambda: F.cross_entropy(model(x), y))
     assert model.training and model[0].training and not model[1].training
+
+
+def test_the_argument_table_in_the_docs_is_the_one_the_declarations_generate() -> None:
+    text = (REPO / "docs" / "optimizer.md").read_text()
+    start, end = settings.TABLE_MARKERS
+    block = text.split(start, 1)[1].split(end, 1)[0].strip()
+    assert block == settings.markdown_table().strip(), (
+        "docs/optimizer.md's argument table is stale: python -m ray_rthpo.optim.settings --write docs/optimizer.md")
+    named = {row.split("`")[1] for row in block.splitlines()[2:]}
+    assert named == set(inspect.signature(RTHPO.__init__).parameters) - {"self"}

@@ -83,48 +83,61 @@ def _one_of(names: Iterable[str]) -> str:
 
 _DECLARED = (
     Setting("lr", {b: d["lr"] for b, d in BASE_DEFAULTS.items()}, "a finite number > 0", "pass the initial learning rate eta-bar",
-            "Initial learning rate eta-bar; with a `schedule`, the initial scale `s` (the shape's peak). "
-            "Default: the base optimizer's (1e-3).",
+            "The initial learning rate η̄, in the base optimizer's units (SGD: step per unit of gradient; AdamW: "
+            "about the step of each weight), at most `eta_max`; with a `schedule`, the initial scale s (the "
+            "shape's peak). None: the base optimizer's default, as torch's (1e-3).",
             lambda v: _number(v) and v > 0, "lr.eta0"),
     Setting("beta", None, "a finite number >= 0", "0 keeps the learning rate fixed",
-            "Hyper-learning rate; its unit follows `hyper_update` and `beta_horizon`. None: the rule's default.",
+            "The hyper-learning rate β. None: the rule's default (0.1 per step for `multiplicative`; "
+            "docs/beta.md). The scale-free rules (`multiplicative`, `adam_log`, `sign_log`): a relative change of "
+            "η per step (per √T steps with `beta_horizon='sqrt'`), the same for any base and model. `additive` "
+            "(the paper's eq. 2): units of η² per unit of loss, decades apart between bases and models: search "
+            "it on a log scale.",
             lambda v: _number(v) and v >= 0, "lr.beta"),
     Setting("base", "sgd", _one_of(BASES), "use 'sgd' or 'adamw'",
-            "The base optimizer: SGD (momentum, L2 weight decay) or AdamW (decoupled weight decay).",
+            "`sgd` (`momentum`, L2 `weight_decay`, as `torch.optim.SGD`) or `adamw` (`betas`, `eps`, decoupled "
+            "`weight_decay`, as `torch.optim.AdamW`); the weights follow torch's own update exactly.",
             _choice(BASES), "optim.base"),
     Setting("method", "rthpo", _one_of(METHODS), "rthpo is the paper's method",
-            "rthpo (exact tangent), marthe (discounted by `mu`), hd_val / hd_train (first order).",
+            "`rthpo` (exact tangent, μ = 1), `marthe` (discounted tangent, `mu`), `hd_val` (first order, μ = 0), "
+            "`hd_train` (first order with the training gradient: no `val_closure`).",
             _choice(METHODS)),
     Setting("mu", None, "a number in [0, 1]", "1 is RT-HPO, 0 is first order",
             "MARTHE's discount of the tangent; only for method='marthe'.",
             lambda v: _number(v) and 0.0 <= v <= 1.0, "lr.mu"),
     Setting("momentum", 0.0, "in [0, 1)", "0 is plain SGD",
-            "SGD's heavy-ball momentum (dampening 0); 0 with AdamW.",
+            "SGD's heavy-ball momentum (dampening 0), as torch's; 0 with AdamW (its momentum is `betas[0]`). "
+            "May differ between param groups.",
             lambda v: _number(v) and 0.0 <= v < 1.0, "optim.momentum", shared=False),
     Setting("weight_decay", {b: d["weight_decay"] for b, d in BASE_DEFAULTS.items()}, "a finite number >= 0",
             "0 turns it off",
-            "L2 decay (SGD) or decoupled decay (AdamW). Default: the base optimizer's (0, AdamW 0.01).",
+            "L2 decay (SGD) or decoupled decay (AdamW). None: the base optimizer's default, as torch's (SGD 0, "
+            "AdamW 0.01). May differ between param groups.",
             lambda v: _number(v) and v >= 0, "optim.weight_decay", shared=False),
     Setting("betas", (0.9, 0.999), "two numbers in [0, 1)", "torch's default is (0.9, 0.999)",
-            "AdamW's moment decays.",
+            "AdamW's moment decays, as torch's. May differ between param groups.",
             lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(_number(b) and 0.0 <= b < 1.0 for b in v),
             "optim.betas", shared=False),
-    Setting("eps", 1e-8, "a finite number > 0", "torch's default is 1e-8", "AdamW's epsilon.",
+    Setting("eps", 1e-8, "a finite number > 0", "torch's default is 1e-8", "AdamW's epsilon, as torch's. May differ between param groups.",
             lambda v: _number(v) and v > 0, "optim.eps", shared=False),
     Setting("eta_max", 10.0, "a finite number > 0", "it is the largest learning rate allowed",
             "The tuned value is kept in [0, eta_max].", lambda v: _number(v) and v > 0, "lr.eta_max"),
     Setting("hypergrad_clip", None, "None (null in a config) or a number > 0", "None turns it off",
-            "Clip the hypergradient to [-c, c] (the training gradient is never touched).",
+            "Clip the hypergradient h to [−c, c] (units of h: loss per unit of η); the training gradient is "
+            "never clipped.",
             lambda v: v is None or (_number(v) and v > 0), "lr.hypergrad_clip"),
     Setting("hyper_update", hyper_updates.DEFAULT_HYPER_UPDATE, _one_of(hyper_updates.HYPER_UPDATES),
             "'additive' is the paper's rule",
-            "How the hypergradient moves the tuned value (ray_rthpo/hypergrad/hyper_updates.py).",
+            "How h moves the tuned value: `multiplicative` (normalised by |∇E| |z|), `additive` (the paper's "
+            "eq. 2), `adam_log` (Adam on log η), `sign_log`; the equations are in "
+            "ray_rthpo/hypergrad/hyper_updates.py.",
             _choice(hyper_updates.HYPER_UPDATES), "lr.hyper_update"),
     Setting("hvp", "auto", _one_of(HVP_ROUTES), "'auto' picks one",
-            "How H z is computed; auto: forward_over_reverse_bn for a ModelClosure of a model with BatchNorm, "
-            "else double_backward.", _choice(HVP_ROUTES), "lr.hvp"),
+            "How H z is computed: `double_backward` (any closure), `forward_over_reverse`, "
+            "`forward_over_reverse_bn` (one torch.func pass; need a ModelClosure), or `auto`: "
+            "`forward_over_reverse_bn` for a ModelClosure of a model with BatchNorm, else `double_backward`.", _choice(HVP_ROUTES), "lr.hvp"),
     Setting("val_mode", "backward", _one_of(VAL_MODES), "'backward' is the default",
-            "backward (a validation gradient) or forward (a JVP along z; needs a ModelClosure).",
+            "`backward` (a validation gradient) or `forward` (one JVP along z; needs a ModelClosure).",
             _choice(VAL_MODES), "lr.val_mode"),
     Setting("hvp_every", 1, "an integer >= 1", "1 computes it every step",
             "The HVP only every k-th step (H z dropped in between).",
@@ -140,7 +153,8 @@ _DECLARED = (
             lambda v: _number(v) and 0.0 < v <= 1.0, "lr.val_batch_fraction"),
     Setting("schedule", None, f"None, {_one_of(schedules.SCHEDULES)}, or a callable step -> factor",
             "warmup_cosine is the usual choice",
-            "The learning rate's shape phi: step t uses s * phi(t), and the hypergradient tunes the scale s.",
+            "The shape φ whose scale s is tuned: step t uses η_t = s φ(t) (`warmup_cosine`, `warmup_linear` need "
+            "`total_steps`); `param_group['lr']` and `opt.scale` hold s, `opt.eta` the learning rate itself.",
             lambda v: v is None or callable(v) or (isinstance(v, str) and v in schedules.SCHEDULES),
             "lr.schedule"),
     Setting("total_steps", None, "None or an integer >= 1", "pass the run's number of steps",
@@ -236,21 +250,68 @@ def from_config(read: Callable[[str], Any]) -> dict[str, Any]:
     return {name: read(key) for key, name in CONFIG_KEYS.items()}
 
 
+#: RTHPO's arguments that are no group setting: (name, default, meaning), for the argument table.
+OTHER_ARGUMENTS = (
+    ("params", "(required)", "Parameters or param groups, as for any torch.optim optimizer; groups may differ in "
+     "`momentum`, `weight_decay`, `betas`, `eps`, and share the one learning rate being tuned."),
+    ("model", "None", "The module, when the closures are bare functions: the validation term then runs with it "
+     "in eval mode (a ModelClosure names its module itself)."),
+    ("timing", "False", "Measure the seconds of hypergradient work (`opt.last_step.hyper_seconds`; on CUDA it "
+     "synchronises the device around each part)."),
+    ("process_group", "None", "Under torch.distributed: the group to average over (None: the default group; "
+     "False: none); docs/distributed.md."),
+)
+#: The markers of the generated table in docs/optimizer.md.
+TABLE_MARKERS = ("<!-- rthpo-arguments:start -->", "<!-- rthpo-arguments:end -->")
+
+
 def markdown_table() -> str:
-    """The argument table of docs/optimizer.md: every setting, its default, range and meaning."""
+    """The argument table of docs/optimizer.md: every argument of RTHPO, its default, what it allows, what it
+    means, and its run-config key (generated: ``python -m ray_rthpo.optim.settings --write docs/optimizer.md``)."""
     rows = ["| argument | default | allowed | meaning | run config |", "|---|---|---|---|---|"]
+    name, default_, meaning = OTHER_ARGUMENTS[0]
+    rows.append(f"| `{name}` | {default_} | | {meaning} | |")
     for s in _DECLARED:
-        shown = (", ".join(f"{b}: {v!r}" for b, v in s.default.items()) if isinstance(s.default, dict)
+        shown = (", ".join(f"{b} {v!r}" for b, v in s.default.items()) if isinstance(s.default, dict)
                  else repr(s.default))
-        key = f"`{s.config_key}`" if s.config_key else "-"
-        rows.append(f"| `{s.name}` | `{shown}` | {s.requirement} | {s.meaning} | {key} |")
+        key = f"`{s.config_key}`" if s.config_key else ""
+        rows.append(f"| `{s.name}` | `{shown}` | {s.requirement} | {_cell(s.meaning)} | {key} |")
+    for name, default_, meaning in OTHER_ARGUMENTS[1:]:
+        rows.append(f"| `{name}` | `{default_}` | | {_cell(meaning)} | |")
     return "\n".join(rows) + "\n"
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def write_table(path: str) -> bool:
+    """Replace the block between :data:`TABLE_MARKERS` in the Markdown file ``path`` with
+    :func:`markdown_table`; True when the file changed."""
+    from pathlib import Path
+
+    file = Path(path)
+    text = file.read_text()
+    start, end = TABLE_MARKERS
+    if start not in text or end not in text:
+        raise ValueError(f"{path} has no {start} ... {end} block; add the two markers where the table goes.")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{start}\n\n{markdown_table()}\n{end}{tail}"
+    if new != text:
+        file.write_text(new)
+    return new != text
+
+
 if __name__ == "__main__":
-    print(markdown_table(), end="")
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--write":
+        print(f"{sys.argv[2]}: {'rewritten' if write_table(sys.argv[2]) else 'already up to date'}")
+    else:
+        print(markdown_table(), end="")
 
 
 __all__ = ["SETTINGS", "SHARED", "CONFIG_KEYS", "METHODS", "METHOD_MU", "BASES", "HVP_ROUTES", "VAL_MODES",
            "BASE_DEFAULTS", "Setting", "SettingError", "default", "problem", "relation_problem", "check",
-           "from_config", "markdown_table"]
+           "from_config", "markdown_table", "write_table", "OTHER_ARGUMENTS", "TABLE_MARKERS"]
