@@ -56,6 +56,36 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def data_parallel_world() -> tuple[int, int] | None:
+    """``(rank, size)`` of the initialised ``torch.distributed`` default group when it has more than one
+    process (a Ray Train worker of a ``workers: N`` trial), else None: the Trainer runs as one process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return None
+
+
+def head_size(n: int, fraction: float) -> int:
+    """How many of ``n`` examples :meth:`ray_rthpo.optim.ModelClosure.head` keeps for ``fraction``."""
+    return n if fraction >= 1.0 else max(min(n, 2), min(n, int(round(fraction * n))))
+
+
+def shard_positions(n: int, size: int, rank: int, fraction: float = 1.0) -> torch.Tensor:
+    """Positions, in a global batch of ``n`` examples, of rank ``rank``'s shard (of ``size``).
+
+    The global batch's head (the first :func:`head_size` examples, which one process would use for the
+    Hessian-vector product or the validation term at ``fraction`` < 1) is split across the ranks in order,
+    then its tail: rank r's shard is its piece of the head followed by its piece of the tail, so that the
+    ranks' shards together are the global batch, and the heads that RTHPO takes of them are, together, the
+    global head (whenever the rounding of ``fraction`` agrees; :meth:`Trainer._check_data_parallel` warns
+    otherwise). With ``fraction`` 1, rank r holds the r-th contiguous slice."""
+    k = head_size(n, fraction)
+    head = torch.tensor_split(torch.arange(k), size)[rank]
+    tail = torch.tensor_split(torch.arange(k, n), size)[rank]
+    return torch.cat([head, tail])
+
+
 class ValidationSampler:
     """Cycles through the validation set in seeded random order, one minibatch at a time."""
 
@@ -129,6 +159,10 @@ class Trainer:
         self.status = M.STATUS_RUNNING
         #: {key: (checkpoint value, adopted value)} of the last :meth:`load_state_dict` (see ``adopt``).
         self.adopted: dict[str, tuple[Any, Any]] = {}
+        #: (rank, size) under data parallelism (torch.distributed initialised, > 1 process), else None.
+        self.world = data_parallel_world()
+        if self.world is not None:
+            self._check_data_parallel()
 
     @property
     def step_count(self) -> int:
@@ -146,7 +180,75 @@ class Trainer:
 
     def _val_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.val_sampler.next_indices().to(self.device)
+        if self.world is not None:  # this rank's shard of the global validation batch
+            idx = idx[self._shard(len(idx), "val_batch_fraction")]
         return self._inputs(self.val_x[idx]), self.val_y[idx]
+
+    # -- data parallelism (ray_rthpo/tune/train_workers.py; docs/distributed.md) ----------------------
+    def _fraction(self, key: str) -> float:
+        """The optimizer's ``hvp_batch_fraction`` / ``val_batch_fraction`` (1 for the other optimizers)."""
+        return float(self.optimizer.param_groups[0].get(key, 1.0)) if self.method.hypergradient else 1.0
+
+    def _shard(self, n: int, fraction_key: str) -> torch.Tensor:
+        """Positions of this rank's shard in a global batch of ``n`` (see :func:`shard_positions`)."""
+        assert self.world is not None
+        rank, size = self.world
+        return shard_positions(n, size, rank, self._fraction(fraction_key)).to(self.device)
+
+    def _check_data_parallel(self) -> None:
+        """Refuse what data parallelism cannot do exactly, naming the fix; warn when the hypergradient
+        sub-batches cannot be the global ones."""
+        assert self.world is not None
+        rank, size = self.world
+        cfg = self.config
+        where = f"resources.workers is {size}"
+        if has_batchnorm(self.model):
+            raise ConfigError(f"{where}, but the model has BatchNorm, whose batch statistics would be each "
+                              "worker's own: use a model without BatchNorm (GroupNorm, LayerNorm), or "
+                              "resources.workers: 1.")
+        batches = (("data.batch_size", min(cfg.data.batch_size, len(self.data.train)), "hvp_batch_fraction"),
+                   ("data.val_batch_size", self.val_sampler.batch_size, "val_batch_fraction"))
+        for key, n, fraction_key in batches:
+            if n < size:
+                raise ConfigError(f"{where}, but {key} is {n}: every worker needs at least one example of "
+                                  f"each batch; raise {key} to at least {size} or use fewer workers.")
+            fraction = self._fraction(fraction_key)
+            k = head_size(n, fraction)
+            pieces = [len(p) for p in torch.tensor_split(torch.arange(n), size)]
+            heads = [len(p) for p in torch.tensor_split(torch.arange(k), size)]
+            tails = torch.tensor_split(torch.arange(k, n), size)
+            shards = [h + len(t) for h, t in zip(heads, tails, strict=True)]
+            if rank == 0 and fraction < 1.0 and [head_size(m, fraction) for m in shards] != heads:
+                import warnings
+
+                warnings.warn(f"{where}: lr.{fraction_key} {fraction} of {key} {n} is {k} examples, which do "
+                              f"not split as the workers' heads round ({pieces} per worker): the "
+                              "hypergradient sub-batches differ from one process's (a valid estimate, not "
+                              f"the same numbers). For equal numbers make {key} x {fraction} a multiple of "
+                              f"{size}.",
+                              stacklevel=2)
+
+    def _average_gradients(self, loss: torch.Tensor, n: int) -> torch.Tensor:
+        """Data parallelism for the optimizers other than RTHPO (which averages itself): every parameter's
+        gradient and the loss become the global batch's (means weighted by the ranks' ``n``), in ONE
+        all_reduce; returns the global loss."""
+        from ray_rthpo.optim.distributed import Replicas, weighted_means
+
+        assert self.world is not None
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        reps = Replicas(None, self.world[1], self.world[0])
+        (means,) = weighted_means(reps, [(n, [loss.detach(), *(p.grad for p in params)])])
+        for p, grad in zip(params, means[1:], strict=True):
+            p.grad.copy_(grad)
+        return means[0]
+
+    def _all_sum(self, *values: float) -> list[float]:
+        """``values`` summed over the ranks (one all_reduce, float64)."""
+        import torch.distributed as dist
+
+        buffer = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+        return [float(v) for v in buffer]
 
     @torch.no_grad()
     def evaluate(self, split: Split) -> tuple[float, float]:
@@ -157,10 +259,14 @@ class Trainer:
         self.model.eval()
         total_loss, correct, n = 0.0, 0, len(split)
         bs = self.config.data.eval_batch_size
+        lo, hi = 0, n
+        if self.world is not None:  # each rank evaluates its contiguous slice; the sums are all-reduced below
+            piece = torch.tensor_split(torch.arange(n), self.world[1])[self.world[0]]
+            lo, hi = (int(piece[0]), int(piece[-1]) + 1) if len(piece) else (0, 0)
         try:
-            for start in range(0, n, bs):
-                x = self._inputs(split.x[start:start + bs].to(self.device))
-                y = split.y[start:start + bs].to(self.device)
+            for start in range(lo, hi, bs):
+                x = self._inputs(split.x[start:min(start + bs, hi)].to(self.device))
+                y = split.y[start:min(start + bs, hi)].to(self.device)
                 logits = self.model(x)
                 if self.config.train.loss is None:
                     total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
@@ -169,6 +275,9 @@ class Trainer:
                 correct += int((logits.argmax(1) == y).sum())
         finally:
             self.model.train(was_training)
+        if self.world is not None:
+            total_loss, summed = self._all_sum(total_loss, correct)
+            correct = int(round(summed))
         return total_loss / max(1, n), correct / max(1, n)
 
     def _to_evaluated_weights(self) -> bool:
@@ -215,6 +324,8 @@ class Trainer:
         logits = self.model(x)
         loss = self.loss_fn(logits, y)
         loss.backward()
+        if self.world is not None:  # the global batch's gradient and loss on every rank
+            loss = self._average_gradients(loss, y.shape[0])
         self.optimizer.step()
         eta = read_lr(self.optimizer)  # after the step (Prodigy's d moves in it), before the schedule's next lr
         if self.method.scheduler is not None:
@@ -250,12 +361,16 @@ class Trainer:
             x_raw = self.train_x[idx]
             if cfg.data.augment:
                 x_raw = augment_batch(x_raw, self.generator)
+            counted = len(idx)  # the examples the step's loss averages over: the global batch's
+            if self.world is not None:  # this rank's shard of the global minibatch (augmented as one process)
+                mine = self._shard(len(idx), "hvp_batch_fraction")
+                x_raw, idx = x_raw[mine], idx[mine]
             x, y = self._inputs(x_raw), self.train_y[idx]
             loss, logits, last_eta, seconds, step_diverged = self._step(x, y)
             hyper_s += seconds
-            loss_sum += loss.double() * y.shape[0]
+            loss_sum += loss.double() * counted
             correct += (logits.argmax(1) == y).sum()
-            seen += y.shape[0]
+            seen += counted
             if step_diverged or not math.isfinite(last_eta):
                 diverged = True
                 break
@@ -263,6 +378,8 @@ class Trainer:
                 diverged = True
                 break
         train_loss = float(loss_sum) / max(1, seen)
+        if self.world is not None:  # every rank's correct predictions
+            correct = torch.tensor(int(round(self._all_sum(float(correct))[0])))
         if not self._loss_ok(train_loss):
             diverged = True
         if not diverged and not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
