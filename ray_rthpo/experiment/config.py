@@ -90,12 +90,29 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DEFAULT_MAX_SAMPLES = 1000
 
 
+#: CPU the trial's own process asks for when its training runs on Ray Train workers (it only waits for
+#: them; Tune refuses a request of nothing).
+TRIAL_DRIVER_CPU = 0.01
+
+
 @dataclass(frozen=True)
 class Resources:
-    """What one trial asks Ray for. Fractional GPUs (0.25) share a GPU; nothing isolates its memory."""
+    """What one trial asks Ray for. Fractional GPUs (0.25) share a GPU; nothing isolates its memory.
+
+    ``workers: N`` (> 1) runs every trial as a Ray Train ``TorchTrainer`` of N data-parallel workers
+    (:mod:`ray_rthpo.tune.train_workers`), each asking ``cpu_per_worker`` CPUs and ``gpu_per_worker`` GPUs;
+    the trial's own process then asks for :data:`TRIAL_DRIVER_CPU` and ``custom`` only (``cpu`` is not
+    used, ``gpu`` must stay 0). ``workers: 1`` (the default) is the single-process trial; there
+    ``cpu_per_worker``/``gpu_per_worker``, when given, are its ``cpu``/``gpu``.
+    """
 
     cpu: float = 1.0
     gpu: float = 0.0
+    # Data-parallel Ray Train workers per trial (1: the trial trains in its own process, as always).
+    workers: int = 1
+    # Each worker's CPUs and GPUs (null: 1 CPU, 0 GPU with workers > 1; cpu/gpu with workers 1).
+    cpu_per_worker: float | None = None
+    gpu_per_worker: float | None = None
     # Custom Ray resources per trial, e.g. {trial_slot: 1} with a node started as --resources='{"trial_slot": 2}'.
     custom: Any = None
     # When the local Ray has no GPU at all, run trials on the CPU (gpu 0) instead of waiting forever.
@@ -108,15 +125,64 @@ class Resources:
         check(self.gpu <= 1 or float(self.gpu).is_integer(),
               f"resources.gpu above 1 must be a whole number of GPUs, but got {self.gpu!r}.")
         check(self.cpu > 0 or self.gpu > 0, "resources must ask for some cpu or gpu; set resources.cpu: 1.")
+        self._check_workers()
         custom = self.custom or {}
         check(isinstance(custom, dict) and all(isinstance(k, str) and isinstance(v, (int, float))
                                                 and not isinstance(v, bool) and v >= 0 for k, v in custom.items()),
               f"resources.custom must map resource names to amounts >= 0, but got {self.custom!r}.")
 
+    def _check_workers(self) -> None:
+        check(isinstance(self.workers, int) and not isinstance(self.workers, bool) and self.workers >= 1,
+              f"resources.workers must be an integer >= 1 (Ray Train workers per trial), but got "
+              f"{self.workers!r}.")
+        for key in ("cpu_per_worker", "gpu_per_worker"):
+            value = getattr(self, key)
+            check(value is None or (math.isfinite(value) and value >= 0),
+                  f"resources.{key} must be a number >= 0 or null, but got {value!r}.")
+        per_gpu = self.gpu_per_worker
+        check(per_gpu is None or per_gpu <= 1 or float(per_gpu).is_integer(),
+              f"resources.gpu_per_worker above 1 must be a whole number of GPUs, but got {per_gpu!r}.")
+        if self.workers > 1:
+            check(self.gpu == 0, f"resources.gpu is {self.gpu!r}, but with resources.workers {self.workers} "
+                  "the GPUs are the workers': set resources.gpu_per_worker instead (and remove "
+                  "resources.gpu).")
+            check(self.worker_cpu > 0 or self.worker_gpu > 0,
+                  "resources.cpu_per_worker and gpu_per_worker are both 0; give each worker some, e.g. "
+                  "resources.cpu_per_worker: 1.")
+
+    @property
+    def worker_cpu(self) -> float:
+        """CPUs of each Ray Train worker (``workers`` > 1), or of the trial (``workers`` 1)."""
+        if self.cpu_per_worker is not None:
+            return float(self.cpu_per_worker)
+        return 1.0 if self.workers > 1 else float(self.cpu)
+
+    @property
+    def worker_gpu(self) -> float:
+        """GPUs of each Ray Train worker (``workers`` > 1), or of the trial (``workers`` 1)."""
+        if self.gpu_per_worker is not None:
+            return float(self.gpu_per_worker)
+        return 0.0 if self.workers > 1 else float(self.gpu)
+
     def as_ray(self, *, use_gpu: bool = True) -> dict[str, float]:
-        """The per-trial resource dict for ``tune.with_resources`` (``gpu`` dropped when ``use_gpu`` is False)."""
-        out = {"cpu": float(self.cpu), "gpu": float(self.gpu) if use_gpu else 0.0}
+        """The per-trial resource dict for ``tune.with_resources`` (``gpu`` dropped when ``use_gpu`` is
+        False).
+
+        With ``workers`` > 1 it is the trial's own process (:data:`TRIAL_DRIVER_CPU`, no GPU, ``custom``): the
+        workers' resources are asked for by Ray Train (:meth:`per_worker`)."""
+        if self.workers > 1:
+            out = {"cpu": TRIAL_DRIVER_CPU, "gpu": 0.0}
+        else:
+            out = {"cpu": self.worker_cpu, "gpu": self.worker_gpu if use_gpu else 0.0}
         out.update({k: float(v) for k, v in (self.custom or {}).items()})
+        return out
+
+    def per_worker(self, *, use_gpu: bool = True) -> dict[str, float]:
+        """Each Ray Train worker's ``{"CPU": c, "GPU": g}`` (``GPU`` left out when 0 or ``use_gpu`` is
+        False)."""
+        out = {"CPU": self.worker_cpu}
+        if use_gpu and self.worker_gpu > 0:
+            out["GPU"] = self.worker_gpu
         return out
 
 

@@ -24,6 +24,9 @@ from ray_rthpo.report.conclusion import Conclusion, conclude, test_set_size
 from ray_rthpo.report.console import WIDTH, bullet, fit_table, paragraph
 from ray_rthpo.report.selection import STRATEGY, TRIAL_ID, best_by_validation, compute_spent, latest_reports
 
+#: What a trial of Ray Train workers reports as its number of workers (ray_rthpo.tune.train_workers.WORKERS).
+WORKERS = "resources/workers"
+
 SEED = "seed"
 
 
@@ -54,6 +57,9 @@ def summary_table(df: pd.DataFrame, wall_seconds: Mapping[Any, float] | None = N
             "chosen diverged": bool(best[M.DIVERGED]),
             "epoch": int(best[M.EPOCH]),
             "trials": int(len(trials)),
+            # Ray Train workers per trial (resources.workers; its trials report resources/workers), else 1
+            "workers": int(pd.to_numeric(group[WORKERS], errors="coerce").max()) if WORKERS in group
+            and group[WORKERS].notna().any() else 1,
             "diverged trials": int(trials.sum()),
             "compute s": compute_spent(group),
             "hypergrad s": float(group[M.HYPER_SECONDS].sum()) if M.HYPER_SECONDS in group else math.nan,
@@ -85,18 +91,30 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _workers_line(exp: ExperimentConfig) -> str:
+    """`` Each trial ran on N Ray Train workers (...)`` when ``resources.workers`` > 1, else nothing."""
+    res = exp.resources
+    if res.workers <= 1:
+        return ""
+    return (f" Each trial ran on {res.workers} Ray Train workers ({res.per_worker()} each), its compute "
+            "counted as workers x seconds.")
+
+
 def markdown_table(summary: pd.DataFrame) -> str:
     """The runs as a Markdown table (accuracies to 4 digits, seconds to 1; diverged choices marked). The
     ``seed`` column shows only when the runs have more than one seed."""
     seeded = "seed" in summary and summary["seed"].nunique() > 1
+    workers = "workers" in summary and bool((summary["workers"] > 1).any())  # shown when a run had several
     headers = ["strategy", *(["seed"] if seeded else []), "method", "searcher", "best val acc",
-               "test acc (chosen by val)", "trials", "diverged trials", "compute s", "wall s", "chosen config"]
+               "test acc (chosen by val)", "trials", *(["workers"] if workers else []), "diverged trials",
+               "compute s", "wall s", "chosen config"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for row in summary.to_dict("records"):
         test = row["test acc (chosen by val)"]
         cells = [row["strategy"], *([str(row["seed"])] if seeded else []), row["method"], row["searcher"],
                  f"{row['best val acc']:.4f}", "n/a" if math.isnan(test) else f"{test:.4f}", str(row["trials"]),
-                 str(row["diverged trials"]), f"{row['compute s']:.1f}",
+                 *([str(row["workers"])] if workers else []), str(row["diverged trials"]),
+                 f"{row['compute s']:.1f}",
                  "n/a" if math.isnan(row["wall s"]) else f"{row['wall s']:.1f}",
                  f"{row['chosen config']} (epoch {row['epoch']})" + (" DIVERGED" if row["chosen diverged"] else "")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -140,7 +158,7 @@ def summary_texts(exp: ExperimentConfig, trials: pd.DataFrame, walls: Mapping[tu
         "training, hypergradient and evaluation time), the same for every strategy.",
         f"- Repetitions: {len(seeds)} (searcher seeds {', '.join(map(str, seeds))}; repetition r trains with "
         "train.seed + r): the same seeds for every strategy, so comparisons are paired.",
-        f"- Per trial: {resources}; at most {exp.max_concurrent} trials at once.",
+        f"- Per trial: {resources}; at most {exp.max_concurrent} trials at once." + _workers_line(exp),
         f"- Workload: {workload_name(exp.base)}, {exp.base.train.epochs} epochs per trial "
         "(unless a strategy overrides it)" + (f"; {test_size} test images." if test_size else "."),
         "- Selection: each run's (trial, epoch) with the highest validation accuracy (ties: lower validation "

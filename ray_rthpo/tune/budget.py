@@ -33,6 +33,11 @@ member's cumulative ``time/total_s`` but reports its own epoch seconds. This is 
 the same number on the same reports. Reports without an epoch (a trainable that only reports its
 cumulative seconds) are counted by the cumulative ``time_key`` per trial.
 
+Trials of several Ray Train workers (``resources.workers: N``, :mod:`ray_rthpo.tune.train_workers`) report
+``time/epoch_s`` as worker-seconds, N times rank 0's wall seconds (those are ``time/epoch_wall_s``): the
+stopper, like ``compute_spent``, counts workers x seconds without knowing N, so a strategy of 4-worker trials
+and one of single-process trials spend the same budget on the same compute.
+
 When resuming an interrupted experiment, feed the reports it journaled to :meth:`record` (each once:
 a resumed trial's repeated epochs replace them), or pass the compute of trials that will never report
 again as ``already_spent_s``.

@@ -144,6 +144,11 @@ def trial_resources(exp: ExperimentConfig, *, joined: bool, note: ProgressFn = p
     """
     import ray
 
+    if exp.resources.workers > 1:
+        return _workers_trial_resources(exp, joined=joined, note=note)
+    from ray_rthpo.tune.trainable import use_workers
+
+    use_workers(None)
     wanted = exp.resources.as_ray()
     totals = ray.cluster_resources()
     if wanted["gpu"] > 0 and totals.get("GPU", 0) == 0 and not joined:
@@ -162,6 +167,52 @@ def trial_resources(exp: ExperimentConfig, *, joined: bool, note: ProgressFn = p
             raise ConfigError(message)
         note(f"warning: {message}")
     return wanted
+
+
+def worker_spec(exp: ExperimentConfig, *, use_gpu: bool = True) -> Any:
+    """The :class:`~ray_rthpo.tune.train_workers.WorkerSpec` of ``exp``'s trials (``resources.workers`` > 1),
+    else None."""
+    from ray_rthpo.tune.train_workers import WorkerSpec
+
+    res = exp.resources
+    if res.workers <= 1:
+        return None
+    return WorkerSpec(res.workers, cpu=res.worker_cpu, gpu=res.worker_gpu if use_gpu else 0.0)
+
+
+def _workers_trial_resources(exp: ExperimentConfig, *, joined: bool, note: ProgressFn) -> dict[str, float]:
+    """:func:`trial_resources` for ``resources.workers`` > 1: the trial's own process asks for a sliver of
+    a CPU (and ``custom``), Ray Train asks for the workers; checked against the whole cluster (Train may
+    spread the workers over nodes). Sets the workers :func:`~ray_rthpo.tune.trainable.fresh_train_fn` uses."""
+    import ray
+
+    from ray_rthpo.tune.trainable import use_workers
+
+    res = exp.resources
+    totals = ray.cluster_resources()
+    use_gpu = True
+    if res.worker_gpu > 0 and totals.get("GPU", 0) == 0 and not joined:
+        if not res.cpu_fallback:
+            raise ConfigError(f"resources.gpu_per_worker is {res.worker_gpu}, but this Ray has no GPU; "
+                              "run on a GPU machine or cluster (--address), or set "
+                              "resources.cpu_fallback: true.")
+        note(f"note: no GPU in this Ray; the {res.workers} workers of each trial run on the CPU "
+             f"(resources.gpu_per_worker {res.worker_gpu} -> 0)")
+        use_gpu = False
+    spec = worker_spec(exp, use_gpu=use_gpu)
+    need = {"CPU": spec.workers * spec.cpu + exp.resources.as_ray()["cpu"], "GPU": spec.workers * spec.gpu}
+    short = {k: (v, totals.get(k, 0.0)) for k, v in need.items() if v > totals.get(k, 0.0) + 1e-9}
+    if short:
+        needs = ", ".join(f"{v:g} {k}" for k, (v, _) in short.items())
+        has = ", ".join(f"{have:g} {k}" for k, (_, have) in short.items())
+        message = (f"one trial of {spec.workers} workers (resources.cpu_per_worker {spec.cpu:g}, "
+                   f"gpu_per_worker {spec.gpu:g}) and its own process need {needs}, but this Ray has {has}; "
+                   "lower resources.workers or the per-worker resources with --set, or add nodes.")
+        if not joined:
+            raise ConfigError(message)
+        note(f"warning: {message}")
+    use_workers(spec)
+    return exp.resources.as_ray()
 
 
 def param_space(resolved: ResolvedStrategy, repetition: int = 0, *, require_gpu: bool = False) -> dict[str, Any]:
@@ -397,6 +448,14 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
 
     quiet_ray()
     resolved = exp.resolved(strategy)
+    if exp.resources.workers > 1 and strategy.scheduler == "pbt":
+        raise ConfigError(f"strategy {strategy.name}: scheduler pbt clones Tune checkpoints, but the trials "
+                          f"of resources.workers {exp.resources.workers} keep theirs in Ray Train's storage; "
+                          "use scheduler fifo or asha, or resources.workers: 1.")
+    if resources is None:  # else trial_resources chose the workers (and whether they get their GPUs)
+        from ray_rthpo.tune.trainable import use_workers
+
+        use_workers(worker_spec(exp))
     seed = exp.seed if seed is None else int(seed)
     repetition = seed - exp.seed
     name = exp.run_name(strategy, seed)
@@ -435,7 +494,9 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
             tune_config=tune.TuneConfig(
                 metric=M.SELECTION_METRIC, mode=M.SELECTION_MODE,
                 search_alg=search_alg, scheduler=scheduler(resolved), num_samples=resolved.num_samples,
-                max_concurrent_trials=None if is_basic(search_alg) else exp.max_concurrent, reuse_actors=True),
+                max_concurrent_trials=None if is_basic(search_alg) else exp.max_concurrent,
+                # a trial of Ray Train workers waits in TorchTrainer.fit: its process is not reusable
+                reuse_actors=exp.resources.workers == 1),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage_path, verbose=0, callbacks=[callback, retention, *logged],
                 stop=stopper,
@@ -460,6 +521,7 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
                            repeated_reports=callback.repeated, retries=callback.retries)
 
 
-__all__ = ["StrategyOutcome", "init_ray", "trial_resources", "param_space", "scheduler", "restored_run_config",
+__all__ = ["StrategyOutcome", "init_ray", "trial_resources", "worker_spec",
+           "param_space", "scheduler", "restored_run_config",
            "without_tune_loggers", "tracking_callbacks", "tracking_env",
            "run_strategy"]

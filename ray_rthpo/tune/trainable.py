@@ -149,17 +149,46 @@ def train_fn(config: dict[str, Any]) -> None:
         checkpoint_s += time.perf_counter() - begin
 
 
+#: The Ray Train workers of the experiment this driver process runs (``resources.workers`` > 1), set by
+#: :func:`use_workers` (``ray_rthpo.tune.runner.trial_resources`` and ``run_strategy`` do); None: one process.
+_WORKERS: Any = None
+
+
+def use_workers(spec: Any) -> None:
+    """From now on :func:`fresh_train_fn` makes trials of ``spec`` (a
+    :class:`~ray_rthpo.tune.train_workers.WorkerSpec`: each trial a Ray Train ``TorchTrainer`` of its
+    workers),
+    or single-process trials when ``spec`` is None."""
+    global _WORKERS
+    _WORKERS = spec
+
+
 def fresh_train_fn() -> Callable[[dict[str, Any]], None]:
     """A new function object with :func:`train_fn`'s code and name, for ``tune.with_resources``.
 
     Ray's ``with_resources`` stores the resources as an attribute *on the function it is given*;
     wrapping the module's ``train_fn`` would make a later ``tune.run(train_fn, resources_per_trial=...)``
     in the same process fail. Each experiment wraps its own copy instead.
+
+    After ``use_workers(spec)`` with a spec, the copy runs each trial on ``spec.workers`` Ray Train workers
+    (:func:`ray_rthpo.tune.train_workers.workers_train_fn`), under the same name.
     """
+    if _WORKERS is not None:
+        from ray_rthpo.tune.train_workers import workers_train_fn
+
+        spec = _WORKERS
+
+        def workers_fn(config: dict[str, Any]) -> None:
+            workers_train_fn(config, spec)
+
+        # trials named as single-process ones
+        workers_fn.__name__ = workers_fn.__qualname__ = train_fn.__name__
+        return workers_fn
     return types.FunctionType(train_fn.__code__, train_fn.__globals__, train_fn.__name__,
                               train_fn.__defaults__, train_fn.__closure__)
 
 
-__all__ = ["train_fn", "fresh_train_fn", "config_from_ray", "node_info", "trial_device", "CHECKPOINT_FILE",
+__all__ = ["train_fn", "fresh_train_fn", "use_workers",
+           "config_from_ray", "node_info", "trial_device", "CHECKPOINT_FILE",
            "NODE_ID", "NODE_IP", "HOSTNAME", "DEVICE_NAME", "GPU_IDS", "PID", "REPORTED_AT", "SETUP_SECONDS",
            "CHECKPOINT_SECONDS"]
