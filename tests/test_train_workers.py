@@ -154,7 +154,7 @@ def test_resources_workers() -> None:
 def test_the_cluster_example_loads() -> None:
     from ray_rthpo.experiment.config import load_experiment
 
-    exp = load_experiment(Path(__file__).parent.parent / "configs" / "cluster" / "compare_cifar10_4gpu.yaml")
+    exp = load_experiment(Path(__file__).parent.parent / "configs" / "compare_cifar10_4gpu.yaml")
     assert exp.resources.workers == 4 and exp.resources.per_worker() == {"CPU": 4.0, "GPU": 1.0}
 
 
