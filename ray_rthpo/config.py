@@ -510,7 +510,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     """Parse one ``--set key=value`` override; the value is read as YAML (``1.0e-3``, ``true``, ``[1, 2]``)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set expects key=value (e.g. lr.beta=1.0e-4), but got {text!r}.")
+        raise ConfigError(f"--set expects key=value (e.g. lr.eta0=0.05), but got {text!r}.")
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:

@@ -16,7 +16,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """CONFIG, ``--set key=value`` (repeatable) and ``--output DIR``: shared by every subcommand."""
     parser.add_argument("config", help="YAML config file (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set lr.beta=1.0e-4 (repeatable)")
+                        help="override a config value, e.g. --set lr.eta0=0.05 (repeatable)")
     parser.add_argument("--output", default=None, metavar="DIR", help="output folder (default: runs/<config name>)")
 
 

@@ -1,7 +1,7 @@
 """``rthpo train``: one training run of one config, without Ray.
 
     rthpo train configs/digits.yaml
-    rthpo train configs/mnist_mlp.yaml --set lr.beta=1.0e-4 --output runs/mlp --resume
+    rthpo train configs/mnist_mlp.yaml --set lr.eta0=0.05 --output runs/mlp --resume
 """
 
 from __future__ import annotations
