@@ -448,7 +448,7 @@ class TrackingConfig:
               "logged; set tracking.mlflow to a tracking URI (e.g. file:///abs/mlruns), or delete "
               "tracking.experiment.")
         if self.mlflow is not None:
-            from ray_rthpo.tracking import check_mlflow
+            from ray_rthpo.uris import check_mlflow
 
             check_mlflow(self.mlflow)
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from ray_rthpo.config import MODELS, ModelConfig
 from ray_rthpo.errors import ConfigError
+from ray_rthpo.hypergrad.hvp import has_batchnorm  # the one definition; re-exported here
 
 
 def _mlp(input_shape: tuple[int, ...], hidden: tuple[int, ...], num_classes: int) -> nn.Sequential:
@@ -174,11 +175,6 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
     if cfg.name == "lenet":
         return LeNet(chw, num_classes)
     return ResNet18(chw[0], num_classes)
-
-
-def has_batchnorm(model: nn.Module) -> bool:
-    """True when ``model`` contains a BatchNorm layer (its forward then mutates running buffers)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 __all__ = ["build_model", "has_batchnorm", "LeNet", "ResNet18", "BasicBlock"]

@@ -16,7 +16,6 @@ the config layer calls :func:`check_mlflow`, which looks for it without importin
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
 import os
 import time
@@ -24,7 +23,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ray_rthpo.errors import ConfigError, RTHPOError
+from ray_rthpo.errors import RTHPOError
+from ray_rthpo.uris import DATABASE_SCHEMES, check_mlflow, scheme  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from ray_rthpo.config import Config, TrackingConfig
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 #: MLflow refuses its file store (a folder, ``file:`` URIs) unless this variable is true (MLflow >= 3.x).
 FILE_STORE_ENV = "MLFLOW_ALLOW_FILE_STORE"
 #: URI schemes of MLflow's database store: they need sqlalchemy and alembic (the full ``mlflow`` package).
-DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 #: MLflow's limits on one ``log_batch`` call.
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
@@ -40,45 +39,9 @@ MAX_METRICS_PER_BATCH = 1000
 TRACKING_PREFIX = "tracking."
 
 
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a parent package missing, or a module blocked in sys.modules
-        return False
-
-
-def scheme(uri: str) -> str:
-    """The URI's scheme (``file``, ``http``, ``sqlite``, ...); ``""`` for a plain path."""
-    head, sep, _ = uri.partition(":")
-    if not sep or len(head) == 1 or not head.replace("+", "").replace("-", "").replace(".", "").isalnum():
-        return ""  # a plain path (C:\\ on Windows too)
-    return head.lower().split("+", 1)[0]
-
-
 def is_file_store(uri: str) -> bool:
     """True when ``uri`` names MLflow's file store: a folder, or a ``file:`` URI."""
     return scheme(uri) in ("", "file")
-
-
-def check_mlflow(uri: str, key: str = "tracking.mlflow") -> None:
-    """Raise ConfigError, naming ``key``, for a URI with credentials in it, or unless MLflow (and for a
-    database URI its database layer) can be imported; MLflow is not imported here."""
-    from ray_rthpo.experiment.output import redact_uri
-
-    if redact_uri(uri) != uri:
-        raise ConfigError(f"{key} {redact_uri(uri)!r} holds credentials (shown as ***); they would be "
-                          "written to config.yaml, Ray's experiment state and the console. Give the URI "
-                          "without them, and the credentials in the environment: MLFLOW_TRACKING_USERNAME "
-                          "and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) for a tracking server.")
-    if not _installed("mlflow"):
-        raise ConfigError(f"{key} is {uri!r}, but MLflow is not installed; pip install mlflow-skinny (or pip "
-                          "install -e '.[tracking]'), or delete the tracking section to log nothing.")
-    if scheme(uri) in DATABASE_SCHEMES:
-        missing = [m for m in ("sqlalchemy", "alembic") if not _installed(m)]
-        if missing:
-            raise ConfigError(f"{key} is {uri!r}, a database store, which needs {' and '.join(missing)} (not "
-                              "part of mlflow-skinny); pip install mlflow (the full package), or log to a "
-                              "folder (tracking.mlflow: file:///abs/mlruns) or a tracking server.")
 
 
 def tracking_uri(uri: str, cwd: Path | None = None) -> str:

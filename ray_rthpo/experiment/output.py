@@ -4,50 +4,17 @@ config) or cannot be written, and where Ray keeps its checkpoints (never a URI w
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from ray_rthpo.errors import RTHPOError
 from ray_rthpo.experiment.config import ExperimentConfig
+from ray_rthpo.uris import redact_uri
 
 #: Files whose presence means a folder already holds an experiment (never overwritten silently).
 MARKERS = ("config.yaml", "summary.md", "trials.csv", "ray")
 #: Sub-folder of the output holding each strategy's journal (``NAME.jsonl``, every reported epoch as it
 #: arrives) and, once the strategy is over, ``NAME.done.json`` (its wall seconds and errors).
 PROGRESS_DIR = "progress"
-
-
-#: A URI's user-info (``s3://KEY:SECRET@bucket``), query parameters that carry secrets
-#: (``?access_key=...&secret_key=...`` as pyarrow reads them, pre-signed ``X-Amz-Signature``), and AWS key ids.
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_SECRET_PARAM = re.compile(
-    r"(?P<name>[?&;](?:access[_-]?key(?:[_-]?id)?|secret(?:[_-]?(?:access[_-]?)?key)?|session[_-]?token|token|"
-    r"password|passwd|sig|signature|credential|x-amz-credential|x-amz-signature|x-amz-security-token|"
-    r"aws_access_key_id|aws_secret_access_key|aws_session_token|sas|account[_-]?key)=)(?P<value>[^&;#]*)",
-    re.IGNORECASE)
-_AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA)[0-9A-Z]{16}\b")
-
-
-def _without_userinfo(uri: str) -> str:
-    """``scheme://USER:SECRET@host/...`` -> ``scheme://***@host/...``. The secret may hold unescaped ``/``
-    (AWS secret keys do): everything before the last ``@`` of the address is user-info when it holds a ``:``
-    or no ``/``."""
-    scheme = _SCHEME.match(uri)
-    if scheme is None:
-        return uri
-    rest = uri[scheme.end():]
-    end = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
-    at = rest.rfind("@", 0, end)
-    if at < 0 or ("/" in rest[:at] and ":" not in rest[:at]):
-        return uri
-    return f"{scheme.group(0)}***@{rest[at + 1:]}"
-
-
-def redact_uri(uri: str) -> str:
-    """``uri`` with every credential it carries replaced by ``***`` (safe to print or write)."""
-    text = _without_userinfo(uri)
-    text = _SECRET_PARAM.sub(lambda m: f"{m['name']}***", text)
-    return _AWS_KEY_ID.sub("***", text)
 
 
 def check_storage_path(storage_path: str | None) -> None:

@@ -186,6 +186,7 @@ def _workers_trial_resources(exp: ExperimentConfig, *, joined: bool, note: Progr
     spread the workers over nodes). Sets the workers :func:`~ray_rthpo.tune.trainable.fresh_train_fn` uses."""
     import ray
 
+    from ray_rthpo.tune.train_workers import workers_train_fn
     from ray_rthpo.tune.trainable import use_workers
 
     res = exp.resources
@@ -211,7 +212,7 @@ def _workers_trial_resources(exp: ExperimentConfig, *, joined: bool, note: Progr
         if not joined:
             raise ConfigError(message)
         note(f"warning: {message}")
-    use_workers(spec)
+    use_workers(spec, workers_train_fn)
     return exp.resources.as_ray()
 
 
@@ -405,16 +406,17 @@ def restored_run_config(tuner: Any) -> Any:
 
 
 def tracking_callbacks(exp: ExperimentConfig, experiment_path: str, runs: list[tuple[int, Any]], *,
-                       shared: bool) -> list[Any]:
+                       live_sequence: Callable[[str], Any] | None = None) -> list[Any]:
     """The ``RunConfig`` callbacks that log the trials of Tune experiment ``experiment_path``, which runs the
-    ``runs`` ((seed, strategy) pairs; ``shared``: a sequence of them, else one) to MLflow: Ray's
+    ``runs`` ((seed, strategy) pairs; ``live_sequence``: the shared sequence's lookup, else one run) to MLflow:
+    Ray's
     ``MLflowLoggerCallback`` (:mod:`ray_rthpo.tune.tracking`). None, and nothing imported, when the
     experiment's ``tracking`` is off."""
     if not exp.tracking.enabled:
         return []
     from ray_rthpo.tune import tracking
 
-    return tracking.tracking_callbacks(exp, experiment_path=experiment_path, runs=runs, shared=shared)
+    return tracking.tracking_callbacks(exp, experiment_path=experiment_path, runs=runs, live_sequence=live_sequence)
 
 
 def tracking_env(exp: ExperimentConfig) -> contextlib.AbstractContextManager[None]:
@@ -453,9 +455,10 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
                           f"of resources.workers {exp.resources.workers} keep theirs in Ray Train's storage; "
                           "use scheduler fifo or asha, or resources.workers: 1.")
     if resources is None:  # else trial_resources chose the workers (and whether they get their GPUs)
+        from ray_rthpo.tune.train_workers import workers_train_fn
         from ray_rthpo.tune.trainable import use_workers
 
-        use_workers(worker_spec(exp))
+        use_workers(worker_spec(exp), workers_train_fn)
     seed = exp.seed if seed is None else int(seed)
     repetition = seed - exp.seed
     name = exp.run_name(strategy, seed)
@@ -472,7 +475,7 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
     # PBT restores trials from *other* trials' latest checkpoints: keep a few, so that a donor's next report
     # cannot delete the one being cloned.
     retention = retention_callback(keep_last=4 if strategy.scheduler == "pbt" else 1)
-    logged = tracking_callbacks(exp, experiment_path, [(seed, strategy)], shared=False)  # MLflow, if asked
+    logged = tracking_callbacks(exp, experiment_path, [(seed, strategy)])  # MLflow, if asked
     if restoring:
         progress(f"[{name}] resuming the Tune experiment in {experiment_path} "
                  f"({len({row['trial_id'] for row in earlier})} trial(s) already reported, "

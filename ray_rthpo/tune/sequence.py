@@ -549,7 +549,7 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
     router = _routing_callback(experiment_path, callbacks, announce)
     retention = retention_callback(keep_last=1)
     # MLflow, if asked: every trial a run, tagged with the run (strategy, seed) it belongs to
-    logged = tracking_callbacks(exp, experiment_path, runs, shared=True)
+    logged = tracking_callbacks(exp, experiment_path, runs, live_sequence=live_sequence)
     trainable = tune.with_resources(fresh_train_fn(), resources)
     if restoring:
         progress(f"[sequence] resuming the Tune experiment in {experiment_path} "

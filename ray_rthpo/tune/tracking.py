@@ -114,10 +114,9 @@ class RTHPOMLflowLoggerCallback(MLflowLoggerCallback):
 
 
 def _sequence_tags(experiment_path: str, by_run: Mapping[str, Mapping[str, str]],
-                   trial: Any) -> dict[str, str]:
-    """The tags of a trial of the sequence at ``experiment_path``: those of the run it belongs to."""
-    from ray_rthpo.tune.sequence import live_sequence
-
+                   live_sequence: Callable[[str], Any], trial: Any) -> dict[str, str]:
+    """The tags of a trial of the sequence at ``experiment_path`` (found by ``live_sequence``, the sequence's
+    own lookup): those of the run it belongs to."""
     sequence = live_sequence(experiment_path)
     run = None if sequence is None else sequence.run_of(trial.trial_id)
     return dict(by_run.get(run.name, {})) if run is not None else {}
@@ -133,19 +132,19 @@ def run_tags(exp: Any, strategy: Any, seed: int) -> dict[str, str]:
 
 
 def tracking_callbacks(exp: Any, *, experiment_path: str, runs: list[tuple[int, Any]],
-                       shared: bool) -> list[Any]:
+                       live_sequence: Callable[[str], Any] | None = None) -> list[Any]:
     """The ``RunConfig`` callbacks that log the trials of Tune experiment ``experiment_path`` (none when
-    ``exp.tracking`` is off). ``runs``: its (seed, strategy) pairs; ``shared``: the comparison's sequence,
-    whose trials are tagged with the run Tune's trial belongs to (found by trial id), else one run, whose
-    tags every trial gets."""
+    ``exp.tracking`` is off). ``runs``: its (seed, strategy) pairs. ``live_sequence``: for the comparison's
+    shared sequence, its lookup (``ray_rthpo.tune.sequence.live_sequence``), whose trials are tagged with
+    the run Tune's trial belongs to (found by trial id); None: one run, whose tags every trial gets."""
     tracking = exp.tracking
     if not tracking.enabled:
         return []
     tags: dict[str, str] | None = None
     tags_of = None
-    if shared:
+    if live_sequence is not None:
         by_run = {exp.run_name(strategy, seed): run_tags(exp, strategy, seed) for seed, strategy in runs}
-        tags_of = functools.partial(_sequence_tags, experiment_path, by_run)
+        tags_of = functools.partial(_sequence_tags, experiment_path, by_run, live_sequence)
     else:
         ((seed, strategy),) = runs
         tags = run_tags(exp, strategy, seed)

@@ -149,18 +149,21 @@ def train_fn(config: dict[str, Any]) -> None:
         checkpoint_s += time.perf_counter() - begin
 
 
-#: The Ray Train workers of the experiment this driver process runs (``resources.workers`` > 1), set by
-#: :func:`use_workers` (``ray_rthpo.tune.runner.trial_resources`` and ``run_strategy`` do); None: one process.
-_WORKERS: Any = None
+#: The Ray Train workers of the experiment this driver process runs (``resources.workers`` > 1) and the
+#: function that runs one trial on them, set by :func:`use_workers` (``ray_rthpo.tune.runner.trial_resources``
+#: and ``run_strategy`` do, with ``ray_rthpo.tune.train_workers.workers_train_fn``); None: one process.
+_WORKERS: tuple[Any, Callable[[dict[str, Any], Any], None]] | None = None
 
 
-def use_workers(spec: Any) -> None:
+def use_workers(spec: Any, run: Callable[[dict[str, Any], Any], None] | None = None) -> None:
     """From now on :func:`fresh_train_fn` makes trials of ``spec`` (a
-    :class:`~ray_rthpo.tune.train_workers.WorkerSpec`: each trial a Ray Train ``TorchTrainer`` of its
-    workers),
-    or single-process trials when ``spec`` is None."""
+    :class:`~ray_rthpo.tune.train_workers.WorkerSpec`), each run by ``run(config, spec)`` (a Ray Train
+    ``TorchTrainer`` of its workers), or single-process trials when ``spec`` is None."""
     global _WORKERS
-    _WORKERS = spec
+    if spec is not None and run is None:
+        raise TypeError("use_workers(spec, run): pass the function that runs a trial on the workers, "
+                        "ray_rthpo.tune.train_workers.workers_train_fn.")
+    _WORKERS = None if spec is None else (spec, run)  # type: ignore[assignment]
 
 
 def fresh_train_fn() -> Callable[[dict[str, Any]], None]:
@@ -170,16 +173,14 @@ def fresh_train_fn() -> Callable[[dict[str, Any]], None]:
     wrapping the module's ``train_fn`` would make a later ``tune.run(train_fn, resources_per_trial=...)``
     in the same process fail. Each experiment wraps its own copy instead.
 
-    After ``use_workers(spec)`` with a spec, the copy runs each trial on ``spec.workers`` Ray Train workers
-    (:func:`ray_rthpo.tune.train_workers.workers_train_fn`), under the same name.
+    After ``use_workers(spec, run)`` with a spec, the copy runs each trial on ``spec.workers`` Ray Train
+    workers (``run(config, spec)``), under the same name.
     """
     if _WORKERS is not None:
-        from ray_rthpo.tune.train_workers import workers_train_fn
-
-        spec = _WORKERS
+        spec, run = _WORKERS
 
         def workers_fn(config: dict[str, Any]) -> None:
-            workers_train_fn(config, spec)
+            run(config, spec)
 
         # trials named as single-process ones
         workers_fn.__name__ = workers_fn.__qualname__ = train_fn.__name__
