@@ -5,7 +5,8 @@
     python experiments/table1.py --workload resnet18_cifar10 --address auto      # on a GPU cluster
 
 Workloads are the YAML files in configs/table1/ (paper settings, the grids, the paper's numbers).
-What each number means: ray_rthpo/report/table1.py. How the rows are run: ray_rthpo/experiment/table1.py.
+What each number means: ray_rthpo/table1/report.py. How the rows are run: ray_rthpo/table1/config.py
+(the experiments) and ray_rthpo/table1/run.py (on Ray).
 """
 
 from __future__ import annotations

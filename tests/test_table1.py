@@ -1,4 +1,4 @@
-"""Pure unit tests of ray_rthpo.report.table1 (the paper's Table 1) on hand-built tables (no Ray)."""
+"""Pure unit tests of ray_rthpo.table1.report (the paper's Table 1) on hand-built tables (no Ray)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from ray_rthpo import metrics as M
-from ray_rthpo.report import table1 as T
+from ray_rthpo.table1 import report as T
 
 _clock = count(1)
 

@@ -15,7 +15,7 @@ import yaml
 
 from ray_rthpo.cli import main
 from ray_rthpo.errors import ConfigError
-from ray_rthpo.experiment.table1 import (
+from ray_rthpo.table1.config import (
     EQUAL_COMPUTE_STRATEGIES,
     ROWS,
     SEARCH_STRATEGIES,

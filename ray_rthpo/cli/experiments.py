@@ -176,8 +176,8 @@ def add_table1_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_table1_command(args: argparse.Namespace) -> int:
-    from ray_rthpo.experiment.table1 import load_table1, table1_experiments
-    from ray_rthpo.tune.table1_run import run_table1
+    from ray_rthpo.table1.config import load_table1, table1_experiments
+    from ray_rthpo.table1.run import run_table1
 
     path = Path(args.workload)
     if not path.suffix:

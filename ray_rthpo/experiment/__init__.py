@@ -1,2 +1,4 @@
 """What an experiment is, without Ray: its typed config (``config``), search spaces (``spaces``), each
-strategy resolved once (``strategy``), the output folder (``output``) and the paper's Table 1 (``table1``)."""
+strategy resolved once (``strategy``) and the output folder (``output``). The paper's Table 1 has its own
+package, :mod:`ray_rthpo.table1`, whose config layer (``ray_rthpo.table1.config``) is torch- and Ray-free
+too."""

@@ -163,7 +163,8 @@ def _same(values: pd.Series, target: float) -> pd.Series:
     """values == target for floats, with NaN equal to NaN and a relative tolerance of 1e-9."""
     if math.isnan(target):
         return values.isna()
-    return pd.Series(np.isclose(values.to_numpy(dtype=float), target, rtol=1e-9, atol=0.0), index=values.index)
+    close = np.isclose(values.to_numpy(dtype=float), target, rtol=1e-9, atol=0.0)
+    return pd.Series(close, index=values.index)
 
 
 def _cell(runs: pd.DataFrame) -> tuple[float, float, int, int]:
@@ -228,9 +229,10 @@ def table1(df: pd.DataFrame, specs: Sequence[RowSpec]) -> pd.DataFrame:
     ``fixed_eta_*`` / ``fixed_beta_*``: mean and std (percent) of the run test accuracies at the best
     η̄ (over β) / at the best β (over η̄), the number of runs ``n`` in the cell and how many of them
     diverged; ``top``: the best run's test accuracy (percent) and ``top_diverged``; ``best_trial``,
-    ``best_epoch``, ``best_eta0``, ``best_beta``: the best run and its result ("", <NA>, NaN when none); ``time_min``: compute
-    minutes (per run for grid2d, total otherwise; see the module doc); ``runs``, ``diverged_runs``;
-    ``note``: why a row is empty or unusual. Accuracies not applicable to a kind are NaN with n = 0.
+    ``best_epoch``, ``best_eta0``, ``best_beta``: the best run and its result ("", <NA>, NaN when none);
+    ``time_min``: compute minutes (per run for grid2d, total otherwise; see the module doc); ``runs``,
+    ``diverged_runs``; ``note``: why a row is empty or unusual. Accuracies not applicable to a kind are NaN
+    with n = 0.
     """
     rows = [_row(df, spec) for spec in specs]
     table = pd.DataFrame(rows, columns=list(TABLE1_COLUMNS))
@@ -285,8 +287,9 @@ def table1_markdown(table: pd.DataFrame, caption: str,
                     paper: Mapping[str, Mapping[str, str]] | None = None) -> str:
     """Markdown of :func:`table1`'s output in the paper's layout (``| | Fixed η̄ (%) | Fixed β (%) |
     Top (%) | Time (min) |``), then, when ``paper`` maps label -> {"fixed_eta", "fixed_beta", "top",
-    "time"} (strings, shown verbatim; a missing key shows ``-``), a second table "Paper" right below with the same layout (labels
-    in our order, then any others), then the caption, then notes († and per-row notes).
+    "time"} (strings, shown verbatim; a missing key shows ``-``), a second table "Paper" right below with
+    the same layout (labels in our order, then any others), then the caption, then notes († and per-row
+    notes).
 
     Cells: ``98.42 ± 0.08`` (mean ± std, percent), ``†k`` when k runs of the cell diverged; Top as
     ``98.49`` (``†`` when the best run diverged), the highest Top of the table in bold (every tie,

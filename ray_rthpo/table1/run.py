@@ -2,11 +2,11 @@
 
     python experiments/table1.py --workload mlp_mnist --set train.epochs=5 --output runs/table1_mlp_mnist
 
-:mod:`ray_rthpo.experiment.table1` turns a workload config into two experiments; :func:`run_table1` runs
+:mod:`ray_rthpo.table1.config` turns a workload config into two experiments; :func:`run_table1` runs
 them one after the other (:func:`ray_rthpo.tune.compare.run_comparison`) and writes ``table1.md``,
 ``table1.csv``, ``runs.csv``, ``table1.json``, ``sensitivity.png``, ``accuracy_vs_compute.png`` and
 ``eta_schedules.png`` atomically into the output folder (every number is defined in
-:mod:`ray_rthpo.report.table1`).
+:mod:`ray_rthpo.table1.report`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from typing import Any
 import pandas as pd
 
 from ray_rthpo.errors import RTHPOError
-from ray_rthpo.experiment.table1 import (
+from ray_rthpo.report.files import atomic_save_figure, atomic_write_text
+from ray_rthpo.table1 import report as T
+from ray_rthpo.table1.config import (
     EQUAL_DIR,
     ROWS,
     SEARCH_DIR,
@@ -30,8 +32,6 @@ from ray_rthpo.experiment.table1 import (
     mean_run_seconds,
     table1_experiments,
 )
-from ray_rthpo.report import table1 as T
-from ray_rthpo.report.files import atomic_save_figure, atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,11 @@ def run_table1(cfg: Table1Config, out: Path, *, joined: bool = False, resume: bo
     start = time.time()
     out = Path(out)
     if out.exists() and not resume and any((out / d).exists() for d in (SEARCH_DIR, EQUAL_DIR, "table1.md")):
-        raise RTHPOError(f"output folder {str(out)!r} already holds a Table 1 run; continue it with --resume, or "
-                         "choose another --output.")
+        raise RTHPOError(f"output folder {str(out)!r} already holds a Table 1 run; continue it with "
+                         "--resume, or choose another --output.")
     out.mkdir(parents=True, exist_ok=True)
-    search_exp, _ = table1_experiments(cfg, reference_run_s=1.0)  # a bad equal-compute row fails now, not in an hour
+    # a bad equal-compute row fails now, not in an hour
+    search_exp, _ = table1_experiments(cfg, reference_run_s=1.0)
     progress(f"# Table 1, {cfg.workload}: the paper's rows ({len(search_exp.strategies)} strategies)")
     first = run_comparison(search_exp, out / SEARCH_DIR, joined=joined, progress=progress,
                            resume=resume and (out / SEARCH_DIR / "config.yaml").is_file())
@@ -84,8 +85,8 @@ def run_table1(cfg: Table1Config, out: Path, *, joined: bool = False, resume: bo
     runs = pd.concat([T.run_results(trials, s.strategy).assign(strategy=s.strategy, row=s.label)
                       for s in ROWS if s.strategy in set(trials["strategy"])], ignore_index=True)
     atomic_write_text(out / "runs.csv", runs.to_csv(index=False))
-    atomic_write_text(out / "table1.json", json.dumps({**meta, "table": json.loads(table.to_json(orient="records"))},
-                                                      indent=2, default=str))
+    rows = json.loads(table.to_json(orient="records"))
+    atomic_write_text(out / "table1.json", json.dumps({**meta, "table": rows}, indent=2, default=str))
     grids = {s.label: T.sensitivity_grid(trials, s.strategy) for s in ROWS if s.kind in ("grid2d", "grid1d")}
     atomic_save_figure(T.plot_sensitivity(grids), out / "sensitivity.png", dpi=110)
     atomic_save_figure(T.plot_accuracy_vs_compute(trials, ROWS), out / "accuracy_vs_compute.png", dpi=110)

@@ -1,11 +1,11 @@
-"""The paper's Table 1 for one workload: its config and the two experiments that produce it (no Ray).
+"""The paper's Table 1 for one workload: its config and the two experiments that produce it (no Ray or torch).
 
     python experiments/table1.py --workload mlp_mnist --set train.epochs=5 --output runs/table1_mlp_mnist
 
 A workload config (``configs/table1/NAME.yaml``, :class:`Table1Config`) names the run config, the η̄ and
 β grids and the sizes of the other rows. :func:`table1_experiments` turns it into two experiments
 (:class:`~ray_rthpo.experiment.config.ExperimentConfig`), run one after the other by
-:func:`ray_rthpo.report.table1_run.run_table1`:
+:func:`ray_rthpo.table1.run.run_table1`:
 
 1. ``search/``: the paper's rows. First-order (Train), First-order (Val) and RT-HPO each run the full
    η̄ × β grid (Ray's grid search); Grid Search runs the η̄ grid with the config's schedule; AdaDelta one
@@ -16,7 +16,7 @@ A workload config (``configs/table1/NAME.yaml``, :class:`Table1Config`) names th
    η mutated every ``pbt_perturbation_interval`` epochs), Prodigy and Schedule-Free SGD. They may run up
    to ``equal_compute_epochs`` epochs; the budget ends them.
 
-Every row selects on validation accuracy; :mod:`ray_rthpo.report.table1` defines each number. The outputs
+Every row selects on validation accuracy; :mod:`ray_rthpo.table1.report` defines each number. The outputs
 (``table1.md``, ``table1.csv``, ``runs.csv``, ``table1.json``, ``sensitivity.png``,
 ``accuracy_vs_compute.png``, ``eta_schedules.png``) are written atomically into the output folder.
 """
@@ -42,7 +42,7 @@ from ray_rthpo.experiment.config import (
     read_base,
     set_path,
 )
-from ray_rthpo.report import table1 as T
+from ray_rthpo.table1 import report as T
 
 #: Strategy name, row label and row kind of every row, in the table's order.
 ROWS: tuple[T.RowSpec, ...] = (
@@ -90,7 +90,8 @@ class Table1Config:
     # Learning rates of the learning-rate-free rows (Prodigy: 1.0 as its authors recommend).
     prodigy_eta0: float = 1.0
     schedule_free_eta0: float = 1.0
-    # Epochs the equal-compute rows may run (their budget, RT-HPO's mean run compute, ends them); null: train.epochs.
+    # Epochs the equal-compute rows may run (their budget, RT-HPO's mean run compute, ends them);
+    # null: train.epochs.
     equal_compute_epochs: int | None = None
     resources: Resources = field(default_factory=Resources)
     max_concurrent: int = 2
@@ -113,16 +114,19 @@ class Table1Config:
         for key in ("adadelta_eta0", "prodigy_eta0", "schedule_free_eta0"):
             check(getattr(self, key) > 0, f"{key} must be > 0, but got {getattr(self, key)!r}.")
         check(self.bo_trials >= 2, f"bo_trials must be an integer >= 2, but got {self.bo_trials!r}.")
-        check(self.pbt_population >= 2, f"pbt_population must be an integer >= 2, but got {self.pbt_population!r}.")
+        check(self.pbt_population >= 2,
+              f"pbt_population must be an integer >= 2, but got {self.pbt_population!r}.")
         check(self.pbt_perturbation_interval >= 1,
-              f"pbt_perturbation_interval must be an integer >= 1, but got {self.pbt_perturbation_interval!r}.")
+              "pbt_perturbation_interval must be an integer >= 1, but got "
+              f"{self.pbt_perturbation_interval!r}.")
         check(self.equal_compute_epochs is None or self.equal_compute_epochs >= 1,
               f"equal_compute_epochs must be null or an integer >= 1, but got {self.equal_compute_epochs!r}.")
         check(self.paper is None or isinstance(self.paper, dict),
               f"paper must map row labels to their numbers, but got {self.paper!r}.")
         labels = {spec.label for spec in ROWS}
         unknown = sorted(set(self.paper or {}) - labels)
-        check(not unknown, f"paper has rows {unknown} that Table 1 does not have; use: {', '.join(sorted(labels))}.")
+        check(not unknown,
+              f"paper has rows {unknown} that Table 1 does not have; use: {', '.join(sorted(labels))}.")
 
     @property
     def epochs(self) -> int:
@@ -135,14 +139,16 @@ def load_table1(path: str | Path, overrides: Sequence[str] = ()) -> Table1Config
     config, ``bo_trials=4`` to the workload). Strict about keys and types; errors name the key and the fix."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"no Table 1 workload config at {str(path)!r}; the workloads are in configs/table1/.")
+        raise ConfigError(f"no Table 1 workload config at {str(path)!r}; the workloads are in "
+                          "configs/table1/.")
     data = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a Table 1 config must be a mapping, but got {data!r}.")
     data = read_base(data, path.parent)  # base: a run-config path, relative to this file
     base_overrides = data.pop("base_overrides", None) or {}
     if not isinstance(base_overrides, dict):
-        raise ConfigError(f"{path}: base_overrides must map run-config keys to values, but got {base_overrides!r}.")
+        raise ConfigError(f"{path}: base_overrides must map run-config keys to values, but got "
+                          f"{base_overrides!r}.")
     data["base"] = dict(data.get("base") or {})
     for key, value in flatten(base_overrides).items():
         data = set_path(data, ["base", *key.split(".")], value, key)
@@ -156,7 +162,8 @@ def _grid_space(values: Sequence[float]) -> dict[str, Any]:
 
 
 def table1_experiments(cfg: Table1Config, *, cwd: Path | None = None,
-                       reference_run_s: float | None = None) -> tuple[ExperimentConfig, ExperimentConfig | None]:
+                       reference_run_s: float | None = None,
+                       ) -> tuple[ExperimentConfig, ExperimentConfig | None]:
     """The two experiments of a workload: the paper's rows (no budget cut: every grid completes) and,
     when ``reference_run_s`` (the mean compute seconds of one RT-HPO run) is known, the equal-compute
     rows under that budget."""
@@ -171,14 +178,16 @@ def table1_experiments(cfg: Table1Config, *, cwd: Path | None = None,
     search = {
         "name": "search", "base": base, "budget_s": 1.0e12, **common,
         "strategies": [
-            *({"name": m, "method": m, "searcher": "grid", "space": grid2d} for m in ("hd_train", "hd_val", "rthpo")),
+            *({"name": m, "method": m, "searcher": "grid", "space": grid2d}
+              for m in ("hd_train", "hd_val", "rthpo")),
             {"name": "grid", "searcher": "grid", "overrides": sgd_schedule,
              "space": {"lr.eta0": _grid_space(cfg.eta0_grid)}},
             {"name": "adadelta", "method": "adadelta", "searcher": "random", "num_samples": 1,
              "overrides": {"lr.eta0": cfg.adadelta_eta0}},
             {"name": "bo_skopt", "searcher": "skopt", "num_samples": cfg.bo_trials, "overrides": sgd_schedule,
              "space": {"lr.eta0": eta_range}},
-            {"name": "bo_optuna", "searcher": "optuna_tpe", "num_samples": cfg.bo_trials, "overrides": sgd_schedule,
+            {"name": "bo_optuna", "searcher": "optuna_tpe", "num_samples": cfg.bo_trials,
+             "overrides": sgd_schedule,
              "space": {"lr.eta0": eta_range}},
         ],
     }
@@ -186,8 +195,9 @@ def table1_experiments(cfg: Table1Config, *, cwd: Path | None = None,
     if reference_run_s is None:
         return search_exp, None
     if not (math.isfinite(reference_run_s) and reference_run_s > 0):
-        raise RTHPOError(f"the RT-HPO rows reported no usable compute ({reference_run_s!r} s per run), so the "
-                         "equal-compute rows have no budget; check search/trials.csv for failed RT-HPO trials.")
+        raise RTHPOError(f"the RT-HPO rows reported no usable compute ({reference_run_s!r} s per run), so "
+                         "the equal-compute rows have no budget; check search/trials.csv for failed RT-HPO "
+                         "trials.")
     epochs = {"train.epochs": cfg.equal_compute_epochs or cfg.epochs}
     equal = {
         "name": "equal_compute", "base": base, "budget_s": float(reference_run_s), **common,
@@ -211,16 +221,21 @@ def mean_run_seconds(trials: pd.DataFrame, strategy: str = REFERENCE_STRATEGY) -
 
 
 def caption(cfg: Table1Config, meta: dict[str, Any]) -> str:
+    """The caption under the table: the workload, its run settings, both grids, the rows' sizes and the
+    device and budget in ``meta`` (``reference_run_s``, ``device``)."""
     eq_epochs = cfg.equal_compute_epochs or cfg.epochs
-    return (f"{cfg.workload}: test accuracy of the run chosen on validation accuracy. {cfg.epochs} epoch(s) per "
-            f"run, batch {cfg.base.data.batch_size}, vanilla SGD (momentum {cfg.base.optim.momentum:g}, weight "
-            f"decay {cfg.base.optim.weight_decay:g}), seed {cfg.base.train.seed}; η̄ grid "
-            f"{[T.format_power(v) for v in cfg.eta0_grid]}, β grid {[T.format_power(v) for v in cfg.beta_grid]}; "
+    return (f"{cfg.workload}: test accuracy of the run chosen on validation accuracy. {cfg.epochs} epoch(s) "
+            f"per run, batch {cfg.base.data.batch_size}, vanilla SGD (momentum {cfg.base.optim.momentum:g}, "
+            f"weight decay {cfg.base.optim.weight_decay:g}), seed {cfg.base.train.seed}; η̄ grid "
+            f"{[T.format_power(v) for v in cfg.eta0_grid]}, "
+            f"β grid {[T.format_power(v) for v in cfg.beta_grid]}; "
             f"Grid Search and BO use {cfg.grid_method}"
-            f"{f' (γ {cfg.grid_gamma:g} per epoch)' if cfg.grid_method == 'exp_decay' else ''}, BO {cfg.bo_trials} "
+            f"{f' (γ {cfg.grid_gamma:g} per epoch)' if cfg.grid_method == 'exp_decay' else ''}, "
+            f"BO {cfg.bo_trials} "
             f"trials each. The last three rows run up to {eq_epochs} epochs under a budget of "
             f"{meta['reference_run_s']:.1f} compute-s (the mean compute of one RT-HPO run). Time: minutes of "
-            f"compute for one run (First-order, RT-HPO, AdaDelta, Prodigy, Schedule-Free) or for all runs of the "
+            "compute for one run (First-order, RT-HPO, AdaDelta, Prodigy, Schedule-Free) or for all runs of "
+            "the "
             f"row (Grid Search, BO, PBT), on {meta['device']}. † marks cells that include diverged runs.")
 
 
