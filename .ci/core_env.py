@@ -5,8 +5,8 @@
 A fresh virtualenv without system site packages gets the distributions that torch and pytest need (their
 requirement closure, read from this interpreter's installed metadata and linked, not copied: torch with its
 CUDA wheels is gigabytes); then ``pip install -e .`` resolves the project's own requirements there, which must
-add nothing (torch is present), and the env must not be able to import Ray or any module of the extra ``tune``.
-Then the optimizer's tests run with that env's interpreter; tests marked ``harness`` skip there.
+add nothing (torch is present), and the env must not be able to import Ray or any module of the extra
+``tune``. Then the optimizer's tests run with that env's interpreter; tests marked ``harness`` skip there.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def main(env_dir: str) -> int:
     env = Path(env_dir)
     venv.EnvBuilder(clear=True, with_pip=True, system_site_packages=False).create(env)
     python = env / "bin" / "python"
-    site = Path(subprocess.check_output([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    site = Path(subprocess.check_output([str(python), "-c", "import sysconfig; "
+                                                            "print(sysconfig.get_paths()['purelib'])"],
                                         text=True).strip())
     dists = closure(ROOTS)
     link_distributions(dists, site)
@@ -100,7 +101,7 @@ def main(env_dir: str) -> int:
     if [_name(n) for n in installed] != ["ray-rthpo"]:
         print(f"pip install -e . installed {installed}; it must install ray_rthpo alone (torch is present)")
         return 1
-    probe = "import importlib.util as u; print([m for m in %r if u.find_spec(m) is not None])" % (HARNESS,)
+    probe = f"import importlib.util as u; print([m for m in {HARNESS!r} if u.find_spec(m) is not None])"
     leaked = subprocess.check_output([str(python), "-c", probe], text=True).strip()
     if leaked != "[]":
         print(f"the core env can import {leaked}, which the core install must not bring")

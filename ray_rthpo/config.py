@@ -35,7 +35,8 @@ SCHEDULE_METHODS = ("fixed", "exp_decay", "cosine")
 #: Optimizers that set their own step size. prodigy, schedule_free, dog and dadapt need the optional extra
 #: lrfree (pip install -e '.[lrfree]'); they are checked when the run is built, not here.
 OPTIMIZER_METHODS = ("adadelta", "prodigy", "schedule_free", "dog", "dadapt")
-#: Methods whose lr (eta0, or a multiplier of their own step size) follows lr.schedule's shape when one is set.
+#: Methods whose lr (eta0, or a multiplier of their own step size) follows lr.schedule's shape when one is
+#: set.
 PEAK_SCHEDULED_METHODS = ("fixed", "prodigy", "dadapt")
 METHODS = HYPERGRADIENT_METHODS + SCHEDULE_METHODS + OPTIMIZER_METHODS
 HVP_MODES = settings.HVP_ROUTES
@@ -133,7 +134,8 @@ def check_args(key: str, args: Any, spec: str | None) -> None:
     if args is None:
         return
     if not isinstance(args, dict) or not all(isinstance(k, str) and k.isidentifier() for k in args):
-        raise ConfigError(f"{key} must be a mapping of keyword arguments (e.g. {{hidden: 64}}), but got {args!r}.")
+        raise ConfigError(f"{key} must be a mapping of keyword arguments (e.g. {{hidden: 64}}), but "
+                          f"got {args!r}.")
     if spec is None:
         factory = key.rsplit("_", 1)[0]
         raise ConfigError(f"{key} is set ({args!r}) but {factory} is null; name the factory that takes them "
@@ -190,19 +192,23 @@ class DataConfig:
         check_choice("data.name", self.name, DATASETS)
         check_spec("data.factory", self.factory)
         check_args("data.factory_args", self.factory_args, self.factory)
-        check(not (self.factory and self.augment), "data.augment is true, but it crops and flips (N, C, H, W) "
+        check(not (self.factory and self.augment),
+              "data.augment is true, but it crops and flips (N, C, H, W) "
               "images of the built-in datasets only; with data.factory augment inside your data, and set "
               "data.augment: false.")
-        check(0.0 < self.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), but got {self.val_fraction!r}.")
+        check(0.0 < self.val_fraction < 1.0, "data.val_fraction must be in (0, 1), but got "
+                                             f"{self.val_fraction!r}.")
         for key in ("batch_size", "val_batch_size", "eval_batch_size", "fake_classes", "fake_train_size",
                     "fake_test_size"):
             value = getattr(self, key)
             check(value >= 1, f"data.{key} must be an integer >= 1, but got {value!r}.")
         for key in ("train_subset", "val_subset", "test_subset"):
             value = getattr(self, key)
-            check(value is None or value >= 1, f"data.{key} must be null or an integer >= 1, but got {value!r}.")
+            check(value is None or value >= 1, f"data.{key} must be null or an integer >= 1, but got "
+                                               f"{value!r}.")
         check(len(self.fake_shape) in (1, 3) and all(s >= 1 for s in self.fake_shape),
-              f"data.fake_shape must be [C, H, W] or [D] with positive sizes, but got {list(self.fake_shape)!r}.")
+              "data.fake_shape must be [C, H, W] or [D] with positive sizes, but got "
+              f"{list(self.fake_shape)!r}.")
         if self.fake_classes < 2:
             raise ConfigError(f"data.fake_classes must be >= 2, but got {self.fake_classes!r}.")
 
@@ -224,7 +230,8 @@ class ModelConfig:
         check_choice("model.name", self.name, MODELS)
         check_spec("model.factory", self.factory)
         check_args("model.factory_args", self.factory_args, self.factory)
-        check(all(h >= 1 for h in self.hidden), f"model.hidden must be positive widths, but got {list(self.hidden)!r}.")
+        check(all(h >= 1 for h in self.hidden), "model.hidden must be positive widths, but got "
+                                                f"{list(self.hidden)!r}.")
 
 
 @dataclass(frozen=True)
@@ -261,7 +268,8 @@ class Subsampling(NamedTuple):
 
 @dataclass(frozen=True)
 class LRConfig:
-    """How the learning rate is chosen: a hypergradient method, a fixed schedule, or a self-tuning optimizer."""
+    """How the learning rate is chosen: a hypergradient method, a fixed schedule, or a self-tuning
+    optimizer."""
 
     # rthpo | marthe | hd_train | hd_val | fixed | exp_decay | cosine | adadelta | prodigy | schedule_free
     # prodigy: prodigyopt.Prodigy (Adam-like, adapts d; optim.momentum is not used). schedule_free:
@@ -276,8 +284,8 @@ class LRConfig:
     # Hyper-learning rate beta. With the scale-free rules (the default, multiplicative) beta is the
     # relative change of eta per sqrt(T) steps under lr.beta_horizon sqrt (the default: 1, docs/horizon.md),
     # or per step under lr.beta_horizon step (docs/beta.md: 0.1). With lr.hyper_update additive, the
-    # paper's eq. (2): eta_{t+1} = eta_t - beta * h_t, whose scale differs by decades between models and optimizers (docs/results.md): set beta and search
-    # it on a log scale (1e-4 is a value for the MNIST MLP).
+    # paper's eq. (2): eta_{t+1} = eta_t - beta * h_t, whose scale differs by decades between models and
+    # optimizers (docs/results.md): set beta and search it on a log scale (1e-4 is a value for the MNIST MLP).
     beta: float = run_default("lr.beta")
     # How eta moves given the hypergradient: multiplicative (the default: eta (1 - beta cos), the cosine of
     # grad E and z), additive (the paper's eq. 2), adam_log (Adam on log eta) or sign_log (sign of a
@@ -338,7 +346,8 @@ class LRConfig:
         check_choice("lr.method", self.method, METHODS)
         # The keys that are RTHPO's settings: its ranges, fixes and rules (ray_rthpo/optim/settings.py), in
         # its words; the method joins them when it is RTHPO's (its rules with val_mode apply).
-        values = {key: getattr(self, key.split(".", 1)[1]) for key in settings.CONFIG_KEYS if key.startswith("lr.")}
+        values = {key: getattr(self, key.split(".", 1)[1]) for key in settings.CONFIG_KEYS
+                  if key.startswith("lr.")}
         if self.is_hypergradient:
             values["lr.method"] = self.method
         check_settings(values)
@@ -502,12 +511,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, but holds {type(data).__name__}.")
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, but holds "
+                          f"{type(data).__name__}.")
     return data
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """Parse one ``--set key=value`` override; the value is read as YAML (``1.0e-3``, ``true``, ``[1, 2]``)."""
+    """Parse one ``--set key=value`` override; the value is read as YAML (``1.0e-3``, ``true``,
+    ``[1, 2]``)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value (e.g. lr.eta0=0.05), but got {text!r}.")

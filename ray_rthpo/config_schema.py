@@ -63,7 +63,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if origin in (list, tuple):
         args = [a for a in get_args(tp) if a is not Ellipsis]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path} must be a {type_name(tp)}, but got {value!r}; write it as [a, b, ...].")
+            raise ConfigError(f"{path} must be a {type_name(tp)}, but got {value!r}; write it as "
+                              "[a, b, ...].")
         items = [_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)] if args else list(value)
         return tuple(items) if origin is tuple else items
     if tp is bool:

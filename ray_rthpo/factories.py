@@ -57,7 +57,8 @@ def uses_user_code(config: Config) -> bool:
 
 
 def workload_name(config: Config) -> str:
-    """``data/model`` as shown to the user: the dataset and model names, or the factories that replace them."""
+    """``data/model`` as shown to the user: the dataset and model names, or the factories that replace
+    them."""
     return f"{config.data.factory or config.data.name}/{config.model.factory or config.model.name}"
 
 
@@ -75,7 +76,8 @@ def _first_line(err: BaseException) -> str:
 
 
 def import_object(spec: str, key: str) -> Any:
-    """The callable ``spec`` (``module:attribute``) names; ConfigError naming ``key`` when it cannot be had."""
+    """The callable ``spec`` (``module:attribute``) names; ConfigError naming ``key`` when it cannot be
+    had."""
     check_spec(key, spec)
     module_name, _, attribute = spec.partition(":")
     where = f"{key} {spec!r}"
@@ -84,11 +86,13 @@ def import_object(spec: str, key: str) -> Any:
     except ModuleNotFoundError as err:
         missing = err.name or module_name
         if module_name == missing or module_name.startswith(missing + "."):
-            raise ConfigError(f"{where}: no module named {missing!r} on the Python path; {PATH_FIX}.") from None
+            raise ConfigError(f"{where}: no module named {missing!r} on the Python path; "
+                              f"{PATH_FIX}.") from None
         raise ConfigError(f"{where}: importing {module_name!r} failed ({_first_line(err)}); install what it "
                           "imports.") from None
     except Exception as err:  # the user's module raised while being imported
-        raise ConfigError(f"{where}: importing {module_name!r} raised {_first_line(err)}; fix that module.") from None
+        raise ConfigError(f"{where}: importing {module_name!r} raised {_first_line(err)}; fix "
+                          "that module.") from None
     for depth, part in enumerate(attribute.split(".")):
         if not hasattr(obj, part):
             owner = ".".join([module_name, *attribute.split(".")[:depth]])
@@ -130,8 +134,9 @@ def build_user_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes
     model = call_factory(build, "model.factory", cfg.factory, (tuple(input_shape), int(num_classes)),
                          dict(cfg.factory_args or {}))
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"model.factory {cfg.factory!r} returned a {type(model).__name__}, but must return a "
-                          "torch.nn.Module (build(input_shape, num_classes, **factory_args) -> nn.Module).")
+        raise ConfigError(f"model.factory {cfg.factory!r} returned a {type(model).__name__}, but "
+                          "must return a torch.nn.Module (build(input_shape, num_classes, **factory_args) -> "
+                          "nn.Module).")
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"model.factory {cfg.factory!r} returned a module without trainable parameters; "
                           "return the network to train.")
@@ -145,14 +150,14 @@ def resolve_loss(spec: str | None) -> LossFn:
     loss = import_object(spec, "train.loss")
     if isinstance(loss, type):
         if not issubclass(loss, nn.Module):
-            raise ConfigError(f"train.loss {spec!r} is the class {loss.__name__}, not a function; name a function "
-                              "loss(output, target) -> scalar, or a torch.nn.Module loss class.")
+            raise ConfigError(f"train.loss {spec!r} is the class {loss.__name__}, not a function; name "
+                              "a function loss(output, target) -> scalar, or a torch.nn.Module loss class.")
         loss = call_factory(loss, "train.loss", spec)
     return loss
 
 
-def check_model_and_loss(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, num_classes: int,
-                         config: Config) -> None:
+def check_model_and_loss(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
+                         num_classes: int, config: Config) -> None:
     """One forward pass and loss on a few examples (model in eval mode, so no random numbers are drawn and
     no BatchNorm statistics move): the output must be logits ``(N, num_classes)``, the loss one number
     that depends on the parameters."""
@@ -164,32 +169,37 @@ def check_model_and_loss(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: 
             try:
                 output = model(x)
             except Exception as err:
-                raise ConfigError(f"model.factory {spec!r}: its forward pass on a batch of shape {tuple(x.shape)} "
-                                  f"raised {_first_line(err)}; make the model take inputs (N, *input_shape) as the "
-                                  "data factory returns them.") from None
+                raise ConfigError(f"model.factory {spec!r}: its forward pass on a batch of shape "
+                                  f"{tuple(x.shape)} raised {_first_line(err)}; make the model take inputs "
+                                  "(N, *input_shape) as the data factory returns them.") from None
             if not isinstance(output, torch.Tensor) or output.shape != (x.shape[0], num_classes):
                 got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-                raise ConfigError(f"model.factory {spec!r}: the model returned {got} for a batch of {x.shape[0]}, "
-                                  f"but must return logits of shape ({x.shape[0]}, {num_classes}) "
-                                  "(batch, num_classes); accuracy is the argmax over classes.")
+                raise ConfigError(f"model.factory {spec!r}: the model returned {got} for a batch of "
+                                  f"{x.shape[0]}, but must return logits of shape "
+                                  f"({x.shape[0]}, {num_classes}) (batch, num_classes); accuracy is the "
+                                  "argmax over classes.")
             name = config.train.loss or "cross-entropy"
             try:
                 loss = loss_fn(output, y)
             except Exception as err:
-                raise ConfigError(f"train.loss {name!r} raised {_first_line(err)} on logits {tuple(output.shape)} "
-                                  f"and int64 labels {tuple(y.shape)}; make it loss(output, target).") from None
+                raise ConfigError(f"train.loss {name!r} raised {_first_line(err)} on logits "
+                                  f"{tuple(output.shape)} and int64 labels {tuple(y.shape)}; make it "
+                                  "loss(output, target).") from None
     finally:
         model.train(was_training)
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise ConfigError(f"train.loss {name!r} returned {got}, but must return a scalar tensor (the batch mean); "
-                          "reduce it, e.g. loss.mean().")
+        got = (f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor)
+               else type(loss).__name__)
+        raise ConfigError(f"train.loss {name!r} returned {got}, but must return a scalar tensor "
+                          "(the batch mean); reduce it, e.g. loss.mean().")
     if not loss.requires_grad:
-        raise ConfigError(f"train.loss {name!r} returned a loss that does not depend on the model (no gradient); "
-                          "compute it from output with torch operations, not .item() or numpy.")
+        raise ConfigError(f"train.loss {name!r} returned a loss that does not depend on the model "
+                          "(no gradient); compute it from output with torch operations, not "
+                          ".item() or numpy.")
 
 
-def resolve_pythonpath(paths: Iterable[str], config_file: str | Path | None, cwd: Path | None = None) -> list[str]:
+def resolve_pythonpath(paths: Iterable[str], config_file: str | Path | None,
+                       cwd: Path | None = None) -> list[str]:
     """``paths`` made absolute (against ``cwd``), then ``cwd`` and the folder of ``config_file``: what the
     command line puts in ``train.pythonpath`` so that trials import the user's code wherever they run."""
     cwd = (cwd or Path.cwd()).resolve()

@@ -169,8 +169,9 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
     if cfg.name == "mlp" and len(shape) >= 1 and all(s >= 1 for s in shape):
         return _mlp(shape, tuple(cfg.hidden), num_classes)
     if len(shape) != 3 or any(s < 1 for s in shape):
-        raise ConfigError(f"input_shape must be (C, H, W) with positive sizes for model.name {cfg.name}, but got "
-                          f"{tuple(input_shape)!r}; use model.name mlp or a model.factory for other inputs.")
+        raise ConfigError("input_shape must be (C, H, W) with positive sizes for model.name "
+                          f"{cfg.name}, but got {tuple(input_shape)!r}; use model.name mlp or a "
+                          "model.factory for other inputs.")
     chw = (shape[0], shape[1], shape[2])
     if cfg.name == "lenet":
         return LeNet(chw, num_classes)

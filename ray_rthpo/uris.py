@@ -12,7 +12,8 @@ from ray_rthpo.errors import ConfigError
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
 #: A URI's user-info (``s3://KEY:SECRET@bucket``), query parameters that carry secrets
-#: (``?access_key=...&secret_key=...`` as pyarrow reads them, pre-signed ``X-Amz-Signature``), and AWS key ids.
+#: (``?access_key=...&secret_key=...`` as pyarrow reads them, pre-signed ``X-Amz-Signature``), and AWS key
+#: ids.
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SECRET_PARAM = re.compile(
     r"(?P<name>[?&;](?:access[_-]?key(?:[_-]?id)?|secret(?:[_-]?(?:access[_-]?)?key)?|session[_-]?token|token|"

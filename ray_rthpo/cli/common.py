@@ -17,7 +17,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config file (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set lr.eta0=0.05 (repeatable)")
-    parser.add_argument("--output", default=None, metavar="DIR", help="output folder (default: runs/<config name>)")
+    parser.add_argument("--output", default=None, metavar="DIR",
+                        help="output folder (default: runs/<config name>)")
 
 
 def default_output(stem: str, *, resume: bool = False) -> Path:
@@ -50,8 +51,9 @@ def format_epoch(result: dict[str, Any]) -> str:
     test = result.get(M.TEST_ACC)
     test_txt = f" test/acc {test:.4f}" if isinstance(test, float) and math.isfinite(test) else ""
     flag = "  DIVERGED" if result.get(M.DIVERGED) else ""
-    return (f"epoch {result[M.EPOCH]:>3}  train/loss {result[M.TRAIN_LOSS]:.4f}  val/acc {result[M.VAL_ACC]:.4f}"
-            f"{test_txt}  lr {result[M.LR]:.5g}  h {result[M.HYPERGRAD]:+.3e}  {result[M.EPOCH_SECONDS]:.1f}s{flag}")
+    return (f"epoch {result[M.EPOCH]:>3}  train/loss {result[M.TRAIN_LOSS]:.4f}  val/acc "
+            f"{result[M.VAL_ACC]:.4f}{test_txt}  lr {result[M.LR]:.5g}  h {result[M.HYPERGRAD]:+.3e}  "
+            f"{result[M.EPOCH_SECONDS]:.1f}s{flag}")
 
 
 __all__ = ["add_common_arguments", "default_output", "user_code_paths", "format_epoch"]

@@ -74,7 +74,8 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     n_val = round(val_fraction * n)
     if not 1 <= n_val < n:
         raise DataError(f"data.val_fraction={val_fraction} of {n} training examples gives {n_val} validation "
-                        "examples; choose a val_fraction (or a larger dataset) that leaves both splits non-empty.")
+                        "examples; choose a val_fraction (or a larger dataset) that leaves both splits "
+                        "non-empty.")
     perm = np.random.default_rng(seed).permutation(n)
     return perm[n_val:], perm[:n_val]
 

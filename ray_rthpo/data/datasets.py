@@ -168,7 +168,8 @@ def _not_found_message(name: str, roots: list[Path], defaulted: bool) -> str:
     else:
         expected = "cifar-100-python/ or train/<class>/ + test/<class>/ image folders"
         folder = "cifar-100-python/"
-    hint = " (offline tests use name: fake with fake_classes: 100, fake_shape: [3, 32, 32])" if name == "cifar100" else ""
+    hint = (" (offline tests use name: fake with fake_classes: 100, fake_shape: [3, 32, 32])"
+            if name == "cifar100" else "")
     searched = "searched" if defaulted else "data.data_dir"
     return (f"{name} not found ({searched}: {where}); expected {expected}: set data.data_dir to a folder "
             f"with {folder}, or data.download: true (needs internet){hint}.")
@@ -186,8 +187,8 @@ def _load_digits() -> dio.Raw:
     from ray_rthpo.report.files import atomic_write_bytes
 
     spec = importlib.util.find_spec("sklearn")
-    source = Path(next(iter(spec.submodule_search_locations or []), "")) / "datasets" / "data" / "digits.csv.gz" \
-        if spec is not None else None
+    package = Path(next(iter(spec.submodule_search_locations or []), "")) if spec is not None else None
+    source = package / "datasets" / "data" / "digits.csv.gz" if package is not None else None
     cached = None
     if source is not None and source.is_file():
         stamp = f"{source.stat().st_size}-{source.stat().st_mtime_ns}-{_DIGITS_TEST_FRACTION}"
@@ -204,7 +205,8 @@ def _load_digits() -> dio.Raw:
     digits = load_digits()
     x = np.rint(digits.images).astype(np.uint8)[:, None]
     y = digits.target.astype(np.int64)
-    train, test = train_test_split(np.arange(len(y)), test_size=_DIGITS_TEST_FRACTION, stratify=y, random_state=0)
+    train, test = train_test_split(np.arange(len(y)), test_size=_DIGITS_TEST_FRACTION, stratify=y,
+                                   random_state=0)
     train, test = np.sort(train), np.sort(test)
     raw = dio.Raw(x[train], y[train], x[test], y[test])
     if cached is not None:
@@ -226,7 +228,8 @@ def _load_fake(cfg: DataConfig) -> dio.Raw:
     return dio.Raw(x_train, y_train, x_test, y_test)
 
 
-def _fake_arrays(size: int, shape: tuple[int, ...], classes: int, offset: int) -> tuple[np.ndarray, np.ndarray]:
+def _fake_arrays(size: int, shape: tuple[int, ...], classes: int,
+                 offset: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel for pixel ``FakeData(size, shape, classes, random_offset=offset)`` as uint8 arrays (the test
     suite checks this), without its PIL round trip (20-70x faster), for any number of channels, and with
     a private generator instead of reseeding torch's global one."""

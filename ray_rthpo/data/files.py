@@ -24,7 +24,8 @@ import numpy as np
 from ray_rthpo.errors import DataError
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")
 IDX_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _CACHE_VERSION = "v1"
@@ -51,11 +52,12 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         raise DataError(f"{path} is truncated or corrupt ({err}); {fix}.") from None
     head = 4 + 4 * ndim
     if len(data) < head or data[:4] != bytes((0, 0, 0x08, ndim)):
-        raise DataError(f"{path} is not a uint8 IDX file with {ndim} dimension(s) (bad magic number {data[:4].hex()}); {fix}.")
+        raise DataError(f"{path} is not a uint8 IDX file with {ndim} dimension(s) "
+                        f"(bad magic number {data[:4].hex()}); {fix}.")
     dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
     if len(data) != head + int(np.prod(dims)):
-        raise DataError(f"{path} has {len(data)} bytes but its header {list(dims)} says {head + int(np.prod(dims))}; "
-                        f"the file is truncated or corrupt: {fix}.")
+        raise DataError(f"{path} has {len(data)} bytes but its header {list(dims)} says "
+                        f"{head + int(np.prod(dims))}; the file is truncated or corrupt: {fix}.")
     return np.frombuffer(data, dtype=np.uint8, offset=head).reshape(dims)
 
 
@@ -86,9 +88,11 @@ def load_idx(folder: Path) -> Raw:
     x_train, y_train, x_test, y_test = arrays
     for x, y, base in ((x_train, y_train, IDX_FILES[0]), (x_test, y_test, IDX_FILES[2])):
         if len(x) != len(y) or (len(y) and int(y.max()) > 9):
-            raise DataError(f"{folder / base}: {len(x)} images but {len(y)} labels (max {int(y.max(initial=0))}); "
-                            "the files do not belong together: replace them with a matching set.")
-    return Raw(x_train[:, None].copy(), y_train.astype(np.int64), x_test[:, None].copy(), y_test.astype(np.int64))
+            raise DataError(f"{folder / base}: {len(x)} images but {len(y)} labels "
+                            f"(max {int(y.max(initial=0))}); the files do not belong together: replace them "
+                            "with a matching set.")
+    return Raw(x_train[:, None].copy(), y_train.astype(np.int64), x_test[:, None].copy(),
+               y_test.astype(np.int64))
 
 
 def download_idx(name: str, root: Path) -> Path:
@@ -130,8 +134,8 @@ def load_images(kind: str, base: Path, name: str, num_classes: int, cache: Path)
             raise DataError(f"{src} holds {len(classes)} class folders, but {name} has {num_classes}; "
                             "set data.data_dir to the right dataset folder.")
         if name == "cifar10" and tuple(classes) != CIFAR10_CLASSES:
-            raise DataError(f"{src} has class folders {list(classes)}, not CIFAR-10's {list(CIFAR10_CLASSES)}; "
-                            "rename the folders or point data.data_dir elsewhere.")
+            raise DataError(f"{src} has class folders {list(classes)}, not CIFAR-10's "
+                            f"{list(CIFAR10_CLASSES)}; rename the folders or point data.data_dir elsewhere.")
         parts += [x, y]
     return Raw(*parts)
 
@@ -153,8 +157,9 @@ def _torchvision(make: Callable[[], Any], name: str, root: Path) -> Any:
         return make()
     except Exception as err:  # torchvision raises RuntimeError, URLError, ... for missing/corrupt data
         msg = " ".join(str(err).split())
-        raise DataError(f"torchvision could not load or download {name} into {root} ({msg}); check the internet "
-                        f"connection, or set data.data_dir to a folder that already holds {name}.") from None
+        raise DataError(f"torchvision could not load or download {name} into {root} ({msg}); check "
+                        "the internet connection, or set data.data_dir to a folder that already "
+                        f"holds {name}.") from None
 
 
 def _decode_source(kind: str, src: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -174,7 +179,8 @@ def _decode_source(kind: str, src: Path) -> tuple[np.ndarray, np.ndarray, list[s
         except (OSError, EOFError, tarfile.TarError, zlib.error) as err:
             raise DataError(f"{src} is truncated or corrupt ({err}); replace it with a good copy.") from None
     if not items:
-        raise DataError(f"{src} holds no .jpg/.jpeg/.png images in <class>/ folders; point data.data_dir elsewhere.")
+        raise DataError(f"{src} holds no .jpg/.jpeg/.png images in <class>/ folders; point data.data_dir "
+                        "elsewhere.")
     items.sort(key=lambda it: it[:2])
     classes = sorted({c for c, _, _ in items})
     index = {c: i for i, c in enumerate(classes)}
@@ -209,8 +215,8 @@ def _decode_all(blobs: list[bytes], names: list[str]) -> np.ndarray:
             out += [_decode_pil(b, n) for b, n in zip(chunk, names[start:start + step], strict=True)]
     shapes = {a.shape for a in out}
     if len(shapes) != 1:
-        raise DataError(f"images under {names[0].rsplit(':', 1)[0]} have different sizes {sorted(shapes)[:3]}; "
-                        "resize them all to one size first.")
+        raise DataError(f"images under {names[0].rsplit(':', 1)[0]} have different sizes "
+                        f"{sorted(shapes)[:3]}; resize them all to one size first.")
     return np.stack(out)
 
 
@@ -243,7 +249,8 @@ def _walk_files(folder: Path) -> Iterable[Path]:
 
 
 def _cached(src: Path, cache: Path, stem: str,
-            make: Callable[[], tuple[np.ndarray, np.ndarray, list[str]]]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+            make: Callable[[], tuple[np.ndarray, np.ndarray, list[str]]],
+            ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Return ``make()``, stored as ``<stem>-<key>-{x,y,classes}.npy`` in ``cache``; later calls with an
     unchanged source read the .npy files instead. Writes are atomic (tmp file + os.replace); a cache that
     cannot be written or read is skipped with a warning, never fatal."""
@@ -255,7 +262,8 @@ def _cached(src: Path, cache: Path, stem: str,
             if len(x) == len(y):
                 return x, y, [str(c) for c in classes]
         except (OSError, ValueError) as err:
-            warnings.warn(f"ignoring unreadable cache {paths[0]} ({err}); decoding {src} again.", stacklevel=3)
+            warnings.warn(f"ignoring unreadable cache {paths[0]} ({err}); decoding {src} again.",
+                          stacklevel=3)
     x, y, classes = make()
     try:
         cache.mkdir(parents=True, exist_ok=True)

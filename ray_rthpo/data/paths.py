@@ -35,7 +35,8 @@ def resolve_data_dir(config: Config, cwd: Path | None = None) -> Config:
     data_dir = config.data.data_dir
     if data_dir is not None:
         path = Path(data_dir).expanduser()
-        return config.replace(**{"data.data_dir": str(path if path.is_absolute() else (cwd / path).resolve())})
+        return config.replace(**{"data.data_dir": str(path if path.is_absolute()
+                                                      else (cwd / path).resolve())})
     if config.data.name in FILELESS:
         return config
     roots = [default_data_dir(), cwd / ".." / "shared" / "data", cwd / "shared" / "data"]
@@ -51,8 +52,9 @@ def check_data(config: Config) -> None:
         return
     root, name = Path(config.data.data_dir), config.data.name
     if name != "cifar100" and not _holds(root, name):  # cifar100 is read by torchvision: not checked here
-        raise DataError(f"{name} not found in data.data_dir {str(root)!r}; point --set data.data_dir=... at the "
-                        "folder that holds it, or --set data.download=true with internet.")
+        raise DataError(f"{name} not found in data.data_dir {str(root)!r}; point --set "
+                        "data.data_dir=... at the folder that holds it, or --set data.download=true "
+                        "with internet.")
     if name in dio.IDX_FOLDERS:  # small enough to read here: a truncated file fails now, not in every trial
         folder = dio.find_idx_dir(root, name)
         if folder is not None:

@@ -40,7 +40,8 @@ _READ_BATCH = 1024
 
 
 def load_user_data(cfg: DataConfig, seed: int) -> DataBundle:
-    """Call ``cfg.factory``, read its splits into memory and check them; the :class:`DataBundle` of the run."""
+    """Call ``cfg.factory``, read its splits into memory and check them; the :class:`DataBundle` of the
+    run."""
     assert cfg.factory is not None  # load_data dispatches on it
     spec = cfg.factory
     load = import_object(spec, "data.factory")
@@ -65,14 +66,16 @@ def load_user_data(cfg: DataConfig, seed: int) -> DataBundle:
     shape = tuple(int(s) for s in train.x.shape[1:])
     for name, split in (("val", val), ("test", test)):
         if tuple(split.x.shape[1:]) != shape:
-            raise ConfigError(f"data.factory {spec!r}: the {name} inputs have shape {tuple(split.x.shape[1:])} but "
-                              f"the train inputs {shape}; return the same input shape for every split.")
+            raise ConfigError(f"data.factory {spec!r}: the {name} inputs have shape "
+                              f"{tuple(split.x.shape[1:])} but the train inputs {shape}; return the same "
+                              "input shape for every split.")
     largest = max(int(s.y.max()) for s in (train, val, test))
     smallest = min(int(s.y.min()) for s in (train, val, test))
     classes = largest + 1 if num_classes is None else num_classes
     if smallest < 0 or largest >= classes:
-        raise ConfigError(f"data.factory {spec!r}: labels run from {smallest} to {largest}, but must be class "
-                          f"indices in [0, num_classes={classes}); renumber them 0..C-1 (or fix num_classes).")
+        raise ConfigError(f"data.factory {spec!r}: labels run from {smallest} to {largest}, but "
+                          f"must be class indices in [0, num_classes={classes}); renumber them 0..C-1 "
+                          "(or fix num_classes).")
     if classes < 2:
         raise ConfigError(f"data.factory {spec!r}: found {classes} class; classification needs at least 2 "
                           "(return num_classes, or labels of every class).")
@@ -93,21 +96,24 @@ def _unpack(result: Any, spec: str) -> tuple[dict[str, Any], int | None]:
         unknown = sorted(set(map(str, result)) - {*SPLITS, "num_classes"})
         missing = [k for k in ("train", "test") if k not in result]
         if unknown or missing:
-            raise ConfigError(f"data.factory {spec!r} returned a mapping with keys {sorted(map(str, result))}; it "
-                              f"must have 'train', 'val', 'test' (and optionally 'num_classes'): {SHAPE}.")
+            raise ConfigError(f"data.factory {spec!r} returned a mapping with keys "
+                              f"{sorted(map(str, result))}; it must have 'train', 'val', 'test' "
+                              f"(and optionally 'num_classes'): {SHAPE}.")
         parts = {k: result.get(k) for k in SPLITS}
         num_classes = result.get("num_classes")
         if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)):
-            raise ConfigError(f"data.factory {spec!r} returned num_classes={num_classes!r}; give an integer >= 2.")
+            raise ConfigError(f"data.factory {spec!r} returned num_classes={num_classes!r}; give an "
+                              "integer >= 2.")
     elif isinstance(result, Sequence) and not isinstance(result, (str, bytes)) and len(result) == 3:
         parts = dict(zip(SPLITS, result, strict=True))
     else:
-        got = f"a {type(result).__name__}" + (f" of length {len(result)}" if isinstance(result, Sequence) else "")
+        got = f"a {type(result).__name__}" + (f" of length {len(result)}"
+                                              if isinstance(result, Sequence) else "")
         raise ConfigError(f"data.factory {spec!r} returned {got}, but must return {SHAPE}.")
     for name in ("train", "test"):
         if parts[name] is None:
-            raise ConfigError(f"data.factory {spec!r} returned None as {name} split; return {SHAPE} (only val may "
-                              "be None).")
+            raise ConfigError(f"data.factory {spec!r} returned None as {name} split; return {SHAPE} "
+                              "(only val may be None).")
     return parts, num_classes
 
 
@@ -125,33 +131,35 @@ def _read(obj: Any, name: str, spec: str) -> Split:
             raise ConfigError(f"{where} is an (x, y) pair that torch cannot read ({err}); return numeric "
                               "arrays.") from None
     elif isinstance(obj, (DataLoader, Dataset)) or (hasattr(obj, "__getitem__") and hasattr(obj, "__len__")):
-        loader = obj if isinstance(obj, DataLoader) else DataLoader(obj, batch_size=_READ_BATCH, shuffle=False)
+        loader = (obj if isinstance(obj, DataLoader)
+                  else DataLoader(obj, batch_size=_READ_BATCH, shuffle=False))
         xs, ys = [], []
         try:
             for batch in loader:
                 if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-                    raise ConfigError(f"{where} yields {type(batch).__name__} items, but each must be an (x, y) "
-                                      "pair; return e.g. TensorDataset(x, y).")
+                    raise ConfigError(f"{where} yields {type(batch).__name__} items, but each must be "
+                                      "an (x, y) pair; return e.g. TensorDataset(x, y).")
                 xs.append(torch.as_tensor(batch[0]))
                 ys.append(torch.as_tensor(batch[1]))
         except ConfigError:
             raise
         except Exception as err:
             first = str(err).strip().splitlines()
-            raise ConfigError(f"{where} could not be read ({type(err).__name__}: {first[0] if first else ''}); "
-                              f"return {SHAPE}.") from None
+            raise ConfigError(f"{where} could not be read ({type(err).__name__}: "
+                              f"{first[0] if first else ''}); return {SHAPE}.") from None
         if not xs:
             raise ConfigError(f"{where} is empty; every split needs examples.")
         x, y = torch.cat(xs), torch.cat(ys)
     else:
-        raise ConfigError(f"{where} is a {type(obj).__name__}, but must be a torch Dataset of (x, y), a DataLoader, "
-                          "or an (x, y) pair of tensors.")
+        raise ConfigError(f"{where} is a {type(obj).__name__}, but must be a torch Dataset of (x, y), a "
+                          "DataLoader, or an (x, y) pair of tensors.")
     if x.ndim < 1 or len(x) == 0 or y.shape != (len(x),):
-        raise ConfigError(f"{where} has inputs of shape {tuple(x.shape)} and labels of shape {tuple(y.shape)}; "
-                          "return N inputs and N labels (one class index per input, shape (N,)).")
+        raise ConfigError(f"{where} has inputs of shape {tuple(x.shape)} and labels of shape "
+                          f"{tuple(y.shape)}; return N inputs and N labels (one class index per input, "
+                          "shape (N,)).")
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise ConfigError(f"{where} has labels of dtype {str(y.dtype).replace('torch.', '')}, but they must be "
-                          "integer class indices; return them as torch.long (y.long()).")
+        raise ConfigError(f"{where} has labels of dtype {str(y.dtype).replace('torch.', '')}, but "
+                          "they must be integer class indices; return them as torch.long (y.long()).")
     return Split(x.detach().cpu().contiguous(), y.detach().cpu().to(torch.int64).contiguous())
 
 
@@ -161,7 +169,8 @@ def _index(split: Split, idx: np.ndarray) -> Split:
 
 
 def _identical(a: Split, b: Split) -> bool:
-    return a.x.shape == b.x.shape and a.x.dtype == b.x.dtype and torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    return (a.x.shape == b.x.shape and a.x.dtype == b.x.dtype and torch.equal(a.x, b.x)
+            and torch.equal(a.y, b.y))
 
 
 __all__ = ["load_user_data", "SPLITS"]

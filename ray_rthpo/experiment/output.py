@@ -24,10 +24,11 @@ def check_storage_path(storage_path: str | None) -> None:
     if not storage_path or redact_uri(storage_path) == storage_path:
         return
     raise RTHPOError(
-        f"storage_path {redact_uri(storage_path)!r} holds credentials (shown as ***); they would be written to "
-        "config.yaml, Ray's experiment state and the logs. Give the URI without them (e.g. s3://MY-BUCKET/rthpo) "
-        "and grant access another way: the nodes' instance profile / IAM role (configs/cluster/aws-gpu.yaml), "
-        "or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment of every node.")
+        f"storage_path {redact_uri(storage_path)!r} holds credentials (shown as ***); they would be "
+        "written to config.yaml, Ray's experiment state and the logs. Give the URI without them "
+        "(e.g. s3://MY-BUCKET/rthpo) and grant access another way: the nodes' instance profile / IAM role "
+        "(configs/cluster/aws-gpu.yaml), or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment of "
+        "every node.")
 
 
 def check_writable(out: Path) -> None:
@@ -59,8 +60,8 @@ def check_output(out: Path, *, resume: bool = False, config_text: str | None = N
     if resume:
         saved = out / "config.yaml"
         if not saved.is_file():
-            raise RTHPOError(f"--resume: {str(saved)!r} does not exist, so {str(out)!r} holds no experiment to "
-                             "resume; run without --resume to start it.")
+            raise RTHPOError(f"--resume: {str(saved)!r} does not exist, so {str(out)!r} holds no "
+                             "experiment to resume; run without --resume to start it.")
         if config_text is not None and saved.read_text(encoding="utf-8") != config_text:
             raise RTHPOError(f"--resume: the experiment in {str(out)!r} was started with another config "
                              f"(see {str(saved)!r}); resume with the same config file and --set values, or "

@@ -41,8 +41,9 @@ def check_options(name: str, options: Mapping[str, Any], where: str = "strategy"
                           f"it accepts: {allowed}.")
     estimator = options.get("base_estimator", "GP") if name == "skopt" else "GP"
     if estimator not in SKOPT_ESTIMATORS:
-        raise ConfigError(f"{where}.searcher_options.base_estimator must be one of {', '.join(SKOPT_ESTIMATORS)}, "
-                          f"but got {estimator!r} (skopt's GBRT and DUMMY do not run on current scikit-learn).")
+        raise ConfigError(f"{where}.searcher_options.base_estimator must be one of "
+                          f"{', '.join(SKOPT_ESTIMATORS)}, but got {estimator!r} (skopt's GBRT and DUMMY do "
+                          "not run on current scikit-learn).")
 
 
 def check_searcher(name: str, kinds: Iterable[str], options: Mapping[str, Any], where: str) -> None:
@@ -51,8 +52,8 @@ def check_searcher(name: str, kinds: Iterable[str], options: Mapping[str, Any], 
     kinds = set(kinds)
     if name == "none" and kinds:
         raise ConfigError(f"{where}: searcher none runs the config's own values once per repetition, but the "
-                          f"strategy has a space ({sorted(kinds)} entries); remove the space (put the values in "
-                          "overrides) or choose a searcher.")
+                          f"strategy has a space ({sorted(kinds)} entries); remove the space "
+                          "(put the values in overrides) or choose a searcher.")
     if name == "grid" and kinds - {GRID_KIND, "choice"}:
         raise ConfigError(f"{where}: searcher grid enumerates values, but the space has "
                           f"{sorted(kinds - {GRID_KIND, 'choice'})} entries; write them as {{grid: [...]}} "
@@ -60,11 +61,13 @@ def check_searcher(name: str, kinds: Iterable[str], options: Mapping[str, Any], 
     if name == "grid" and GRID_KIND not in kinds:
         raise ConfigError(f"{where}: searcher grid needs at least one {{grid: [...]}} entry in its space.")
     if name in ("optuna_tpe", "optuna_gp", "skopt") and GRID_KIND in kinds:
-        raise ConfigError(f"{where}: searcher {name} samples its space and cannot take {{grid: [...]}} entries; "
-                          "use {choice: [...]} (or loguniform/uniform) instead, or searcher: grid.")
+        raise ConfigError(f"{where}: searcher {name} samples its space and cannot take {{grid: "
+                          f"[...]}} entries; use {{choice: [...]}} (or loguniform/uniform) instead, or "
+                          "searcher: grid.")
     if name in ("optuna_tpe", "optuna_gp", "skopt") and not kinds:
         raise ConfigError(f"{where}: searcher {name} needs a space to search; add one (e.g. "
-                          "lr.eta0: {loguniform: [1.0e-3, 1.0]}) or use searcher: random with num_samples: 1.")
+                          "lr.eta0: {loguniform: [1.0e-3, 1.0]}) or use searcher: random with "
+                          "num_samples: 1.")
 
 
 __all__ = ["SEARCHERS", "OPTIONS", "SKOPT_ESTIMATORS", "check_options", "check_searcher"]

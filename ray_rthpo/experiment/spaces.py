@@ -64,7 +64,8 @@ def spec_kind(key: str, spec: Any) -> tuple[str, list[Any]]:
         if len(values) != 2:
             raise ConfigError(f"space.{key}: {kind} needs {KINDS[kind]}, but got {values!r}.")
         low, high = (_number(key, kind, v) for v in values)
-        check(low < high, f"space.{key}: {kind} needs low < high, but got {values!r}; swap or widen the bounds.")
+        check(low < high, f"space.{key}: {kind} needs low < high, but got {values!r}; swap or widen "
+                          "the bounds.")
         if kind == "loguniform":
             check(low > 0, f"space.{key}: loguniform needs low > 0, but got {values!r}; use a small positive "
                            "low such as 1.0e-9.")
@@ -84,7 +85,8 @@ def _end_points(kind: str, values: list[Any]) -> list[Any]:
     return list(values)
 
 
-def check_space(space: Mapping[str, Any], base: Config, where: str = "space") -> dict[str, tuple[str, list[Any]]]:
+def check_space(space: Mapping[str, Any], base: Config,
+                where: str = "space") -> dict[str, tuple[str, list[Any]]]:
     """Check a YAML space against the run config ``base``; return ``{key: (kind, values)}``.
 
     Every key must be a run-config key (``lr.eta0``), and the run config must be valid at each bound

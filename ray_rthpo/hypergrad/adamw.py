@@ -184,7 +184,8 @@ def adamw_tangent_step_(
     if not 0.0 <= mu <= 1.0:
         raise ValueError(f"mu must be in [0, 1] (1 = RT-HPO, 0 = first order), but got {mu!r}.")
     if not (math.isfinite(phi) and phi >= 0.0):
-        raise ValueError(f"phi must be finite and >= 0 (the schedule's factor at this step), but got {phi!r}.")
+        raise ValueError("phi must be finite and >= 0 (the schedule's factor at this step), but "
+                         f"got {phi!r}.")
     if w is None and weight_decay != 0.0 and not decayed:
         raise ValueError(
             f"w (the weights w_t before this step) is None but weight_decay = {weight_decay!r}; "

@@ -89,8 +89,9 @@ def tangent_step_(
 
     ``phi``: the schedule's factor at this step when the tuned quantity is a schedule's scale ``s`` with
     ``eta_t = s phi_t`` (:mod:`ray_rthpo.optim.schedules`). ``z`` is then ``zeta = dw/ds`` and ``u = dv/ds``:
-    ``u_{t+1} = mu (m u_t + H_t zeta_t + lam zeta_t)``, ``zeta_{t+1} = mu zeta_t - eta_t u_{t+1} - phi_t v_{t+1}``
-    (only the last term carries ``phi``). ``phi = 1`` is the recursion above, bit for bit.
+    ``u_{t+1} = mu (m u_t + H_t zeta_t + lam zeta_t)``,
+    ``zeta_{t+1} = mu zeta_t - eta_t u_{t+1} - phi_t v_{t+1}`` (only the last term carries ``phi``).
+    ``phi = 1`` is the recursion above, bit for bit.
     """
     if momentum != 0.0 and u is None:
         raise ValueError("tangent_step_ needs the velocity tangent u when momentum != 0.")

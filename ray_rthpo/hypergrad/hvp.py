@@ -77,7 +77,8 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
-def _zeros_for_none(values: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def _zeros_for_none(values: Sequence[torch.Tensor | None],
+                    like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [torch.zeros_like(p) if v is None else v for v, p in zip(values, like, strict=True)]
 
 
@@ -85,7 +86,8 @@ def loss_gradient(loss: torch.Tensor, params: Sequence[torch.Tensor], *, create_
                   ) -> list[torch.Tensor]:
     """``grad loss`` with respect to ``params`` (zeros for parameters the loss does not use); with
     ``create_graph`` the gradient keeps its graph, for :func:`hvp_of_gradient`."""
-    return _zeros_for_none(torch.autograd.grad(loss, list(params), create_graph=create_graph, allow_unused=True),
+    return _zeros_for_none(torch.autograd.grad(loss, list(params), create_graph=create_graph,
+                                               allow_unused=True),
                            params)
 
 

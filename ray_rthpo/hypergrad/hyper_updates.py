@@ -146,5 +146,6 @@ def update(rule: str, eta: float, h: float, state: dict[str, Any], *, beta: floa
     return _in_range(eta * math.exp(-step * sign), eta_max), {**state, "m": m, "n": int(state["n"]) + 1}
 
 
-__all__ = ["HYPER_UPDATES", "NEEDS_NORMS", "DEFAULT_HYPER_UPDATE", "DEFAULT_BETA", "BETA_HORIZONS", "ASSUMED_HORIZON",
-           "DEFAULT_BETA_SQRT", "default_beta", "initial_state", "per_step_beta", "clip_hypergradient", "update"]
+__all__ = ["HYPER_UPDATES", "NEEDS_NORMS", "DEFAULT_HYPER_UPDATE", "DEFAULT_BETA", "BETA_HORIZONS",
+           "ASSUMED_HORIZON", "DEFAULT_BETA_SQRT", "default_beta", "initial_state", "per_step_beta",
+           "clip_hypergradient", "update"]

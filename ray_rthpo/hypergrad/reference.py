@@ -26,7 +26,8 @@ from torch import nn
 from torch.func import functional_call
 
 
-def flat_loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+def flat_loss_fn(model: nn.Module, x: torch.Tensor,
+                 y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """``w -> cross_entropy(model_w(x), y)`` for a flat parameter vector ``w`` (buffers as in ``model``)."""
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for _, p in model.named_parameters()]
@@ -82,7 +83,8 @@ class ReferenceHypergradient:
         w = flat_params(model)
         n = w.numel()
         self.n = n
-        self.state = ReferenceState(w=w, v=torch.zeros_like(w), zeta=torch.zeros(2 * n, dtype=w.dtype), eta=eta0)
+        self.state = ReferenceState(w=w, v=torch.zeros_like(w),
+                                    zeta=torch.zeros(2 * n, dtype=w.dtype), eta=eta0)
 
     def _grad(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return torch.func.grad(flat_loss_fn(self.model, x, y))(w)
@@ -90,7 +92,8 @@ class ReferenceHypergradient:
     def _hessian(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return torch.func.hessian(flat_loss_fn(self.model, x, y))(w)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor | None, yv: torch.Tensor | None) -> dict:
+    def step(self, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor | None,
+             yv: torch.Tensor | None) -> dict:
         """One step of the literal algorithm; returns ``{"h", "eta", "w_next"}`` for comparison."""
         s, n, m, lam = self.state, self.n, self.momentum, self.lam
         eye = torch.eye(n, dtype=s.w.dtype)
@@ -119,8 +122,9 @@ class ReferenceHypergradient:
         b = torch.cat([-phi * v_next, torch.zeros(n, dtype=s.w.dtype)])
         zeta_next = self.mu * (a @ s.zeta) + b
         w_next = s.w - eta * v_next
-        record = {"h": h, "eta": eta, "scale": scale, "w_next": w_next.clone(), "z_next": zeta_next[:n].clone()}
-        self.state = ReferenceState(w=w_next, v=v_next, zeta=zeta_next, eta=scale, t=s.t + 1, history=s.history,
-                                    phi_prev=phi)
+        record = {"h": h, "eta": eta, "scale": scale, "w_next": w_next.clone(),
+                  "z_next": zeta_next[:n].clone()}
+        self.state = ReferenceState(w=w_next, v=v_next, zeta=zeta_next, eta=scale, t=s.t + 1,
+                                    history=s.history, phi_prev=phi)
         s.history.append(record)
         return record

@@ -43,7 +43,8 @@ class ModelClosure:
     def __init__(self, model: nn.Module, loss_fn: LossFn = F.cross_entropy, x: torch.Tensor | None = None,
                  y: Any = None, *, batch: BatchFn | None = None) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"ModelClosure needs model to be a torch.nn.Module, but got {type(model).__name__}.")
+            raise TypeError("ModelClosure needs model to be a torch.nn.Module, but got "
+                            f"{type(model).__name__}.")
         if not callable(loss_fn):
             raise TypeError(f"ModelClosure needs a callable loss_fn(output, target), but got {loss_fn!r}.")
         if (batch is None) == (x is None):

@@ -65,7 +65,8 @@ Closure = Callable[[], torch.Tensor]
 
 if "decoupled_weight_decay" not in inspect.signature(_torch_adam).parameters:  # pyproject.toml: torch >= 2.7
     raise ImportError(f"ray_rthpo's RTHPO needs torch >= 2.7 (its AdamW step is torch's functional adam with "
-                      f"decoupled_weight_decay), but this is torch {torch.__version__}; pip install 'torch>=2.7'.")
+                      f"decoupled_weight_decay), but this is torch {torch.__version__}; pip install "
+                      "'torch>=2.7'.")
 
 #: The names each setting allows, and the settings every param group shares: declared once, in
 #: ray_rthpo/optim/settings.py, with every setting's range, default and fix.
@@ -79,7 +80,8 @@ SHARED = settings.SHARED
 #: saved without them loads as a run with no horizon scaling and no known length.
 LATER_SETTINGS = {"beta_horizon": "step", "total_steps": None, "tune_fraction": 1.0, "backoff": None}
 #: ``backoff``: the tuned value is multiplied by this on a loss spike, and no other spike counts for the
-#: next BACKOFF_COOLDOWN steps; LOSS_EMA is the weight of a step's loss in the running mean it is compared with.
+#: next BACKOFF_COOLDOWN steps; LOSS_EMA is the weight of a step's loss in the running mean it is compared
+#: with.
 BACKOFF_FACTOR = 0.5
 BACKOFF_COOLDOWN = 10
 LOSS_EMA = 0.1
@@ -110,8 +112,9 @@ class RTHPO(torch.optim.Optimizer):
             rate, which is the one being tuned (and every setting in :data:`SHARED`).
         lr: the initial learning rate eta-bar (> 0, at most ``eta_max``); with a ``schedule``, the initial
             scale ``s`` (the peak of the built-in shapes). None: the base optimizer's default, as in torch
-            (``torch.optim.SGD`` and ``torch.optim.AdamW``: 1e-3). ``param_group["lr"]`` holds the tuned value (eta,
-            or ``s`` with a schedule); :attr:`eta` and ``last_step.eta`` are the learning rate itself.
+            (``torch.optim.SGD`` and ``torch.optim.AdamW``: 1e-3). ``param_group["lr"]`` holds the tuned
+            value (eta, or ``s`` with a schedule); :attr:`eta` and ``last_step.eta`` are the learning rate
+            itself.
         beta: the hyper-learning rate; its meaning follows ``hyper_update`` (``additive``: eta^2 per unit
             of loss, decades apart between models; the scale-free rules: relative change of eta per
             step, or per ``sqrt(T)`` steps with ``beta_horizon="sqrt"``). None: the rule's default
@@ -197,13 +200,13 @@ class RTHPO(torch.optim.Optimizer):
                  base: str = "sgd", method: str = "rthpo", mu: float | None = None, momentum: float = 0.0,
                  weight_decay: float | None = None,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, eta_max: float = 10.0,
-                 hypergrad_clip: float | None = None, hyper_update: str = hyper_updates.DEFAULT_HYPER_UPDATE, hvp: str = "auto",
-                 val_mode: str = "backward", hvp_every: int = 1, hvp_batch_fraction: float = 1.0,
-                 val_every: int = 1, val_batch_fraction: float = 1.0, model: nn.Module | None = None,
-                 timing: bool = False, schedule: str | schedules.Schedule | None = None,
-                 total_steps: int | None = None, warmup: float = schedules.DEFAULT_WARMUP,
-                 beta_horizon: str = "step", tune_fraction: float = 1.0, backoff: float | None = None,
-                 process_group: Any = None) -> None:
+                 hypergrad_clip: float | None = None, hyper_update: str = hyper_updates.DEFAULT_HYPER_UPDATE,
+                 hvp: str = "auto", val_mode: str = "backward", hvp_every: int = 1,
+                 hvp_batch_fraction: float = 1.0, val_every: int = 1, val_batch_fraction: float = 1.0,
+                 model: nn.Module | None = None, timing: bool = False,
+                 schedule: str | schedules.Schedule | None = None, total_steps: int | None = None,
+                 warmup: float = schedules.DEFAULT_WARMUP, beta_horizon: str = "step",
+                 tune_fraction: float = 1.0, backoff: float | None = None, process_group: Any = None) -> None:
         # The settings that decide others' defaults first (their range check names them); the rest are
         # checked with the groups (_check_group), against ray_rthpo/optim/settings.py.
         settings.check({"base": base, "hyper_update": hyper_update, "method": method, "schedule": schedule,
@@ -214,16 +217,19 @@ class RTHPO(torch.optim.Optimizer):
             beta = hyper_updates.default_beta(hyper_update, beta_horizon)
         if mu is None:
             if method == "marthe":
-                raise settings.SettingError("mu", "must be a number in [0, 1] for method='marthe', but got None; "
-                                            "pass e.g. mu=0.9.")
+                raise settings.SettingError("mu", "must be a number in [0, 1] for method='marthe', but "
+                                            "got None; pass e.g. mu=0.9.")
             mu = METHOD_MU[method]
         elif method != "marthe" and mu != METHOD_MU[method]:
-            raise settings.SettingError("mu", f"must be {METHOD_MU[method]} for method={method!r} (or left out), "
+            raise settings.SettingError("mu",
+                                        f"must be {METHOD_MU[method]} for method={method!r} (or left out), "
                                         f"but got {mu!r}; use method='marthe' for another discount.")
         if model is not None and not isinstance(model, nn.Module):
-            raise TypeError(f"RTHPO: model must be a torch.nn.Module or None, but got {type(model).__name__}.")
+            raise TypeError("RTHPO: model must be a torch.nn.Module or None, but got "
+                            f"{type(model).__name__}.")
         if hvp == "forward_over_reverse" and model is not None and has_batchnorm(model):
-            raise settings.SettingError("hvp", "must not be forward_over_reverse for a model with BatchNorm, whose "
+            raise settings.SettingError("hvp",
+                                        "must not be forward_over_reverse for a model with BatchNorm, whose "
                                         "running statistics torch.func cannot update; set hvp to "
                                         "forward_over_reverse_bn, double_backward or auto.")
         defaults = dict(lr=lr, beta=beta, mu=mu, method=method, base=base, eta_max=eta_max,
@@ -254,8 +260,9 @@ class RTHPO(torch.optim.Optimizer):
             if unknown:
                 close = difflib.get_close_matches(unknown[0], list(self.defaults), n=1)
                 hint = f"did you mean {close[0]!r}? " if close else ""
-                raise ValueError(f"RTHPO: param group {len(self.param_groups)} has the key {unknown[0]!r}, which is "
-                                 f"no setting of RTHPO; {hint}a group may set {', '.join(sorted(self.defaults))}.")
+                raise ValueError(f"RTHPO: param group {len(self.param_groups)} has the key "
+                                 f"{unknown[0]!r}, which is no setting of RTHPO; {hint}a group may set "
+                                 f"{', '.join(sorted(self.defaults))}.")
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         _check_group(group, len(self.param_groups) - 1)
@@ -264,13 +271,15 @@ class RTHPO(torch.optim.Optimizer):
             for key in SHARED:
                 if group[key] != first[key]:
                     raise ValueError(
-                        f"RTHPO: param group {len(self.param_groups) - 1} has {key}={group[key]!r}, but group 0 "
-                        f"has {first[key]!r}; RTHPO tunes one learning rate shared by all groups, so {key} must "
-                        "be the same in every group (groups may differ in weight_decay, momentum, betas, eps).")
+                        f"RTHPO: param group {len(self.param_groups) - 1} has {key}={group[key]!r}, "
+                        f"but group 0 has {first[key]!r}; RTHPO tunes one learning rate shared by all "
+                        f"groups, so {key} must be the same in every group (groups may differ in "
+                        "weight_decay, momentum, betas, eps).")
 
     @property
     def scale(self) -> float:
-        """The tuned value: the learning rate, or with a ``schedule`` its scale ``s`` (``param_group["lr"]``)."""
+        """The tuned value: the learning rate, or with a ``schedule`` its scale ``s``
+        (``param_group["lr"]``)."""
         return float(self.param_groups[0]["lr"])
 
     @property
@@ -317,7 +326,8 @@ class RTHPO(torch.optim.Optimizer):
         """
         if closure is None or not callable(closure):
             raise TypeError("RTHPO.step needs closure=, a function returning the training loss on the batch "
-                            f"(got {closure!r}); e.g. opt.step(lambda: loss_fn(model(x), y), val_closure=...).")
+                            f"(got {closure!r}); e.g. opt.step(lambda: loss_fn(model(x), y), "
+                            "val_closure=...).")
         state = self.state[GLOBAL]
         if state["diverged"]:
             raise RuntimeError(f"RTHPO: the run diverged at step {state['step']} (non-finite loss or "
@@ -326,11 +336,12 @@ class RTHPO(torch.optim.Optimizer):
         first = self.param_groups[0]
         if "initial_lr" in first and not getattr(self, "_warned_scheduler", False):
             self._warned_scheduler = True
-            warnings.warn("RTHPO: a torch.optim.lr_scheduler is attached to this optimizer (its param groups have "
-                          "'initial_lr'): each scheduler.step() overwrites param_group['lr'], the value RTHPO tunes, "
-                          "so the scheduler's values replace the hypergradient's. Drop the scheduler and pass its "
-                          "shape to RTHPO: RTHPO(..., schedule='warmup_cosine', total_steps=T), or schedule=a "
-                          "callable step -> factor; the hypergradient then tunes the shape's scale.",
+            warnings.warn("RTHPO: a torch.optim.lr_scheduler is attached to this optimizer "
+                          "(its param groups have 'initial_lr'): each scheduler.step() overwrites "
+                          "param_group['lr'], the value RTHPO tunes, so the scheduler's values replace the "
+                          "hypergradient's. Drop the scheduler and pass its shape to RTHPO: "
+                          "RTHPO(..., schedule='warmup_cosine', total_steps=T), or schedule=a callable step "
+                          "-> factor; the hypergradient then tunes the shape's scale.",
                           UserWarning, stacklevel=2)
         groups = [(g, [p for p in g["params"] if p.requires_grad]) for g in self.param_groups]
         params = [p for _, ps in groups for p in ps]
@@ -359,16 +370,20 @@ class RTHPO(torch.optim.Optimizer):
             clock.start()
             with torch.enable_grad():
                 h_tensor, norms = self._hypergradient(grads, params, z, val_closure, first, groups, grad_e)
-            values = torch.stack([loss.detach().double(), h_tensor.double(), *(n.double() for n in norms)]).tolist()
+            values = torch.stack([loss.detach().double(), h_tensor.double(),
+                                  *(n.double() for n in norms)]).tolist()
             clock.stop()
             if not math.isfinite(values[0]) or not math.isfinite(values[1]):
-                return self._diverge(loss, scale * phi, None if not math.isfinite(values[0]) else values[1], clock)
+                return self._diverge(loss, scale * phi, None if not math.isfinite(values[0])
+                                     else values[1], clock)
             h = values[1]
-            beta = hyper_updates.per_step_beta(float(first["beta"]), first["beta_horizon"], first["total_steps"])
+            beta = hyper_updates.per_step_beta(float(first["beta"]), first["beta_horizon"],
+                                               first["total_steps"])
             scale, state["hyper"] = hyper_updates.update(
                 first["hyper_update"], scale, h, state["hyper"], beta=beta,
                 eta_max=float(first["eta_max"]), k=int(first["val_every"]), clip=first["hypergrad_clip"],
-                grad_norm=values[2] if len(values) > 2 else None, z_norm=values[3] if len(values) > 3 else None)
+                grad_norm=values[2] if len(values) > 2 else None,
+                z_norm=values[3] if len(values) > 3 else None)
             for group in self.param_groups:
                 group["lr"] = scale
             state["last_hypergrad"] = h
@@ -388,8 +403,8 @@ class RTHPO(torch.optim.Optimizer):
             n = len(ps)
             if n:
                 step = self._sgd_step if group["base"] == "sgd" else self._adamw_step
-                step(group, ps, grads[start:start + n], None if hz is None else hz[start:start + n], eta, mu, phi,
-                     clock, tuning)
+                step(group, ps, grads[start:start + n], None if hz is None else hz[start:start + n], eta, mu,
+                     phi, clock, tuning)
             start += n
         state["step"] = t + 1
         self.last_step = StepInfo(loss.detach(), eta, h, clock.seconds, False)
@@ -505,7 +520,8 @@ class RTHPO(torch.optim.Optimizer):
 
     # ---------------------------------------------------------------------- gradients and H z
     def _gradients(self, closure: Closure, params: list[torch.Tensor], z: list[torch.Tensor], want_hvp: bool,
-                   first: dict[str, Any], clock: _Clock) -> tuple[torch.Tensor, list[torch.Tensor], list | None]:
+                   first: dict[str, Any], clock: _Clock,
+                   ) -> tuple[torch.Tensor, list[torch.Tensor], list | None]:
         """``(loss, g, H z or None)``: ``g`` on the whole batch, ``H z`` on its first examples."""
         if not want_hvp:
             loss = _scalar(_call(closure), "closure")
@@ -513,7 +529,8 @@ class RTHPO(torch.optim.Optimizer):
         fraction = float(first["hvp_batch_fraction"])
         if fraction < 1.0 and not isinstance(closure, ModelClosure):
             raise TypeError(f"RTHPO: hvp_batch_fraction={fraction} needs the batch, so closure must be a "
-                            "ray_rthpo.optim.ModelClosure(model, loss_fn, x, y); or set hvp_batch_fraction=1.0.")
+                            "ray_rthpo.optim.ModelClosure(model, loss_fn, x, y); or set "
+                            "hvp_batch_fraction=1.0.")
         sub = closure.head(fraction) if isinstance(closure, ModelClosure) else closure
         route = self._route(closure)
         if sub is closure:  # g and H z in one pass: the gradient is never computed twice
@@ -531,7 +548,8 @@ class RTHPO(torch.optim.Optimizer):
             return default_hvp_route(model) if model is not None else "double_backward"
         if route != "double_backward" and model is None:
             raise TypeError(f"RTHPO: hvp={route!r} runs the model through torch.func, so closure must be a "
-                            "ray_rthpo.optim.ModelClosure(model, loss_fn, x, y); or use hvp='double_backward'.")
+                            "ray_rthpo.optim.ModelClosure(model, loss_fn, x, y); or use "
+                            "hvp='double_backward'.")
         return route
 
     def _grad_and_hvp(self, closure: Closure, params: list[torch.Tensor], z: list[torch.Tensor], route: str,
@@ -548,7 +566,8 @@ class RTHPO(torch.optim.Optimizer):
         clock.start()  # one pass gives g and H z: all of it counts as hypergradient work
         with torch.enable_grad():
             out = grad_and_hvp_forward_over_reverse(closure.model, x, y, _named(closure.model, params), z,
-                                                    closure.loss_fn, replay_batchnorm=route == "forward_over_reverse_bn")
+                                                    closure.loss_fn,
+                                                    replay_batchnorm=route == "forward_over_reverse_bn")
         clock.stop()
         closure.output = out.logits
         return out.loss, out.grads, out.hz  # type: ignore[return-value]
@@ -585,17 +604,19 @@ class RTHPO(torch.optim.Optimizer):
             out.extend(g)
         return out
 
-    def _validation_gradient(self, val_closure: Closure | None, params: list[torch.Tensor], z: list[torch.Tensor],
-                             first: dict[str, Any]) -> list[torch.Tensor] | torch.Tensor:
+    def _validation_gradient(self, val_closure: Closure | None, params: list[torch.Tensor],
+                             z: list[torch.Tensor], first: dict[str, Any],
+                             ) -> list[torch.Tensor] | torch.Tensor:
         if val_closure is None or not callable(val_closure):
             raise TypeError(f"RTHPO: method={first['method']!r} needs val_closure=, a function returning the "
-                            "validation loss on a validation batch (never the test set), every step that computes "
-                            f"a hypergradient; got {val_closure!r}.")
+                            "validation loss on a validation batch (never the test set), every step "
+                            f"that computes a hypergradient; got {val_closure!r}.")
         fraction = float(first["val_batch_fraction"])
         is_model = isinstance(val_closure, ModelClosure)
         if (fraction < 1.0 or first["val_mode"] == "forward") and not is_model:
-            raise TypeError("RTHPO: val_batch_fraction < 1 and val_mode='forward' need the validation batch, so "
-                            "val_closure must be a ray_rthpo.optim.ModelClosure(model, loss_fn, xv, yv).")
+            raise TypeError("RTHPO: val_batch_fraction < 1 and val_mode='forward' need the validation "
+                            "batch, so val_closure must be a ray_rthpo.optim.ModelClosure(model, "
+                            "loss_fn, xv, yv).")
         if is_model:
             val_closure = val_closure.head(fraction)  # type: ignore[union-attr]
         module = val_closure.model if is_model else self.model  # type: ignore[union-attr]
@@ -608,10 +629,11 @@ class RTHPO(torch.optim.Optimizer):
             loss = _scalar(_call(val_closure), "val_closure")
             grads = torch.autograd.grad(loss, params, allow_unused=True)
         if all(g is None for g in grads):
-            raise ValueError("RTHPO: val_closure's loss does not depend on any parameter this optimizer trains (does "
-                             "it evaluate another module, or a copy of the model?), so the hypergradient would be 0 "
-                             "at every step and the learning rate would never move; evaluate the model being "
-                             "trained, e.g. val_closure=lambda: loss_fn(model(xv), yv).")
+            raise ValueError("RTHPO: val_closure's loss does not depend on any parameter this optimizer "
+                             "trains (does it evaluate another module, or a copy of the model?), so the "
+                             "hypergradient would be 0 at every step and the learning rate would never move; "
+                             "evaluate the model being trained, e.g. val_closure=lambda: "
+                             "loss_fn(model(xv), yv).")
         return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
 
     # ------------------------------------------------------------------------ base steps + tangents
@@ -633,7 +655,8 @@ class RTHPO(torch.optim.Optimizer):
         if not tangent:
             return
         clock.start()
-        fn.tangent_step_([self.state[p]["z"] for p in ps], [self.state[p]["u"] for p in ps] if momentum else None,
+        fn.tangent_step_([self.state[p]["z"] for p in ps],
+                         [self.state[p]["u"] for p in ps] if momentum else None,
                          hz, direction, eta=eta, mu=mu, momentum=momentum, weight_decay=wd,  # type: ignore[arg-type]
                          phi=phi)
         clock.stop()
@@ -645,15 +668,17 @@ class RTHPO(torch.optim.Optimizer):
         eps, wd = float(group["eps"]), float(group["weight_decay"])
         states = [self.state[p] for p in ps]
         z = [s["z"] for s in states]
-        m, v, steps = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states]
+        m, v = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+        steps = [s["step"] for s in states]
         if wd != 0.0 and tangent:  # the tangent's w_t terms, applied to z before the base step moves w
             clock.start()
             adamw_tangent_decay_(z, ps, eta=eta, weight_decay=wd, mu=mu, phi=phi)
             clock.stop()
         with torch.no_grad():
             _torch_adam(ps, grads, m, v, [], steps, foreach=None, capturable=False, differentiable=False,
-                        fused=None, grad_scale=None, found_inf=None, has_complex=False, decoupled_weight_decay=True,
-                        amsgrad=False, beta1=beta1, beta2=beta2, lr=eta, weight_decay=wd, eps=eps, maximize=False)
+                        fused=None, grad_scale=None, found_inf=None, has_complex=False,
+                        decoupled_weight_decay=True, amsgrad=False, beta1=beta1, beta2=beta2, lr=eta,
+                        weight_decay=wd, eps=eps, maximize=False)
         if not tangent:
             return
         clock.start()
@@ -683,26 +708,29 @@ class RTHPO(torch.optim.Optimizer):
     def _check_loadable(self, state_dict: dict[str, Any]) -> None:
         """Refuse, before anything is loaded, a state whose base or method differs from this optimizer's
         (torch would switch them silently: SGD moments read as AdamW's), or whose tensors do not have the
-        shapes of these parameters (a state saved for another model: torch accepts it, the next step fails)."""
+        shapes of these parameters (a state saved for another model: torch accepts it, the next step
+        fails)."""
         saved_groups = state_dict.get("param_groups", [])
         for key in ("base", "method"):
             saved = {g.get(key) for g in saved_groups} - {None}
             own = self.param_groups[0][key]
             if saved and saved != {own}:
-                raise ValueError(f"RTHPO.load_state_dict: the state was saved by RTHPO({key}={sorted(saved)[0]!r}), "
-                                 f"but this optimizer has {key}={own!r}; build it with {key}="
-                                 f"{sorted(saved)[0]!r} to continue that run.")
+                raise ValueError("RTHPO.load_state_dict: the state was saved by "
+                                 f"RTHPO({key}={sorted(saved)[0]!r}), but this optimizer has {key}={own!r}; "
+                                 f"build it with {key}={sorted(saved)[0]!r} to continue that run.")
         params = [p for g in self.param_groups for p in g["params"]]
         ids = [i for g in saved_groups for i in g.get("params", [])]
         if len(ids) != len(params):
-            raise ValueError(f"RTHPO.load_state_dict: the state holds {len(ids)} parameters, but this optimizer "
-                             f"has {len(params)}; load a state saved for the same model and param groups.")
+            raise ValueError(f"RTHPO.load_state_dict: the state holds {len(ids)} parameters, but this "
+                             f"optimizer has {len(params)}; load a state saved for the same model and "
+                             "param groups.")
         for index, p in zip(ids, params, strict=True):
             for key, value in state_dict.get("state", {}).get(index, {}).items():
                 if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
-                    raise ValueError(f"RTHPO.load_state_dict: the state's {key!r} of parameter {index} has shape "
-                                     f"{tuple(value.shape)}, but the parameter has shape {tuple(p.shape)}; the state "
-                                     "was saved for another model: load one saved for this model.")
+                    raise ValueError(f"RTHPO.load_state_dict: the state's {key!r} of parameter {index} "
+                                     f"has shape {tuple(value.shape)}, but the parameter has shape "
+                                     f"{tuple(p.shape)}; the state was saved for another model: load one "
+                                     "saved for this model.")
 
 
 class _Clock:
@@ -744,14 +772,15 @@ def _named(model: nn.Module, params: list[torch.Tensor]) -> list[tuple[str, torc
     names = {id(p): n for n, p in model.named_parameters()}
     missing = [i for i, p in enumerate(params) if id(p) not in names]
     if missing:
-        raise ValueError(f"RTHPO: parameters {missing[:5]} of the optimizer are not parameters of the closure's "
-                         "model; build the ModelClosure with the model whose parameters the optimizer updates.")
+        raise ValueError(f"RTHPO: parameters {missing[:5]} of the optimizer are not parameters of the "
+                         "closure's model; build the ModelClosure with the model whose parameters the "
+                         "optimizer updates.")
     return [(names[id(p)], p) for p in params]
 
 
 def _check_group(group: dict[str, Any], index: int) -> None:
-    """Raise :class:`ray_rthpo.optim.settings.SettingError` (a ValueError) naming the setting, its value and the
-    fix for anything out of range (ray_rthpo/optim/settings.py declares each setting once)."""
+    """Raise :class:`ray_rthpo.optim.settings.SettingError` (a ValueError) naming the setting, its value and
+    the fix for anything out of range (ray_rthpo/optim/settings.py declares each setting once)."""
     def label(name: str) -> str:
         return f"{name} of param group {index}" if index and name == "lr" else name
 

@@ -42,9 +42,10 @@ def _check_total(total_steps: object, name: str) -> int:
 def warmup_steps(warmup: float, total_steps: int) -> int:
     """The number of warmup steps: ``round(warmup * total_steps)`` for a fraction in [0, 1), else ``warmup``
     itself (an integer); at most ``total_steps - 1``, so that the decay has at least one step."""
-    if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not math.isfinite(warmup) or warmup < 0:
-        raise ValueError(f"warmup must be a fraction of the run in [0, 1) or a whole number of steps, but got "
-                         f"{warmup!r}; 0.05 warms up over the first 5% of the steps.")
+    if (isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not math.isfinite(warmup)
+            or warmup < 0):
+        raise ValueError("warmup must be a fraction of the run in [0, 1) or a whole number of "
+                         f"steps, but got {warmup!r}; 0.05 warms up over the first 5% of the steps.")
     if warmup < 1:
         steps = round(warmup * total_steps)
     elif float(warmup).is_integer():
@@ -122,7 +123,8 @@ class WarmupLinear(_Warmup):
 def make_schedule(spec: str | Schedule | None, total_steps: int | None = None, *,
                   warmup: float = DEFAULT_WARMUP, final: float = 0.0) -> Schedule:
     """The shape ``phi`` that ``spec`` names: None or ``"constant"`` -> :class:`Constant`; ``"warmup_cosine"``
-    or ``"warmup_linear"`` over ``total_steps`` with ``warmup`` and ``final``; a callable is returned as is."""
+    or ``"warmup_linear"`` over ``total_steps`` with ``warmup`` and ``final``; a callable is returned as
+    is."""
     if spec is None or spec == "constant":
         return Constant()
     if callable(spec):
@@ -138,11 +140,12 @@ def make_schedule(spec: str | Schedule | None, total_steps: int | None = None, *
 def factor(schedule: Schedule, step: int) -> float:
     """``schedule(step)`` as a float, checked: finite and >= 0 (else ValueError naming the step and value)."""
     value = schedule(step)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or value < 0):
         raise ValueError(f"the schedule returned {value!r} at step {step}; a schedule must return a finite "
                          "factor >= 0 (the learning rate is scale * factor).")
     return float(value)
 
 
-__all__ = ["SCHEDULES", "DEFAULT_WARMUP", "Schedule", "Constant", "WarmupCosine", "WarmupLinear", "make_schedule",
-           "factor", "warmup_steps"]
+__all__ = ["SCHEDULES", "DEFAULT_WARMUP", "Schedule", "Constant", "WarmupCosine", "WarmupLinear",
+           "make_schedule", "factor", "warmup_steps"]

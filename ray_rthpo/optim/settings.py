@@ -2,7 +2,7 @@
 
 Everything that checks or describes a setting reads :data:`SETTINGS`:
 
-* ``RTHPO(...)`` and ``add_param_group`` check every group with :func:`check_group`
+* ``RTHPO(...)`` and ``add_param_group`` check every group with :func:`check`
   (ray_rthpo/optim/rthpo.py);
 * the run config (ray_rthpo/config.py) checks each ``lr.*`` / ``optim.*`` key that is one of these settings
   with the same :func:`problem`, its message naming the config key (``lr.beta``) where the optimizer's names
@@ -82,25 +82,27 @@ def _one_of(names: Iterable[str]) -> str:
 
 
 _DECLARED = (
-    Setting("lr", {b: d["lr"] for b, d in BASE_DEFAULTS.items()}, "a finite number > 0", "pass the initial learning rate eta-bar",
-            "The initial learning rate η̄, in the base optimizer's units (SGD: step per unit of gradient; AdamW: "
-            "about the step of each weight), at most `eta_max`; with a `schedule`, the initial scale s (the "
-            "shape's peak). None: the base optimizer's default, as torch's (1e-3).",
+    Setting("lr", {b: d["lr"] for b, d in BASE_DEFAULTS.items()}, "a finite number > 0", "pass the initial "
+            "learning rate eta-bar",
+            "The initial learning rate η̄, in the base optimizer's units (SGD: step per unit of "
+            "gradient; AdamW: about the step of each weight), at most `eta_max`; with a `schedule`, the "
+            "initial scale s (the shape's peak). None: the base optimizer's default, as torch's (1e-3).",
             lambda v: _number(v) and v > 0, "lr.eta0"),
     Setting("beta", None, "a finite number >= 0", "0 keeps the learning rate fixed",
             "The hyper-learning rate β. None: the rule's default (0.1 per step for `multiplicative`; "
-            "docs/beta.md). The scale-free rules (`multiplicative`, `adam_log`, `sign_log`): a relative change of "
-            "η per step (per √T steps with `beta_horizon='sqrt'`), the same for any base and model. `additive` "
-            "(the paper's eq. 2): units of η² per unit of loss, decades apart between bases and models: search "
-            "it on a log scale.",
+            "docs/beta.md). The scale-free rules (`multiplicative`, `adam_log`, `sign_log`): a relative "
+            "change of η per step (per √T steps with `beta_horizon='sqrt'`), the same for any base and "
+            "model. `additive` (the paper's eq. 2): units of η² per unit of loss, decades apart between "
+            "bases and models: search it on a log scale.",
             lambda v: _number(v) and v >= 0, "lr.beta"),
     Setting("base", "sgd", _one_of(BASES), "use 'sgd' or 'adamw'",
-            "`sgd` (`momentum`, L2 `weight_decay`, as `torch.optim.SGD`) or `adamw` (`betas`, `eps`, decoupled "
-            "`weight_decay`, as `torch.optim.AdamW`); the weights follow torch's own update exactly.",
+            "`sgd` (`momentum`, L2 `weight_decay`, as `torch.optim.SGD`) or `adamw` "
+            "(`betas`, `eps`, decoupled `weight_decay`, as `torch.optim.AdamW`); the weights follow torch's "
+            "own update exactly.",
             _choice(BASES), "optim.base"),
     Setting("method", "rthpo", _one_of(METHODS), "rthpo is the paper's method",
-            "`rthpo` (exact tangent, μ = 1), `marthe` (discounted tangent, `mu`), `hd_val` (first order, μ = 0), "
-            "`hd_train` (first order with the training gradient: no `val_closure`).",
+            "`rthpo` (exact tangent, μ = 1), `marthe` (discounted tangent, `mu`), `hd_val` "
+            "(first order, μ = 0), `hd_train` (first order with the training gradient: no `val_closure`).",
             _choice(METHODS)),
     Setting("mu", None, "a number in [0, 1]", "1 is RT-HPO, 0 is first order",
             "MARTHE's discount of the tangent; only for method='marthe'.",
@@ -111,14 +113,16 @@ _DECLARED = (
             lambda v: _number(v) and 0.0 <= v < 1.0, "optim.momentum", shared=False),
     Setting("weight_decay", {b: d["weight_decay"] for b, d in BASE_DEFAULTS.items()}, "a finite number >= 0",
             "0 turns it off",
-            "L2 decay (SGD) or decoupled decay (AdamW). None: the base optimizer's default, as torch's (SGD 0, "
-            "AdamW 0.01). May differ between param groups.",
+            "L2 decay (SGD) or decoupled decay (AdamW). None: the base optimizer's default, as "
+            "torch's (SGD 0, AdamW 0.01). May differ between param groups.",
             lambda v: _number(v) and v >= 0, "optim.weight_decay", shared=False),
     Setting("betas", (0.9, 0.999), "two numbers in [0, 1)", "torch's default is (0.9, 0.999)",
             "AdamW's moment decays, as torch's. May differ between param groups.",
-            lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(_number(b) and 0.0 <= b < 1.0 for b in v),
+            lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(_number(b) and 0.0 <= b < 1.0
+                                                                           for b in v),
             "optim.betas", shared=False),
-    Setting("eps", 1e-8, "a finite number > 0", "torch's default is 1e-8", "AdamW's epsilon, as torch's. May differ between param groups.",
+    Setting("eps", 1e-8, "a finite number > 0", "torch's default is 1e-8", "AdamW's epsilon, as torch's. May "
+            "differ between param groups.",
             lambda v: _number(v) and v > 0, "optim.eps", shared=False),
     Setting("eta_max", 10.0, "a finite number > 0", "it is the largest learning rate allowed",
             "The tuned value is kept in [0, eta_max].", lambda v: _number(v) and v > 0, "lr.eta_max"),
@@ -135,7 +139,8 @@ _DECLARED = (
     Setting("hvp", "auto", _one_of(HVP_ROUTES), "'auto' picks one",
             "How H z is computed: `double_backward` (any closure), `forward_over_reverse`, "
             "`forward_over_reverse_bn` (one torch.func pass; need a ModelClosure), or `auto`: "
-            "`forward_over_reverse_bn` for a ModelClosure of a model with BatchNorm, else `double_backward`.", _choice(HVP_ROUTES), "lr.hvp"),
+            "`forward_over_reverse_bn` for a ModelClosure of a model with BatchNorm, else `double_backward`.",
+            _choice(HVP_ROUTES), "lr.hvp"),
     Setting("val_mode", "backward", _one_of(VAL_MODES), "'backward' is the default",
             "`backward` (a validation gradient) or `forward` (one JVP along z; needs a ModelClosure).",
             _choice(VAL_MODES), "lr.val_mode"),
@@ -153,8 +158,9 @@ _DECLARED = (
             lambda v: _number(v) and 0.0 < v <= 1.0, "lr.val_batch_fraction"),
     Setting("schedule", None, f"None, {_one_of(schedules.SCHEDULES)}, or a callable step -> factor",
             "warmup_cosine is the usual choice",
-            "The shape φ whose scale s is tuned: step t uses η_t = s φ(t) (`warmup_cosine`, `warmup_linear` need "
-            "`total_steps`); `param_group['lr']` and `opt.scale` hold s, `opt.eta` the learning rate itself.",
+            "The shape φ whose scale s is tuned: step t uses η_t = s φ(t) "
+            "(`warmup_cosine`, `warmup_linear` need `total_steps`); `param_group['lr']` and `opt.scale` hold "
+            "s, `opt.eta` the learning rate itself.",
             lambda v: v is None or callable(v) or (isinstance(v, str) and v in schedules.SCHEDULES),
             "lr.schedule"),
     Setting("total_steps", None, "None or an integer >= 1", "pass the run's number of steps",
@@ -166,11 +172,14 @@ _DECLARED = (
     Setting("beta_horizon", "step", _one_of(hyper_updates.BETA_HORIZONS),
             "'sqrt' keeps the drift of eta from growing with the run's length",
             "step: beta per step; sqrt: beta / sqrt(T) per step (T = total_steps, else "
-            f"{hyper_updates.ASSUMED_HORIZON} assumed).", _choice(hyper_updates.BETA_HORIZONS), "lr.beta_horizon"),
+            f"{hyper_updates.ASSUMED_HORIZON} assumed).", _choice(hyper_updates.BETA_HORIZONS),
+            "lr.beta_horizon"),
     Setting("tune_fraction", 1.0, "in (0, 1]", "1.0 tunes over the whole run",
-            "Hypergradient work over the first fraction of total_steps only; then plain base-optimizer steps.",
+            "Hypergradient work over the first fraction of total_steps only; then plain "
+            "base-optimizer steps.",
             lambda v: _number(v) and 0.0 < v <= 1.0, "lr.tune_fraction"),
-    Setting("backoff", None, "None (null in a config) or a number > 1", "2.0 halves the rate when the loss doubles",
+    Setting("backoff", None, "None (null in a config) or a number > 1", "2.0 halves the rate when the "
+                                                                        "loss doubles",
             "While tuning, a training loss above backoff x its running mean halves the tuned value.",
             lambda v: v is None or (_number(v) and v > 1.0), "lr.backoff"),
 )
@@ -219,16 +228,17 @@ def relation_problem(values: Mapping[str, Any], label: Callable[[str], str] = st
         return "lr", (f"({values['lr']!r}) must not exceed {label('eta_max')} ({values['eta_max']!r}); "
                       f"lower {label('lr')} or raise {label('eta_max')}.")
     if has("base", "momentum") and values["base"] == "adamw" and values["momentum"] != 0.0:
-        return "momentum", (f"must be 0 with {label('base')} adamw, but got {values['momentum']!r}; AdamW's momentum "
-                            f"is {label('betas')}[0], so set {label('momentum')} to 0.")
+        return "momentum", (f"must be 0 with {label('base')} adamw, but got {values['momentum']!r}; "
+                            f"AdamW's momentum is {label('betas')}[0], so set {label('momentum')} to 0.")
     if has("val_mode", "hyper_update") and values["val_mode"] == "forward" \
             and values["hyper_update"] in hyper_updates.NEEDS_NORMS:
-        return "val_mode", (f"must be backward with {label('hyper_update')} {values['hyper_update']}, which divides "
-                            f"by |grad E|, a norm a forward-mode JVP does not give; set {label('val_mode')} to "
-                            f"backward, or {label('hyper_update')} to adam_log (or another rule that needs no norm).")
+        return "val_mode", (f"must be backward with {label('hyper_update')} {values['hyper_update']}, "
+                            "which divides by |grad E|, a norm a forward-mode JVP does not give; set "
+                            f"{label('val_mode')} to backward, or {label('hyper_update')} to adam_log "
+                            "(or another rule that needs no norm).")
     if has("val_mode", "method") and values["val_mode"] == "forward" and values["method"] == "hd_train":
-        return "val_mode", (f"must be backward with {label('method')} hd_train, which has no validation pass; "
-                            f"set {label('val_mode')} to backward.")
+        return "val_mode", (f"must be backward with {label('method')} hd_train, which has no "
+                            f"validation pass; set {label('val_mode')} to backward.")
     return None
 
 
@@ -252,12 +262,12 @@ def from_config(read: Callable[[str], Any]) -> dict[str, Any]:
 
 #: RTHPO's arguments that are no group setting: (name, default, meaning), for the argument table.
 OTHER_ARGUMENTS = (
-    ("params", "(required)", "Parameters or param groups, as for any torch.optim optimizer; groups may differ in "
-     "`momentum`, `weight_decay`, `betas`, `eps`, and share the one learning rate being tuned."),
-    ("model", "None", "The module, when the closures are bare functions: the validation term then runs with it "
-     "in eval mode (a ModelClosure names its module itself)."),
-    ("timing", "False", "Measure the seconds of hypergradient work (`opt.last_step.hyper_seconds`; on CUDA it "
-     "synchronises the device around each part)."),
+    ("params", "(required)", "Parameters or param groups, as for any torch.optim optimizer; groups may "
+     "differ in `momentum`, `weight_decay`, `betas`, `eps`, and share the one learning rate being tuned."),
+    ("model", "None", "The module, when the closures are bare functions: the validation term then "
+     "runs with it in eval mode (a ModelClosure names its module itself)."),
+    ("timing", "False", "Measure the seconds of hypergradient work (`opt.last_step.hyper_seconds`; "
+     "on CUDA it synchronises the device around each part)."),
     ("process_group", "None", "Under torch.distributed: the group to average over (None: the default group; "
      "False: none); docs/distributed.md."),
 )
@@ -267,7 +277,8 @@ TABLE_MARKERS = ("<!-- rthpo-arguments:start -->", "<!-- rthpo-arguments:end -->
 
 def markdown_table() -> str:
     """The argument table of docs/optimizer.md: every argument of RTHPO, its default, what it allows, what it
-    means, and its run-config key (generated: ``python -m ray_rthpo.optim.settings --write docs/optimizer.md``)."""
+    means, and its run-config key (generated:
+    ``python -m ray_rthpo.optim.settings --write docs/optimizer.md``)."""
     rows = ["| argument | default | allowed | meaning | run config |", "|---|---|---|---|---|"]
     name, default_, meaning = OTHER_ARGUMENTS[0]
     rows.append(f"| `{name}` | {default_} | | {meaning} | |")

@@ -24,8 +24,10 @@ _FIXES = {
     errno.ENOSPC: "the disk is full: free some space (or choose an --output on another disk)",
     errno.EDQUOT: "the disk quota is used up: free some space (or choose an --output on another disk)",
     errno.EROFS: "the file system is read-only: choose a writable --output",
-    errno.EACCES: "this user may not write there: choose a writable --output (or fix the folder's permissions)",
-    errno.EPERM: "this user may not write there: choose a writable --output (or fix the folder's permissions)",
+    errno.EACCES: "this user may not write there: choose a writable --output (or fix the folder's "
+                  "permissions)",
+    errno.EPERM: "this user may not write there: choose a writable --output (or fix the folder's "
+                 "permissions)",
 }
 
 
@@ -35,7 +37,8 @@ class WriteError(RTHPOError, OSError):
 
 
 def write_error(path: str | os.PathLike[str], err: OSError) -> WriteError:
-    """The :class:`WriteError` for ``err`` (an OSError) raised while writing ``path``: one line, with the fix."""
+    """The :class:`WriteError` for ``err`` (an OSError) raised while writing ``path``: one line, with the
+    fix."""
     code = errno.errorcode.get(err.errno or 0, "")
     fix = _FIXES.get(err.errno or 0, "check that the folder exists and can be written")
     why = err.strerror or str(err) or type(err).__name__

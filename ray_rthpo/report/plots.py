@@ -36,7 +36,8 @@ def plot_best_so_far(curve: pd.DataFrame, budget_s: float | None = None) -> Any:
     styles = ["-", "--", "-.", ":"]
     for i, (strategy, group) in enumerate(curve.groupby(STRATEGY, sort=False)):
         x = group[CUMULATIVE_COMPUTE].to_numpy()
-        style = {"where": "post", "label": strategy, "linestyle": styles[(i // 10) % len(styles)], "linewidth": 1.6}
+        style = {"where": "post", "label": strategy, "linestyle": styles[(i // 10) % len(styles)],
+                 "linewidth": 1.6}
         ax_test.step(x, group[M.TEST_ACC].astype(float).to_numpy(), **style)
         ax_val.step(x, group[M.VAL_ACC].astype(float).to_numpy(), **style)
     for ax, column, what in ((ax_test, M.TEST_ACC, "test accuracy of the best-by-validation trial"),
@@ -103,8 +104,9 @@ def plot_lr_trajectories(df: pd.DataFrame) -> Any:
             diverged = int(group.groupby(TRIAL_ID)[M.DIVERGED].any().sum())
             label += (" DIVERGED" if bool(best[M.DIVERGED]) else "") + (f"; {diverged} trial(s) diverged"
                                                                          if diverged else "")
-        (line,) = ax.plot(epochs, [max(v, 1e-12) for v in lrs], marker=markers[i % len(markers)], markersize=4,
-                          linestyle=styles[i % len(styles)], label=label, markerfacecolor="none")
+        (line,) = ax.plot(epochs, [max(v, 1e-12) for v in lrs], marker=markers[i % len(markers)],
+                          markersize=4, linestyle=styles[i % len(styles)], label=label,
+                          markerfacecolor="none")
         ax.plot([int(best[M.EPOCH])], [max(float(best[M.LR]), 1e-12)], marker="*", markersize=11,
                 color=line.get_color())
     ax.set_yscale("log")

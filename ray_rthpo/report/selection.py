@@ -49,7 +49,8 @@ def latest_reports(df: pd.DataFrame) -> pd.DataFrame:
 
 def rank(rows: pd.DataFrame) -> pd.DataFrame:
     """``rows`` sorted best first by the selection rule: higher ``val/acc``, lower ``val/loss``, reported
-    first (``time/received_at``), earlier row. A missing accuracy ranks last, a missing loss after any loss."""
+    first (``time/received_at``), earlier row. A missing accuracy ranks last, a missing loss after any
+    loss."""
     if rows.empty:
         return rows
     key = pd.DataFrame({

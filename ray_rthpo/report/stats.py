@@ -73,8 +73,9 @@ _STATISTICS: dict[str, Callable[..., Any]] = {
 def _check_table(df: pd.DataFrame, columns: Sequence[str], where: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ValueError(f"{where} needs the column(s) {missing}, but the table has {list(df.columns)}; pass the "
-                         "per-epoch trials table of `rthpo compare` (trials.csv), one row per reported epoch.")
+        raise ValueError(f"{where} needs the column(s) {missing}, but the table has "
+                         f"{list(df.columns)}; pass the per-epoch trials table of `rthpo compare` "
+                         "(trials.csv), one row per reported epoch.")
     if df.empty:
         raise ValueError(f"{where} needs at least one reported epoch, but the trials table is empty.")
     if df[SEED].isna().any():
@@ -83,21 +84,23 @@ def _check_table(df: pd.DataFrame, columns: Sequence[str], where: str) -> None:
     owners = df.groupby(S.TRIAL_ID)[_KEYS].nunique()
     shared = owners[(owners > 1).any(axis=1)]
     if not shared.empty:
-        raise ValueError(f"{where}: trial_id {shared.index[0]!r} appears under more than one (strategy, seed); "
-                         "trial ids must be unique across strategies and seeds (prefix them with both).")
+        raise ValueError(f"{where}: trial_id {shared.index[0]!r} appears under more than one "
+                         "(strategy, seed); trial ids must be unique across strategies and seeds "
+                         "(prefix them with both).")
     if M.EPOCH_SECONDS in columns:
         seconds = pd.to_numeric(df[M.EPOCH_SECONDS], errors="coerce")
         bad = df.loc[~(seconds >= 0), S.TRIAL_ID]
         if not bad.empty:
             raise ValueError(f"{where}: `{M.EPOCH_SECONDS}` must be a number >= 0 on every row, but trial "
-                             f"{bad.iloc[0]!r} has {df.loc[bad.index[0], M.EPOCH_SECONDS]!r}; fix or drop that row.")
+                             f"{bad.iloc[0]!r} has {df.loc[bad.index[0], M.EPOCH_SECONDS]!r}; fix or "
+                             "drop that row.")
 
 
 def _check_frame(frame: pd.DataFrame, columns: Sequence[str], where: str, made_by: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ValueError(f"{where} needs the column(s) {missing}, but got {list(frame.columns)}; pass the output "
-                         f"of {made_by}.")
+        raise ValueError(f"{where} needs the column(s) {missing}, but got {list(frame.columns)}; pass "
+                         f"the output of {made_by}.")
 
 
 def _flag(value: Any) -> bool:
@@ -150,10 +153,12 @@ def bootstrap_ci(values: Iterable[float], statistic: str = "mean", *, confidence
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def seed_outcomes(df: pd.DataFrame, wall_seconds: Mapping[tuple[Any, Any], float] | None = None) -> pd.DataFrame:
+def seed_outcomes(df: pd.DataFrame,
+                  wall_seconds: Mapping[tuple[Any, Any], float] | None = None) -> pd.DataFrame:
     """One row per (strategy, seed) at the full budget: the (trial, epoch) chosen by validation, its val and
     test accuracy, trials run, diverged trials, compute seconds (``selection.compute_spent``) and wall seconds
-    (``wall_seconds[(strategy, seed)]``, NaN if absent). Strategies in order of first appearance, seeds sorted.
+    (``wall_seconds[(strategy, seed)]``, NaN if absent). Strategies in order of first appearance, seeds
+    sorted.
 
     Columns: strategy, seed, method, searcher, trial_id, epoch, val/acc, test/acc, trials, diverged trials,
     compute s, wall s."""
@@ -168,10 +173,10 @@ def seed_outcomes(df: pd.DataFrame, wall_seconds: Mapping[tuple[Any, Any], float
         rows.append({
             STRATEGY: strategy, SEED: seed, "method": _label(group, "method"),
             "searcher": _label(group, "searcher"), S.TRIAL_ID: best[S.TRIAL_ID], M.EPOCH: best[M.EPOCH],
-            M.VAL_ACC: float(best[M.VAL_ACC]), M.TEST_ACC: float(pd.to_numeric(best[M.TEST_ACC], errors="coerce")),
-            "trials": int(len(diverged)), "diverged trials": int(diverged.sum()),
-            COMPUTE: S.compute_spent(group), WALL: float(walls.get((strategy, seed), math.nan)),
-        })
+            M.VAL_ACC: float(best[M.VAL_ACC]),
+            M.TEST_ACC: float(pd.to_numeric(best[M.TEST_ACC], errors="coerce")), "trials": int(len(diverged)),
+            "diverged trials": int(diverged.sum()), COMPUTE: S.compute_spent(group),
+            WALL: float(walls.get((strategy, seed), math.nan)), })
     return _ordered(pd.DataFrame(rows), list(pd.unique(df[STRATEGY])))
 
 
@@ -186,8 +191,8 @@ def _accuracy_table(outcomes: pd.DataFrame, where: str) -> pd.DataFrame:
     _check_frame(outcomes, [STRATEGY, SEED, M.TEST_ACC], where, "seed_outcomes()")
     doubled = outcomes[outcomes.duplicated(_KEYS)]
     if not doubled.empty:
-        raise ValueError(f"{where}: (strategy, seed) {tuple(doubled[_KEYS].iloc[0])!r} has more than one outcome "
-                         "row; pass seed_outcomes() output, which has one row per repetition.")
+        raise ValueError(f"{where}: (strategy, seed) {tuple(doubled[_KEYS].iloc[0])!r} has more than "
+                         "one outcome row; pass seed_outcomes() output, which has one row per repetition.")
     acc = outcomes.assign(**{M.TEST_ACC: pd.to_numeric(outcomes[M.TEST_ACC], errors="coerce")})
     table = acc.pivot(index=SEED, columns=STRATEGY, values=M.TEST_ACC)
     return table[list(pd.unique(outcomes[STRATEGY]))]
@@ -236,8 +241,8 @@ def paired_comparison(outcomes: pd.DataFrame, reference: Any | None = None, *, c
         low, high = bootstrap_ci(diff, "mean", confidence_level=confidence_level, n_resamples=n_resamples,
                                  random_state=random_state)
         rows.append({STRATEGY: strategy, "reference": reference, "paired seeds": int(both.sum()),
-                     "wins vs reference": float(np.mean((diff > 0) + 0.5 * (diff == 0))) if diff.size else math.nan,
-                     "diff vs reference": float(diff.mean()) if diff.size else math.nan,
+                     "wins vs reference": float(np.mean((diff > 0) + 0.5 * (diff == 0))) if diff.size
+                     else math.nan, "diff vs reference": float(diff.mean()) if diff.size else math.nan,
                      "diff CI low": low, "diff CI high": high})
     return pd.DataFrame(rows)
 
@@ -268,8 +273,8 @@ def strategy_summary(outcomes: pd.DataFrame, *, confidence_level: float = 0.95, 
             "n seeds": int(len(group)), "test acc mean": float(acc.mean()) if acc.size else math.nan,
             "mean CI low": mean_ci[0], "mean CI high": mean_ci[1],
             "test acc IQM": iqm(acc), "IQM CI low": iqm_ci[0], "IQM CI high": iqm_ci[1],
-            "mean rank": float(mine["rank"].mean()) if len(mine) else math.nan, "ranked seeds": int(len(mine)),
-            **paired.loc[strategy].to_dict(),
+            "mean rank": float(mine["rank"].mean()) if len(mine) else math.nan,
+            "ranked seeds": int(len(mine)), **paired.loc[strategy].to_dict(),
             "trials": int(group["trials"].sum()), "diverged trials": int(group["diverged trials"].sum()),
             "compute s mean": float(group[COMPUTE].mean()), "compute s total": float(group[COMPUTE].sum()),
             "wall s mean": float(walls.mean()) if walls.notna().any() else math.nan,
@@ -284,7 +289,8 @@ def seed_curves(df: pd.DataFrame) -> pd.DataFrame:
     """Best-so-far by validation of every (strategy, seed), one row per report in report order
     (``selection.best_so_far`` with ``by=("strategy", "seed")``). Columns: strategy, seed,
     compute/cumulative_s, trial_id, epoch, val/acc, test/acc."""
-    _check_table(df, [STRATEGY, SEED, S.TRIAL_ID, M.EPOCH, M.VAL_ACC, M.VAL_LOSS, M.EPOCH_SECONDS], "seed_curves")
+    _check_table(df, [STRATEGY, SEED, S.TRIAL_ID, M.EPOCH, M.VAL_ACC, M.VAL_LOSS, M.EPOCH_SECONDS],
+                 "seed_curves")
     return S.best_so_far(df, by=(STRATEGY, SEED))
 
 
@@ -295,15 +301,15 @@ def compute_grid(curves: pd.DataFrame, n_points: int = 100, budget_s: float | No
         raise ValueError(f"n_points={n_points!r} must be a positive integer, e.g. 100.")
     if budget_s is not None:
         if not (math.isfinite(budget_s) and budget_s > 0):
-            raise ValueError(f"budget_s={budget_s!r} must be a positive number of compute seconds, or None to "
-                             "end the grid at the largest compute seen.")
+            raise ValueError(f"budget_s={budget_s!r} must be a positive number of compute seconds, "
+                             "or None to end the grid at the largest compute seen.")
         horizon = float(budget_s)
     else:
         _check_frame(curves, [S.CUMULATIVE_COMPUTE], "compute_grid", "seed_curves()")
         horizon = float(pd.to_numeric(curves[S.CUMULATIVE_COMPUTE], errors="coerce").max())
         if not (math.isfinite(horizon) and horizon > 0):
-            raise ValueError(f"compute_grid: the largest cumulative compute is {horizon!r}, so there is no grid to "
-                             "build; pass budget_s, or curves with positive time/epoch_s.")
+            raise ValueError(f"compute_grid: the largest cumulative compute is {horizon!r}, so there is "
+                             "no grid to build; pass budget_s, or curves with positive time/epoch_s.")
     return np.linspace(horizon / n_points, horizon, int(n_points))
 
 
@@ -372,8 +378,8 @@ def seed_time_to_target(df: pd.DataFrame, target_val_acc: float) -> pd.DataFrame
     Columns: strategy, seed, target val acc, reached, compute s, trial_id, epoch."""
     if isinstance(target_val_acc, bool) or not (isinstance(target_val_acc, numbers.Real)
                                                 and 0.0 < float(target_val_acc) <= 1.0):
-        raise ValueError(f"target_val_acc={target_val_acc!r} must be a validation accuracy fraction in (0, 1], "
-                         "e.g. 0.85 (not 85).")
+        raise ValueError(f"target_val_acc={target_val_acc!r} must be a validation accuracy fraction "
+                         "in (0, 1], e.g. 0.85 (not 85).")
     rows = []
     for (strategy, seed), group in seed_curves(df).groupby(_KEYS, sort=False):
         hit = group[pd.to_numeric(group[M.VAL_ACC], errors="coerce") >= target_val_acc]
@@ -398,7 +404,8 @@ def time_to_target(per_seed: pd.DataFrame) -> pd.DataFrame:
         rows.append({STRATEGY: strategy, "target val acc": float(group["target val acc"].iloc[0]),
                      "seeds reached": int(len(reached)), "n seeds": int(len(group)),
                      "median compute s": float(reached[COMPUTE].median()) if len(reached) else math.nan})
-    return pd.DataFrame(rows, columns=[STRATEGY, "target val acc", "seeds reached", "n seeds", "median compute s"])
+    return pd.DataFrame(rows, columns=[STRATEGY, "target val acc", "seeds reached", "n seeds",
+                                       "median compute s"])
 
 
 def _acc(x: Any, sign: bool = False) -> str:
@@ -462,14 +469,15 @@ def markdown_summary(summary: pd.DataFrame, *, test_size: int | None = None) -> 
             str(r[STRATEGY]), str(r["method"]), str(r["searcher"]), str(r["n seeds"]),
             f"{_acc(r['test acc mean'])} {_ci(r['mean CI low'], r['mean CI high'])}",
             f"{_acc(r['test acc IQM'])} {_ci(r['IQM CI low'], r['IQM CI high'])}",
-            "n/a" if not math.isfinite(r["mean rank"]) else f"{r['mean rank']:.2f} ({r['ranked seeds']} seeds)",
+            "n/a" if not math.isfinite(r["mean rank"]) else f"{r['mean rank']:.2f} "
+                                                            f"({r['ranked seeds']} seeds)",
             ("tied best (reference)" if tied else "best (reference)") if is_reference
             else "tied best" if r[STRATEGY] in tied else "n/a (no shared seed)" if not r["paired seeds"] else
             f"{r['wins vs reference']:.2f} of {r['paired seeds']}",
             "—" if is_reference else "n/a" if not r["paired seeds"] else
             f"{_acc(r['diff vs reference'], True)} {_ci(r['diff CI low'], r['diff CI high'], True)}",
-            f"{r['diverged trials']} of {r['trials']}", _seconds(r["compute s mean"]), _seconds(r["wall s mean"]),
-        ])
+            f"{r['diverged trials']} of {r['trials']}", _seconds(r["compute s mean"]),
+            _seconds(r["wall s mean"]), ])
     legend = (
         "*Legend.* Each seed is one repetition of a strategy under the same compute budget; its outcome is "
         "the test accuracy of the (trial, epoch) chosen by validation accuracy. **n seeds**: repetitions "
@@ -535,6 +543,6 @@ def markdown_time_to_target(table: pd.DataFrame) -> str:
 
 
 __all__ = ["SEED", "COMPUTE", "WALL", "FRACTION", "iqm", "bootstrap_ci", "seed_outcomes", "seed_ranks",
-           "best_strategy", "paired_comparison", "strategy_summary", "seed_curves", "compute_grid", "curves_on_grid",
-           "aggregate_curves", "rank_curves", "seed_time_to_target", "time_to_target", "tied_with_best",
-           "markdown_summary", "markdown_time_to_target"]
+           "best_strategy", "paired_comparison", "strategy_summary", "seed_curves", "compute_grid",
+           "curves_on_grid", "aggregate_curves", "rank_curves", "seed_time_to_target", "time_to_target",
+           "tied_with_best", "markdown_summary", "markdown_time_to_target"]

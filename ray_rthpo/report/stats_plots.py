@@ -25,8 +25,8 @@ def _figure(ncols: int, width: float, height: float = 4.2) -> tuple[Any, Any]:
 def _need(frame: pd.DataFrame, columns: list[str], what: str, made_by: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ValueError(f"{what} needs the column(s) {missing}, but got {list(frame.columns)}; pass the output of "
-                         f"{made_by}.")
+        raise ValueError(f"{what} needs the column(s) {missing}, but got {list(frame.columns)}; pass the "
+                         f"output of {made_by}.")
 
 
 def plot_best_so_far(aggregated: pd.DataFrame, ranks: pd.DataFrame | None = None,
@@ -38,7 +38,8 @@ def plot_best_so_far(aggregated: pd.DataFrame, ranks: pd.DataFrame | None = None
     What needs several seeds is left out with one (``aggregated``'s ``n seeds`` at most 1): the band and the
     rank panel (a rank over one seed moves with every test image); the figure is then the curves alone.
     ``ranks=None`` leaves out the rank panel too."""
-    _need(aggregated, [T.STRATEGY, T.COMPUTE, "median", "q25", "q75"], "plot_best_so_far", "stats.aggregate_curves()")
+    _need(aggregated, [T.STRATEGY, T.COMPUTE, "median", "q25", "q75"], "plot_best_so_far",
+          "stats.aggregate_curves()")
     if ranks is not None:
         _need(ranks, [T.STRATEGY, T.FRACTION, "mean rank"], "plot_best_so_far", "stats.rank_curves()")
     seeds_seen = pd.to_numeric(aggregated["n seeds"], errors="coerce").max() if "n seeds" in aggregated else 1
@@ -93,20 +94,22 @@ def _zoom_floor(aggregated: pd.DataFrame) -> float | None:
 
 
 def plot_final_outcomes(outcomes: pd.DataFrame, summary: pd.DataFrame) -> Any:
-    """Figure: one row per strategy (in ``summary`` order), every seed's chosen test accuracy as a dot, with the
-    IQM and its bootstrap CI (``stats.seed_outcomes``, ``stats.strategy_summary``)."""
+    """Figure: one row per strategy (in ``summary`` order), every seed's chosen test accuracy as a dot, with
+    the IQM and its bootstrap CI (``stats.seed_outcomes``, ``stats.strategy_summary``)."""
     _need(outcomes, [T.STRATEGY, M.TEST_ACC], "plot_final_outcomes", "stats.seed_outcomes()")
     _need(summary, [T.STRATEGY, "test acc IQM", "IQM CI low", "IQM CI high"], "plot_final_outcomes",
           "stats.strategy_summary()")
     level = round(100 * float(summary.attrs.get("confidence_level", 0.95)))
     fig, (ax,) = _figure(1, 9.0, max(2.5, 0.5 * len(summary) + 1.5))
     for y, row in enumerate(summary.to_dict("records")):
-        seeds = pd.to_numeric(outcomes.loc[outcomes[T.STRATEGY] == row[T.STRATEGY], M.TEST_ACC], errors="coerce")
+        seeds = pd.to_numeric(outcomes.loc[outcomes[T.STRATEGY] == row[T.STRATEGY], M.TEST_ACC],
+                              errors="coerce")
         ax.plot(seeds.to_numpy(dtype=float), np.full(len(seeds), y), "o", markerfacecolor="none", color="C0",
                 markersize=5, label="one seed" if y == 0 else None)
         center, low, high = (float(row[k]) for k in ("test acc IQM", "IQM CI low", "IQM CI high"))
         if math.isfinite(low) and math.isfinite(high):
-            ax.errorbar([center], [y], xerr=[[center - low], [high - center]], fmt="none", color="C3", capsize=4)
+            ax.errorbar([center], [y], xerr=[[center - low], [high - center]], fmt="none",
+                        color="C3", capsize=4)
         ax.plot([center], [y], "D", color="C3", markersize=6, label=f"IQM [{level}% CI]" if y == 0 else None)
     ax.set_yticks(range(len(summary)), [str(s) for s in summary[T.STRATEGY]])
     ax.invert_yaxis()

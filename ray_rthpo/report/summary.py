@@ -112,11 +112,12 @@ def markdown_table(summary: pd.DataFrame) -> str:
     for row in summary.to_dict("records"):
         test = row["test acc (chosen by val)"]
         cells = [row["strategy"], *([str(row["seed"])] if seeded else []), row["method"], row["searcher"],
-                 f"{row['best val acc']:.4f}", "n/a" if math.isnan(test) else f"{test:.4f}", str(row["trials"]),
-                 *([str(row["workers"])] if workers else []), str(row["diverged trials"]),
+                 f"{row['best val acc']:.4f}", "n/a" if math.isnan(test) else f"{test:.4f}",
+                 str(row["trials"]), *([str(row["workers"])] if workers else []), str(row["diverged trials"]),
                  f"{row['compute s']:.1f}",
                  "n/a" if math.isnan(row["wall s"]) else f"{row['wall s']:.1f}",
-                 f"{row['chosen config']} (epoch {row['epoch']})" + (" DIVERGED" if row["chosen diverged"] else "")]
+                 f"{row['chosen config']} (epoch {row['epoch']})" + (" DIVERGED"
+                                                                     if row["chosen diverged"] else "")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -154,8 +155,8 @@ def summary_texts(exp: ExperimentConfig, trials: pd.DataFrame, walls: Mapping[tu
     runs = summary_table(trials, walls)
     lines = [
         f"# {exp.name}: learning-rate strategies at equal compute", "", *result, "", "## Setup", "",
-        f"- Budget: {exp.budget_s:g} compute seconds per strategy and seed (time/epoch_s summed over its trials: "
-        "training, hypergradient and evaluation time), the same for every strategy.",
+        f"- Budget: {exp.budget_s:g} compute seconds per strategy and seed (time/epoch_s summed over "
+        "its trials: training, hypergradient and evaluation time), the same for every strategy.",
         f"- Repetitions: {len(seeds)} (searcher seeds {', '.join(map(str, seeds))}; repetition r trains with "
         "train.seed + r): the same seeds for every strategy, so comparisons are paired.",
         f"- Per trial: {resources}; at most {exp.max_concurrent} trials at once." + _workers_line(exp),

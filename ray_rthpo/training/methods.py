@@ -77,7 +77,8 @@ def write_lr(optimizer: torch.optim.Optimizer, eta: float) -> None:
 
 
 def peak_shape(lr_cfg: LRConfig, total_steps: int) -> Factor | None:
-    """``lr.schedule``'s shape for the methods whose lr follows it (:data:`PEAK_SCHEDULED_METHODS`), else None."""
+    """``lr.schedule``'s shape for the methods whose lr follows it (:data:`PEAK_SCHEDULED_METHODS`), else
+    None."""
     if lr_cfg.method in PEAK_SCHEDULED_METHODS and lr_cfg.schedule != "constant":
         return make_schedule(lr_cfg.schedule, max(1, total_steps), warmup=lr_cfg.warmup)
     return None
@@ -105,7 +106,8 @@ def lr_factor(lr_cfg: LRConfig, total_steps: int, steps_per_epoch: int) -> Facto
 
 
 def scheduled_lr(lr_cfg: LRConfig, *, step: int, total_steps: int, steps_per_epoch: int) -> float:
-    """The learning rate of step ``step`` of the methods with a schedule (``lr.eta0`` times :func:`lr_factor`)."""
+    """The learning rate of step ``step`` of the methods with a schedule (``lr.eta0`` times
+    :func:`lr_factor`)."""
     factor = lr_factor(lr_cfg, total_steps, steps_per_epoch)
     return lr_cfg.eta0 if factor is None else lr_cfg.eta0 * factor(step)
 
@@ -146,8 +148,8 @@ def build_optimizer(model: nn.Module, config: Config, steps_per_epoch: int) -> R
     total_steps = steps_per_epoch * config.train.epochs
     adamw = optim_cfg.base == "adamw"
     if adamw and lr_cfg.method in ("adadelta", "prodigy", "dog"):
-        raise ConfigError(f"lr.method {lr_cfg.method} is its own optimizer, so optim.base adamw does not apply; "
-                          "set optim.base: sgd.")
+        raise ConfigError(f"lr.method {lr_cfg.method} is its own optimizer, so optim.base adamw does "
+                          "not apply; set optim.base: sgd.")
     if lr_cfg.is_hypergradient:
         return RunOptimizer(rthpo_from_config(model, lr_cfg, optim_cfg, total_steps))
     averager = None
@@ -191,8 +193,9 @@ def build_optimizer(model: nn.Module, config: Config, steps_per_epoch: int) -> R
 
 
 def move_scheduler(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
-    """Put ``scheduler`` at ``step`` (a resumed run): its count, and every group's lr ``base_lr * factor(step)``
-    from its base lrs (this config's ``lr.eta0``, so that a population-based exploit's new eta0 applies)."""
+    """Put ``scheduler`` at ``step`` (a resumed run): its count, and every group's lr
+    ``base_lr * factor(step)`` from its base lrs (this config's ``lr.eta0``, so that a population-based
+    exploit's new eta0 applies)."""
     lrs = [base * factor(step) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
     for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):
         group["lr"] = lr
@@ -218,10 +221,12 @@ def refresh_batchnorm_stats(model: nn.Module, batches: Iterable[torch.Tensor]) -
     as a plain average over ``batches`` with the model in train mode; ``num_batches_tracked`` and the
     BatchNorm momentum are kept. Deterministic for fixed batches, so runs resume exactly.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+           and m.track_running_stats]
     if not bns:
         return
-    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in bns]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in bns]
     was_training = model.training
     for m in bns:
         m.reset_running_stats()

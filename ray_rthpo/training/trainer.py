@@ -52,7 +52,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda', but no CUDA device is available; set train.device: auto or cpu.")
+        raise ConfigError("train.device is 'cuda', but no CUDA device is available; set train.device: "
+                          "auto or cpu.")
     return torch.device(name)
 
 
@@ -135,7 +136,8 @@ class Trainer:
         self.model.to(device=self.device, dtype=self.dtype)
         if uses_user_code(config):  # a wrong output shape or loss fails here, with the key to fix
             n = min(4, len(self.data.train))
-            check_model_and_loss(self.model, self.loss_fn, self._inputs(self.data.train.x[:n].to(self.device)),
+            check_model_and_loss(self.model, self.loss_fn,
+                                 self._inputs(self.data.train.x[:n].to(self.device)),
                                  self.data.train.y[:n].to(self.device), self.data.num_classes, config)
         self.generator = torch.Generator().manual_seed(seed + 1)
         self.train_x = self.data.train.x.to(self.device)
@@ -309,14 +311,16 @@ class Trainer:
             self.model.load_state_dict(self._train_weights)
             self._train_weights = None
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, float, bool]:
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float,
+                                                               float, bool]:
         """One optimizer step on ``(x, y)``: RTHPO's ``step`` with the closures (the validation batch is drawn
         only when the step computes a hypergradient), or a forward, backward and ``step()``, then the lr
         scheduler and DoG's averager. Returns the loss and logits (detached), the learning rate the step used,
         the seconds of hypergradient work, and whether the step diverged."""
         if self.method.hypergradient:
             closure = ModelClosure(self.model, self.loss_fn, x, y)
-            self.optimizer.step(closure, val_closure=ModelClosure(self.model, self.loss_fn, batch=self._val_batch))
+            self.optimizer.step(closure, val_closure=ModelClosure(self.model,
+                                                                  self.loss_fn, batch=self._val_batch))
             info = self.optimizer.last_step
             assert info is not None and closure.output is not None
             return info.loss, closure.output, info.eta, info.hyper_seconds, info.diverged
@@ -327,7 +331,8 @@ class Trainer:
         if self.world is not None:  # the global batch's gradient and loss on every rank
             loss = self._average_gradients(loss, y.shape[0])
         self.optimizer.step()
-        eta = read_lr(self.optimizer)  # after the step (Prodigy's d moves in it), before the schedule's next lr
+        # after the step (Prodigy's d moves in it), before the schedule's next lr
+        eta = read_lr(self.optimizer)
         if self.method.scheduler is not None:
             self.method.scheduler.step()
         if self.method.averager is not None:
@@ -355,7 +360,8 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
         diverged = False
-        last_eta = read_lr(self.optimizer)  # the learning rate of the epoch's last step (s * phi(t) on a schedule)
+        # the learning rate of the epoch's last step (s * phi(t) on a schedule)
+        last_eta = read_lr(self.optimizer)
         for b in range(self.steps_per_epoch):
             idx = order[b * bs:(b + 1) * bs]
             x_raw = self.train_x[idx]
@@ -456,7 +462,8 @@ class Trainer:
             "python_rng": random.getstate(),
         }
 
-    def load_state_dict(self, state: dict[str, Any], *, adopt: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
+    def load_state_dict(self, state: dict[str, Any], *,
+                        adopt: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
         """Restore a :meth:`state_dict`; the run's config must match (epochs may be extended).
 
         ``adopt``: flat config keys (a subset of :data:`ADOPTABLE_KEYS`, e.g. ``lr.eta0``) on which this
@@ -473,8 +480,8 @@ class Trainer:
         adopt = tuple(adopt)
         unknown = sorted(set(adopt) - set(ADOPTABLE_KEYS))
         if unknown:
-            raise ConfigError(f"adopt={unknown} holds keys a restored run cannot take over; adoptable keys are "
-                              f"{', '.join(ADOPTABLE_KEYS)}.")
+            raise ConfigError(f"adopt={unknown} holds keys a restored run cannot take over; "
+                              f"adoptable keys are {', '.join(ADOPTABLE_KEYS)}.")
         saved_flat = config_from_dict(state["config"]).to_flat()
         own_flat = self.config.to_flat()
         ignored = {"train.epochs", "train.device", "train.pythonpath"}  # where the run is, not what it is
@@ -486,9 +493,11 @@ class Trainer:
                         if k not in ignored and saved_flat.get(k) != own_flat.get(k))
         refused = [k for k in differ if k not in adopt]
         if refused:
-            shown = ", ".join(f"{k} (checkpoint {saved_flat.get(k)!r}, now {own_flat.get(k)!r})" for k in refused[:4])
-            raise ConfigError(f"the checkpoint was written for a different configuration: {shown}; resume with "
-                              "the config it was saved with, or start afresh in a new output folder.")
+            shown = ", ".join(f"{k} (checkpoint {saved_flat.get(k)!r}, now {own_flat.get(k)!r})"
+                              for k in refused[:4])
+            raise ConfigError(f"the checkpoint was written for a different configuration: {shown}; "
+                              "resume with the config it was saved with, or start afresh in a new "
+                              "output folder.")
         adopted = {k: (saved_flat.get(k), own_flat.get(k)) for k in differ}
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -555,22 +564,25 @@ class Trainer:
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
         except FileNotFoundError:
-            raise RTHPOError(f"checkpoint {str(path)!r} does not exist; start the run afresh (without --resume), "
-                             "or give the output folder that holds it.") from None
+            raise RTHPOError(f"checkpoint {str(path)!r} does not exist; start the run afresh "
+                             "(without --resume), or give the output folder that holds it.") from None
         except PermissionError as err:
-            raise RTHPOError(f"checkpoint {str(path)!r} cannot be read by this user ({err.strerror}); fix its "
-                             "permissions, or run as the user who wrote it.") from None
-        except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on a damaged file
+            raise RTHPOError(f"checkpoint {str(path)!r} cannot be read by this user "
+                             f"({err.strerror}); fix its permissions, or run as the user "
+                             "who wrote it.") from None
+        # torch raises RuntimeError, EOFError, UnpicklingError, ... on a damaged file
+        except Exception as err:
             why = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
-            raise RTHPOError(f"checkpoint {str(path)!r} is truncated or corrupt ({type(err).__name__}: {why}); "
-                             f"{fix}.") from None
+            raise RTHPOError(f"checkpoint {str(path)!r} is truncated or corrupt "
+                             f"({type(err).__name__}: {why}); {fix}.") from None
         if not isinstance(state, dict):
             missing = [f"everything: it holds a {type(state).__name__}"]
         else:  # another release's checkpoint: load_state_dict names its version
-            missing = sorted(set(_CHECKPOINT_KEYS) - set(state)) if state.get("version") == CHECKPOINT_VERSION else []
+            current = state.get("version") == CHECKPOINT_VERSION
+            missing = sorted(set(_CHECKPOINT_KEYS) - set(state)) if current else []
         if missing:
-            raise RTHPOError(f"checkpoint {str(path)!r} is not a ray_rthpo checkpoint (missing {', '.join(missing)}); "
-                             f"{fix}.")
+            raise RTHPOError(f"checkpoint {str(path)!r} is not a ray_rthpo checkpoint "
+                             f"(missing {', '.join(missing)}); {fix}.")
         return self.load_state_dict(state, adopt=adopt)
 
 

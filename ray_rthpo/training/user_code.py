@@ -51,8 +51,9 @@ def check_user_code(config: Config, *, full: bool = True) -> None:
             data = load_data(config.data, config.train.seed)
             model = build_model(config.model, data.input_shape, data.num_classes).to(dtype=dtype)
             n = min(4, len(data.train))
-            check_model_and_loss(model, resolve_loss(config.train.loss), data.normalize(data.train.x[:n], dtype),
-                                 data.train.y[:n], data.num_classes, config)
+            check_model_and_loss(model, resolve_loss(config.train.loss),
+                                 data.normalize(data.train.x[:n], dtype), data.train.y[:n],
+                                 data.num_classes, config)
     _CHECKED.add(key)
 
 

@@ -74,7 +74,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ComputeBudgetStopper"]
 
-#: key -> the stopper that a pickled copy with that key becomes when unpickled (see ComputeBudgetStopper.live).
+#: key -> the stopper that a pickled copy with that key becomes when unpickled (see
+#: ComputeBudgetStopper.live).
 _LIVE: dict[str, ComputeBudgetStopper] = {}
 
 
@@ -127,7 +128,8 @@ class ComputeBudgetStopper(Stopper):
             )
         if increment_key is not None and (not isinstance(increment_key, str) or not increment_key):
             raise ConfigError(f"increment_key must be the name of a reported metric or None, but got "
-                              f"{increment_key!r}. Fix: increment_key='time/epoch_s' (metrics.EPOCH_SECONDS).")
+                              f"{increment_key!r}. Fix: increment_key='time/epoch_s' "
+                              "(metrics.EPOCH_SECONDS).")
         self._budget_s = float(budget_s)
         self._increment_key = increment_key
         self._time_key = increment_key or time_key
@@ -150,7 +152,8 @@ class ComputeBudgetStopper(Stopper):
         """Count one report of ``trial_id`` (see the class doc) without deciding anything."""
         trial_id = str(trial_id)
         epoch = lookup(result, EPOCH) if isinstance(result, Mapping) else None
-        epoch_s = lookup(result, self._increment_key or EPOCH_SECONDS) if isinstance(result, Mapping) else None
+        epoch_s = lookup(result,
+                         self._increment_key or EPOCH_SECONDS) if isinstance(result, Mapping) else None
         if epoch is not None and _finite(epoch_s) and epoch_s >= 0:
             self._epoch_s.setdefault(trial_id, {})[epoch] = float(epoch_s)
             return
@@ -254,7 +257,8 @@ class ComputeBudgetStopper(Stopper):
 
 
 def _unpickle_stopper(cls: type, key: str | None, state: dict[str, Any]) -> ComputeBudgetStopper:
-    """The live stopper registered under ``key`` (:meth:`ComputeBudgetStopper.live`), else a copy of ``state``."""
+    """The live stopper registered under ``key`` (:meth:`ComputeBudgetStopper.live`), else a copy of
+    ``state``."""
     live = _LIVE.get(key) if key is not None else None
     if live is not None:
         return live

@@ -38,7 +38,8 @@ def retention_callback(keep_last: int = 1) -> Any:
             self.kept: dict[str, list[Any]] = {}  # trial id -> its checkpoints not deleted yet, oldest first
             self.snapshots: list[set[str]] = []  # paths the last two snapshots name
 
-        def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
+                          **info: Any) -> None:
             # a trial restored from an experiment snapshot starts with that snapshot's checkpoint
             kept = self.kept.setdefault(trial.trial_id, [trial.checkpoint] if trial.checkpoint else [])
             kept.append(checkpoint)
@@ -75,7 +76,8 @@ def _decoded(part: Any) -> Any:
 
 def snapshot_trials(experiment: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(trial, run metadata) of every trial in the newest experiment-state snapshot of the Tune experiment
-    folder ``experiment`` (Ray 2.60's layout); empty when there is none or it cannot be read (being written)."""
+    folder ``experiment`` (Ray 2.60's layout); empty when there is none or it cannot be read (being
+    written)."""
     states = sorted(Path(experiment).glob("experiment_state-*.json"))  # named by start time, as Ray picks
     if not states:
         return []
@@ -119,10 +121,10 @@ def check_trial_checkpoints(experiment: Path) -> None:
         except (zipfile.BadZipFile, OSError, EOFError) as err:
             why = f"{type(err).__name__}: {err}"
         if why:
-            raise RTHPOError(f"--resume: Ray trial checkpoint {str(file)!r} (trial {trial_id}) is truncated or corrupt "
-                             f"({why}); replace it with an intact copy, or delete that file (keep its folder) and "
-                             "run the same command again: the trial then starts again from its first epoch (the "
-                             "epochs it reported are kept, each counted once).")
+            raise RTHPOError(f"--resume: Ray trial checkpoint {str(file)!r} (trial {trial_id}) is truncated "
+                             f"or corrupt ({why}); replace it with an intact copy, or delete that file "
+                             "(keep its folder) and run the same command again: the trial then starts again "
+                             "from its first epoch (the epochs it reported are kept, each counted once).")
 
 
 __all__ = ["retention_callback", "snapshot_trials", "restorable_checkpoints", "check_trial_checkpoints"]

@@ -25,8 +25,9 @@ Output folder (every file written atomically)::
                          multiplier is left out)
     config.yaml          the resolved experiment config
     ray/                 Ray Tune's storage (checkpoints, Ray's own result files), unless storage_path is set
-    progress/            per run (strategy, seed): every reported epoch as it arrived (NAME.jsonl), NAME.done.json
-                         once over (NAME is the strategy's name, with -seedN when the experiment has seeds > 1)
+    progress/            per run (strategy, seed): every reported epoch as it arrived (NAME.jsonl),
+                         NAME.done.json once over (NAME is the strategy's name, with -seedN when the
+                         experiment has seeds > 1)
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def preflight(exp: ExperimentConfig, out: Path, *, strategies: Sequence[Strategy
     strategy's data (unless trials run on a cluster this process joined, whose workers may hold data this
     machine lacks) and the output folder (refused when it holds another experiment or cannot be written;
     with ``resume``, it must hold this one, with readable progress journals, done markers and trial
-    checkpoints: :func:`check_resumable`). Writes nothing. Returns the text of the resolved ``config.yaml``."""
+    checkpoints: :func:`check_resumable`). Writes nothing. Returns the text of the resolved
+    ``config.yaml``."""
     check_storage_path(exp.storage_path)
     if not joined:
         for strategy in strategies or exp.strategies:
@@ -96,7 +98,8 @@ def check_resumable(exp: ExperimentConfig, out: Path, strategies: Sequence[Strat
     is not a reported epoch is refused; the last line cut short by a killed driver is fine), its done marker
     (valid JSON), and for a run that had not finished, the trial checkpoints Ray will restore (on local
     storage: each ``trainer.pt`` Ray would restore must be a whole file,
-    :func:`ray_rthpo.tune.checkpoints.check_trial_checkpoints`). Raises RTHPOError naming the file and the fix."""
+    :func:`ray_rthpo.tune.checkpoints.check_trial_checkpoints`). Raises RTHPOError naming the file and the
+    fix."""
     journals = out / PROGRESS_DIR
     storage = ray_storage(exp, out)
     for seed in exp.repetitions():
@@ -109,9 +112,10 @@ def check_resumable(exp: ExperimentConfig, out: Path, strategies: Sequence[Strat
                     state = json.loads(done.read_text(encoding="utf-8"))
                     float(state["wall_s"]), list(state["errors"])
                 except (ValueError, KeyError, TypeError) as err:
-                    raise RTHPOError(f"--resume: {str(done)!r} is damaged ({type(err).__name__}: {err}); delete it "
-                                     f"and run the same command again: run {name} is then restored from Ray's "
-                                     "experiment state (its finished trials are not rerun).") from None
+                    raise RTHPOError(f"--resume: {str(done)!r} is damaged ({type(err).__name__}: {err}); "
+                                     f"delete it and run the same command again: run {name} is then restored "
+                                     "from Ray's experiment state (its finished trials are "
+                                     "not rerun).") from None
             elif "://" not in storage:  # a run without a scheduler lives in the shared 'sequence' experiment
                 check_trial_checkpoints(Path(storage) / ("sequence" if in_sequence(strategy) else name))
 
@@ -121,7 +125,8 @@ def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
                    progress: ProgressFn = print, resume: bool = False,
                    checked: bool = False) -> ComparisonResult:
     """Run ``strategies`` (default: all of ``exp``'s) sequentially, each under ``exp.budget_s``, and
-    write the output folder ``out`` (see the module doc). Ray must be initialised (:func:`init_ray`).
+    write the output folder ``out`` (see the module doc). Ray must be initialised
+    (:func:`ray_rthpo.tune.runner.init_ray`).
 
     ``resume``: continue the interrupted experiment in ``out`` (same config): strategies that had
     finished are read back, not rerun; the one that was running is restored from Ray's experiment state
@@ -144,7 +149,8 @@ def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
     tables: dict[str, pd.DataFrame] = {}  # run name -> its reports (a run may be told done twice: once)
     walls: dict[tuple[str, int], float] = {}
     errors: dict[str, tuple[str, ...]] = {}
-    runs = [(seed, strategy) for seed in exp.repetitions() for strategy in strategies]  # every seed complete in turn
+    # every seed complete in turn
+    runs = [(seed, strategy) for seed in exp.repetitions() for strategy in strategies]
     finished: set[str] = set()
     headers = {exp.run_name(strategy, seed): f"[{i}/{len(runs)}] {exp.run_name(strategy, seed)}"
                for i, (seed, strategy) in enumerate(runs, 1)}
@@ -172,14 +178,17 @@ def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
             progress(f"[{name}] trial error: {err}")
         if not outcome.table.empty:
             tables[name] = outcome.table
-            write_trials(pd.concat(tables.values(), ignore_index=True), out)  # partial results survive a crash
-        redone = (f", {outcome.retries} retries, {outcome.reported_s - outcome.compute_s:.1f} compute-s redone "
-                  "(not counted)") if outcome.retries or outcome.repeated_reports else ""
-        progress(f"== {headers[name]}: {outcome.table['trial_id'].nunique() if not outcome.table.empty else 0} "
-                 f"trials, {compute_spent(outcome.table):.1f} compute-s, {outcome.wall_s:.1f} wall-s{redone}")
+            # partial results survive a crash
+            write_trials(pd.concat(tables.values(), ignore_index=True), out)
+        redone = (f", {outcome.retries} retries, {outcome.reported_s - outcome.compute_s:.1f} "
+                  "compute-s redone (not counted)") if outcome.retries or outcome.repeated_reports else ""
+        progress(f"== {headers[name]}: "
+                 f"{outcome.table['trial_id'].nunique() if not outcome.table.empty else 0} trials, "
+                 f"{compute_spent(outcome.table):.1f} compute-s, {outcome.wall_s:.1f} wall-s{redone}")
 
-    # Runs without a scheduler or with ASHA share ONE Tune experiment (ray_rthpo/tune/sequence.py): its trial processes
-    # serve every run, instead of each run paying an experiment's start-up and fresh trial processes.
+    # Runs without a scheduler or with ASHA share ONE Tune experiment (ray_rthpo/tune/sequence.py): its trial
+    # processes serve every run, instead of each run paying an experiment's start-up and fresh trial
+    # processes.
     shared = [(seed, strategy) for seed, strategy in runs if in_sequence(strategy)]
     by_name = {exp.run_name(strategy, seed): (seed, strategy) for seed, strategy in runs}
     if any(exp.run_name(strategy, seed) not in finished for seed, strategy in shared):
@@ -187,8 +196,9 @@ def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
 
         restoring = resume and tune.Tuner.can_restore(f"{storage.rstrip('/')}/sequence")
         pending = shared if restoring else [r for r in shared if exp.run_name(r[1], r[0]) not in finished]
-        run_sequence(exp, pending, storage_path=storage, resources=resources, journals=journals, resume=restoring,
-                     progress=progress, on_run_done=lambda name, outcome: run_done(name, *by_name[name], outcome)
+        run_sequence(exp, pending, storage_path=storage, resources=resources, journals=journals,
+                     resume=restoring, progress=progress,
+                     on_run_done=lambda name, outcome: run_done(name, *by_name[name], outcome)
                      if name not in finished else None, headers=headers)
     for seed, strategy in runs:  # a PBT run is a Tune experiment of its own
         name = exp.run_name(strategy, seed)
@@ -202,8 +212,10 @@ def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
     if not tables:
         first = next((e[0] for e in errors.values() if e), "no trial reported an epoch")
         raise RTHPOError(f"every trial failed (e.g. {first}); Ray's logs are in {storage}.")
-    trials = pd.concat([tables[name] for name in headers if name in tables], ignore_index=True)  # config order
-    write_trials(trials, out)  # again, in the config's order: a resumed experiment may have read every run back
+    # config order
+    trials = pd.concat([tables[name] for name in headers if name in tables], ignore_index=True)
+    # again, in the config's order: a resumed experiment may have read every run back
+    write_trials(trials, out)
     wall = time.time() - start
     texts = summary_texts(exp, trials, walls, resources, errors, wall)
     atomic_write_text(out / "summary.md", texts.markdown)

@@ -85,7 +85,8 @@ def without_tune_loggers() -> Iterator[None]:
     every reported epoch itself (``trials.csv``); the loggers wrote it again in the driver at every report
     (docs/performance.md). The variable and the log level are restored on exit, so a plain ``tune.run``
     later in the same process is as Ray made it."""
-    name, analysis = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", logging.getLogger("ray.tune.analysis.experiment_analysis")
+    name = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+    analysis = logging.getLogger("ray.tune.analysis.experiment_analysis")
     before, level = os.environ.get(name), analysis.level
     os.environ.setdefault(name, "1")
     if os.environ[name] == "1":  # Tuner.fit's result grid then finds no result files: a warning per trial
@@ -216,7 +217,8 @@ def _workers_trial_resources(exp: ExperimentConfig, *, joined: bool, note: Progr
     return exp.resources.as_ray()
 
 
-def param_space(resolved: ResolvedStrategy, repetition: int = 0, *, require_gpu: bool = False) -> dict[str, Any]:
+def param_space(resolved: ResolvedStrategy, repetition: int = 0, *,
+                require_gpu: bool = False) -> dict[str, Any]:
     """Ray's ``param_space``: the strategy's flat run config with its searched keys as Ray domains;
     repetition ``r`` trains with ``train.seed + r``. ``require_gpu`` (trials ask for a GPU and
     ``resources.cpu_fallback`` is false) turns ``train.device: auto`` into ``cuda``, so that a trial
@@ -270,7 +272,8 @@ def progress_callback_class() -> type:
             self.method = resolved.method
             self.rows: list[dict[str, Any]] = list(rows or [])
             self.journal = journal
-            self.write_error: RTHPOError | None = None  # the journal could not be written (raised through Tune)
+            # the journal could not be written (raised through Tune)
+            self.write_error: RTHPOError | None = None
             # each (trial, epoch) once, its last report: a trial restored from its checkpoint redoes epochs
             self.epoch_s: dict[tuple[str, Any], float] = {}
             self.reported_s, self.repeated, self.retries = 0.0, 0, 0
@@ -299,7 +302,8 @@ def progress_callback_class() -> type:
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.started.setdefault(trial.trial_id, time.time())
 
-        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                            **info: Any) -> None:
             now = time.time()
             row: dict[str, Any] = {"strategy": self.strategy.name, "seed": self.seed, "method": self.method,
                                    "searcher": self.strategy.searcher, "scheduler": self.strategy.scheduler,
@@ -311,7 +315,8 @@ def progress_callback_class() -> type:
                         for k in CONFIG_COLUMNS})
             row.update({k: v for k, v in result.items() if k != "config" and not isinstance(v, dict)})
             row[RECEIVED_AT] = now  # the driver's clock orders reports from every node
-            row[STARTED_AT] = self.started.get(trial.trial_id, now)  # when Tune started the trial (driver clock)
+            # when Tune started the trial (driver clock)
+            row[STARTED_AT] = self.started.get(trial.trial_id, now)
             row["time/wall_elapsed_s"] = now - self.start
             self._count(trial.trial_id, result)
             self.rows.append(row)
@@ -319,9 +324,9 @@ def progress_callback_class() -> type:
                 try:
                     append_row(self.journal, row)
                 except RTHPOError as err:
-                    # A full disk: raised through Tune, which ends the run at once (its trials' actors stopped)
-                    # and never registers this report's checkpoint; --resume restores Tune's last snapshot, so
-                    # this epoch is redone and journaled. Every epoch journaled before is intact.
+                    # A full disk: raised through Tune, which ends the run at once (its trials' actors
+                    # stopped) and never registers this report's checkpoint; --resume restores Tune's last
+                    # snapshot, so this epoch is redone and journaled. Every epoch journaled before is intact.
                     self.rows.pop()
                     self.write_error = err
                     raise
@@ -352,7 +357,8 @@ def progress_callback_class() -> type:
 
         def on_experiment_end(self, trials: list, **info: Any) -> None:
             for trial in trials:
-                if trial.trial_id not in self.ended and any(r["trial_id"] == trial.trial_id for r in self.rows):
+                if trial.trial_id not in self.ended and any(r["trial_id"] == trial.trial_id
+                                                            for r in self.rows):
                     last = max(r.get(M.EPOCH, 0) for r in self.rows if r["trial_id"] == trial.trial_id)
                     complete = last == trial.config.get("train.epochs") or any(
                         r.get(M.DIVERGED) for r in self.rows if r["trial_id"] == trial.trial_id)
@@ -399,24 +405,26 @@ def restored_run_config(tuner: Any) -> Any:
     if get is None:
         import ray
 
-        raise RuntimeError(f"Ray {ray.__version__} has no Tuner._local_tuner.get_run_config(); --resume needs it "
-                           "to put the live stopper and journal back. Pin ray[tune]==2.60.* or update "
-                           "ray_rthpo.tune.runner.restored_run_config for this Ray.")
+        raise RuntimeError(f"Ray {ray.__version__} has no Tuner._local_tuner.get_run_config(); "
+                           "--resume needs it to put the live stopper and journal back. Pin "
+                           "ray[tune]==2.60.* or update ray_rthpo.tune.runner.restored_run_config "
+                           "for this Ray.")
     return get()
 
 
 def tracking_callbacks(exp: ExperimentConfig, experiment_path: str, runs: list[tuple[int, Any]], *,
                        live_sequence: Callable[[str], Any] | None = None) -> list[Any]:
     """The ``RunConfig`` callbacks that log the trials of Tune experiment ``experiment_path``, which runs the
-    ``runs`` ((seed, strategy) pairs; ``live_sequence``: the shared sequence's lookup, else one run) to MLflow:
-    Ray's
+    ``runs`` ((seed, strategy) pairs; ``live_sequence``: the shared sequence's lookup, else one run) to
+    MLflow: Ray's
     ``MLflowLoggerCallback`` (:mod:`ray_rthpo.tune.tracking`). None, and nothing imported, when the
     experiment's ``tracking`` is off."""
     if not exp.tracking.enabled:
         return []
     from ray_rthpo.tune import tracking
 
-    return tracking.tracking_callbacks(exp, experiment_path=experiment_path, runs=runs, live_sequence=live_sequence)
+    return tracking.tracking_callbacks(exp, experiment_path=experiment_path, runs=runs,
+                                       live_sequence=live_sequence)
 
 
 def tracking_env(exp: ExperimentConfig) -> contextlib.AbstractContextManager[None]:
@@ -429,7 +437,8 @@ def tracking_env(exp: ExperimentConfig) -> contextlib.AbstractContextManager[Non
 
 def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_path: str,
                  resources: dict[str, float] | None = None, progress: ProgressFn = print,
-                 journal: str | Path | None = None, resume: bool = False, seed: int | None = None) -> StrategyOutcome:
+                 journal: str | Path | None = None, resume: bool = False,
+                 seed: int | None = None) -> StrategyOutcome:
     """Run ``strategy`` as one Tune experiment (named by ``exp.run_name``) under ``storage_path``
     (absolute or a URI) until its trials are done or its compute reaches ``exp.budget_s``; return every
     reported epoch. ``seed``: the repetition's searcher seed (default ``exp.seed``, the first
@@ -470,7 +479,8 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
     stopper = ComputeBudgetStopper(exp.budget_s, key=experiment_path)
     for row in earlier:  # the interrupted run's compute: each (trial, epoch) once, repeats replace it
         stopper.record(str(row["trial_id"]), row)
-    callback = progress_callback_class()(exp, resolved, progress, Path(journal) if journal else None, earlier, seed)
+    callback = progress_callback_class()(exp, resolved, progress, Path(journal) if journal else None,
+                                         earlier, seed)
     trainable = tune.with_resources(fresh_train_fn(), resources or exp.resources.as_ray())
     # PBT restores trials from *other* trials' latest checkpoints: keep a few, so that a donor's next report
     # cannot delete the one being cloned.
@@ -481,7 +491,8 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
                  f"({len({row['trial_id'] for row in earlier})} trial(s) already reported, "
                  f"{stopper.spent_s:.1f} compute-s spent)")
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True, param_space=param_space(resolved, repetition, require_gpu=require_gpu))
+                                   resume_errored=True, param_space=param_space(resolved, repetition,
+                                                                                require_gpu=require_gpu))
         run_config = restored_run_config(tuner)
         run_config.callbacks = [callback, retention, *logged]
         run_config.stop = stopper

@@ -10,10 +10,11 @@ Every searcher takes its space from ``Tuner(param_space=...)`` and its metric/mo
 | ``grid`` | Ray's ``BasicVariantGenerator``: every ``grid`` value (times ``num_samples``) | grid, choice |
 | ``random`` | Ray's ``BasicVariantGenerator`` sampling every domain | any |
 | ``optuna_tpe`` | Ray's ``OptunaSearch`` with ``optuna.samplers.TPESampler(seed)`` | sampled |
-| ``optuna_gp`` | Ray's ``OptunaSearch`` with ``optuna.samplers.GPSampler(seed)`` (needs scipy, torch) | sampled |
+| ``optuna_gp`` | Ray's ``OptunaSearch`` with ``optuna.samplers.GPSampler(seed)`` | sampled |
 | ``skopt`` | :class:`~ray_rthpo.tune.skopt_search.SkOptSearch` (a GP by default) | sampled |
 
-ASHA early stopping is a scheduler, not a searcher: it works on top of any of these (``scheduler: asha``).
+``optuna_gp`` needs scipy and torch. ASHA early stopping is a scheduler, not a searcher: it works on top of
+any of these (``scheduler: asha``).
 """
 
 from __future__ import annotations

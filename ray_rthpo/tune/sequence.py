@@ -86,7 +86,8 @@ SEQUENCE_SCHEDULERS = ("fifo", "asha")
 
 def in_sequence(strategy: Any) -> bool:
     """True when runs of ``strategy`` (a StrategyConfig) share the comparison's one Tune experiment: no
-    scheduler, or ASHA (routed per run by :class:`SequenceScheduler`); PBT runs in an experiment of its own."""
+    scheduler, or ASHA (routed per run by :class:`SequenceScheduler`); PBT runs in an experiment of its
+    own."""
     return strategy.scheduler in SEQUENCE_SCHEDULERS
 
 
@@ -262,7 +263,8 @@ class RunSequence(SearchAlgorithm):
                            "scheduler": r.scheduler, "search": _search_state(r.search_alg)}
                           for r in self.runs]}
         tmp = Path(dirpath) / f".{STATE_FILE}.tmp"
-        tmp.write_bytes(cloudpickle.dumps(state))  # Ray's generators hold argparse parsers: plain pickle refuses
+        # Ray's generators hold argparse parsers: plain pickle refuses
+        tmp.write_bytes(cloudpickle.dumps(state))
         os.replace(tmp, Path(dirpath) / STATE_FILE)
 
     def has_checkpoint(self, dirpath: str) -> bool:
@@ -276,11 +278,12 @@ class RunSequence(SearchAlgorithm):
         names = [r["name"] for r in state["runs"]]
         if names != [r.name for r in self.runs]:
             extra = sorted({r.name for r in self.runs} - set(names))
-            raise ValueError(f"the saved sequence ran {names}, but this one has {[r.name for r in self.runs]}; "
-                             "resume with the same config and --set values. (A comparison started by a ray_rthpo "
-                             "from before ASHA runs joined the shared experiment, whose ASHA runs had experiments "
-                             f"of their own, also differs here{': ' + str(extra) if extra else ''}: run it afresh "
-                             "in a new --output folder.)")
+            raise ValueError(f"the saved sequence ran {names}, but this one has "
+                             f"{[r.name for r in self.runs]}; resume with the same config and --set values. "
+                             "(A comparison started by a ray_rthpo from before ASHA runs joined the shared "
+                             "experiment, whose ASHA runs had experiments of their own, also differs "
+                             f"here{': ' + str(extra) if extra else ''}: run it afresh in a new "
+                             "--output folder.)")
         self.current, self.owner, self._ended = state["current"], dict(state["owner"]), set(state["ended"])
         for run, saved in zip(self.runs, state["runs"], strict=True):
             run.started_at, run.ended_at, run.made = saved["started_at"], saved["ended_at"], saved["made"]
@@ -401,8 +404,8 @@ class SequenceScheduler(FIFOScheduler):
 
 
 def _knows(scheduler: TrialScheduler, trial_id: str, default: bool = False) -> bool:
-    """Whether ``scheduler`` holds ``trial_id`` (Ray's ASHA keeps its trials in the private ``_trial_info``, and
-    fails on a trial it does not hold; ``default`` for a scheduler without such a table)."""
+    """Whether ``scheduler`` holds ``trial_id`` (Ray's ASHA keeps its trials in the private ``_trial_info``,
+    and fails on a trial it does not hold; ``default`` for a scheduler without such a table)."""
     table = getattr(scheduler, "_trial_info", None)
     return default if table is None else trial_id in table
 
@@ -438,7 +441,8 @@ def _routing_callback(key: str, callbacks: dict[str, Any], announce: Callable[[s
             if target is not None:
                 target.on_trial_recover(iteration, trials, trial, **info)
 
-        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                            **info: Any) -> None:
             target = self._target(trial)
             if target is not None:
                 target.on_trial_result(iteration, trials, trial, result, **info)
@@ -458,8 +462,8 @@ def _routing_callback(key: str, callbacks: dict[str, Any], announce: Callable[[s
         def on_experiment_end(self, trials: list, **info: Any) -> None:
             sequence = live_sequence(key)
             for name, callback in callbacks.items():
-                own = [t for t in trials if sequence is not None and (r := sequence.run_of(t.trial_id)) is not None
-                       and r.name == name]
+                own = [t for t in trials if sequence is not None
+                       and (r := sequence.run_of(t.trial_id)) is not None and r.name == name]
                 callback.on_experiment_end(own, **info)
 
     return RoutingCallback()
@@ -467,7 +471,8 @@ def _routing_callback(key: str, callbacks: dict[str, Any], announce: Callable[[s
 
 def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, resources: dict[str, float],
                  journals: Path, resume: bool, progress: Callable[[str], None],
-                 on_run_done: Callable[[str, Any], None], headers: dict[str, str] | None = None) -> dict[str, Any]:
+                 on_run_done: Callable[[str, Any], None],
+                 headers: dict[str, str] | None = None) -> dict[str, Any]:
     """Run the ``runs`` ((seed, strategy) pairs, in order; FIFO or ASHA: :func:`in_sequence`) of the
     experiment ``exp`` as one Tune experiment ``<storage_path>/sequence`` (see the module doc); return
     ``{run name: StrategyOutcome}`` of the runs that ran in this call. ``on_run_done(name, outcome)`` is
@@ -511,16 +516,18 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
         name, resolved = exp.run_name(strategy, seed), exp.resolved(strategy)
         journal = journals / f"{name}.jsonl"
         earlier = journaled[name] = resume_journal(journal, restoring)
-        searcher = build_searcher(strategy.searcher, seed=seed, options=strategy.searcher_options, max_concurrent=0,
-                                  background=True)
+        searcher = build_searcher(strategy.searcher, seed=seed, options=strategy.searcher_options,
+                                  max_concurrent=0, background=True)
         if is_basic(searcher):
-            # Ray names a variant generator's trials by a prefix from uuid1 (the clock): generators made in the
-            # same instant share it, and their trials' ids would collide in one experiment. One of our own.
+            # Ray names a variant generator's trials by a prefix from uuid1 (the clock): generators made in
+            # the same instant share it, and their trials' ids would collide in one experiment. One of our
+            # own.
             searcher._uuid_prefix = f"{uuid.uuid4().hex[:5]}_"
         stopper = ComputeBudgetStopper(exp.budget_s)
         for row in earlier:
             stopper.record(str(row["trial_id"]), row)
-        sequence_runs.append(Run(name, strategy.name, seed, searcher if is_basic(searcher) else SearchGenerator(searcher),
+        sequence_runs.append(Run(name, strategy.name, seed,
+                                 searcher if is_basic(searcher) else SearchGenerator(searcher),
                                  param_space(resolved, seed - exp.seed, require_gpu=require_gpu),
                                  resolved.num_samples, stopper, scheduler=run_scheduler(resolved)))
         callbacks[name] = callback_class(exp, resolved, progress, journal, earlier, seed)
@@ -553,10 +560,10 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
     trainable = tune.with_resources(fresh_train_fn(), resources)
     if restoring:
         progress(f"[sequence] resuming the Tune experiment in {experiment_path} "
-                 f"({sum(len({r['trial_id'] for r in rows}) for rows in journaled.values())} trial(s) already reported, "
-                 f"{sum(r.stopper.spent_s for r in sequence_runs):.1f} compute-s spent)")
-        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=True,
-                                   param_space=sequence_runs[0].param_space)
+                 f"({sum(len({r['trial_id'] for r in rows}) for rows in journaled.values())} trial(s) "
+                 f"already reported, {sum(r.stopper.spent_s for r in sequence_runs):.1f} compute-s spent)")
+        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True, param_space=sequence_runs[0].param_space)
         run_config = restored_run_config(tuner)
         run_config.callbacks = [router, retention, *logged]
         run_config.stop = SequenceStopper(experiment_path)
@@ -568,7 +575,8 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
                                         reuse_actors=True),
             run_config=tune.RunConfig(
                 name="sequence", storage_path=storage_path, verbose=0, callbacks=[router, retention, *logged],
-                stop=SequenceStopper(experiment_path), failure_config=tune.FailureConfig(max_failures=exp.max_failures),
+                stop=SequenceStopper(experiment_path),
+                failure_config=tune.FailureConfig(max_failures=exp.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
     # Tune starts at most one pending trial at a time for a search algorithm of its own kind (its
     # _get_max_pending_trials): allow as many as may run at once, for the life of this experiment.
@@ -594,7 +602,8 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
     del grid  # the results are the journals; errors come from the router
     for run in live.runs:
         if run.name in outcomes:
-            if tuple(errors.get(run.name, ())) != outcomes[run.name].errors:  # an error told after its run ended
+            # an error told after its run ended
+            if tuple(errors.get(run.name, ())) != outcomes[run.name].errors:
                 outcomes[run.name] = outcome(run, tuple(errors.get(run.name, ())))
                 on_run_done(run.name, outcomes[run.name])
         elif run.started_at is not None or live.ended(run.name) or journaled.get(run.name):
@@ -606,4 +615,5 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
     return outcomes
 
 
-__all__ = ["Run", "RunSequence", "SequenceStopper", "SequenceScheduler", "in_sequence", "SEQUENCE_SCHEDULERS", "STATE_FILE", "live_sequence", "set_run_end_hook", "run_sequence"]
+__all__ = ["Run", "RunSequence", "SequenceStopper", "SequenceScheduler", "in_sequence", "SEQUENCE_SCHEDULERS",
+           "STATE_FILE", "live_sequence", "set_run_end_hook", "run_sequence"]

@@ -8,7 +8,7 @@ calls, with the space from ``Tuner(param_space=...)`` and metric/mode from ``Tun
     config = searcher.suggest("trial_1")            # {"lr.eta0": 0.0123}
     searcher.on_trial_complete("trial_1", {"val/acc": 0.91})
 
-The space is flat, as :func:`ray_rthpo.experiment.spaces.to_domain` makes it: dotted keys ->
+The space is flat, as :func:`ray_rthpo.tune.searchers.to_domain` makes it: dotted keys ->
 ``tune.loguniform``/``uniform``/``randint``/``choice``; other values are constants, passed unchanged.
 While trials run, the next point is asked from a copy of the optimizer told the running points with
 the best value so far ("constant liar"), so a running point is not proposed again.
@@ -98,7 +98,8 @@ class SkOptSearch(Searcher):
     def __init__(self, space: Mapping[str, Any] | None = None, metric: str | None = None,
                  mode: str | None = None, *, seed: int | None = None, base_estimator: str = "GP",
                  n_initial_points: int = 5, acq_func: str = "gp_hedge",
-                 max_concurrent: int | None = None, penalty: float | None = None, background: bool = False) -> None:
+                 max_concurrent: int | None = None, penalty: float | None = None,
+                 background: bool = False) -> None:
         if skopt is None:
             raise ImportError("SkOptSearch needs scikit-optimize, which is not installed. "
                               "Fix: pip install scikit-optimize.")
@@ -231,7 +232,8 @@ class SkOptSearch(Searcher):
 
     def _ready_now(self) -> bool:
         """True when the prepared point is for the next suggestion and the optimizer it was asked from."""
-        return self._ready is not None and self._ready[0] == self._suggested and self._ready[2] is self._optimizer
+        return (self._ready is not None and self._ready[0] == self._suggested
+                and self._ready[2] is self._optimizer)
 
     def _start_fit(self) -> None:
         """Start the thread unless it runs already (it starts over when the searcher changed under it)."""
@@ -393,7 +395,8 @@ def _tell(optimizer: Any, results: list[tuple[list[Any], float]]) -> None:
         try:
             optimizer.tell(point, objective)
         except Exception:  # one bad tell must not end a long experiment (as in Ray's OptunaSearch)
-            logger.exception("SkOptSearch: telling point %s = %s to skopt failed; point dropped.", point, objective)
+            logger.exception("SkOptSearch: telling point %s = %s to skopt failed; point dropped.",
+                             point, objective)
 
 
 def _ask(optimizer: Any, pending: list[list[Any]]) -> list[Any]:
@@ -477,7 +480,8 @@ def _dimension(name: str, domain: Any) -> Any:
         return Real(domain.lower, domain.upper, prior="log-uniform" if log else "uniform", name=name)
     if isinstance(domain, ray_sample.Integer) and uniform:
         return Integer(domain.lower, domain.upper - 1, name=name)  # randint's upper bound is exclusive
-    raise _unsupported(name, f"{type(domain).__name__} domain with {type(sampler).__name__.lstrip('_')} sampler",
+    raise _unsupported(name, f"{type(domain).__name__} domain with "
+                             f"{type(sampler).__name__.lstrip('_')} sampler",
                        "use tune.loguniform, tune.uniform, tune.randint or tune.choice.")
 
 

@@ -90,16 +90,19 @@ def trial_device(requested: str, gpu_ids: Sequence[Any], visible: str | None, cu
         return "cpu"
     if not gpu_ids or not cuda_available:
         if requested == "cuda":
-            why = "Ray gave this trial no GPU" if not gpu_ids else f"Ray gave it GPU {list(gpu_ids)} but CUDA is absent"
-            raise ConfigError(f"train.device is 'cuda', but {why}; ask for one with resources.gpu (e.g. 0.5) on a "
-                              "machine with CUDA, or set resources.cpu_fallback: true to run on the CPU.")
+            why = ("Ray gave this trial no GPU" if not gpu_ids
+                   else f"Ray gave it GPU {list(gpu_ids)} but CUDA is absent")
+            raise ConfigError(f"train.device is 'cuda', but {why}; ask for one with resources.gpu "
+                              "(e.g. 0.5) on a machine with CUDA, or set resources.cpu_fallback: true to run "
+                              "on the CPU.")
         return "cpu"
     if visible is not None and visible.strip() not in ("", "NoDevFiles"):
         return "cuda:0"  # CUDA_VISIBLE_DEVICES holds the assigned ids: they are renumbered from 0
     index = int(str(gpu_ids[0]))
     if device_count and index >= device_count:
-        raise ConfigError(f"Ray assigned GPU {index}, but this process sees only {device_count} CUDA devices; "
-                          "do not set RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES, or fix the node's GPU count.")
+        raise ConfigError(f"Ray assigned GPU {index}, but this process sees only {device_count} "
+                          "CUDA devices; do not set RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES, or fix the "
+                          "node's GPU count.")
     return f"cuda:{index}"
 
 
@@ -116,7 +119,8 @@ def train_fn(config: dict[str, Any]) -> None:
     run_config = config_from_ray(config)
     gpu_ids = ray.get_gpu_ids()
     device = trial_device(run_config.train.device, gpu_ids, os.environ.get("CUDA_VISIBLE_DEVICES"),
-                          torch.cuda.is_available(), torch.cuda.device_count() if torch.cuda.is_available() else 0)
+                          torch.cuda.is_available(),
+                          torch.cuda.device_count() if torch.cuda.is_available() else 0)
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))  # "cuda" below is this device
     trainer = Trainer(run_config.replace(**{"train.device": "cuda" if device.startswith("cuda") else "cpu"}))
@@ -130,7 +134,8 @@ def train_fn(config: dict[str, Any]) -> None:
             if state_file.exists():  # a damaged one raises, naming the file and the fix
                 trainer.load(state_file, adopt=ADOPTABLE_KEYS)
             else:  # deleted as `--resume` advised for a damaged one: the trial starts again from epoch 1
-                print(f"rthpo: {state_file} is gone; this trial starts again from its first epoch", file=sys.stderr)
+                print(f"rthpo: {state_file} is gone; this trial starts again from its first epoch",
+                      file=sys.stderr)
     where = {**node_info(trainer.device), GPU_IDS: ",".join(str(g) for g in gpu_ids), PID: os.getpid()}
     setup_s, checkpoint_s = time.perf_counter() - start, 0.0
     every_s, unsaved_s = run_config.train.checkpoint_every_s, 0.0
