@@ -33,7 +33,8 @@ def tiny_bn_mlp() -> nn.Module:
 def batches(n: int, size: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``n`` random float64 batches of 4 features, 3 classes."""
     gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (size,), generator=gen))
+    return [(torch.randn(size, 4, generator=gen, dtype=torch.float64),
+             torch.randint(0, 3, (size,), generator=gen))
             for _ in range(n)]
 
 
@@ -42,7 +43,8 @@ def run(eta: float, train: list, val: tuple) -> tuple[nn.Module, RTHPO]:
     model = tiny_bn_mlp()
     opt = RTHPO(model.parameters(), lr=eta, beta=0.0)
     for x, y in train:
-        opt.step(ModelClosure(model, F.cross_entropy, x, y), val_closure=ModelClosure(model, F.cross_entropy, *val))
+        opt.step(ModelClosure(model, F.cross_entropy, x, y),
+                 val_closure=ModelClosure(model, F.cross_entropy, *val))
     return model, opt
 
 

@@ -5,7 +5,8 @@ Usage::
     python experiments/bench_step_cost.py --device cpu --json docs/perf/bench_step_cost_cpu.json
     python experiments/bench_step_cost.py --device cuda --json docs/perf/bench_step_cost_cuda.json
     python experiments/bench_step_cost.py --models mlp lenet --reps 10          # a quicker look
-    python experiments/bench_step_cost.py --markdown docs/perf/bench_step_cost_cpu.json --doc docs/performance.md
+    python experiments/bench_step_cost.py --markdown docs/perf/bench_step_cost_cpu.json \\
+        --doc docs/performance.md
 
 For each model (``mlp`` and ``lenet`` on 1x28x28 inputs with batch 128, ``resnet18`` on 3x32x32 with
 batch 32 on CPU and 128 on CUDA; 10 classes; random inputs and labels), everything runs in one
@@ -142,18 +143,20 @@ VARIANTS: dict[str, Spec] = {
     "rthpo[forward_over_reverse_bn]": Spec({"method": "rthpo", "hvp": "forward_over_reverse_bn"}),
     # forward mode gives no |grad E|, which the default (multiplicative) rule divides by: the paper's rule
     "rthpo[val_mode=forward]": Spec({"method": "rthpo", "val_mode": "forward", "hyper_update": "additive"}),
-    "rthpo[closure]": Spec({"method": "rthpo", "hvp": "double_backward", "preset": "exact"}, "sgd", "closure"),
+    "rthpo[closure]": Spec({"method": "rthpo", "hvp": "double_backward", "preset": "exact"},
+                           "sgd", "closure"),
     "rthpo[functional]": Spec({"method": "rthpo", "hvp": FUNCTIONAL}),
     # sub-sampled every 10th step on a quarter of the batch: a candidate for the cheap default
-    "rthpo[every10,quarter]": Spec({"method": "rthpo", "hvp_every": 10, "hvp_batch_fraction": 0.25, "val_every": 10,
-                                    "val_batch_fraction": 0.25}),
+    "rthpo[every10,quarter]": Spec({"method": "rthpo", "hvp_every": 10, "hvp_batch_fraction": 0.25,
+                                    "val_every": 10, "val_batch_fraction": 0.25}),
     "rthpo_adamw[every10,quarter]": Spec({"method": "rthpo", "hvp_every": 10, "hvp_batch_fraction": 0.25,
                                           "val_every": 10, "val_batch_fraction": 0.25}, "adamw"),
     # a step after lr.tune_fraction of the run (the tuning is over: the base step alone, on the schedule)
     "rthpo[after_tuning]": Spec({"method": "rthpo", "tune_fraction": 1e-4, "schedule": "warmup_cosine"}),
     "rthpo_adamw[after_tuning]": Spec({"method": "rthpo", "tune_fraction": 1e-4, "schedule": "warmup_cosine"},
                                       "adamw"),
-    "rthpo_adamw[closure]": Spec({"method": "rthpo", "hvp": "double_backward", "preset": "exact"}, "adamw", "closure"),
+    "rthpo_adamw[closure]": Spec({"method": "rthpo", "hvp": "double_backward", "preset": "exact"},
+                                 "adamw", "closure"),
     "rthpo_adamw[functional]": Spec({"method": "rthpo", "hvp": FUNCTIONAL}, "adamw"),
 }
 #: base optimizer -> the entry that is the unit of its ratios
@@ -165,7 +168,8 @@ UNITS = {"sgd": "sgd", "adamw": "adamw"}
 @contextmanager
 def _batchnorm_stats_frozen(model: nn.Module) -> Iterator[None]:
     """Train-mode BatchNorm normalises by batch statistics but leaves running statistics alone."""
-    mods = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    mods = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.track_running_stats]
     for m in mods:
         m.track_running_stats = False
     try:
@@ -213,7 +217,8 @@ def validation_jvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, z: dict[s
     model.eval()
     try:
         with torch.no_grad():
-            return jvp(lambda p: F.cross_entropy(functional_call(model, (p, buffers), (x,)), y), (params,), (z,))
+            return jvp(lambda p: F.cross_entropy(functional_call(model, (p, buffers), (x,)), y),
+                       (params,), (z,))
     finally:
         model.train()
 
@@ -280,7 +285,8 @@ def _config(name: str, spec: Spec, bs: int, functional_route: str) -> Config:
     if lr.get("hvp") == FUNCTIONAL:
         lr["hvp"] = functional_route
     adamw = spec.base == "adamw"
-    return Config(data=DataConfig(name="fake", batch_size=bs, val_batch_size=bs), model=ModelConfig(name=name),
+    return Config(data=DataConfig(name="fake", batch_size=bs, val_batch_size=bs),
+                  model=ModelConfig(name=name),
                   optim=OptimConfig(base=spec.base, weight_decay=ADAMW_WEIGHT_DECAY if adamw else 0.0),
                   lr=LRConfig(eta0=ETA0_ADAMW if adamw else ETA0, beta=0.0, **lr))
 
@@ -311,7 +317,8 @@ def build_entries(name: str, device: torch.device, methods: list[str]) -> tuple[
         period = 1
         if isinstance(optimizer, RTHPO):
             group = optimizer.param_groups[0]
-            sub = {k: group[k] for k in ("hvp_every", "hvp_batch_fraction", "val_every", "val_batch_fraction")}
+            sub = {k: group[k] for k in ("hvp_every", "hvp_batch_fraction", "val_every",
+                                         "val_batch_fraction")}
             period = math.lcm(sub["hvp_every"], sub["val_every"])
             info.update({"hvp_route": group["hvp"], "val_mode": group["val_mode"], "subsampling": sub,
                          "driver": spec.driver, "tune_fraction": group["tune_fraction"]})
@@ -327,7 +334,8 @@ def build_entries(name: str, device: torch.device, methods: list[str]) -> tuple[
         def run(step: Callable[[], bool] = step, period: int = period, method: str = method) -> None:
             for _ in range(period):
                 if step():
-                    raise RuntimeError(f"{name}/{method}: a benchmark step diverged; lower the learning rate.")
+                    raise RuntimeError(f"{name}/{method}: a benchmark step diverged; lower the "
+                                       "learning rate.")
 
         entry = Entry(method, run, period, info)
         run()  # creates optimizer state; then resident memory is what the method keeps between steps
@@ -349,8 +357,8 @@ def build_entries(name: str, device: torch.device, methods: list[str]) -> tuple[
                      "functional_route": functional_route}
 
 
-def _step_function(opt: torch.optim.Optimizer, driver: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                   xv: torch.Tensor, yv: torch.Tensor) -> Callable[[], bool]:
+def _step_function(opt: torch.optim.Optimizer, driver: str, model: nn.Module, x: torch.Tensor,
+                   y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor) -> Callable[[], bool]:
     """One training step as users run it (the Trainer's ``_step``); returns whether it diverged."""
     if not isinstance(opt, RTHPO):  # the units: forward, backward, step
 
@@ -407,8 +415,8 @@ def bench_model(name: str, device: torch.device, reps: int, warmup: int, methods
         "bound_ms": bound,
         **{k.replace("_ms", "_ratio_to_sgd"): v / sgd for k, v in pieces.items() if k.endswith("_ms")},
     })
-    result: dict[str, Any] = {**meta, "reps": reps, "sgd_ms": sgd, "bound_ratio": bound / sgd, "bound": pieces,
-                              "methods": {}}
+    result: dict[str, Any] = {**meta, "reps": reps, "sgd_ms": sgd, "bound_ratio": bound / sgd,
+                              "bound": pieces, "methods": {}}
     units = {"sgd": (sgd, bound)}
     if "adamw" in ms:
         # AdamW's unit is a plain AdamW step and its bound adds AdamW's own update to the pieces above.
@@ -421,7 +429,8 @@ def bench_model(name: str, device: torch.device, reps: int, warmup: int, methods
         }
         adamw_pieces.update({k.replace("_ms", "_ratio_to_adamw"): v / adamw
                              for k, v in list(adamw_pieces.items()) if k.endswith("_ms")})
-        result.update({"adamw_ms": adamw, "adamw_bound_ratio": adamw_bound / adamw, "adamw_bound": adamw_pieces})
+        result.update({"adamw_ms": adamw, "adamw_bound_ratio": adamw_bound / adamw,
+                       "adamw_bound": adamw_pieces})
         units["adamw"] = (adamw, adamw_bound)
     for entry in entries:
         if entry.name.startswith(("bound:", "info:")):
@@ -501,12 +510,13 @@ def _verdict(results: dict[str, Any], method: str, key: str = "ratio_to_bound",
         if row is not None:
             value = row.get(key, row["ratio_to_sgd"])
             (met if value <= limit else missed).append(f"{name} {value:.2f}")
-    parts = ([f"met on {', '.join(met)}"] if met else []) + ([f"NOT met on {', '.join(missed)}"] if missed else [])
+    parts = ([f"met on {', '.join(met)}"] if met else []) + ([f"NOT met on {', '.join(missed)}"]
+                                                             if missed else [])
     return "; ".join(parts) if parts else "not measured"
 
 
-#: The run configs' default: lr.tune_fraction of the run tunes (``[every10,quarter]``, the cheap preset), the rest
-#: is the step after the tuning (``[after_tuning]``); its cost over a run is the mix of the two.
+#: The run configs' default: lr.tune_fraction of the run tunes (``[every10,quarter]``, the cheap preset), the
+#: rest is the step after the tuning (``[after_tuning]``); its cost over a run is the mix of the two.
 DEFAULT_TUNE_FRACTION = 0.25
 TARGET_DEFAULT_RATIO = 1.3  # issue 18: the default settings at most 1.3x the base step
 
@@ -518,21 +528,26 @@ def _measured_on(results: dict[str, Any]) -> str:
             + (f" ({results['device_name']})" if results.get("device_name") else "")
             + f", torch {results['torch']}, {results['num_threads']} thread"
             + f"{'s' if results['num_threads'] != 1 else ''}, {results['cpu_count']} cores, load "
-            f"average {results['load_average_before']:.2f} before and {results['load_average_after']:.2f} after; "
+            f"average {results['load_average_before']:.2f} before and "
+            f"{results['load_average_after']:.2f} after; "
             + ", ".join(f"{name} {res['reps']} repetitions" for name, res in results["models"].items()) + ".")
 
 
 def default_cost_table(results: dict[str, Any]) -> list[str]:
-    """The cost of the run configs' default over a run, per model and base, from the cheap and after-tuning rows."""
+    """The cost of the run configs' default over a run, per model and base, from the cheap and after-tuning
+    rows."""
     lines = ["| model | base | tuning step (cheap) | step after the tuning | over a run "
-             f"({DEFAULT_TUNE_FRACTION:g} / {1 - DEFAULT_TUNE_FRACTION:g}) | at most {TARGET_DEFAULT_RATIO}x |",
+             f"({DEFAULT_TUNE_FRACTION:g} / {1 - DEFAULT_TUNE_FRACTION:g}) | at most "
+             f"{TARGET_DEFAULT_RATIO}x |",
              "|---|---|---|---|---|---|"]
     for name, res in results["models"].items():
         for base, prefix in (("sgd", "rthpo"), ("adamw", "rthpo_adamw")):
-            tune, after = res["methods"].get(f"{prefix}[every10,quarter]"), res["methods"].get(f"{prefix}[after_tuning]")
+            tune = res["methods"].get(f"{prefix}[every10,quarter]")
+            after = res["methods"].get(f"{prefix}[after_tuning]")
             if tune is None or after is None:
                 continue
-            t, a = tune.get("ratio_to_unit", tune["ratio_to_sgd"]), after.get("ratio_to_unit", after["ratio_to_sgd"])
+            t = tune.get("ratio_to_unit", tune["ratio_to_sgd"])
+            a = after.get("ratio_to_unit", after["ratio_to_sgd"])
             run = DEFAULT_TUNE_FRACTION * t + (1 - DEFAULT_TUNE_FRACTION) * a
             lines.append(f"| {name} | {base} | {t:.2f}x | {a:.2f}x | {run:.2f}x | "
                          f"{'met' if run <= TARGET_DEFAULT_RATIO else 'NOT met'} |")
@@ -548,18 +563,19 @@ def markdown_tables(results: dict[str, Any]) -> str:
     lines = [
         _measured_on(results),
         "",
-        "SGD (ratios to a plain SGD step; `bound` = min(grad + HVP by the two routes) + one validation gradient):",
+        "SGD (ratios to a plain SGD step; `bound` = min(grad + HVP by the two routes) + one validation "
+        "gradient):",
         "",
-        "| model | SGD ms/step | bound (x SGD) | hd_train | hd_val | rthpo | marthe | rthpo fast | rthpo / bound "
-        "| closure route | functional route |",
+        "| model | SGD ms/step | bound (x SGD) | hd_train | hd_val | rthpo | marthe | rthpo fast | "
+        "rthpo / bound | closure route | functional route |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, res in models.items():
         lines.append(
             f"| {name} | {res['sgd_ms']:.2f} | {res['bound_ratio']:.2f} | {_cell(res, 'hd_train')} | "
-            f"{_cell(res, 'hd_val')} | {_cell(res, 'rthpo')} | {_cell(res, 'marthe')} | {_cell(res, 'rthpo_fast')} | "
-            f"{_cell(res, 'rthpo', 'ratio_to_bound')} | {_cell(res, 'rthpo[closure]')} | "
-            f"{_cell(res, 'rthpo[functional]')} |")
+            f"{_cell(res, 'hd_val')} | {_cell(res, 'rthpo')} | {_cell(res, 'marthe')} | "
+            f"{_cell(res, 'rthpo_fast')} | {_cell(res, 'rthpo', 'ratio_to_bound')} | "
+            f"{_cell(res, 'rthpo[closure]')} | {_cell(res, 'rthpo[functional]')} |")
     lines += ["", f"`rthpo` at most {TARGET_RATIO_TO_BOUND}x its bound: {_verdict(results, 'rthpo')}. "
               f"`rthpo fast` at most {TARGET_FAST_RATIO}x SGD: "
               f"{_verdict(results, 'rthpo_fast', 'ratio_to_unit', TARGET_FAST_RATIO)}. `rthpo` / `hd_train`: "
@@ -569,8 +585,8 @@ def markdown_tables(results: dict[str, Any]) -> str:
     if adamw_models:
         lines += [
             "",
-            "AdamW (ratios to a plain `torch.optim.AdamW` step; `bound` = the pieces above + AdamW's own update; "
-            f"weight decay {ADAMW_WEIGHT_DECAY}):",
+            "AdamW (ratios to a plain `torch.optim.AdamW` step; `bound` = the pieces above + AdamW's "
+            f"own update; weight decay {ADAMW_WEIGHT_DECAY}):",
             "",
             "| model | AdamW ms/step | bound (x AdamW) | hd_train | hd_val | rthpo | marthe | rthpo fast "
             "| rthpo / bound | closure route | functional route |",
@@ -579,17 +595,19 @@ def markdown_tables(results: dict[str, Any]) -> str:
         for name, res in adamw_models.items():
             lines.append(
                 f"| {name} | {res['adamw_ms']:.2f} | {res['adamw_bound_ratio']:.2f} | "
-                f"{_cell(res, 'hd_train_adamw')} | {_cell(res, 'hd_val_adamw')} | {_cell(res, 'rthpo_adamw')} | "
-                f"{_cell(res, 'marthe_adamw')} | {_cell(res, 'rthpo_fast_adamw')} | "
-                f"{_cell(res, 'rthpo_adamw', 'ratio_to_bound')} | {_cell(res, 'rthpo_adamw[closure]')} | "
-                f"{_cell(res, 'rthpo_adamw[functional]')} |")
+                f"{_cell(res, 'hd_train_adamw')} | {_cell(res, 'hd_val_adamw')} | "
+                f"{_cell(res, 'rthpo_adamw')} | {_cell(res, 'marthe_adamw')} | "
+                f"{_cell(res, 'rthpo_fast_adamw')} | {_cell(res, 'rthpo_adamw', 'ratio_to_bound')} | "
+                f"{_cell(res, 'rthpo_adamw[closure]')} | {_cell(res, 'rthpo_adamw[functional]')} |")
+        fast = _verdict({"models": adamw_models}, "rthpo_fast_adamw", "ratio_to_unit", TARGET_FAST_RATIO)
         lines += ["", f"`rthpo_adamw` at most {TARGET_RATIO_TO_BOUND}x its bound: "
                   f"{_verdict({'models': adamw_models}, 'rthpo_adamw')}. `rthpo fast` at most "
-                  f"{TARGET_FAST_RATIO}x AdamW: "
-                  f"{_verdict({'models': adamw_models}, 'rthpo_fast_adamw', 'ratio_to_unit', TARGET_FAST_RATIO)}."]
-    routes = ", ".join(f"{name}: {res['functional_route']}" for name, res in models.items() if "functional_route" in res)
+                  f"{TARGET_FAST_RATIO}x AdamW: {fast}."]
+    routes = ", ".join(f"{name}: {res['functional_route']}" for name, res in models.items()
+                       if "functional_route" in res)
     if routes:
-        lines += ["", "Closure route: `RTHPO.step` driven by bare Python closures, `hvp=\"double_backward\"`. "
+        lines += ["",
+                  "Closure route: `RTHPO.step` driven by bare Python closures, `hvp=\"double_backward\"`. "
                   f"Functional route: a `ModelClosure` with the torch.func route ({routes}). Where the "
                   "functional route is what `lr.hvp: auto` picks, it is the `rthpo` measurement itself."]
     if device_is_cuda(results):
@@ -631,18 +649,20 @@ def main(argv: list[str] | None = None) -> int:
                         default=list(METHODS) + list(VARIANTS),
                         help="'sgd' is always included, 'adamw' whenever an AdamW method is")
     parser.add_argument("--reps", type=int, default=None,
-                        help=f"repetitions per model (default: {DEFAULT_REPS} on CPU, {DEFAULT_REPS_CUDA} on CUDA)")
+                        help=f"repetitions per model (default: {DEFAULT_REPS} on CPU, "
+                             f"{DEFAULT_REPS_CUDA} on CUDA)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds before timing (default 2)")
     parser.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: leave torch's default; on a shared machine one "
                              "thread per process avoids OpenMP oversubscription stalls)")
     parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
-                        help="wall: wall-clock time (default); cpu: CPU time of this process (CPU device only), "
-                             "which other processes' use of the cores does not inflate: with --threads 1 it is the "
-                             "work of the step, the choice for a shared machine")
+                        help="wall: wall-clock time (default); cpu: CPU time of this process "
+                             "(CPU device only), which other processes' use of the cores does not inflate: "
+                             "with --threads 1 it is the work of the step, the choice for a shared machine")
     parser.add_argument("--markdown", type=Path, default=None, metavar="JSON",
-                        help="measure nothing: print the Markdown tables of docs/performance.md from this JSON")
+                        help="measure nothing: print the Markdown tables of docs/performance.md "
+                             "from this JSON")
     parser.add_argument("--doc", type=Path, default=None,
                         help="with --markdown: write the tables into this file, between the markers "
                              "'<!-- begin: JSON_STEM -->' and '<!-- end: JSON_STEM -->'")
@@ -690,7 +710,8 @@ def main(argv: list[str] | None = None) -> int:
         "clock": args.clock, "load_average_before": load_before[0], "models": {},
     }
     for name in args.models:
-        reps = args.reps if args.reps is not None else (DEFAULT_REPS_CUDA if device.type == "cuda" else DEFAULT_REPS)[name]
+        reps = args.reps if args.reps is not None else (DEFAULT_REPS_CUDA if device.type == "cuda"
+                                                        else DEFAULT_REPS)[name]
         start = time.perf_counter()
         results["models"][name] = bench_model(name, device, reps, args.warmup, methods, args.clock)
         results["models"][name]["wall_s"] = time.perf_counter() - start

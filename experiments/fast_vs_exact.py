@@ -95,7 +95,8 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if "exact" in means and "fast" in means:
             gap = means["fast"] - means["exact"]
             acc = {(r["preset"], r["seed"]): 100.0 * r["test_acc"] for r in runs if r["model"] == model}
-            paired = [acc[("fast", s)] - acc[("exact", s)] for p, s in acc if p == "exact" and ("fast", s) in acc]
+            paired = [acc[("fast", s)] - acc[("exact", s)] for p, s in acc if p == "exact"
+                      and ("fast", s) in acc]
             rows[-1].update({"gap_to_exact_points": gap, "within_target": abs(gap) <= TARGET_POINTS,
                              "paired_gaps_points": paired,
                              "paired_gap_std_points": statistics.stdev(paired) if len(paired) > 1 else 0.0})
@@ -104,8 +105,8 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     """The summary as a Markdown table."""
-    print("\n| model | preset | final test acc % (mean ± std) | per seed | final eta (mean) | train s/epoch | "
-          "fast - exact |")
+    print("\n| model | preset | final test acc % (mean ± std) | per seed | final eta (mean) | train "
+          "s/epoch | fast - exact |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         gap = ""
@@ -114,8 +115,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             gap = (f"{r['gap_to_exact_points']:+.2f} ({'within' if r['within_target'] else 'OUTSIDE'} "
                    f"±{TARGET_POINTS}; per seed {seeds_gap})")
         seeds = ", ".join(f"{a:.2f}" for a in r["test_acc"])
-        print(f"| {r['model']} | {r['preset']} | {r['test_acc_mean']:.2f} ± {r['test_acc_std']:.2f} | {seeds} | "
-              f"{r['final_lr_mean']:.4f} | {r['train_s_per_epoch']:.1f} | {gap} |")
+        print(f"| {r['model']} | {r['preset']} | {r['test_acc_mean']:.2f} ± {r['test_acc_std']:.2f} | "
+              f"{seeds} | {r['final_lr_mean']:.4f} | {r['train_s_per_epoch']:.1f} | {gap} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                               data_dir=args.data_dir, data=data)
                 runs.append(run)
                 print(f"{model} seed {seed} {preset:5s}: test acc {100 * run['test_acc']:.2f}%  "
-                      f"final eta {run['final_lr']:.4f}  {run['status']}  ({run['wall_s']:.0f} s)", flush=True)
+                      f"final eta {run['final_lr']:.4f}  {run['status']}  "
+                      f"({run['wall_s']:.0f} s)", flush=True)
     rows = summarize(runs)
     print_table(rows)
     if args.json is not None:
@@ -158,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"command": " ".join(["python", "experiments/fast_vs_exact.py"]
                                                              + (argv if argv is not None else sys.argv[1:])),
                                          "torch": torch.__version__, "threads": torch.get_num_threads(),
-                                         "summary": rows, "runs": runs}, indent=2, default=_json_default) + "\n")
+                                         "summary": rows, "runs": runs}, indent=2,
+                                        default=_json_default) + "\n")
         print(f"\nwrote {args.json}")
     return 0
 

@@ -84,10 +84,11 @@ def split(exp: ExperimentConfig, trials: pd.DataFrame, walls: dict[str, float], 
         wall = float(walls.get(name, math.nan))
         searcher = searcher_seconds(exp, strategy, int(group["trial_id"].nunique()))
         explained = (compute + _zero(setup) + _zero(checkpoint) + _zero(startup)) / slots + searcher
-        rows.append({"run": name, "trials": int(group["trial_id"].nunique()), "wall s": wall, "compute s": compute,
-                     "ideal s": compute / slots, "setup s": setup, "checkpoint s": checkpoint,
-                     "start-up s": startup, "searcher s": searcher, "other s": wall - explained,
-                     "wall / ideal": wall / (compute / slots) if compute else math.nan})
+        rows.append({"run": name, "trials": int(group["trial_id"].nunique()), "wall s": wall,
+                     "compute s": compute, "ideal s": compute / slots, "setup s": setup,
+                     "checkpoint s": checkpoint, "start-up s": startup, "searcher s": searcher,
+                     "other s": wall - explained, "wall / ideal": wall / (compute / slots) if compute
+                     else math.nan})
     order = {exp.run_name(strategy, seed): i for i, (seed, strategy) in enumerate(
         (seed, strategy) for seed in exp.repetitions() for strategy in exp.strategies)}
     rows.sort(key=lambda row: order.get(row["run"], len(order)))  # the config's order
@@ -104,18 +105,20 @@ def markdown(report: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     for row in table.to_dict("records"):
         cells = [str(row["run"]), str(row["trials"])]
-        cells += [f"{row[c]:.1f}" if isinstance(row[c], float) and math.isfinite(row[c]) else "n/a" for c in COLUMNS[2:-1]]
+        cells += [f"{row[c]:.1f}" if isinstance(row[c], float) and math.isfinite(row[c]) else "n/a"
+                  for c in COLUMNS[2:-1]]
         cells.append(f"{row['wall / ideal']:.2f}" if math.isfinite(row["wall / ideal"]) else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
-    totals = table[["wall s", "compute s", "setup s", "checkpoint s", "start-up s", "searcher s", "other s"]].sum()
+    totals = table[["wall s", "compute s", "setup s", "checkpoint s", "start-up s", "searcher s",
+                    "other s"]].sum()
     ideal = totals["compute s"] / report["slots"]
-    lines += ["", f"Whole comparison: {report['wall_s']:.1f} s of wall time for {totals['compute s']:.1f} compute-s "
-              f"on {report['slots']} slots, ideal {ideal:.1f} s: **{report['wall_s'] / ideal:.2f}x the ideal**. "
-              f"Ray start {report['ray_init_s']:.1f} s; summed over runs: setup {totals['setup s']:.1f} s, "
-              f"checkpoints {totals['checkpoint s']:.1f} s, trial start-up {totals['start-up s']:.1f} s, searchers "
-              f"{totals['searcher s']:.1f} s, other {totals['other s']:.1f} s (per slot where it runs in a trial). "
-              f"Measured {report['when']} on {report['machine']} (load average {report['load']}), command: "
-              f"`{report['command']}`."]
+    lines += ["", f"Whole comparison: {report['wall_s']:.1f} s of wall time for {totals['compute s']:.1f} "
+              f"compute-s on {report['slots']} slots, ideal {ideal:.1f} s: **{report['wall_s'] / ideal:.2f}x "
+              f"the ideal**. Ray start {report['ray_init_s']:.1f} s; summed over runs: setup "
+              f"{totals['setup s']:.1f} s, checkpoints {totals['checkpoint s']:.1f} s, trial start-up "
+              f"{totals['start-up s']:.1f} s, searchers {totals['searcher s']:.1f} s, other "
+              f"{totals['other s']:.1f} s (per slot where it runs in a trial). Measured {report['when']} on "
+              f"{report['machine']} (load average {report['load']}), command: `{report['command']}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -136,9 +139,10 @@ def measure(config: str, overrides: list[str], out: Path) -> dict[str, Any]:
     slots = min(exp.max_concurrent, os.cpu_count() or 1)
     runs = split(exp, result.trials, walls, slots)
     return {"command": " ".join(["python experiments/overhead.py", *sys.argv[1:]]), "config": config,
-            "overrides": overrides, "machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.processor()})",
-            "load": round(load, 2), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "slots": slots,
-            "ray_init_s": ray_init, "wall_s": wall, "runs": runs.to_dict("records")}
+            "overrides": overrides, "machine": f"{platform.node()} ({os.cpu_count()} CPUs, "
+                                               f"{platform.processor()})",
+            "load": round(load, 2), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "slots": slots, "ray_init_s": ray_init, "wall_s": wall, "runs": runs.to_dict("records")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/compare_digits.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--out", default=None, help="output folder of the comparison (default: a temporary one)")
+    parser.add_argument("--out", default=None, help="output folder of the comparison "
+                                                    "(default: a temporary one)")
     parser.add_argument("--json", default=None, help="write the measurement here")
     parser.add_argument("--from-json", default=None, help="print the table of an earlier measurement")
     parser.add_argument("--markdown", action="store_true", help="print the Markdown table")

@@ -98,7 +98,8 @@ def rosenbrock_grad(w: torch.Tensor) -> torch.Tensor:
     return torch.stack([-2 * (1 - x) - 400 * x * valley, 200 * valley], dim=-1)
 
 
-def unrolled_descent(w0: Sequence[float] | torch.Tensor, etas: torch.Tensor | Sequence[float]) -> torch.Tensor:
+def unrolled_descent(w0: Sequence[float] | torch.Tensor,
+                     etas: torch.Tensor | Sequence[float]) -> torch.Tensor:
     """The trajectory ``w_0..w_T`` (shape ``(T + 1, 2)``) of ``w_{t+1} = w_t - eta_t grad f(w_t)``.
 
     Differentiable with respect to ``etas`` (and ``w0``): autograd through it gives the exact
@@ -126,7 +127,8 @@ def one_over_t_descent(w0: Sequence[float] | torch.Tensor, eta_bar: float, steps
         return unrolled_descent(w0, etas)
 
 
-def one_over_t_sweep(w0: Sequence[float] | torch.Tensor, eta_bars: Sequence[float], steps: int) -> torch.Tensor:
+def one_over_t_sweep(w0: Sequence[float] | torch.Tensor, eta_bars: Sequence[float],
+                     steps: int) -> torch.Tensor:
     """1/t descent for several ``eta_bar`` at once: trajectories of shape ``(steps + 1, len(eta_bars), 2)``.
 
     Column ``k`` equals ``one_over_t_descent(w0, eta_bars[k], steps)``.
@@ -159,7 +161,8 @@ def final_value(w0: Sequence[float] | torch.Tensor, etas: torch.Tensor) -> float
 def _levenberg_marquardt(
     w0: torch.Tensor, log_etas: torch.Tensor, max_iter: int, tol: float
 ) -> tuple[torch.Tensor, float]:
-    """Minimise ``f(w_T) = |r(w_T)|^2`` over ``log eta`` by damped Gauss-Newton steps; returns (log_etas, f)."""
+    """Minimise ``f(w_T) = |r(w_T)|^2`` over ``log eta`` by damped Gauss-Newton steps; returns
+    (log_etas, f)."""
 
     def residuals_and_jacobian(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``r(w_T)`` and ``d r(w_T) / d log eta``, by reverse-mode autograd through the unrolled updates."""
@@ -245,7 +248,8 @@ def _finite(trajectory: torch.Tensor) -> torch.Tensor:
 
 
 def _box(points: torch.Tensor, min_size: float, pad: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bounding box ``(lo, hi)`` of ``points`` grown by ``pad`` of its size, each side at least ``min_size``."""
+    """Bounding box ``(lo, hi)`` of ``points`` grown by ``pad`` of its size, each side at least
+    ``min_size``."""
     lo, hi = points.min(dim=0).values, points.max(dim=0).values
     centre, half = (lo + hi) / 2, ((hi - lo) * (1 + 2 * pad)).clamp_min(min_size) / 2
     return centre - half, centre + half
@@ -288,8 +292,10 @@ def plot_trajectories(
     optimum = torch.tensor([OPTIMUM], dtype=DTYPE)
     everything = torch.cat([_finite(learned), optimum, *runs.values()])
     lo, hi = _box(everything, 1.0, 0.08)
-    lo = torch.maximum(torch.minimum(lo, torch.tensor([-1.5, -0.5], dtype=DTYPE)), torch.tensor([-3.0, -2.0], dtype=DTYPE))
-    hi = torch.minimum(torch.maximum(hi, torch.tensor([1.5, 2.0], dtype=DTYPE)), torch.tensor([3.0, 4.0], dtype=DTYPE))
+    lo = torch.maximum(torch.minimum(lo, torch.tensor([-1.5, -0.5], dtype=DTYPE)),
+                       torch.tensor([-3.0, -2.0], dtype=DTYPE))
+    hi = torch.minimum(torch.maximum(hi, torch.tensor([1.5, 2.0], dtype=DTYPE)),
+                       torch.tensor([3.0, 4.0], dtype=DTYPE))
     zlo, zhi = _box(_finite(learned[:-1]), 0.15, 0.25)
 
     learned_label = f"problem (1), T = {steps}"
@@ -298,7 +304,8 @@ def plot_trajectories(
 
     fig = Figure(figsize=(16.0, 6.0), dpi=110, layout="constrained")
     ax_full, ax_zoom, ax_f = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.15, 1.0, 1.0]})
-    for ax, (a, b), title in ((ax_full, (lo, hi), "(a) trajectories"), (ax_zoom, (zlo, zhi), "(b) zoom on the first steps")):
+    for ax, (a, b), title in ((ax_full, (lo, hi), "(a) trajectories"),
+                              (ax_zoom, (zlo, zhi), "(b) zoom on the first steps")):
         filled = _contours(ax, a, b)
         for (label, t), color in zip(runs.items(), cycle(colors), strict=False):
             ax.plot(t[:, 0].numpy(), t[:, 1].numpy(), "-", color=color, lw=1.6, label=label, zorder=6)
@@ -308,14 +315,15 @@ def plot_trajectories(
         ax.plot(learned[:, 0].numpy(), learned[:, 1].numpy(), "o-", color="white", lw=3.0, ms=7, mec="black",
                 label=learned_label, zorder=5)
         for t, (x, y) in enumerate(learned.tolist()):
-            if float(a[0]) <= x <= float(b[0]) and float(a[1]) <= y <= float(b[1]) and (ax is ax_zoom or t in (0, steps)):
+            inside = float(a[0]) <= x <= float(b[0]) and float(a[1]) <= y <= float(b[1])
+            if inside and (ax is ax_zoom or t in (0, steps)):
                 ax.annotate(f"$w_{t}$", (x, y), textcoords="offset points", xytext=(7, 7), color="white",
                             fontsize=11, fontweight="bold", zorder=8,
                             path_effects=[patheffects.withStroke(linewidth=2.5, foreground="black")])
         ax.plot(*OPTIMUM, "*", color="gold", ms=18, mec="black", label="global optimum [1, 1]", zorder=8)
         ax.set_title(title, fontsize=10)
-    ax_full.add_patch(Rectangle((float(zlo[0]), float(zlo[1])), float(zhi[0] - zlo[0]), float(zhi[1] - zlo[1]),
-                                fill=False, ec="white", ls="--", lw=1.0, zorder=2))
+    ax_full.add_patch(Rectangle((float(zlo[0]), float(zlo[1])), float(zhi[0] - zlo[0]),
+                                float(zhi[1] - zlo[1]), fill=False, ec="white", ls="--", lw=1.0, zorder=2))
     handles, labels = ax_full.get_legend_handles_labels()
     labels = [f"{label} (x: steps 0..{steps}, square: end)" if label in runs else label for label in labels]
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=9, frameon=False)
@@ -349,12 +357,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Figure 1 of the paper: a 4-step learning-rate schedule solving problem (1) on the "
         "Rosenbrock function reaches [1, 1]; gradient descent with a 1/t schedule does not.",
     )
-    parser.add_argument("--out", default="results/rosenbrock.png", help="PNG to write (default: %(default)s).")
+    parser.add_argument("--out", default="results/rosenbrock.png",
+                        help="PNG to write (default: %(default)s).")
     parser.add_argument("--start", nargs=2, type=float, metavar=("X", "Y"), default=list(DEFAULT_START),
                         help="initial point w_0 (default: %(default)s, Rosenbrock's classic start).")
-    parser.add_argument("--steps", type=int, default=4, help="T, the number of learned steps (default: %(default)s).")
+    parser.add_argument("--steps", type=int, default=4,
+                        help="T, the number of learned steps (default: %(default)s).")
     parser.add_argument("--eta-bar", type=float, default=DEFAULT_ETA_BAR,
-                        help="eta_bar of the 1/t baseline eta_t = eta_bar/(t+1) (default: %(default)s ~ 1/L at [1, 1]).")
+                        help="eta_bar of the 1/t baseline eta_t = eta_bar/(t+1) (default: %(default)s ~ 1/L "
+                             "at [1, 1]).")
     parser.add_argument("--long-steps", type=int, default=1000,
                         help="length of the long 1/t baseline run (default: %(default)s).")
     args = parser.parse_args(argv)
@@ -383,14 +394,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     tuned_eta_bar, tuned = best_eta_bar(start, args.long_steps)
 
     print(f"start w_0 = [{start[0]:g}, {start[1]:g}], f(w_0) = {rosenbrock(_as_point(start)).item():.4g}")
-    print("learned schedule eta_0..eta_{}: [{}]".format(args.steps - 1, ", ".join(f"{e:.10g}" for e in etas.tolist())))
+    print("learned schedule eta_0..eta_{}: [{}]".format(args.steps - 1,
+                                                        ", ".join(f"{e:.10g}" for e in etas.tolist())))
     print(_describe(f"problem (1), {args.steps} steps", learned))
     reached = distance_to_optimum(learned[-1]) <= 1e-3
     if not reached:
         print("NOTE: the learned schedule did not reach [1, 1] within 1e-3 from this start.")
     print(_describe(f"1/t descent, eta_bar = {args.eta_bar:g}, {args.steps} steps", short))
     print(_describe(f"1/t descent, eta_bar = {args.eta_bar:g}, {args.long_steps} steps", long))
-    print(_describe(f"1/t descent, best eta_bar of the grid = {tuned_eta_bar:.3g}, {args.long_steps} steps", tuned))
+    print(_describe(f"1/t descent, best eta_bar of the grid = {tuned_eta_bar:.3g}, "
+                    f"{args.long_steps} steps", tuned))
 
     baselines = {
         f"1/t, $\\bar\\eta$ = {args.eta_bar:g}, {args.long_steps} steps": long,

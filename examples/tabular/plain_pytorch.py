@@ -41,16 +41,18 @@ def train(epochs: int = 20, seed: int = 0) -> dict[str, float]:
     loss_fn = F.cross_entropy
     shuffle = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(splits["train"], batch_size=32, shuffle=True, generator=shuffle)
-    val_batches: Iterator = itertools.cycle(DataLoader(splits["val"], batch_size=64, shuffle=True, generator=shuffle))
+    val_batches: Iterator = itertools.cycle(DataLoader(splits["val"], batch_size=64, shuffle=True,
+                                                       generator=shuffle))
 
     opt = RTHPO(model.parameters(), lr=1e-3, base="adamw", weight_decay=0.01)  # instead of torch.optim.AdamW
     for epoch in range(1, epochs + 1):
         for x, y in train_loader:
             xv, yv = next(val_batches)  # a validation minibatch: never the test set
             loss = opt.step(lambda: loss_fn(model(x), y), val_closure=lambda: loss_fn(model(xv), yv))  # noqa: B023
-        print(f"epoch {epoch:>2}  train/loss {loss.item():.4f}  val/acc {accuracy(model, splits['val']):.4f}  "
-              f"lr {opt.eta:.3g}", flush=True)
-    return {"val_acc": accuracy(model, splits["val"]), "test_acc": accuracy(model, splits["test"]), "lr": opt.eta}
+        print(f"epoch {epoch:>2}  train/loss {loss.item():.4f}  val/acc "
+              f"{accuracy(model, splits['val']):.4f}  lr {opt.eta:.3g}", flush=True)
+    return {"val_acc": accuracy(model, splits["val"]), "test_acc": accuracy(model, splits["test"]),
+            "lr": opt.eta}
 
 
 def main() -> None:

@@ -72,13 +72,15 @@ def train_tabular(config: dict[str, Any]) -> None:
             xv, yv = next(val_batches)
             opt.step(lambda: F.cross_entropy(model(x), y),  # noqa: B023 (called at once, inside step)
                      val_closure=lambda: F.cross_entropy(model(xv), yv))  # noqa: B023
-            if opt.diverged:  # a non-finite loss or hypergradient: the weights stay as they were; end the trial
+            # a non-finite loss or hypergradient: the weights stay as they were; end the trial
+            if opt.diverged:
                 break
         val_loss, val_acc = evaluate(model, splits["val"])
         _, test_acc = evaluate(model, splits["test"])  # reported, never used to choose
         epoch_s = time.perf_counter() - began
         compute_s += epoch_s
-        metrics = {"epoch": epoch + 1, "val/loss": val_loss, "val/acc": val_acc, "test/acc": test_acc, "lr": opt.eta,
+        metrics = {"epoch": epoch + 1, "val/loss": val_loss, "val/acc": val_acc, "test/acc": test_acc,
+                   "lr": opt.eta,
                    # what ComputeBudgetStopper counts: this epoch's seconds and the trial's running total
                    "time/epoch_s": epoch_s, "time/total_s": compute_s, "diverged": opt.diverged}
         with tempfile.TemporaryDirectory() as folder:
@@ -100,7 +102,8 @@ def run(storage_path: str, *, budget_s: float = 20.0, epochs: int = 8, num_sampl
     tuner = tune.Tuner(
         tune.with_resources(train_tabular, {"cpu": 1}),
         param_space=space,
-        tune_config=tune.TuneConfig(metric="val/acc", mode="max", num_samples=num_samples, max_concurrent_trials=2,
+        tune_config=tune.TuneConfig(metric="val/acc", mode="max", num_samples=num_samples,
+                                    max_concurrent_trials=2,
                                     search_alg=SkOptSearch(seed=0, n_initial_points=3)),
         run_config=tune.RunConfig(storage_path=os.path.abspath(storage_path), name=name,
                                   stop=ComputeBudgetStopper(budget_s=budget_s),  # compute-s over all trials
@@ -113,7 +116,8 @@ def main() -> None:
     """Command line: ``--storage``, ``--budget-s``, ``--epochs``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage", default="runs/ray", help="Ray Tune storage folder")
-    parser.add_argument("--budget-s", type=float, default=20.0, help="compute seconds, summed over all trials")
+    parser.add_argument("--budget-s", type=float, default=20.0,
+                        help="compute seconds, summed over all trials")
     parser.add_argument("--epochs", type=int, default=8)
     args = parser.parse_args()
     best = run(args.storage, budget_s=args.budget_s, epochs=args.epochs).get_best_result()

@@ -1,4 +1,5 @@
-"""A custom loss: cross-entropy with label smoothing (``train.loss: tabular_demo.losses:smoothed_cross_entropy``)."""
+"""A custom loss: cross-entropy with label smoothing
+(``train.loss: tabular_demo.losses:smoothed_cross_entropy``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""A small residual MLP for tables: ``x -> Linear -> [LayerNorm -> GELU -> Linear] x depth (+ skip) -> logits``.
+"""A small residual MLP for tables:
+``x -> Linear -> [LayerNorm -> GELU -> Linear] x depth (+ skip) -> logits``.
 
 :func:`build` is a model factory: ``build(input_shape, num_classes, **factory_args) -> nn.Module``.
 No BatchNorm, dropout or in-place activations, so every Hessian-vector product route of RTHPO works.
