@@ -1,8 +1,9 @@
 """The pure computations behind docs/beta.md (experiments/beta_robustness.py): no I/O, no torch.
 
-A *run record* is a dict, one JSON line of ``runs.jsonl``: ``workload``, ``method``, ``rule`` (None for a
-schedule), ``eta0``, ``beta`` (None for a schedule), ``seed``, ``status``, and ``epochs``, a list of
-``{"epoch", "val_acc", "test_acc", ...}`` (accuracies as fractions in [0, 1]).
+A *run record* is a dict, one training run of the study (experiments/beta_robustness.py reads them from the
+cells' ``trials.csv``): ``workload``, ``method``, ``rule`` (None for a schedule), ``eta0``, ``beta`` (None for
+a schedule), ``seed``, ``status``, and ``epochs``, a list of ``{"epoch", "val_acc", "test_acc", ...}``
+(accuracies as fractions in [0, 1]).
 
 Definitions (every accuracy below is in percentage points):
 
@@ -37,7 +38,8 @@ CellKey = tuple[str, str, "str | None", float, "float | None"]
 
 @dataclass(frozen=True)
 class Selected:
-    """The epoch a run would be stopped at, chosen on validation: its (1-based) epoch and accuracies (points)."""
+    """The epoch a run would be stopped at, chosen on validation: its (1-based) epoch and accuracies
+    (points)."""
 
     epoch: int
     val: float
@@ -82,10 +84,12 @@ class Window:
 
     @property
     def lo(self) -> float:
+        """The smallest beta of the window."""
         return self.members[0]
 
     @property
     def hi(self) -> float:
+        """The largest beta of the window."""
         return self.members[-1]
 
     @property
@@ -95,6 +99,7 @@ class Window:
 
     @property
     def n_points(self) -> int:
+        """How many grid values the window holds."""
         return len(self.members)
 
 
@@ -141,7 +146,8 @@ def cells(records: Iterable[Mapping[str, Any]]) -> dict[CellKey, Cell]:
     for key, seeds in by_seed.items():
         sels = [seeds[s] for s in sorted(seeds)]
         tests = tuple(s.test for s, _ in sels)
-        out[key] = Cell(test=sum(tests) / len(tests), val=sum(s.val for s, _ in sels) / len(sels), n=len(sels),
+        out[key] = Cell(test=sum(tests) / len(tests), val=sum(s.val for s, _ in sels) / len(sels),
+                        n=len(sels),
                         diverged=sum(1 for _, d in sels if d), tests=tests)
     return out
 
@@ -193,7 +199,8 @@ def widest_window(betas: Sequence[float], flags: Mapping[float, bool]) -> Window
     return Window(tuple(best)) if best else None
 
 
-def common_flags(flags_by_workload: Mapping[str, Mapping[float, bool]], betas: Sequence[float]) -> dict[float, bool]:
+def common_flags(flags_by_workload: Mapping[str, Mapping[float, bool]],
+                 betas: Sequence[float]) -> dict[float, bool]:
     """``{beta: in the window of every workload?}`` (False when there is no workload)."""
     return {beta: bool(flags_by_workload) and all(f.get(beta, False) for f in flags_by_workload.values())
             for beta in betas}
@@ -210,7 +217,8 @@ class Coverage(NamedTuple):
 
 
 def coverage(table: Mapping[CellKey, Cell], workloads: Sequence[str], method: str, rule: str | None,
-             etas: Sequence[float], beta: float, bars: Mapping[str, float], tol: float = TOL_POINTS) -> Coverage:
+             etas: Sequence[float], beta: float, bars: Mapping[str, float],
+             tol: float = TOL_POINTS) -> Coverage:
     """:class:`Coverage` of one beta over every (workload, eta-bar); missing cells are not good."""
     good, total, worst, short = 0, 0, -math.inf, 0.0
     for w in workloads:
@@ -283,7 +291,8 @@ def rank_rules(summaries: Iterable[RuleSummary]) -> list[RuleSummary]:
 
 
 def heatmap(table: Mapping[CellKey, Cell], workload: str, method: str, rule: str | None,
-            etas: Sequence[float], betas: Sequence[float]) -> tuple[list[list[float]], list[list[int]], list[list[int]]]:
+            etas: Sequence[float], betas: Sequence[float],
+            ) -> tuple[list[list[float]], list[list[int]], list[list[int]]]:
     """``(accuracy, diverged seeds, seeds)``, each a ``len(etas) x len(betas)`` list of lists; a missing cell
     has accuracy NaN and 0 seeds."""
     acc, div, n = [], [], []

@@ -1,46 +1,28 @@
-"""Issue #11: how much search does beta need? The measurement behind docs/beta.md.
+"""Issue #11: how much search does beta need? The driver of the study behind docs/beta.md.
 
-    python experiments/beta_robustness.py plan                                   # how many runs, nothing run
-    nice -n 10 python experiments/beta_robustness.py run --out runs/beta_robustness       # the study (~1 h, 2 CPUs)
-    python experiments/beta_robustness.py run --out runs/beta_robustness --resume          # continue it
-    python experiments/beta_robustness.py report --out runs/beta_robustness  # docs/beta.md + docs/beta/*.png
+    python experiments/beta_robustness.py plan                          # the cells and runs, nothing run
+    nice -n 10 python experiments/beta_robustness.py run --out runs/beta_robustness              # the study
+    nice -n 10 python experiments/beta_robustness.py run --out runs/beta_robustness --resume     # continue it
+    python experiments/beta_robustness.py report --out runs/beta_robustness   # docs/beta.md, docs/beta/
 
-Every run is a ``ray_rthpo`` run config (``load_config`` of a workload's YAML plus ``--set``-style overrides)
-trained by ``run_training`` on the CPU, one thread per worker process, two workers. Each finished run is
-appended to ``OUT/runs.jsonl`` (one JSON object a line: the grid point, per-epoch validation/test
-accuracy and eta, eta every few steps, status, compute seconds); ``--resume`` skips the runs already
-there. Runs are deterministic given their seed.
+The study runs on the suite's machinery (experiments/suite.py): every grid is a comparison config
+(written to ``OUT/configs/CELL.yaml`` from the design in experiments/beta_design.py) run as one ``rthpo
+compare`` cell into ``OUT/CELL`` (``WORKLOAD-GROUP``: ``digits-exp_decay``, ``digits-rthpo``, ...), continued
+with ``rthpo compare --resume`` when it was interrupted. This script keeps no pool, journal or state of its
+own: ``report`` reads the cells' ``trials.csv`` and ``config.yaml`` alone. ``--workers N`` is the CPUs of each
+cell's local Ray (``rthpo compare --num-cpus N``): N trials side by side, one thread each.
 
-The study, in two phases (the second needs the first's results):
-
-1. the reference (``exp_decay``: SGD with eta-bar * 0.9^epoch over a half-decade eta-bar grid) and RT-HPO
-   (``lr.method rthpo``) with each eta-update rule (``additive`` = the paper's eq. 2, ``multiplicative``,
-   ``adam_log``, ``sign_log``) over eta-bar in {1e-3, 1e-2, 1e-1, 1} x the rule's beta grid x 3 seeds, on
-   the three workloads small enough for a full grid on a 2-core CPU (digits, MNIST MLP, MNIST LeNet);
-2. the first-order methods ``hd_val`` and ``hd_train`` with the additive rule and the best scale-free rule
-   of phase 1 (same grids), and a probe of ResNet-18 on a CIFAR-10 slice: the recommended rule and the
-   additive rule at their phase-1 betas from every eta-bar, one seed (a full grid of ResNet-18 does not
-   fit on this CPU: one exact RT-HPO step costs about 3 s).
-
-The analysis (windows, bars, recommendation) is in ``experiments/beta_analysis.py`` (pure functions).
-This module runs nothing when imported.
+Phase 2 (first-order methods, the ResNet-18 probe) is planned from phase 1's results, once the phase-1
+cells of every full-grid workload are complete. The analysis is in experiments/beta_analysis.py, the
+document in experiments/beta_report.py. This module runs nothing when imported.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import math
-import os
-import platform
-import signal
-import socket
 import sys
-import time
-import traceback
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,1318 +32,226 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import beta_analysis as ba  # noqa: E402  (experiments/ is not a package)
+import beta_design as bd  # noqa: E402
+import suite  # noqa: E402
 
-# ------------------------------------------------------------------------------------------- design
-RULES = ("additive", "multiplicative", "adam_log", "sign_log")
-HD_METHODS = ("hd_val", "hd_train")
-REFERENCE = ba.REFERENCE_METHOD
 DEFAULT_OUT = "runs/beta_robustness"
+CONFIGS_DIR = "configs"
+#: Budget of every cell: no strategy is cut, every grid point runs to its end.
+BUDGET_S = 1.0e12
+#: Trials a cell may start at once; the local Ray's CPUs (--workers) bound it.
+MAX_CONCURRENT = 16
 
 
-def _half_decades(lo_exp: int, hi_exp: int) -> tuple[float, ...]:
-    """10^(k/2) for k in [2 lo_exp, 2 hi_exp], rounded to 3 significant digits (1e-4, 3.16e-4, ...)."""
-    return tuple(float(f"{10.0 ** (k / 2):.3g}") for k in range(2 * lo_exp, 2 * hi_exp + 1))
-
-
-@dataclass(frozen=True)
-class Design:
-    """The grids of one study (``full`` is the study of docs/beta.md; ``smoke`` checks the pipeline)."""
-
-    name: str
-    etas: tuple[float, ...]
-    ref_etas: tuple[float, ...]
-    seeds: tuple[int, ...]
-    additive_betas: tuple[float, ...]
-    scale_free_betas: tuple[float, ...]
-    probe_seeds: tuple[int, ...]
-    extra_overrides: dict[str, tuple[str, ...]] = field(default_factory=dict)
-
-    def betas(self, rule: str) -> tuple[float, ...]:
-        return self.additive_betas if rule == "additive" else self.scale_free_betas
-
-
-FULL = Design(
-    name="full",
-    etas=(1e-3, 1e-2, 1e-1, 1.0),
-    ref_etas=_half_decades(-3, 0),
-    seeds=(0, 1, 2),
-    additive_betas=tuple(float(f"1e{e}") for e in range(-9, 0)),
-    scale_free_betas=_half_decades(-4, 0),
-    probe_seeds=(0,),
-)
-SMOKE = Design(
-    name="smoke", etas=(1e-2, 1.0), ref_etas=(1e-2, 1e-1), seeds=(0,), additive_betas=(1e-6, 1e-4),
-    scale_free_betas=(1e-2, 1e-1), probe_seeds=(0,),
-    extra_overrides={"*": ("train.epochs=1",), "cifar10_resnet18": ("data.train_subset=16",)},
-)
-DESIGNS = {d.name: d for d in (FULL, SMOKE)}
-
-
-@dataclass(frozen=True)
-class Workload:
-    """One model + dataset slice: a shipped config and the overrides that size it for this CPU."""
-
-    name: str
-    label: str
-    config: str
-    overrides: tuple[str, ...]
-    full_grid: bool
-    #: rough seconds per run (rthpo, first-order, schedule) on this CPU, only to start long runs first
-    cost: tuple[float, float, float]
-
-
-#: The sizes: every full-grid workload runs ~200 SGD steps of batch 32 (so that one beta means the same
-#: number of eta updates everywhere) with validation minibatches of 64; docs/beta.md gives the reasons.
-_MNIST = ("data.train_subset=2048", "data.batch_size=32", "data.val_batch_size=64", "data.val_subset=1000",
-          "data.test_subset=2000", "train.epochs=3")
-WORKLOADS: dict[str, Workload] = {w.name: w for w in (
-    Workload("digits", "MLP on digits (sklearn 8x8)", "configs/digits.yaml", ("train.epochs=5",), True,
-             (1.2, 0.5, 0.3)),
-    Workload("mnist_mlp", "MLP on MNIST (2,048-image slice)", "configs/mnist_mlp.yaml", _MNIST, True,
-             (1.8, 0.9, 0.5)),
-    Workload("mnist_lenet", "LeNet-5 on MNIST (2,048-image slice)", "configs/mnist_lenet.yaml", _MNIST, True,
-             (5.5, 2.8, 1.6)),
-    Workload("cifar10_resnet18", "ResNet-18 on CIFAR-10 (192-image JPEG slice, probe)",
-             "configs/cifar10_resnet18.yaml",
-             ("data.train_subset=192", "data.batch_size=8", "data.val_batch_size=8", "data.val_subset=100",
-              "data.test_subset=200", "train.epochs=2"), False, (150.0, 60.0, 45.0)),
-)}
-FULL_GRID = tuple(w for w, spec in WORKLOADS.items() if spec.full_grid)
-PROBE = tuple(w for w, spec in WORKLOADS.items() if not spec.full_grid)
-
-
-@dataclass(frozen=True)
-class Task:
-    """One run of the study."""
-
-    workload: str
-    method: str
-    rule: str | None
-    eta0: float
-    beta: float | None
-    seed: int
-    phase: int
-    design: str = "full"
-
-    @property
-    def key(self) -> str:
-        rule = self.rule or "-"
-        beta = "-" if self.beta is None else repr(float(self.beta))
-        return f"{self.workload}|{self.method}|{rule}|eta0={self.eta0!r}|beta={beta}|seed={self.seed}"
-
-    def overrides(self) -> list[str]:
-        spec = WORKLOADS[self.workload]
-        design = DESIGNS[self.design]
-        out = list(spec.overrides) + list(design.extra_overrides.get("*", ()))
-        out += list(design.extra_overrides.get(self.workload, ()))
-        out += ["train.device=cpu", f"train.seed={self.seed}", f"lr.method={self.method}", f"lr.eta0={self.eta0!r}"]
-        # the study's setting: beta per step, every step exact, no backoff (the run configs' defaults since
-        # docs/horizon.md are horizon-scaled and cheap)
-        out += ["lr.beta_horizon=step", "lr.preset=exact", "lr.tune_fraction=1.0", "lr.backoff=null"]
-        if self.rule is not None:
-            out += [f"lr.hyper_update={self.rule}", f"lr.beta={self.beta!r}"]
-        return out
-
-    def cost(self) -> float:
-        c = WORKLOADS[self.workload].cost
-        return c[0] if self.method == "rthpo" else c[1] if self.method in HD_METHODS else c[2]
-
-
-def plan_phase1(workloads: Sequence[str], design: Design) -> list[Task]:
-    """The reference grid everywhere; RT-HPO with every rule on the full-grid workloads."""
-    tasks: list[Task] = []
-    for w in workloads:
-        full = WORKLOADS[w].full_grid
-        for eta in (design.ref_etas if full else design.etas):
-            for seed in (design.seeds if full else design.probe_seeds):
-                tasks.append(Task(w, REFERENCE, None, eta, None, seed, 1, design.name))
-        if not full:
-            continue
-        for rule in RULES:
-            for eta in design.etas:
-                for beta in design.betas(rule):
-                    for seed in design.seeds:
-                        tasks.append(Task(w, "rthpo", rule, eta, beta, seed, 1, design.name))
-    return tasks
-
-
-@dataclass(frozen=True)
-class Picks:
-    """What phase 1 chose for phase 2: the rules of the first-order runs and the probe's (rule, beta)."""
-
-    hd_rules: tuple[str, ...]
-    probe: tuple[tuple[str, float], ...]
-    why: str
-
-
-def plan_phase2(workloads: Sequence[str], design: Design, picks: Picks) -> list[Task]:
-    """First-order methods on the full-grid workloads; the ResNet probe."""
-    tasks: list[Task] = []
-    for w in workloads:
-        if WORKLOADS[w].full_grid:
-            for method in HD_METHODS:
-                for rule in picks.hd_rules:
-                    for eta in design.etas:
-                        for beta in design.betas(rule):
-                            for seed in design.seeds:
-                                tasks.append(Task(w, method, rule, eta, beta, seed, 2, design.name))
-        else:
-            for rule, beta in picks.probe:
-                for eta in design.etas:
-                    for seed in design.probe_seeds:
-                        tasks.append(Task(w, "rthpo", rule, eta, beta, seed, 2, design.name))
-    return tasks
-
-
-# ------------------------------------------------------------------------------------ one run (worker)
-_TRACE: list[float] | None = None
-_HOOKED = False
-_DATA_CACHE: dict[tuple[Any, ...], Any] = {}
-
-
-def _record_eta(optimizer: Any, args: Any, kwargs: Any) -> None:
-    """torch's global optimizer post-step hook: the learning rate the step just used (RTHPO sets
-    ``param_groups[0]["lr"]`` to eta_t before its base step; a schedule sets it before ``step``)."""
-    if _TRACE is not None:
-        from ray_rthpo.training.methods import read_lr
-
-        _TRACE.append(read_lr(optimizer))
-
-
-def init_worker() -> None:
-    """One thread per worker process (two workers share the 2 CPUs); the eta hook, once."""
-    global _HOOKED
-    import torch
-
-    torch.set_num_threads(1)
-    if not _HOOKED:
-        from torch.optim.optimizer import register_optimizer_step_post_hook
-
-        register_optimizer_step_post_hook(_record_eta)
-        _HOOKED = True
-
-
-def build_config(task: Task) -> Any:
-    """The run config of ``task``: the workload's YAML, its overrides, the data folder made absolute."""
+def experiment_config(cell: bd.Cell, design: bd.Design) -> dict[str, Any]:
+    """The comparison config of ``cell``: the workload's run config with the study's overrides as its base,
+    the cell's strategies, no budget cut, one CPU per trial, the cell's seeds."""
     from ray_rthpo.config import load_config
-    from ray_rthpo.data.paths import resolve_data_dir
 
-    config = load_config(REPO / WORKLOADS[task.workload].config, task.overrides())
-    return resolve_data_dir(config, cwd=REPO)
-
-
-def _data(config: Any, task: Task) -> Any:
-    from ray_rthpo.data import load_data
-
-    key = (json.dumps(config.to_dict()["data"], sort_keys=True), task.seed)
-    if key not in _DATA_CACHE:
-        _DATA_CACHE.clear()  # one workload at a time per worker is the common case; keep memory flat
-        _DATA_CACHE[key] = load_data(config.data, task.seed)
-    return _DATA_CACHE[key]
+    spec = bd.WORKLOADS[cell.workload]
+    base = load_config(REPO / spec.config, bd.run_overrides(cell.workload, design)).to_dict()
+    return {"name": f"beta_{design.name}_{cell.name}", "base": base, "budget_s": BUDGET_S,
+            "resources": {"cpu": 1, "gpu": 0}, "max_concurrent": MAX_CONCURRENT, "seed": 0,
+            "seeds": cell.seeds, "strategies": [dict(s) for s in cell.strategies]}
 
 
-def run_one(task: Task, session: str = "", trace_points: int = 64) -> dict[str, Any]:
-    """Train ``task`` with ``run_training`` and return its record (status ``error`` with the message if it
-    raised; divergence is a normal ``diverged`` status)."""
-    global _TRACE
-    init_worker()
-    from ray_rthpo.training.trainer import run_training
+def write_config(out: Path, cell: bd.Cell, design: bd.Design) -> Path:
+    """Write the cell's comparison config to ``OUT/configs/CELL.yaml`` (the same text on every run)."""
+    import yaml
 
-    start = time.perf_counter()
-    base = {"key": task.key, **asdict(task), "overrides": task.overrides(), "session": session}
-    _TRACE = []
-    try:
-        config = build_config(task)
-        data = _data(config, task)
-        history = run_training(config, data=data)
-    except Exception as err:  # noqa: BLE001 - recorded, the study goes on
-        _TRACE = None
-        return {**base, "status": "error", "error": f"{type(err).__name__}: {err}",
-                "traceback": traceback.format_exc()[-2000:], "wall_s": time.perf_counter() - start,
-                "finished_at": time.time()}
-    etas, _TRACE = _TRACE, None
-    bs = min(config.data.batch_size, len(data.train))
-    steps_per_epoch = max(1, len(data.train) // bs)
-    every = max(1, math.ceil(steps_per_epoch * config.train.epochs / trace_points))
-    idx = [i for i in range(len(etas)) if i % every == 0]
-    if etas and idx[-1] != len(etas) - 1:
-        idx.append(len(etas) - 1)
-    epochs = [{"epoch": h["epoch"], "step": h["step"], "train_loss": h["train/loss"], "val_loss": h["val/loss"],
-               "val_acc": h["val/acc"], "test_acc": h["test/acc"], "lr": h["lr"], "hypergrad": h["hypergrad"],
-               "diverged": bool(h["diverged"]), "status": h["status"], "time_s": h["time/epoch_s"],
-               "hyper_s": h["time/hyper_s"]} for h in history]
-    sel = ba.select_by_validation(epochs)
-    last = history[-1]
-    all_etas = [e for e in etas] + [float(h["lr"]) for h in history]
-    return {
-        **base,
-        "status": last["status"],
-        "diverged": any(bool(h["diverged"]) for h in history),
-        "epochs": epochs,
-        "selected": None if sel is None else asdict(sel),
-        "steps": len(etas),
-        "eta_trace": {"every": every, "step": [i + 1 for i in idx], "eta": [etas[i] for i in idx]},
-        "eta_min": min(all_etas), "eta_max": max(all_etas), "eta_final": float(last["lr"]),
-        "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test), "batch": bs,
-                  "val_batch": config.data.val_batch_size, "epochs": config.train.epochs,
-                  "steps_per_epoch": steps_per_epoch},
-        "compute_s": float(last["time/total_s"]),
-        "hyper_s": float(sum(h["time/hyper_s"] for h in history)),
-        "wall_s": time.perf_counter() - start,
-        "finished_at": time.time(),
-        "pid": os.getpid(),
-    }
+    from ray_rthpo.report.files import atomic_write_text
 
-
-# --------------------------------------------------------------------------------------- files
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of ``path``, one a line (a torn last line, from a killed writer, is skipped)."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            print(f"note: skipping an unreadable line of {path}", file=sys.stderr)
-    return out
-
-
-def append_jsonl(path: Path, obj: dict[str, Any]) -> None:
-    """Append one object as a line, flushed and synced (the parent process is the only writer)."""
+    path = out / CONFIGS_DIR / f"{cell.name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(obj, allow_nan=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    text = (f"# {cell.name}: phase {cell.phase} of the beta study, design {design.name} "
+            "(written by experiments/beta_robustness.py)\n")
+    atomic_write_text(path, text + yaml.safe_dump(experiment_config(cell, design), sort_keys=False))
+    return path
 
 
-def latest_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per run key (the last one written), errors dropped."""
-    by_key: dict[str, dict[str, Any]] = {}
-    for r in records:
-        if r.get("status") == "error":
-            continue
-        by_key[r["key"]] = r
-    return list(by_key.values())
-
-
-# ------------------------------------------------------------------------------------ phase-1 picks
-def analyse(records: Sequence[dict[str, Any]], design: Design, workloads: Sequence[str] = FULL_GRID,
-            methods: Sequence[str] = ("rthpo",), rules: Sequence[str] = RULES) -> dict[str, Any]:
-    """Bars, cells and one :class:`beta_analysis.RuleSummary` per (method, rule) present in the records."""
-    table = ba.cells(records)
-    bars = {w: ba.reference_bar(table, w) for w in list(workloads) + list(PROBE)}
-    full = [w for w in workloads if bars.get(w) is not None]
-    bar_test = {w: bars[w].test for w in full}
-    summaries: dict[tuple[str, str], ba.RuleSummary] = {}
-    for method in methods:
-        for rule in rules:
-            if not any(k[1] == method and k[2] == rule and k[0] in full for k in table):
-                continue
-            summaries[(method, rule)] = ba.summarize_rule(table, full, method, rule, design.etas,
-                                                          design.betas(rule), bar_test,
-                                                          fallback_etas=fallback_etas(design))
-    return {"table": table, "bars": bars, "full": full, "summaries": summaries}
-
-
-def fallback_etas(design: Design) -> tuple[float, ...]:
-    """The eta-bars the choice of beta looks at when no common window exists: all but the largest (from eta-bar
-    1 plain SGD diverges on MNIST within its first steps, before any rule can act; docs/beta.md shows it)."""
-    return tuple(design.etas[:-1]) if len(design.etas) > 2 else tuple(design.etas)
-
-
-def complete(records: Sequence[dict[str, Any]], tasks: Sequence[Task]) -> bool:
-    done = {r["key"] for r in records}
-    return all(t.key in done for t in tasks)
-
-
-def choose_picks(records: Sequence[dict[str, Any]], design: Design, hd_rules: str) -> Picks | None:
-    """Phase 2's choices from phase 1 (None while the phase-1 RT-HPO grids of all full-grid workloads are
-    not complete): the recommended rule (widest common window, beta_analysis.rank_rules), the best
-    scale-free rule for the first-order methods, the additive rule's best beta for the probe."""
-    needed = plan_phase1(FULL_GRID, design)
-    if not complete(records, needed):
-        return None
-    result = analyse(records, design)
-    ranked = ba.rank_rules(s for (m, _), s in result["summaries"].items() if m == "rthpo")
-    best = ranked[0]
-    best_sf = next(s for s in ranked if s.rule != "additive")
-    additive = next(s for s in ranked if s.rule == "additive")
-    if hd_rules == "auto":
-        chosen = ("additive", best_sf.rule)
-    else:
-        chosen = tuple(r.strip() for r in hd_rules.split(",") if r.strip())
-        bad = [r for r in chosen if r not in RULES]
-        if bad:
-            raise SystemExit(f"--hd-rules: unknown rule(s) {bad}; choose from {', '.join(RULES)} or 'auto'.")
-    probe = tuple(dict.fromkeys([(best.rule, best.best_beta), (best_sf.rule, best_sf.best_beta),
-                                 ("additive", additive.best_beta)]))
-    why = (f"recommended rule {best.rule} (beta {best.best_beta:g}); best scale-free rule {best_sf.rule} "
-           f"(beta {best_sf.best_beta:g}); additive's best beta {additive.best_beta:g}")
-    return Picks(hd_rules=tuple(chosen), probe=probe, why=why)  # type: ignore[arg-type]
-
-
-# ------------------------------------------------------------------------------------------- run
-def _run_tasks(pool: Any, tasks: list[Task], records_path: Path, session: str, label: str) -> int:
-    if not tasks:
-        print(f"[{label}] nothing to run", flush=True)
-        return 0
-    tasks = order_tasks(tasks)
-    total_cost = sum(t.cost() for t in tasks)
-    print(f"[{label}] {len(tasks)} runs, roughly {total_cost / 60 / max(1, pool._processes):.0f} min",
-          flush=True)
-    t0 = time.perf_counter()
-    errors = 0
-    iterator = pool.imap_unordered(_pool_run, [(t, session) for t in tasks], chunksize=1) if pool is not None \
-        else (_pool_run((t, session)) for t in tasks)
-    for i, rec in enumerate(iterator, 1):
-        append_jsonl(records_path, rec)
-        errors += rec["status"] == "error"
-        if rec["status"] == "error":
-            print(f"  ERROR {rec['key']}: {rec['error']}", flush=True)
-        if i % 25 == 0 or i == len(tasks):
-            print(f"  [{label}] {i}/{len(tasks)} done, {time.perf_counter() - t0:.0f} s", flush=True)
-    return errors
-
-
-def order_tasks(tasks: Sequence[Task]) -> list[Task]:
-    """Cheap workloads first (digits, MNIST MLP, MNIST LeNet: a partial study is then complete workload by
-    workload), the reference before the rules; the probe's long runs spread evenly among them in their
-    planned order, so that the two workers rarely wait on two of them at once."""
-    names = list(WORKLOADS)
-    main = sorted((t for t in tasks if WORKLOADS[t.workload].full_grid),
-                  key=lambda t: (names.index(t.workload), t.method != REFERENCE, t.method,
-                                 RULES.index(t.rule) if t.rule in RULES else -1, t.eta0, t.beta or 0.0, t.seed))
-    probe = [t for t in tasks if not WORKLOADS[t.workload].full_grid]
-    if not main:
-        return probe
-    slots: dict[int, list[Task]] = {}
-    for i, t in enumerate(probe):
-        slots.setdefault(i * len(main) // len(probe), []).append(t)
-    out: list[Task] = []
-    for j, t in enumerate(main):
-        out += slots.get(j, [])
-        out.append(t)
-    return out
-
-
-def _pool_run(args: tuple[Task, str]) -> dict[str, Any]:
-    task, session = args
-    return run_one(task, session)
-
-
-class _Inline:
-    """A stand-in for a pool of one process (``--workers 1``): runs in this process."""
-
-    _processes = 1
-
-    def imap_unordered(self, fn: Any, items: Any, chunksize: int = 1) -> Any:
-        return (fn(x) for x in items)
-
-
-def library_fingerprint() -> dict[str, Any]:
-    """Where ``ray_rthpo`` is imported from and a sha256 over its .py files (the code the runs used)."""
-    import hashlib
-
-    import ray_rthpo
-
-    root = Path(ray_rthpo.__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return {"path": str(root), "sha256": digest.hexdigest()}
-
-
-def _git_head() -> str | None:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    import multiprocessing as mp
-
-    design = DESIGNS[args.design]
-    out = Path(args.out)
-    records_path, sessions_path, design_path = out / "runs.jsonl", out / "sessions.jsonl", out / "design.json"
-    existing = read_jsonl(records_path)
-    if existing and not args.resume:
-        raise SystemExit(f"{records_path} already holds {len(existing)} runs; pass --resume to continue that "
-                         "study, or --out a new folder.")
-    design_json = {"design": asdict(design), "workloads": {w: asdict(s) for w, s in WORKLOADS.items()}}
-    if design_path.exists():
-        saved = json.loads(design_path.read_text())
-        if saved["design"] != json.loads(json.dumps(asdict(design))):
-            raise SystemExit(f"{design_path} was written for design {saved['design']['name']!r} with other "
-                             "grids; resume with the same --design, or use a new --out.")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        design_path.write_text(json.dumps(design_json, indent=1))
-    workloads = args.workloads or list(WORKLOADS)
-    unknown = [w for w in workloads if w not in WORKLOADS]
-    if unknown:
-        raise SystemExit(f"unknown workload(s) {unknown}; choose from {', '.join(WORKLOADS)}.")
-    session = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
-    append_jsonl(sessions_path, {"session": session, "event": "start", "time": time.time(),
-                                 "argv": ["python", "experiments/beta_robustness.py", *sys.argv[1:]],
-                                 "workers": args.workers, "host": socket.gethostname(),
-                                 "machine": platform.machine(), "cpus": os.cpu_count(),
-                                 "library": library_fingerprint(), "repo_head": _git_head()})
-    done = {r["key"] for r in latest_records(existing)}
-    t0 = time.perf_counter()
-    errors = 0
-    ctx = mp.get_context("spawn")
-    pool = ctx.Pool(args.workers, initializer=init_worker) if args.workers > 1 else _Inline()
-    signal.signal(signal.SIGTERM, _interrupt)  # kill PID: stop the workers too, record the session's end
-    ok = False
-    try:
-        phase1 = [t for t in plan_phase1(workloads, design) if t.key not in done]
-        errors += _run_tasks(pool, phase1, records_path, session, "phase 1")
-        records = latest_records(read_jsonl(records_path))
-        picks = choose_picks(records, design, args.hd_rules)
-        if picks is None:
-            print("phase 2 waits: it needs the phase-1 RT-HPO grids of every full-grid workload "
-                  f"({', '.join(FULL_GRID)}); run them (then --resume).", flush=True)
-        else:
-            print(f"phase 2 picks: {picks.why}; first-order rules {', '.join(picks.hd_rules)}", flush=True)
-            done = {r["key"] for r in records}
-            phase2 = [t for t in plan_phase2(workloads, design, picks) if t.key not in done]
-            errors += _run_tasks(pool, phase2, records_path, session, "phase 2")
-        ok = True
-    finally:
-        if args.workers > 1:
-            if ok:
-                pool.close()
-            else:
-                pool.terminate()
-            pool.join()
-        append_jsonl(sessions_path, {"session": session, "event": "end", "time": time.time(),
-                                     "wall_s": time.perf_counter() - t0, "errors": errors})
-    print(f"done in {(time.perf_counter() - t0) / 60:.1f} min, {errors} error(s); records in {records_path}")
-    return 1 if errors else 0
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    design = DESIGNS[args.design]
-    workloads = args.workloads or list(WORKLOADS)
-    p1 = plan_phase1(workloads, design)
-    dummy = Picks(hd_rules=("additive", "sign_log"), probe=(("sign_log", 1e-2), ("additive", 1e-6)), why="")
-    p2 = plan_phase2(workloads, design, dummy)
-    for w in workloads:
-        n1 = sum(t.workload == w for t in p1)
-        n2 = sum(t.workload == w for t in p2)
-        cost = sum(t.cost() for t in p1 + p2 if t.workload == w)
-        print(f"{w:18s} phase 1: {n1:4d} runs  phase 2: {n2:4d} runs  ~{cost / 60:.0f} worker-min")
-    total = sum(t.cost() for t in p1 + p2)
-    print(f"total {len(p1) + len(p2)} runs, ~{total / 60 / 2:.0f} min on 2 workers (rough)")
+def run_cells(out: Path, cells: Sequence[bd.Cell], design: bd.Design, workers: int) -> int:
+    """Run (or continue, ``--resume``) every cell as ``rthpo compare``, one after the other; the exit status
+    of the first that fails, else 0."""
+    for cell in cells:
+        config = write_config(out, cell, design)
+        cmd = suite.compare_command(config, out / cell.name, num_cpus=workers)
+        rc = suite.run_cell(cmd, f"{cell.name} ({cell.runs} runs)")
+        if rc != 0:
+            return rc
     return 0
 
 
-# ------------------------------------------------------------------------------------------ report
-def fmt_beta(b: float | None) -> str:
-    """1e-3, 3.16e-4 (None: '-')."""
-    if b is None:
-        return "-"
-    mant, exp = f"{b:.2e}".split("e")
-    m = float(mant)
-    return f"1e{int(exp)}" if m == 1.0 else f"{mant.rstrip('0').rstrip('.')}e{int(exp)}"
-
-
-def fmt_window(win: ba.Window | None) -> str:
-    if win is None:
-        return "empty"
-    if win.n_points == 1:
-        return f"0 (only {fmt_beta(win.lo)})"
-    return f"{win.width:.1f} ({fmt_beta(win.lo)} to {fmt_beta(win.hi)})"
-
-
-def _session_wall(sessions: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]]) -> tuple[float, int]:
-    """Seconds of all run sessions (an unfinished one: until its last record), and how many sessions."""
-    starts = {s["session"]: s for s in sessions if s.get("event") == "start"}
-    ends = {s["session"]: s for s in sessions if s.get("event") == "end"}
-    last = {}
-    for r in records:
-        if r.get("session"):
-            last[r["session"]] = max(last.get(r["session"], 0.0), float(r.get("finished_at", 0.0)))
-    total = 0.0
-    for sid, s in starts.items():
-        if sid in ends:
-            total += float(ends[sid]["wall_s"])
-        elif sid in last:
-            total += max(0.0, last[sid] - float(s["time"]))
-    return total, len(starts)
-
-
-def design_from_json(d: dict[str, Any]) -> Design:
-    """The :class:`Design` saved in ``OUT/design.json``."""
-    return Design(name=d["name"], etas=tuple(d["etas"]), ref_etas=tuple(d["ref_etas"]), seeds=tuple(d["seeds"]),
-                  additive_betas=tuple(d["additive_betas"]), scale_free_betas=tuple(d["scale_free_betas"]),
-                  probe_seeds=tuple(d["probe_seeds"]),
-                  extra_overrides={k: tuple(v) for k, v in d.get("extra_overrides", {}).items()})
-
-
-METHOD_LABEL = {"rthpo": "RT-HPO", "hd_val": "First-order (Val)", "hd_train": "First-order (Train)"}
-WORKLOAD_SHORT = {"digits": "digits MLP", "mnist_mlp": "MNIST MLP", "mnist_lenet": "MNIST LeNet",
-                  "cifar10_resnet18": "CIFAR-10 ResNet-18"}
-ETA_CAP = 10.0  # lr.eta_max of every run (the config default)
-
-
-def _pct(x: float) -> str:
-    return "-" if x is None or not math.isfinite(x) else f"{x:.1f}"
-
-
-def _signed(x: float) -> str:
-    return "-" if not math.isfinite(x) else f"{x:+.1f}"
-
-
-def _factor(x: float) -> str:
-    if not math.isfinite(x):
-        return "inf (eta reached 0)"
-    return f"{x:.0f}x" if x >= 10 else f"{x:.1f}x"
-
-
-@dataclass
-class Study:
-    """Everything the report needs, computed once from the records."""
-
-    design: Design
-    records: list[dict[str, Any]]
-    sessions: list[dict[str, Any]]
-    table: dict[Any, ba.Cell]
-    bars: dict[str, ba.Bar | None]
-    full: list[str]
-    probe: list[str]
-    combos: list[tuple[str, str]]
-    summaries: dict[tuple[str, str], ba.RuleSummary]
-    ranked: list[ba.RuleSummary]
-    rec: ba.RuleSummary | None
-    additive: ba.RuleSummary | None
-
-
-def load_study(out: Path) -> Study:
-    design_json = json.loads((out / "design.json").read_text())
-    design = design_from_json(design_json["design"])
-    records = latest_records(read_jsonl(out / "runs.jsonl"))
-    if not records:
-        raise SystemExit(f"{out / 'runs.jsonl'} holds no finished runs; run the study first.")
-    sessions = read_jsonl(out / "sessions.jsonl")
-    table = ba.cells(records)
-    present = {r["workload"] for r in records}
-    bars = {w: ba.reference_bar(table, w) for w in WORKLOADS if w in present}
-    full = [w for w in FULL_GRID if bars.get(w) is not None]
-    probe = [w for w in PROBE if w in present]
-    bar_test = {w: bars[w].test for w in full}  # type: ignore[union-attr]
-    combos = [(m, r) for m in ("rthpo", *HD_METHODS) for r in RULES
-              if any(k[1] == m and k[2] == r and k[0] in full for k in table)]
-    summaries = {(m, r): ba.summarize_rule(table, full, m, r, design.etas, design.betas(r), bar_test,
-                                                 fallback_etas=fallback_etas(design))
-                 for m, r in combos}
-    ranked = ba.rank_rules(s for (m, _), s in summaries.items() if m == "rthpo")
-    rec = ranked[0] if ranked else None
-    additive = summaries.get(("rthpo", "additive"))
-    return Study(design, records, sessions, table, bars, full, probe, combos, summaries, ranked, rec, additive)
-
-
-def _runs(study: Study, workload: str, method: str, rule: str | None, beta: float | None,
-          eta0: float | None = None) -> list[dict[str, Any]]:
-    out = [r for r in study.records if r["workload"] == workload and r["method"] == method
-           and r.get("rule") == rule and (beta is None or r.get("beta") == beta)
-           and (eta0 is None or r["eta0"] == eta0)]
-    return sorted(out, key=lambda r: (r["eta0"], r["seed"]))
-
-
-# ------------------------------------------------------------------------------------------- figures
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=110, layout="constrained")
-
-
-def _draw_heatmap(ax: Any, study: Study, workload: str, method: str, rule: str) -> Any:
-    import numpy as np
-    from matplotlib.colors import TwoSlopeNorm
-    from matplotlib.patches import Rectangle
-
-    etas, betas = study.design.etas, study.design.betas(rule)
-    bar = study.bars[workload].test  # type: ignore[union-attr]
-    acc, div, n = ba.heatmap(study.table, workload, method, rule, etas, betas)
-    a = np.array(acc, dtype=float)
-    norm = TwoSlopeNorm(vmin=-40.0, vcenter=-ba.TOL_POINTS, vmax=4.0)
-    im = ax.imshow(np.ma.masked_invalid(np.clip(a - bar, -40.0, 4.0)), cmap="RdYlGn", norm=norm, aspect="auto",
-                   origin="lower")
-    for i in range(len(etas)):
-        for j in range(len(betas)):
-            if n[i][j] == 0:
-                ax.text(j, i, "n/a", ha="center", va="center", fontsize=5.5, color="0.4")
-                continue
-            good = a[i, j] >= bar - ba.TOL_POINTS - 1e-9
-            label = f"{a[i, j]:.1f}" + ("†" if div[i][j] else "")
-            ax.text(j, i, label, ha="center", va="center", fontsize=5.5,
-                    fontweight="bold" if good else "normal", color="black")
-            if div[i][j]:
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="////",
-                                       edgecolor=(0.15, 0.15, 0.15, 0.5), linewidth=0.0))
-            if good:
-                ax.add_patch(Rectangle((j - 0.47, i - 0.47), 0.94, 0.94, fill=False, edgecolor="black", linewidth=1.1))
-    flags = study.summaries[(method, rule)].flags.get(workload, {})
-    ax.set_xticks(range(len(betas)))
-    ax.set_xticklabels([fmt_beta(b) for b in betas], rotation=90, fontsize=6)
-    for tick, beta in zip(ax.get_xticklabels(), betas, strict=True):
-        if flags.get(beta):
-            tick.set_color("darkgreen")
-            tick.set_fontweight("bold")
-    ax.set_yticks(range(len(etas)))
-    ax.set_yticklabels([fmt_beta(e) for e in etas], fontsize=6)
-    return im
-
-
-def figure_heatmaps(study: Study, methods: Sequence[str], path: Path) -> Path | None:
-    rows = [(m, r) for m, r in study.combos if m in methods]
-    if not rows or not study.full:
+# ------------------------------------------------------------------------------------ reading the cells
+def _float(x: Any) -> float | None:
+    try:
+        value = float(x)
+    except (TypeError, ValueError):
         return None
-    cols = study.full
-    fig = _figure(4.3 * len(cols) + 0.9, 1.9 * len(rows) + 0.9)
-    axes = fig.subplots(len(rows), len(cols), squeeze=False)
-    im = None
-    for i, (m, r) in enumerate(rows):
-        for j, w in enumerate(cols):
-            ax = axes[i][j]
-            im = _draw_heatmap(ax, study, w, m, r)
-            if i == 0:
-                bar = study.bars[w]
-                ax.set_title(f"{WORKLOAD_SHORT[w]}\n(bar {bar.test:.1f}% at η̄ {fmt_beta(bar.eta0)})", fontsize=8)
-            if j == 0:
-                ax.set_ylabel(f"{METHOD_LABEL[m]}\n{r}\nη̄", fontsize=7)
-            if i == len(rows) - 1:
-                ax.set_xlabel("β", fontsize=7)
-    fig.colorbar(im, ax=axes, shrink=0.5, label="seed-mean test accuracy − bar (points)")
-    fig.suptitle("Test accuracy (%, mean over seeds, at the best-validation epoch) over η̄ × β.\nBoxed, bold: within "
-                 f"{ba.TOL_POINTS:g} point of the bar; † hatched: a seed diverged; green β: in the strict window",
-                 fontsize=8)
-    from ray_rthpo.report.files import atomic_save_figure
-
-    return atomic_save_figure(fig, path)
+    return value if math.isfinite(value) else None
 
 
-def figure_windows(study: Study, path: Path) -> Path | None:
-    if not study.combos:
-        return None
-    colors = {"digits": "tab:blue", "mnist_mlp": "tab:orange", "mnist_lenet": "tab:green"}
-    groups = [("additive", [c for c in study.combos if c[1] == "additive"]),
-              ("scale-free rules", [c for c in study.combos if c[1] != "additive"])]
-    groups = [(g, cs) for g, cs in groups if cs]
-    fig = _figure(11.0, 0.55 * max(len(cs) for _, cs in groups) + 1.6)
-    axes = fig.subplots(1, len(groups), squeeze=False)[0]
-    for ax, (title, cs) in zip(axes, groups, strict=True):
-        betas = study.design.betas(cs[0][1])
-        xs = [math.log10(b) for b in betas]
-        for row, combo in enumerate(cs):
-            summ = study.summaries[combo]
-            y0 = len(cs) - 1 - row
-            for k, w in enumerate(study.full):
-                y = y0 + 0.22 - 0.14 * k
-                on = [math.log10(b) for b in betas if summ.flags[w].get(b)]
-                ax.plot(xs, [y] * len(xs), color="0.85", lw=0.8, zorder=1)
-                ax.scatter(on, [y] * len(on), color=colors.get(w, "tab:gray"), s=10, zorder=3,
-                           label=WORKLOAD_SHORT[w] if row == 0 else None)
-                win = summ.windows[w]
-                if win is not None:
-                    ax.plot([math.log10(win.lo), math.log10(win.hi)], [y, y], color=colors.get(w, "tab:gray"), lw=3,
-                            zorder=2, solid_capstyle="round")
-            y = y0 + 0.22 - 0.14 * len(study.full)
-            if summ.common is not None:
-                ax.plot([math.log10(summ.common.lo), math.log10(summ.common.hi)], [y, y], color="black", lw=4,
-                        solid_capstyle="round", label="common window" if row == 0 else None)
-                ax.scatter([math.log10(summ.best_beta)], [y], marker="v", color="red", s=25, zorder=4)
-            else:
-                ax.text(xs[0], y, "common window: empty", fontsize=6, va="center", color="0.3")
-        ax.set_yticks([len(cs) - 1 - i for i in range(len(cs))])
-        ax.set_yticklabels([f"{METHOD_LABEL[m]} / {r}" for m, r in cs], fontsize=7)
-        ax.set_xticks(xs)
-        ax.set_xticklabels([fmt_beta(b) for b in betas], rotation=90, fontsize=7)
-        ax.set_xlabel("β")
-        ax.set_title(f"{title}: strict windows (β good at every η̄)", fontsize=8)
-        ax.set_ylim(-0.7, len(cs) - 0.3)
-    axes[0].legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.08), ncol=4, frameon=False)
-    from ray_rthpo.report.files import atomic_save_figure
+def cell_records(folder: Path) -> list[dict[str, Any]]:
+    """The run records (beta_analysis's format) of one cell folder: one per (strategy, seed, trial), from its
+    ``trials.csv`` (every reported epoch) and ``config.yaml`` (the strategies' rules, the run sizes). eta is
+    read at eta-bar and at the end of every epoch (trials.csv's ``lr``); [] when the cell has no trials."""
+    import pandas as pd
+    import yaml
 
-    return atomic_save_figure(fig, path)
-
-
-def figure_eta(study: Study, path: Path) -> Path | None:
-    if study.rec is None:
-        return None
-    import numpy as np
-
-    panels = study.full + study.probe
-    fig = _figure(4.2 * len(panels), 3.6)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    cmap = {e: c for e, c in zip(study.design.etas, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=False)}
-    shown = [(study.rec.rule, study.rec.best_beta, "-")]
-    if study.additive is not None and study.rec.rule != "additive":
-        shown.append(("additive", study.additive.best_beta, "--"))
-    for ax, w in zip(axes, panels, strict=True):
-        for rule, beta, style in shown:
-            for r in _runs(study, w, "rthpo", rule, beta):
-                tr = r["eta_trace"]
-                eta = np.maximum(np.array(tr["eta"], dtype=float), 1e-12)
-                ax.plot(tr["step"], eta, style, color=cmap.get(r["eta0"], "0.5"), lw=1.0, alpha=0.8)
-        bar = study.bars.get(w)
-        if bar is not None:
-            ax.axhline(bar.eta0, color="black", ls=":", lw=1.0)
-        ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_title(WORKLOAD_SHORT[w] + (" (probe, 1 seed)" if w in study.probe else ""), fontsize=8)
-    axes[0].set_ylabel("η (learning rate used by the step)")
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=c, label=f"η̄ = {fmt_beta(e)}") for e, c in cmap.items()]
-    handles += [Line2D([], [], color="0.3", ls=s, label=f"{rule}, β = {fmt_beta(b)}") for rule, b, s in shown]
-    handles.append(Line2D([], [], color="black", ls=":", label="bar's η̄ (best exp_decay)"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=7, frameon=False)
-    fig.suptitle("η along the run of RT-HPO with the recommended rule and β (solid) and the additive rule at its "
-                 "best β (dashed); one line per seed (η = 0 drawn at 1e-12)", fontsize=8)
-    from ray_rthpo.report.files import atomic_save_figure
-
-    return atomic_save_figure(fig, path)
+    trials_path, config_path = folder / "trials.csv", folder / "config.yaml"
+    if not trials_path.is_file() or not config_path.is_file():
+        return []
+    workload = folder.name.rsplit("-", 1)[0]
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    rules = {s["name"]: bd.strategy_rule(s) for s in config["strategies"]}
+    fixed_beta = {s["name"]: (s.get("overrides") or {}).get("lr.beta") for s in config["strategies"]}
+    base = config["base"]
+    trials = pd.read_csv(trials_path)
+    trials = trials.drop_duplicates(["strategy", "seed", "trial_id", "epoch"], keep="last")
+    records = []
+    for (strategy, seed, trial_id), t in trials.groupby(["strategy", "seed", "trial_id"], sort=False):
+        t = t.sort_values("epoch")
+        first, last = t.iloc[0], t.iloc[-1]
+        method = str(first["config/lr.method"])
+        rule = rules.get(strategy)
+        beta = None
+        if method != bd.REFERENCE:
+            beta = _float(first.get("config/lr.beta"))
+            beta = beta if beta is not None else _float(fixed_beta.get(strategy))
+        eta0 = float(first["config/lr.eta0"])
+        lrs = [x for x in (_float(v) for v in t["lr"]) if x is not None]
+        epochs = [{"epoch": int(r["epoch"]), "step": int(r["step"]),
+                   "train_loss": _float(r.get("train/loss")),
+                   "val_loss": _float(r.get("val/loss")), "val_acc": _float(r["val/acc"]),
+                   "test_acc": _float(r["test/acc"]), "lr": _float(r["lr"]), "diverged": bool(r["diverged"]),
+                   "status": str(r["status"]), "time_s": _float(r.get("time/epoch_s"))}
+                  for _, r in t.iterrows()]
+        steps_per_epoch = int(first["step"]) // max(1, int(first["epoch"]))
+        sel = ba.select_by_validation(epochs)
+        records.append({
+            "key": f"{workload}|{method}|{rule or '-'}|eta0={eta0!r}|beta={beta!r}|seed={int(seed)}",
+            "workload": workload, "method": method, "rule": rule, "eta0": eta0, "beta": beta,
+            "seed": int(seed), "cell": folder.name, "strategy": str(strategy), "trial_id": str(trial_id),
+            "status": str(last["status"]), "diverged": any(e["diverged"] for e in epochs), "epochs": epochs,
+            "selected": None if sel is None else {"epoch": sel.epoch, "val": sel.val, "test": sel.test},
+            "steps": int(last["step"]),
+            "eta_trace": {"step": [0] + [e["step"] for e in epochs if e["lr"] is not None],
+                          "eta": [eta0, *lrs]},
+            "eta_min": min([eta0, *lrs]), "eta_max": max([eta0, *lrs]),
+            "eta_final": lrs[-1] if lrs else eta0,
+            "sizes": {"train": steps_per_epoch * int(base["data"]["batch_size"]),
+                      "val": int(first.get("val/n", 0) or 0), "test": int(first.get("test/n", 0) or 0),
+                      "batch": int(base["data"]["batch_size"]),
+                      "val_batch": base["data"].get("val_batch_size"),
+                      "epochs": int(base["train"]["epochs"]), "steps_per_epoch": steps_per_epoch},
+            "compute_s": float(t["time/total_s"].max()),
+            "wall_s": _float(t["time/wall_elapsed_s"].max()) if "time/wall_elapsed_s" in t else None,
+            "finished_at": _float(t["time/reported_at"].max()) if "time/reported_at" in t else None,
+            "device": str(first.get("node/device_name", "")),
+        })
+    return records
 
 
-def figure_robustness(study: Study, path: Path) -> Path | None:
-    if study.rec is None:
-        return None
-    panels = study.full + study.probe
-    fig = _figure(4.0 * len(panels), 3.4)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    shown = [("rthpo", study.rec.rule, study.rec.best_beta, "o-", "tab:red")]
-    if study.additive is not None and study.rec.rule != "additive":
-        shown.append(("rthpo", "additive", study.additive.best_beta, "s--", "tab:purple"))
-    for ax, w in zip(axes, panels, strict=True):
-        ref = sorted((k[3], c) for k, c in study.table.items() if k[0] == w and k[1] == REFERENCE)
-        if ref:
-            xs = [e for e, _ in ref]
-            ys = [c.test for _, c in ref]
-            sd = [c.test_std for _, c in ref]
-            ax.errorbar(xs, ys, yerr=sd, color="black", marker=".", lw=1, capsize=2, label="exp_decay (grid)")
-        bar = study.bars.get(w)
-        if bar is not None:
-            ax.axhline(bar.test - ba.TOL_POINTS, color="black", ls=":", lw=1, label=f"bar − {ba.TOL_POINTS:g}")
-        for method, rule, beta, style, color in shown:
-            pts = sorted((k[3], c) for k, c in study.table.items()
-                         if k[0] == w and k[1] == method and k[2] == rule and k[4] == beta)
-            if pts:
-                ax.errorbar([e for e, _ in pts], [c.test for _, c in pts], yerr=[c.test_std for _, c in pts],
-                            fmt=style, color=color, ms=4, lw=1, capsize=2, label=f"RT-HPO {rule}, β {fmt_beta(beta)}")
-        ax.set_xscale("log")
-        ax.set_xlabel("η̄ (initial learning rate)")
-        ax.set_title(WORKLOAD_SHORT[w] + (" (probe, 1 seed)" if w in study.probe else ""), fontsize=8)
-        ys_all = [c.test for k, c in study.table.items() if k[0] == w]
-        top = min(100.0, max(ys_all) + 3.0) if ys_all else 100.0
-        lo = max(0.0, bar.test - 30.0) if bar is not None and w in study.full else 0.0
-        ax.set_ylim(lo, top)
-    axes[0].set_ylabel("test accuracy (%) at the best-validation epoch")
-    axes[0].legend(fontsize=6, loc="lower center")
-    fig.suptitle("One run per η̄, no search: the recommended rule and β against the grid-searched schedule "
-                 "(mean ± std over seeds; points below the axis are cut)", fontsize=8)
-    from ray_rthpo.report.files import atomic_save_figure
-
-    return atomic_save_figure(fig, path)
+def read_records(out: Path) -> list[dict[str, Any]]:
+    """The run records of every cell under ``out`` (the folders that hold a ``trials.csv``)."""
+    records: list[dict[str, Any]] = []
+    for folder in sorted(p for p in out.iterdir() if p.is_dir()) if out.is_dir() else []:
+        records += cell_records(folder)
+    return records
 
 
-# ------------------------------------------------------------------------------------------ document
-def _movement_rows(study: Study, summ: ba.RuleSummary, workloads: Sequence[str]) -> list[dict[str, Any]]:
-    """Per (workload, far eta-bar) of the recommended rule: movement factors over seeds, and whether the
-    final eta is closer (in decades) to the bar's eta-bar than eta-bar was."""
-    rows = []
-    for w in workloads:
-        bar = study.bars.get(w)
-        if bar is None:
-            continue
-        for eta0 in study.design.etas:
-            if ba.log_distance(eta0, bar.eta0) < 1.0 - 1e-9:
-                continue
-            runs = _runs(study, w, "rthpo", summ.rule, summ.best_beta, eta0)
-            if not runs:
-                continue
-            factors = [ba.eta_movement(r["eta0"], r["eta_min"], r["eta_max"]) for r in runs]
-            toward = [ba.log_distance(r["eta_final"], bar.eta0) < ba.log_distance(eta0, bar.eta0) for r in runs]
-            finals = [r["eta_final"] for r in runs]
-            rows.append({"workload": w, "eta0": eta0, "bar_eta": bar.eta0, "factors": factors, "toward": toward,
-                         "finals": finals, "diverged": sum(bool(r.get("diverged")) for r in runs)})
-    return rows
+def design_of(out: Path) -> bd.Design:
+    """The design the cells under ``out`` were run with (their comparison configs are named
+    ``beta_DESIGN_CELL``); SystemExit when there is none or more than one."""
+    import yaml
+
+    names = set()
+    for path in sorted(out.glob("*/config.yaml")):
+        name = str(yaml.safe_load(path.read_text(encoding="utf-8")).get("name", ""))
+        names.add(name.split("_")[1] if name.startswith("beta_") else "?")
+    if len(names) != 1 or next(iter(names)) not in bd.DESIGNS:
+        raise SystemExit(f"{out} holds cells of design(s) {sorted(names) or 'none'}; run the study first "
+                         "(beta_robustness.py run --out DIR), one design per folder.")
+    return bd.DESIGNS[next(iter(names))]
 
 
-def _misbehaviour(study: Study) -> list[tuple[str, str, int, int, int, int, int]]:
-    out = []
-    for m, r in study.combos:
-        runs = [x for x in study.records if x["method"] == m and x.get("rule") == r and x["workload"] in study.full]
-        n = len(runs)
-        div = sum(bool(x.get("diverged")) for x in runs)
-        zero = sum(x["eta_min"] <= 0.0 for x in runs)
-        cap = sum(x["eta_max"] >= ETA_CAP * (1 - 1e-9) for x in runs)
-        collapsed = sum(0.0 < x["eta_final"] < x["eta0"] * 1e-3 for x in runs)
-        out.append((m, r, n, div, zero, cap, collapsed))
-    return out
+# ------------------------------------------------------------------------------------------- commands
+def cmd_run(args: argparse.Namespace) -> int:
+    """Phase 1's cells, then (when phase 1 is complete on every full-grid workload) phase 2's."""
+    design = bd.DESIGNS[args.design]
+    out = Path(args.out).resolve()
+    workloads = args.workloads or list(bd.WORKLOADS)
+    if args.workers < 1:
+        raise SystemExit("--workers must be >= 1 (the CPUs of each cell's local Ray), but got "
+                         f"{args.workers}.")
+    started = sorted(p.parent.name for p in out.glob("*/config.yaml")) if out.is_dir() else []
+    if started and not args.resume:
+        raise SystemExit(f"{out} already holds cells ({', '.join(started)}); pass --resume to continue that "
+                         "study, or --out a new folder.")
+    if started and design_of(out).name != design.name:
+        raise SystemExit(f"{out} holds the {design_of(out).name!r} design; resume with --design "
+                         f"{design_of(out).name}, or use a new --out.")
+    rc = run_cells(out, bd.phase1_cells(workloads, design), design, args.workers)
+    if rc != 0:
+        return rc
+    picks = bd.choose_picks(read_records(out), design, args.hd_rules)
+    if picks is None:
+        print("phase 2 waits: it needs the phase-1 cells of every full-grid workload "
+              f"({', '.join(bd.FULL_GRID)}); run them (then --resume).", flush=True)
+        return 0
+    print(f"phase 2 picks: {picks.why}; first-order rules {', '.join(picks.hd_rules)}", flush=True)
+    return run_cells(out, bd.phase2_cells(workloads, design, picks), design, args.workers)
 
 
-def _steps(study: Study, workload: str) -> int:
-    s = next(r["sizes"] for r in study.records if r["workload"] == workload)
-    return int(s["steps_per_epoch"] * s["epochs"])
-
-
-def _ms_per_step(recs: Sequence[dict[str, Any]], method: str) -> str:
-    """Median over the finished runs of ``method`` of compute seconds per step (evaluation included), in ms."""
-    xs = sorted(1000.0 * r["compute_s"] / r["steps"] for r in recs
-                if r["method"] == method and r.get("steps") and r["status"] == "finished")
-    if not xs:
-        return "-"
-    m = xs[len(xs) // 2] if len(xs) % 2 else 0.5 * (xs[len(xs) // 2 - 1] + xs[len(xs) // 2])
-    return f"{m:,.0f}"
-
-
-def _planned(design: Design) -> int:
-    dummy = Picks(hd_rules=("additive", "sign_log"), probe=(("sign_log", 1.0), ("additive", 1.0)), why="")
-    return len(plan_phase1(list(WORKLOADS), design)) + len(plan_phase2(list(WORKLOADS), design, dummy))
-
-
-def _sizes_rows(study: Study) -> list[str]:
-    rows = []
-    for w in study.full + study.probe:
-        recs = [r for r in study.records if r["workload"] == w]
-        s = recs[0]["sizes"]
-        steps = s["steps_per_epoch"] * s["epochs"]
-        compute = sum(r["compute_s"] for r in recs)
-        spec = WORKLOADS[w]
-        rows.append(f"| {spec.label} | `{spec.config}` | {s['train']:,} / {s['val']:,} / {s['test']:,} | "
-                    f"{s['batch']} / {s['val_batch']} | {s['epochs']} | {steps} | {len(recs)} | "
-                    f"{compute / 60:.0f} | {_ms_per_step(recs, 'rthpo')} | {_ms_per_step(recs, REFERENCE)} |")
-    return rows
-
-
-def sign_log_lock_in(beta: float = 0.1, down: int = 20, up: int = 200) -> tuple[float, float]:
-    """``sign_log`` on the pure update: eta after ``down`` steps with h = +1 (decrease), then after ``up``
-    steps with h = -1 (increase), from eta = 1."""
-    from ray_rthpo.hypergrad.hyper_updates import initial_state, update
-
-    eta, state = 1.0, initial_state()
-    for _ in range(down):
-        eta, state = update("sign_log", eta, 1.0, state, beta=beta, eta_max=ETA_CAP)
-    after_down = eta
-    for _ in range(up):
-        eta, state = update("sign_log", eta, -1.0, state, beta=beta, eta_max=ETA_CAP)
-    return after_down, eta
-
-
-def _findings(study: Study) -> list[str]:
-    """Bullet points computed from the records (no number in them is typed by hand)."""
-    d = study.design
-    out: list[str] = []
-    stds = [study.bars[w].test_std for w in study.full]
-    if stds:
-        out.append(f"- **Noise.** The bar's own seed-to-seed standard deviation is {min(stds):.1f} to {max(stds):.1f} "
-                   f"points on the full-grid workloads, against a tolerance of {ba.TOL_POINTS:g} point: cells at the "
-                   "edge of a window are in or out by chance, so widths are uncertain by about one grid step.")
-    for w in study.full:
-        bar = study.bars[w]
-        for eta in d.etas:
-            cands = [(c.test, k) for k, c in study.table.items()
-                     if k[0] == w and k[1] == "rthpo" and k[3] == eta]
-            if not cands:
-                continue
-            best, key = max(cands, key=lambda x: x[0])
-            if best < bar.test - ba.TOL_POINTS - 1e-9:
-                runs = [r for r in study.records if r["workload"] == w and r["method"] == "rthpo" and r["eta0"] == eta]
-                div = sum(bool(r.get("diverged")) for r in runs)
-                out.append(f"- **{WORKLOAD_SHORT[w]}, η̄ = {fmt_beta(eta)}: no rule and no β rescues it.** The best "
-                           f"RT-HPO cell from there is {best:.1f}% (`{key[2]}`, β = {fmt_beta(key[4])}), "
-                           f"{bar.test - best:.1f} points below the bar; {div} of its {len(runs)} runs diverged. "
-                           "So every strict window on this workload is empty, whatever the rule.")
-    for rule in ("adam_log", "sign_log"):
-        runs = [r for r in study.records if r["workload"] in study.full and r["method"] == "rthpo"
-                and r.get("rule") == rule and not r.get("diverged")]
-        fallen = [r for r in runs if r["eta_final"] < r["eta0"] * 1e-3]
-        if fallen:
-            why = ""
-            if rule == "sign_log":
-                e20, e_end = sign_log_lock_in()
-                why = (" (The `sign_log` of the library that wrote this report recovers on the lock-in check: 20 "
-                       f"'decrease' then 200 'increase' steps at β = 0.1 end at η = {e_end:.2g}; the runs used the "
-                       "library named under 'How this was produced'.)"
-                       if e_end >= e20 else
-                       " The rule's momentum is taken over η·h, whose size shrinks with η: after η has fallen for a "
-                       "while, the momentum stored at larger η outweighs every new hypergradient, the sign stays "
-                       "'decrease' and η runs to 0 even when h says 'increase' (computed here on the pure function "
-                       "`hyper_updates.update`, η̄ = 1, β = 0.1: 20 steps with h = +1 take η to "
-                       f"{e20:.3g}, then 200 steps with h = −1 take it to {e_end:.2g}). A flaw of the rule, not of "
-                       "the workloads.")
-            out.append(f"- **`{rule}` can collapse η.** {len(fallen)} of its {len(runs)} RT-HPO runs that did not "
-                       "diverge ended with η below η̄ / 1000 (all at β ≥ "
-                       f"{fmt_beta(min(r['beta'] for r in fallen))}).{why}")
-    for w in study.full:
-        bar = study.bars[w]
-        steps = _steps(study, w)
-        lo = min(d.etas)
-        need = math.log(bar.eta0 / lo) / steps if bar.eta0 > lo else None
-        if need is not None and w == study.full[0]:
-            out.append(f"- **Horizon.** A run of {steps} steps from η̄ = {fmt_beta(lo)} must climb "
-                       f"{math.log10(bar.eta0 / lo):.1f} decades to reach the bar's η̄ ({fmt_beta(bar.eta0)}, "
-                       f"{WORKLOAD_SHORT[w]}): `sign_log` needs β ≥ {need:.3f} even with a perfectly consistent sign "
-                       "(it moves log η by exactly β a step), and more to leave steps for training at the good η. "
-                       "Scale-free β values below that cannot work from far below in runs this short; in longer runs "
-                       "the useful β is smaller.")
-    return out
-
-
-def render_doc(study: Study, out: Path, figs: dict[str, Path | None], doc: Path) -> str:
-    d = study.design
-    wall, n_sessions = _session_wall(study.sessions, read_jsonl(out / "runs.jsonl"))
-    compute = sum(r["compute_s"] for r in study.records)
-    argvs = list(dict.fromkeys(" ".join(s["argv"]) for s in study.sessions if s.get("event") == "start"))
-    starts = [s for s in study.sessions if s.get("event") == "start"]
-    lib = starts[-1].get("library", {}) if starts else {}
-    head = starts[-1].get("repo_head") if starts else None
-    last_time = max(float(r.get("finished_at", 0)) for r in study.records)
-    finished = _dt.datetime.fromtimestamp(last_time, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    rel = os.path.relpath
-    docdir = doc.parent
-
-    def img(key: str, alt: str) -> str:
-        p = figs.get(key)
-        return f"![{alt}]({rel(p, docdir)})" if p is not None else f"({alt}: no data)"
-
-    L: list[str] = []
-    L += ["<!-- Generated by `python experiments/beta_robustness.py report`: every number below comes from the "
-          "run records in the study's output folder. Do not edit by hand; rerun the report. -->", ""]
-    L += ["# A hyper-learning rate that needs no search? (issue #11)", ""]
-    L += ["The paper's additive rule `η ← η − β h` (eq. 2) needs β searched over decades, model by model "
-          "(`docs/results.md`). This study measures, on every workload the project can run offline, how wide the "
-          "range of β is in which RT-HPO ends within one point of a grid-searched schedule *whatever the initial "
-          "learning rate η̄*, for the additive rule and the three scale-free rules of "
-          "`ray_rthpo/hypergrad/hyper_updates.py` (`multiplicative`, `adam_log`, `sign_log`), and for the "
-          "first-order methods. From it: one rule and one default β, and whether they meet the issue's targets.", ""]
-    L += ["## How this was produced", "", "```bash"]
-    L += [f"nice -n 10 {a}" for a in argvs]
-    shown_out = out.resolve()
-    shown_out = shown_out.relative_to(REPO) if shown_out.is_relative_to(REPO) else shown_out
-    L += [f"python experiments/beta_robustness.py report --out {shown_out}",
-          "```", ""]
-    L += [f"- {len(study.records):,} runs (design `{d.name}`), {n_sessions} run session(s); wall time "
-          f"{wall / 60:.0f} min; {compute / 3600:.1f} h of compute (the sum of the runs' own seconds: training, "
-          f"hypergradient and evaluation). Last run finished {finished}.",
-          f"- CPU only, {starts[-1].get('cpus', '?') if starts else '?'} cores shared with other jobs, 2 worker "
-          "processes with `torch.set_num_threads(1)`, started with `nice -n 10`: wall time is noisy, accuracies "
-          "are deterministic given the seed (`tests/test_beta_analysis.py` checks that a rerun gives identical "
-          "per-epoch metrics).",
-          "- Library: `ray_rthpo` (where it was imported from is in the session records), sha256 of its .py files "
-          f"`{str(lib.get('sha256', '?'))[:16]}…`; repository HEAD `{(head or '?')[:12]}`.", ""]
-    L += ["### Workloads and sizes", ""]
-    L += ["| workload | config | train / val / test images | batch / val batch | epochs | steps per run | runs | "
-          "compute (min) | ms per RT-HPO step | ms per SGD step |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    L += _sizes_rows(study)
-    full_steps = sorted({_steps(study, w) for w in study.full})
-    probe_steps = sorted({_steps(study, w) for w in study.probe})
-    L += ["", "Why these sizes. The whole study had to fit in about one hour of this 2-core CPU, about 7,200 "
-          f"worker-seconds for {_planned(d):,} runs. Single runs were timed before choosing: an exact RT-HPO step "
-          "costs a few ms for the MLPs, tens of ms for LeNet and seconds for ResNet-18 even at batch 8 (the last "
-          "two columns give what this study's runs measured, evaluation included, inflated by the other jobs "
-          "that shared the machine). So the three small workloads get the full grid on slices, at one common "
-          f"horizon of {' to '.join(str(x) for x in full_steps)} SGD steps of batch 32, with a few epochs so that "
-          "the best-validation epoch means something. The common horizon matters: a scale-free β is a change of "
-          "log η *per step*, so its useful value scales like 1 / (number of steps); at one horizon the windows "
-          "differ only by the model and data. ResNet-18 cannot get a grid here: it gets a probe of "
-          f"{' to '.join(str(x) for x in probe_steps)} steps (below) with the rules and β chosen on the small "
-          "workloads, one seed, and is left out of the common window.", ""]
-    L += ["### Grids", ""]
-    L += [f"- η̄ ∈ {{{', '.join(fmt_beta(e) for e in d.etas)}}} for every hypergradient run; seeds "
-          f"{', '.join(str(s) for s in d.seeds)} (ResNet probe: seed {', '.join(str(s) for s in d.probe_seeds)}).",
-          f"- β, additive rule: {', '.join(fmt_beta(b) for b in d.additive_betas)} (one point per decade).",
-          f"- β, scale-free rules: {', '.join(fmt_beta(b) for b in d.scale_free_betas)} (half decades).",
-          "- RT-HPO (`lr.method: rthpo`) with all four rules; the first-order methods `hd_val` and `hd_train` with "
-          "the additive rule and the scale-free rule that ranked best for RT-HPO (chosen automatically after "
-          "phase 1).",
-          f"- The bar: `exp_decay` (SGD, η̄ · 0.9^epoch, the same epochs) over η̄ ∈ "
-          f"{{{', '.join(fmt_beta(e) for e in d.ref_etas)}}} (ResNet: {{{', '.join(fmt_beta(e) for e in d.etas)}}}), "
-          "same seeds.",
-          "- Everything else is the workload's config: vanilla SGD (no momentum, no weight decay), η kept in "
-          f"[0, {ETA_CAP:g}], the exact hypergradient (`lr.preset: exact`), no hypergradient clipping.", ""]
-    L += ["### Definitions", "",
-          "- **Accuracy of a run**: its test accuracy at its best-validation epoch. **Cell**: a grid point "
-          "(workload, method, rule, η̄, β); its accuracy is the mean over seeds.",
-          "- **Bar** of a workload: the `exp_decay` η̄ whose seed-mean *validation* accuracy is best; the bar is "
-          "its seed-mean *test* accuracy.",
-          f"- **Good cell**: accuracy ≥ bar − {ba.TOL_POINTS:g} point (within one point of the bar, or above).",
-          "- **Window** of a rule on a workload (strict): the β of the grid at which the cell of *every* η̄ of the "
-          "grid is good. Its **width** is log10(β_hi / β_lo) over the longest run of consecutive in-window grid "
-          "values: one value alone has width 0, none is *empty*. The grid steps (half a decade, one decade for "
-          "the additive rule) bound the resolution.",
-          "- **Per-η̄ window** (looser): the same for one η̄ only.",
-          "- **Common window** of a rule: the β in the window of every full-grid workload (digits, MNIST MLP, "
-          "MNIST LeNet).", ""]
-
-    # ---- bars
-    L += ["## The bar: grid-searched `exp_decay`", "",
-          "| workload | best η̄ (by validation) | validation (%) | test (%) = bar | test std over seeds | bar − 1 |",
-          "|---|---:|---:|---:|---:|---:|"]
-    for w in study.full + study.probe:
-        b = study.bars[w]
-        L.append(f"| {WORKLOADS[w].label} | {fmt_beta(b.eta0)} | {b.val:.1f} | {b.test:.1f} | {b.test_std:.1f} "
-                 f"(n={b.n}) | {b.test - ba.TOL_POINTS:.1f} |")
-    L += [""]
-
-    # ---- windows
-    L += ["## Windows of β", "",
-          "Width in decades of the strict window (β good from every η̄) per workload, and of the common window. "
-          "`empty`: no β of the grid is good from every η̄.", ""]
-    L += ["| method | rule | " + " | ".join(WORKLOAD_SHORT[w] for w in study.full) + " | common window |",
-          "|---|---|" + "---|" * len(study.full) + "---|"]
-    for (m, r) in study.combos:
-        s = study.summaries[(m, r)]
-        L.append(f"| {METHOD_LABEL[m]} | {r} | " + " | ".join(fmt_window(s.windows[w]) for w in study.full)
-                 + f" | **{fmt_window(s.common)}** |")
-    if len(d.etas) > 2:
-        sub = d.etas[:-1]
-        L += ["", f"The same without the largest η̄ ({fmt_beta(d.etas[-1])}): windows over η̄ ∈ "
-              f"{{{', '.join(fmt_beta(e) for e in sub)}}} only (a sensitivity check, not the definition).", "",
-              "| method | rule | " + " | ".join(WORKLOAD_SHORT[w] for w in study.full) + " | common window |",
-              "|---|---|" + "---|" * len(study.full) + "---|"]
-        bar_t = {w: study.bars[w].test for w in study.full}
-        for (m, r) in study.combos:
-            s2 = ba.summarize_rule(study.table, study.full, m, r, sub, d.betas(r), bar_t)
-            L.append(f"| {METHOD_LABEL[m]} | {r} | " + " | ".join(fmt_window(s2.windows[w]) for w in study.full)
-                     + f" | **{fmt_window(s2.common)}** (best β {fmt_beta(s2.best_beta)}) |")
-    subsets = [("all η̄", d.etas)] + ([(f"η̄ ≤ {fmt_beta(d.etas[-2])}", d.etas[:-1])] if len(d.etas) > 2 else [])
-    L += ["", "How far from the targets: the tolerance a common window would need. For each β, the worst "
-          "shortfall over every (workload, η̄) cell; its minimum over β is the smallest tolerance (points below the "
-          "bar) at which that rule has a one-value common window.", "",
-          "| method | rule | " + " | ".join(f"needed tolerance, {name} (at β)" for name, _ in subsets) + " |",
-          "|---|---|" + "---:|" * len(subsets)]
-    bar_t = {w: study.bars[w].test for w in study.full}
-    for (m, r) in study.combos:
-        row = []
-        for _, etas in subsets:
-            worst = {b: ba.coverage(study.table, study.full, m, r, etas, b, bar_t).worst for b in d.betas(r)}
-            b_best = min(sorted(worst), key=lambda b: worst[b])
-            row.append(f"{_pct(worst[b_best])} ({fmt_beta(b_best)})")
-        L.append(f"| {METHOD_LABEL[m]} | {r} | " + " | ".join(row) + " |")
-    L += ["", "Looser: the per-η̄ windows (width in decades; `–` empty), each η̄ on its own.", ""]
-    L += ["| method | rule | η̄ | " + " | ".join(WORKLOAD_SHORT[w] for w in study.full) + " |",
-          "|---|---|---:|" + "---|" * len(study.full)]
-    bar_test = {w: study.bars[w].test for w in study.full}
-    for (m, r) in study.combos:
-        for eta in d.etas:
-            cells_txt = []
-            for w in study.full:
-                flags = ba.per_eta_flags(study.table, w, m, r, [eta], d.betas(r), bar_test[w])[eta]
-                win = ba.widest_window(d.betas(r), flags)
-                cells_txt.append("–" if win is None else fmt_window(win))
-            L.append(f"| {METHOD_LABEL[m]} | {r} | {fmt_beta(eta)} | " + " | ".join(cells_txt) + " |")
-    L += ["", img("windows", "strict windows per rule and workload"), ""]
-    L += ["How each rule does over all (workload, η̄) cells of the full-grid workloads at its best β (the middle "
-          "of its common window, or, if that is empty, the β with the smallest worst shortfall over η̄ ≤ "
-          f"{fmt_beta(fallback_etas(d)[-1])}, then the most good cells). Shortfall of a cell: max(0, bar − accuracy) in points.", "",
-          "| method | rule | best β | good cells | mean shortfall | worst shortfall |",
-          "|---|---|---:|---:|---:|---:|"]
-    for (m, r) in study.combos:
-        cov = study.summaries[(m, r)].best_coverage
-        L.append(f"| {METHOD_LABEL[m]} | {r} | {fmt_beta(study.summaries[(m, r)].best_beta)} | {cov.good} / "
-                 f"{cov.total} | {_pct(cov.mean_shortfall)} | {_pct(cov.worst)} |")
-    L += [""]
-
-    # ---- heatmaps
-    L += ["## Heatmaps", "",
-          "Seed-mean test accuracy over η̄ × β, coloured by the distance to the workload's bar. Boxed bold cells are "
-          "good; † and hatching mark cells where a seed diverged (a NaN/inf loss or a loss above 1e4 ended it; it "
-          "counts with the accuracy it had reached); β labels in green are in the strict window.", "",
-          img("heatmaps_rthpo", "RT-HPO heatmaps"), "", img("heatmaps_hd", "first-order heatmaps"), ""]
-
-    # ---- findings
-    L += ["## What the grid says", ""] + _findings(study) + [""]
-    # ---- recommendation and targets
-    rec = study.rec
-    L += ["## Recommendation", ""]
-    if rec is None:
-        L += ["No RT-HPO runs yet.", ""]
-    else:
-        L += ["Ranking of the RT-HPO rules (widest common window first, then more grid values in it, then, windows "
-              f"tied, the smaller worst shortfall over η̄ ≤ {fmt_beta(fallback_etas(d)[-1])} at the best β, then more "
-              "good cells there):", "",
-              "| rank | rule | common window (decades) | best β | good cells at best β |", "|---:|---|---|---:|---:|"]
-        for i, s in enumerate(study.ranked, 1):
-            L.append(f"| {i} | {s.rule} | {fmt_window(s.common)} | {fmt_beta(s.best_beta)} | "
-                     f"{s.best_coverage[0]} / {s.best_coverage[1]} |")
-        overall = ba.rank_rules(study.summaries.values())[0]
-        cov = rec.best_coverage
-        if rec.common is not None:
-            L += ["", f"**Recommended default: `lr.hyper_update: {rec.rule}` with `lr.beta: {fmt_beta(rec.best_beta)}`** "
-                  f"(common window {fmt_window(rec.common)} decades; at this β {cov.good} of {cov.total} "
-                  f"(workload, η̄) cells are within one point of the bar, mean shortfall {cov.mean_shortfall:.1f} "
-                  "points)."]
-        else:
-            L += ["", "**No rule has a common window: no β of any rule is within one point of the bar from every η̄ "
-                  "on every workload, so no rule and β here removes the search.** The best available default by "
-                  f"the fallback criterion (the smallest worst shortfall over every workload and η̄ ≤ "
-                  f"{fmt_beta(fallback_etas(d)[-1])}: η̄ = {fmt_beta(d.etas[-1])} diverges on MNIST before any rule "
-                  "acts; then the most good cells) is **`lr.hyper_update: "
-                  f"{rec.rule}` with `lr.beta: {fmt_beta(rec.best_beta)}`**: {cov.good} of {cov.total} "
-                  f"(workload, η̄) cells within one point of the bar, mean shortfall {cov.mean_shortfall:.1f} points, "
-                  f"worst {cov.worst:.1f}."]
-        rec_width = rec.common.width if rec.common is not None else -1.0
-        if overall.common is not None and overall.common.width > rec_width:
-            L += ["", f"Over all methods the widest common window is {METHOD_LABEL[overall.method]} with "
-                  f"`{overall.rule}`: {fmt_window(overall.common)}."]
-        L += [""]
-        # target 1
-        L += ["## The targets", "", "### (1) No search: one run from any η̄ within one point of grid-searched "
-              "`exp_decay` (MNIST MLP and LeNet, mean over seeds)", "",
-              "| workload | bar | " + " | ".join(f"η̄ = {fmt_beta(e)}" for e in d.etas) + " |",
-              "|---|---:|" + "---:|" * len(d.etas)]
-        t1_ok = True
-        t1_workloads = [w for w in ("mnist_mlp", "mnist_lenet") if w in study.full]
-        for w in t1_workloads:
-            bar = study.bars[w].test
-            cells_txt = []
-            for eta in d.etas:
-                c = study.table.get((w, "rthpo", rec.rule, eta, rec.best_beta))
-                if c is None:
-                    cells_txt.append("n/a")
-                    t1_ok = False
-                    continue
-                ok = ba.is_good(c, bar)
-                t1_ok &= ok
-                cells_txt.append(f"{c.test:.1f} ({_signed(c.test - bar)}){'' if ok else ' ✗'}"
-                                 + (f" †{c.diverged}" if c.diverged else ""))
-            L.append(f"| {WORKLOAD_SHORT[w]} | {bar:.1f} | " + " | ".join(cells_txt) + " |")
-        t1_ok &= bool(t1_workloads)
-        L += ["", f"Target (1): **{'met' if t1_ok else 'not met'}** with `{rec.rule}`, β = {fmt_beta(rec.best_beta)} "
-              f"(✗: more than one point below the bar; the grid tests η̄ at {len(d.etas)} points of [1e-3, 1]).", ""]
-        other = [s for s in study.ranked if s.rule != rec.rule]
-        for s in other:
-            vals = []
-            for w in t1_workloads:
-                bar = study.bars[w].test
-                for eta in d.etas:
-                    c = study.table.get((w, "rthpo", s.rule, eta, s.best_beta))
-                    vals.append(ba.is_good(c, bar))
-            L.append(f"- For comparison, `{s.rule}` at its best β {fmt_beta(s.best_beta)}: {sum(vals)} of "
-                     f"these {len(vals)} cells good.")
-        L += [""]
-        # target 2
-        mv = _movement_rows(study, rec, study.full)
-        L += ["### (2) η moves: at least 3x away from η̄ in runs that start far from the best η̄", "",
-              "Far: η̄ at least one decade from the bar's η̄. Movement of a run: max(η_max / η̄, η̄ / η_min) over "
-              "all its steps. Toward: the final η is fewer decades from the bar's η̄ than η̄ was.", "",
-              "| workload | bar's η̄ | η̄ | movement per seed | final η per seed | toward the bar's η̄ |",
-              "|---|---:|---:|---|---|---:|"]
-        t2_ok = bool(mv)
-        for row in mv:
-            t2_ok &= all(f >= 3.0 for f in row["factors"])
-            L.append(f"| {WORKLOAD_SHORT[row['workload']]} | {fmt_beta(row['bar_eta'])} | {fmt_beta(row['eta0'])} | "
-                     + ", ".join(_factor(f) for f in row["factors"]) + " | "
-                     + ", ".join(f"{x:.2g}" for x in row["finals"]) + f" | {sum(row['toward'])} / {len(row['toward'])} |")
-        short = [(row, f) for row in mv for f in row["factors"] if f < 3.0]
-        why = ("every far run of the full-grid workloads moved η by at least 3x" if t2_ok else
-               f"{len(short)} of {sum(len(row['factors']) for row in mv)} far runs moved η by less than 3x: "
-               + "; ".join(sorted({f"{WORKLOAD_SHORT[r['workload']]} from η̄ = {fmt_beta(r['eta0'])}" for r, _ in short})))
-        L += ["", f"Target (2): **{'met' if t2_ok else 'not met'}** ({why})." if mv else "Target (2): no far runs.", ""]
-        # target 3
-        width = rec.common.width if rec.common is not None else None
-        t3_ok = width is not None and width >= 2.0 - 1e-9
-        L += ["### (3) The common window is at least 2 decades wide", "",
-              f"Target (3): **{'met' if t3_ok else 'not met'}**: the widest common window, `{rec.rule}`'s, is "
-              f"{fmt_window(rec.common)}" + (" decades." if width is not None else "."), ""]
-        L += ["| target | result |", "|---|---|",
-              f"| (1) any η̄ within 1 point of the bar, MNIST MLP and LeNet | {'met' if t1_ok else 'not met'} |",
-              f"| (2) η moves ≥ 3x from a far η̄ | {'met' if t2_ok else 'not met'} |",
-              f"| (3) common window ≥ 2 decades | {'met' if t3_ok else 'not met'} ({fmt_window(rec.common)}) |", ""]
-
-    # ---- eta
-    L += ["## Does η move?", "", img("eta_trajectories", "eta trajectories"), "",
-          img("robustness", "accuracy against the initial learning rate"), ""]
-    # ---- probe
-    if study.probe:
-        L += ["## ResNet-18 on CIFAR-10: a probe, not a window", ""]
-        for w in study.probe:
-            bar = study.bars[w]
-            sz = next(x["sizes"] for x in study.records if x["workload"] == w)
-            L += [f"{WORKLOADS[w].label}: each run is {sz['steps_per_epoch'] * sz['epochs']} steps of batch "
-                  f"{sz['batch']} ({sz['epochs']} epoch(s) of {sz['train']} training images), evaluated on "
-                  f"{sz['val']} validation and {sz['test']} test images. Bar (exp_decay over η̄ "
-                  f"{{{', '.join(fmt_beta(e) for e in d.etas)}}}, seed 0): {bar.test:.1f}% at η̄ {fmt_beta(bar.eta0)}. "
-                  "With so few test images and one seed, differences of several points are noise: the probe shows "
-                  "what η does and whether runs diverge with the (rule, β) chosen on the small workloads.", "",
-                  "| rule | β | η̄ | test (%) | final η | η range over the run | status |", "|---|---:|---:|---:|---:|---|---|"]
-            for r in sorted((x for x in study.records if x["workload"] == w and x["method"] != REFERENCE),
-                            key=lambda x: (x["rule"] != (rec.rule if rec else ""), x["rule"], x["eta0"])):
-                sel = r.get("selected") or {}
-                L.append(f"| {r['rule']} | {fmt_beta(r['beta'])} | {fmt_beta(r['eta0'])} | {_pct(sel.get('test'))} | "
-                         f"{r['eta_final']:.2g} | {r['eta_min']:.2g} to {r['eta_max']:.2g} | {r['status']} |")
-            refs = sorted((x for x in study.records if x["workload"] == w and x["method"] == REFERENCE),
-                          key=lambda x: x["eta0"])
-            L += ["", "exp_decay on the same slice: " + ", ".join(
-                f"η̄ {fmt_beta(x['eta0'])}: {_pct((x.get('selected') or {}).get('test'))}%" for x in refs) + ".", ""]
-    # ---- misbehaviour
-    L += ["## How the rules misbehave", "",
-          "Over all runs of the full-grid workloads (every η̄ and β of the grid, every seed).", "",
-          "| method | rule | runs | diverged | η reached 0 | η reached the cap "
-          f"{ETA_CAP:g} | final η < η̄ / 1000 (not 0) |", "|---|---|---:|---:|---:|---:|---:|"]
-    for m, r, n, div, zero, cap, collapsed in _misbehaviour(study):
-        L.append(f"| {METHOD_LABEL[m]} | {r} | {n} | {div} | {zero} | {cap} | {collapsed} |")
-    L += [""]
-    return "\n".join(L) + "\n"
-
-
-def write_report(out: Path, doc: Path, figures: Path) -> int:
-    study = load_study(out)
-    figs = {
-        "heatmaps_rthpo": figure_heatmaps(study, ("rthpo",), figures / "heatmaps_rthpo.png"),
-        "heatmaps_hd": figure_heatmaps(study, HD_METHODS, figures / "heatmaps_hd.png"),
-        "windows": figure_windows(study, figures / "windows.png"),
-        "eta_trajectories": figure_eta(study, figures / "eta_trajectories.png"),
-        "robustness": figure_robustness(study, figures / "robustness.png"),
-    }
-    text = render_doc(study, out, figs, doc)
-    from ray_rthpo.report.files import atomic_write_text
-
-    atomic_write_text(doc, text)
-    print(f"wrote {doc} and {sum(p is not None for p in figs.values())} figures in {figures}")
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print the cells and runs of the study (phase 2 with a stand-in choice), running nothing."""
+    design = bd.DESIGNS[args.design]
+    workloads = args.workloads or list(bd.WORKLOADS)
+    dummy = bd.Picks(hd_rules=("additive", "sign_log"), probe=(("sign_log", 1e-2), ("additive", 1e-6)),
+                     why="")
+    cells = bd.phase1_cells(workloads, design) + bd.phase2_cells(workloads, design, dummy)
+    for cell in cells:
+        print(f"phase {cell.phase}  {cell.name:28s} {len(cell.strategies):2d} strategies x {cell.seeds} "
+              "seed(s): "
+              f"{cell.runs:4d} runs")
+    print(f"total {sum(c.runs for c in cells)} runs in {len(cells)} cells")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    return write_report(Path(args.out), Path(args.doc), Path(args.figures))
+    """Write docs/beta.md and its figures from the cells under ``--out``."""
+    import beta_report
+
+    out = Path(args.out)
+    records = read_records(out)
+    if not records:
+        raise SystemExit(f"{out} holds no cell with finished runs; run the study first.")
+    return beta_report.write_report(design_of(out), records, out, Path(args.doc), Path(args.figures))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    """The command line: ``plan``, ``run`` and ``report``."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_run = sub.add_parser("run", help="run the study (phase 1, then phase 2), appending to OUT/runs.jsonl")
-    p_run.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), help="default: all four")
+    p_run = sub.add_parser("run", help="run the study's cells (phase 1, then phase 2) with rthpo compare")
+    p_run.add_argument("--workloads", nargs="+", choices=list(bd.WORKLOADS), help="default: all four")
     p_run.add_argument("--out", default=DEFAULT_OUT)
-    p_run.add_argument("--resume", action="store_true", help="skip the runs already in OUT/runs.jsonl")
-    p_run.add_argument("--workers", type=int, default=2, help="worker processes, one thread each (default 2)")
+    p_run.add_argument("--resume", action="store_true",
+                       help="continue the cells in OUT (rthpo compare --resume; finished runs are not rerun)")
+    p_run.add_argument("--workers", type=int, default=2,
+                       help="CPUs of each cell's local Ray (rthpo compare --num-cpus): trials side by side, "
+                            "one thread each (default 2)")
     p_run.add_argument("--hd-rules", default="auto",
                        help="rules of the hd_val/hd_train runs: 'auto' (additive + phase 1's best scale-free "
                             "rule) or a comma list")
-    p_run.add_argument("--design", choices=list(DESIGNS), default="full",
+    p_run.add_argument("--design", choices=list(bd.DESIGNS), default="full",
                        help="'smoke': a tiny grid of 1-epoch runs, to check the pipeline")
     p_run.set_defaults(fn=cmd_run)
-    p_plan = sub.add_parser("plan", help="print how many runs the study has (runs nothing)")
-    p_plan.add_argument("--workloads", nargs="+", choices=list(WORKLOADS))
-    p_plan.add_argument("--design", choices=list(DESIGNS), default="full")
+    p_plan = sub.add_parser("plan", help="print the study's cells and runs (runs nothing)")
+    p_plan.add_argument("--workloads", nargs="+", choices=list(bd.WORKLOADS))
+    p_plan.add_argument("--design", choices=list(bd.DESIGNS), default="full")
     p_plan.set_defaults(fn=cmd_plan)
-    p_rep = sub.add_parser("report", help="write docs/beta.md and docs/beta/*.png from OUT/runs.jsonl")
+    p_rep = sub.add_parser("report", help="write docs/beta.md and docs/beta/*.png from the cells in OUT")
     p_rep.add_argument("--out", default=DEFAULT_OUT)
     p_rep.add_argument("--doc", default=str(REPO / "docs" / "beta.md"))
     p_rep.add_argument("--figures", default=str(REPO / "docs" / "beta"))

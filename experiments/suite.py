@@ -7,7 +7,7 @@ continued with ``--resume`` when it was interrupted, so this script keeps no jou
 own: it only runs the cells and reads their ``trials.csv``::
 
     python experiments/suite.py run --workloads digits_mlp --horizons 360 3600      # resumable
-    python experiments/suite.py report                                               # docs/suite.md, docs/horizon.md
+    python experiments/suite.py report                                      # docs/suite.md, docs/horizon.md
 
 ``report`` writes ``docs/suite.md`` (per-cell tables, the targets, time to target in the AlgoPerf manner,
 performance profiles and the AlgoPerf score) and ``docs/horizon.md`` (the study behind the defaults,
@@ -24,6 +24,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,12 +51,14 @@ WORKLOADS: dict[str, Workload] = {
     "mnist_mlp": Workload("configs/suite/mnist_mlp.yaml", 421, {421: 1, 4210: 10}),
     "char_lm_adamw": Workload("configs/suite/char_lm_adamw.yaml", 200, {200: 1, 2000: 10}),
     "cifar10_cnn": Workload("configs/suite/cifar10_cnn.yaml", 250, {250: 1, 2500: 10}),
-    "horizon_digits": Workload("configs/suite/horizon_digits.yaml", 40, {360: 9, 3600: 90}, seeds=2, doc="horizon"),
+    "horizon_digits": Workload("configs/suite/horizon_digits.yaml", 40, {360: 9, 3600: 90}, seeds=2,
+                               doc="horizon"),
 }
 #: Workloads the suite is meant to hold that have no config yet (reported as missing in docs/suite.md).
 PLANNED = ("mnist_lenet",)
 #: Rows that are RT-HPO's defaults (untuned), and the grid each is held against.
-DEFAULT_ROWS = {f"rthpo_{base}_{start}": f"grid_{base}" for base in ("sgd", "adamw") for start in ("lo", "mid", "hi")}
+DEFAULT_ROWS = {f"rthpo_{base}_{start}": f"grid_{base}"
+                for base in ("sgd", "adamw") for start in ("lo", "mid", "hi")}
 GRIDS = ("grid_sgd", "grid_adamw")
 COLLAPSE = 0.02   # a last epoch more than 2 points below the run's best validation accuracy is a collapse
 WITHIN = 0.01     # target: within 1 point of the grid's test accuracy
@@ -63,20 +66,45 @@ R_MAX = 4.0       # AlgoPerf's r_max
 
 
 def cell_dir(out: Path, workload: str, steps: int) -> Path:
+    """The folder of one cell: ``OUT/WORKLOAD-hSTEPS``."""
     return out / f"{workload}-h{steps}"
+
+
+def compare_command(config: Path | str, folder: Path, *, sets: Sequence[str] = (), seeds: int | None = None,
+                    num_cpus: int | None = None) -> list[str]:
+    """The ``rthpo compare`` command that runs comparison config ``config`` into ``folder`` (a cell), with
+    ``--set`` overrides, ``--seeds`` and ``--num-cpus`` when given, and ``--resume`` when ``folder`` already
+    holds a run (its ``config.yaml``): a cell continues where it stopped."""
+    cmd = [sys.executable, "-m", "ray_rthpo.cli", "compare", str(config)]
+    for text in sets:
+        cmd += ["--set", text]
+    if seeds is not None:
+        cmd += ["--seeds", str(seeds)]
+    if num_cpus is not None:
+        cmd += ["--num-cpus", str(num_cpus)]
+    cmd += ["--output", str(folder)]
+    if (Path(folder) / "config.yaml").exists():
+        cmd.append("--resume")
+    return cmd
+
+
+def run_cell(cmd: Sequence[str], label: str) -> int:
+    """Run one cell's command from the repository root (configs name repository paths: train.pythonpath),
+    printing the command, then its exit status and wall seconds; returns the exit status."""
+    print("$", shlex.join(["python", *cmd[1:]]), flush=True)
+    start = time.time()
+    rc = subprocess.call(list(cmd), cwd=REPO)
+    print(f"{label}: exit {rc} in {time.time() - start:.0f} s", flush=True)
+    return rc
 
 
 def cell_command(workload: str, steps: int, out: Path, *, seeds: int | None = None,
                  epochs: int | None = None) -> list[str]:
     """The ``rthpo compare`` command of one cell (``--resume`` when its folder already holds a run)."""
     w = WORKLOADS[workload]
-    folder = cell_dir(out, workload, steps)
-    cmd = [sys.executable, "-m", "ray_rthpo.cli", "compare", str(REPO / w.config),
-           "--set", f"train.epochs={epochs if epochs is not None else w.horizons[steps]}",
-           "--seeds", str(seeds if seeds is not None else w.seeds), "--output", str(folder)]
-    if (folder / "config.yaml").exists():
-        cmd.append("--resume")
-    return cmd
+    return compare_command(REPO / w.config, cell_dir(out, workload, steps),
+                           sets=[f"train.epochs={epochs if epochs is not None else w.horizons[steps]}"],
+                           seeds=seeds if seeds is not None else w.seeds)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,12 +116,10 @@ def run(args: argparse.Namespace) -> int:
         w = WORKLOADS[name]
         for steps in args.horizons or list(w.horizons):
             if steps not in w.horizons:
-                raise SystemExit(f"suite: {name} has horizons {', '.join(map(str, w.horizons))}, not {steps}.")
+                raise SystemExit(f"suite: {name} has horizons {', '.join(map(str, w.horizons))}, not "
+                                 f"{steps}.")
             cmd = cell_command(name, steps, out, seeds=args.seeds, epochs=args.epochs)
-            print("$", shlex.join(["python", *cmd[1:]]), flush=True)
-            start = time.time()
-            rc = subprocess.call(cmd, cwd=REPO)  # configs name repository paths (train.pythonpath)
-            print(f"{name} h{steps}: exit {rc} in {time.time() - start:.0f} s", flush=True)
+            rc = run_cell(cmd, f"{name} h{steps}")
             if rc != 0:
                 return rc
     return 0
@@ -151,7 +177,8 @@ def performance_profile(times: pd.DataFrame, taus: np.ndarray) -> pd.DataFrame:
 def algoperf_score(profile: pd.DataFrame) -> pd.Series:
     """Integral of rho from 1 to r_max, divided by r_max - 1 (the trapezoid rule on the profile's grid)."""
     taus = profile.index.to_numpy(dtype=float)
-    return pd.Series({m: float(np.trapezoid(profile[m].to_numpy(), taus)) / (R_MAX - 1) for m in profile.columns})
+    return pd.Series({m: float(np.trapezoid(profile[m].to_numpy(), taus)) / (R_MAX - 1)
+                      for m in profile.columns})
 
 
 def load_cells(out: Path, doc: str) -> dict[tuple[str, int], pd.DataFrame]:
@@ -241,12 +268,14 @@ def report(args: argparse.Namespace) -> int:
                    if (n, s) not in cells]
         if doc == "suite":
             missing += [f"{p} (no config yet)" for p in PLANNED]
-        lines += ["## Cells", "", "| cell | steps | seeds | wall of its runs | command |", "|---|---|---|---|---|"]
+        lines += ["## Cells", "", "| cell | steps | seeds | wall of its runs | command |",
+                  "|---|---|---|---|---|"]
         for (name, steps), trials in sorted(cells.items()):
             wall = trials.groupby(["strategy", "seed"])["time/wall_elapsed_s"].max().sum() \
                 if "time/wall_elapsed_s" in trials else float("nan")
             seeds = int(trials["seed"].nunique())
-            cmd = shlex.join(["python", "experiments/suite.py", "run", "--workloads", name, "--horizons", str(steps),
+            cmd = shlex.join(["python", "experiments/suite.py", "run", "--workloads", name,
+                              "--horizons", str(steps),
                               *(["--seeds", str(seeds)] if seeds != WORKLOADS[name].seeds else [])])
             lines.append(f"| {name} | {steps} | {trials['seed'].nunique()} | {wall / 60:.0f} min (summed) | "
                          f"`{cmd}` |")
@@ -259,13 +288,15 @@ def report(args: argparse.Namespace) -> int:
                 profile = performance_profile(med.fillna(np.inf), taus)
                 score = algoperf_score(profile).sort_values(ascending=False)
                 lines += ["## Time to target and the AlgoPerf score", "",
-                          "Target per cell: the better grid's median best validation accuracy; time: every compute "
-                          "second a row spends to first reach it, its search included (median over seeds; – = not "
-                          f"reached). Score: the integral of the performance profile from 1 to {R_MAX:g}, over "
-                          f"{R_MAX - 1:g}.", "",
-                          "| row | score | " + " | ".join(med.index) + " |", "|---|---|" + "---|" * len(med.index)]
+                          "Target per cell: the better grid's median best validation accuracy; time: every "
+                          "compute second a row spends to first reach it, its search included (median over "
+                          "seeds; – = not reached). Score: the integral of the performance profile from 1 to "
+                          f"{R_MAX:g}, over {R_MAX - 1:g}.", "",
+                          "| row | score | " + " | ".join(med.index) + " |",
+                          "|---|---|" + "---|" * len(med.index)]
                 for m in score.index:
-                    cells_txt = " | ".join("–" if not math.isfinite(med.loc[c, m]) else f"{med.loc[c, m]:.1f} s"
+                    cells_txt = " | ".join("–" if not math.isfinite(med.loc[c, m])
+                                           else f"{med.loc[c, m]:.1f} s"
                                            for c in med.index)
                     lines.append(f"| {m} | {score[m]:.3f} | {cells_txt} |")
                 fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -303,33 +334,40 @@ def report(args: argparse.Namespace) -> int:
 
 
 SUITE_INTRO = [
-    "Rows (configs/suite/*.yaml): `rthpo_{sgd,adamw}_{lo,mid,hi}` are RT-HPO's defaults (warmup + cosine, its "
-    "peak tuned online from a tenth of, at and ten times the grid's best peak); `grid_*` the same schedule with its "
-    "peak tuned by a 7-point half-decade grid, `optuna_*` by 7 TPE trials; `adamw_1e-3` AdamW at 1e-3 on the "
-    "schedule; `prodigy`, `schedule_free_*`, `dog` (with its averager), `dadapt_adam` at their documented "
-    "defaults; `rthpo_old_default` RT-HPO's default before this suite (flat eta, beta 0.1 per step, exact). Test "
-    "accuracy is read at the best-validation epoch of the trial a row chose, and at its last epoch; a collapse is a "
-    "last epoch more than 2 points below the run's best validation accuracy. `lr_scale at end`: RT-HPO's tuned "
-    "scale s (the schedule's peak); for the other rows their last learning rate. compute-s: the epoch seconds of "
-    "all a row's trials (its search included), mean over seeds.", "",
-    "How much to read into it: on digits the validation split is 144 images (one image is 0.69 points) and the "
-    "test split 360 (0.28 points), so the time-to-target target (the better grid's median best validation "
-    "accuracy) sits at the top of the validation noise, and many rows never reach it; the AlgoPerf score below is "
-    "noise-dominated on this workload. The within-1-point targets are the steadier reading.", ""]
+    "Rows (configs/suite/*.yaml): `rthpo_{sgd,adamw}_{lo,mid,hi}` are RT-HPO's defaults (warmup + cosine, "
+    "its peak tuned online from a tenth of, at and ten times the grid's best peak); `grid_*` the same "
+    "schedule with its peak tuned by a 7-point half-decade grid, `optuna_*` by 7 TPE trials; `adamw_1e-3` "
+    "AdamW at 1e-3 on the schedule; `prodigy`, `schedule_free_*`, `dog` (with its averager), `dadapt_adam` "
+    "at their documented defaults; `rthpo_old_default` RT-HPO's default before this suite (flat eta, beta "
+    "0.1 per step, exact). Test accuracy is read at the best-validation epoch of the trial a row chose, "
+    "and at its last epoch; a collapse is a last epoch more than 2 points below the run's best validation "
+    "accuracy. `lr_scale at end`: RT-HPO's tuned scale s (the schedule's peak); for the other rows their "
+    "last learning rate. compute-s: the epoch seconds of all a row's trials (its search included), mean "
+    "over seeds.",
+    "",
+    "How much to read into it: on digits the validation split is 144 images (one image is 0.69 points) and "
+    "the test split 360 (0.28 points), so the time-to-target target (the better grid's median best "
+    "validation accuracy) sits at the top of the validation noise, and many rows never reach it; the "
+    "AlgoPerf score below is noise-dominated on this workload. The within-1-point targets are the steadier "
+    "reading.",
+    "",]
 HORIZON_INTRO = [
     "What the defaults rest on: candidate updates of log s over SGD (momentum 0.9) and AdamW on digits "
-    "(configs/suite/horizon_digits.yaml), from a tenth of, at and ten times the tuned peak, at 360 and 3,600 "
-    "steps. `step01_exact` is beta 0.1 per step, the old default: its per-step change adds up over a longer run. "
-    "`sqrt1` divides beta 1 by sqrt(T), so the drift of a noisy hypergradient over the whole run is the same at "
-    "every T. `cheap_tf25` computes the hypergradient every 10th step on a quarter batch over the first quarter of "
-    "the run only. The defaults (lr.beta_horizon sqrt, lr.beta 1, lr.preset cheap, lr.tune_fraction 0.25) are "
-    "the `sqrt1_cheap_tf25` rows, plus lr.backoff 2.0 (not in these rows: see the suite's `rthpo_*_hi` rows). "
-    "When the run's length is unknown (RTHPO without total_steps), `beta_horizon='sqrt'` assumes 1,000 steps.",
-    ""]
+    "(configs/suite/horizon_digits.yaml), from a tenth of, at and ten times the tuned peak, at 360 and "
+    "3,600 steps. `step01_exact` is beta 0.1 per step, the old default: its per-step change adds up over a "
+    "longer run. `sqrt1` divides beta 1 by sqrt(T), so the drift of a noisy hypergradient over the whole "
+    "run is the same at every T. `cheap_tf25` computes the hypergradient every 10th step on a quarter "
+    "batch over the first quarter of the run only. The defaults (lr.beta_horizon sqrt, lr.beta 1, "
+    "lr.preset cheap, lr.tune_fraction 0.25) are the `sqrt1_cheap_tf25` rows, plus lr.backoff 2.0 (not in "
+    "these rows: see the suite's `rthpo_*_hi` rows). When the run's length is unknown (RTHPO without "
+    "total_steps), `beta_horizon='sqrt'` assumes 1,000 steps.",
+    "",]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The command line: ``run`` (cells through rthpo compare) and ``report`` (the documents)."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run or continue cells (rthpo compare --resume)")
     p_run.add_argument("--workloads", nargs="+", default=["digits_mlp"], metavar="NAME")

@@ -74,7 +74,8 @@ def test_the_documented_commands_run_at_smoke_size(tmp_path: Path) -> None:
     `suite.py report`, which writes docs/horizon.md and its figures from the run files."""
     out, docs = tmp_path / "runs", tmp_path / "docs"
     run = subprocess.run([sys.executable, str(REPO / "experiments" / "suite.py"), "run", "--workloads",
-                          "horizon_digits", "--horizons", "360", "--seeds", "1", "--epochs", "1", "--out", str(out)],
+                          "horizon_digits", "--horizons", "360", "--seeds", "1", "--epochs", "1",
+                          "--out", str(out)],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     rep = subprocess.run([sys.executable, str(REPO / "experiments" / "suite.py"), "report", "--out", str(out),
