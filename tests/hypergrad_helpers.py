@@ -61,7 +61,8 @@ class ConfigRTHPO:
         self.optimizer.step(closure, val_closure=val)
         info = self.optimizer.last_step
         assert info is not None and closure.output is not None
-        return StepOutput(info.loss, closure.output, info.eta, info.hypergrad, info.hyper_seconds, info.diverged)
+        return StepOutput(info.loss, closure.output, info.eta, info.hypergrad, info.hyper_seconds,
+                          info.diverged)
 
 
 def tiny_model(seed: int = 0, batchnorm: bool = False) -> nn.Module:
@@ -78,7 +79,8 @@ def batches(n: int, size: int = 8, seed: int = 1) -> list[tuple[torch.Tensor, to
     """``n`` random float64 minibatches of 4 features and 3 classes."""
     gen = torch.Generator().manual_seed(seed)
     return [
-        (torch.randn(size, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (size,), generator=gen))
+        (torch.randn(size, 4, generator=gen, dtype=torch.float64),
+         torch.randint(0, 3, (size,), generator=gen))
         for _ in range(n)
     ]
 
@@ -125,4 +127,5 @@ def controller_flat_z(ctrl: ConfigRTHPO) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in ctrl.z])
 
 
-__all__ = ["ConfigRTHPO", "StepOutput", "tangents", "tiny_model", "batches", "controller", "unrolled_weights", "controller_flat_z", "flat_params"]
+__all__ = ["ConfigRTHPO", "StepOutput", "tangents", "tiny_model", "batches", "controller", "unrolled_weights",
+           "controller_flat_z", "flat_params"]

@@ -50,7 +50,8 @@ MODELS: dict[str, tuple[Callable[[int], nn.Module], tuple[int, ...]]] = {
 def make_batches(kind: str, n: int, *, size: int, seed: int) -> list[Batch]:
     shape = MODELS[kind][1]
     gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, *shape, generator=gen, dtype=torch.float64), torch.randint(0, 3, (size,), generator=gen))
+    return [(torch.randn(size, *shape, generator=gen, dtype=torch.float64),
+             torch.randint(0, 3, (size,), generator=gen))
             for _ in range(n)]
 
 
@@ -172,9 +173,11 @@ def discounted_tangent_by_jvp(model: nn.Module, w0: torch.Tensor, data: list[Bat
             loss = flat_loss_fn(model, x, y)
 
             def phi(w, m, v, e, loss=loss, t=t):  # type: ignore[no-untyped-def]
-                return adamw_map(loss, w, m, v, e, step=t, beta1=B1, beta2=B2, eps=EPS, weight_decay=weight_decay)
+                return adamw_map(loss, w, m, v, e, step=t, beta1=B1, beta2=B2, eps=EPS,
+                                 weight_decay=weight_decay)
 
-            state, zeta = torch.func.jvp(phi, (*state, eta_t), (*(mu * c for c in zeta), torch.ones_like(eta_t)))
+            state, zeta = torch.func.jvp(phi, (*state, eta_t),
+                                         (*(mu * c for c in zeta), torch.ones_like(eta_t)))
     return torch.cat(zeta)
 
 
@@ -339,8 +342,8 @@ def test_fast_path_matches_literal_reference_every_step(kind: str, mu: float, we
     beta, eta_max = 2e-3, 0.1
     recs = run_fast(model_fn(0), data, eta=ETA, weight_decay=weight_decay, mu=mu, val=vals, beta=beta,
                     eta_max=eta_max)
-    ref = ReferenceAdamW(model_fn(0), eta0=ETA, beta=beta, eta_max=eta_max, mu=mu, beta1=B1, beta2=B2, eps=EPS,
-                         weight_decay=weight_decay)
+    ref = ReferenceAdamW(model_fn(0), eta0=ETA, beta=beta, eta_max=eta_max, mu=mu, beta1=B1, beta2=B2,
+                         eps=EPS, weight_decay=weight_decay)
     for t, (rec, (x, y), (xv, yv)) in enumerate(zip(recs, data, vals, strict=True)):
         r = ref.step(x, y, xv, yv)
         if t > 0:
@@ -400,7 +403,8 @@ def test_zero_second_moment_gives_a_finite_tangent_without_the_v_term() -> None:
     a1 = B1 * a0 + (1 - B1) * hz[0]
     b1 = B2 * b0 + 2 * (1 - B2) * g[0] * hz[0]
     d = v[0].sqrt() / math.sqrt(c2) + EPS
-    du = (a1 / c1) / d - torch.where(v[0] > 0, (m[0] / c1) * b1 / (2 * v[0].sqrt() * math.sqrt(c2) * d**2), 0.0)
+    du = (a1 / c1) / d - torch.where(v[0] > 0,
+                                     (m[0] / c1) * b1 / (2 * v[0].sqrt() * math.sqrt(c2) * d**2), 0.0)
     u = (m[0] / c1) / d
     expected = (1 - 0.1 * 0.01) * z0 - 0.1 * du - 0.01 * w[0] - u
     assert rel_err(z[0], expected) < 1e-14

@@ -20,7 +20,8 @@ import bench_step_cost as bench  # noqa: E402
 def test_the_doc_holds_the_tables_generated_from_the_committed_json(stem: str, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "docs" / "perf").mkdir(parents=True)
-    doc, json_path = Path("docs/performance.md"), Path(f"docs/perf/{stem}.json")  # as the doc's command names them
+    # as the doc's command names them
+    doc, json_path = Path("docs/performance.md"), Path(f"docs/perf/{stem}.json")
     (tmp_path / doc).write_text((REPO / doc).read_text())
     (tmp_path / json_path).write_text((REPO / json_path).read_text())
     monkeypatch.chdir(tmp_path)

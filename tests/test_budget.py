@@ -114,8 +114,8 @@ def test_pickles_with_its_state(dumps: Any) -> None:
 
 
 def test_a_repeated_epoch_counts_once_by_its_last_report() -> None:
-    """A trial restored from its checkpoint (after a crash or a killed driver) redoes epochs: fed the journal's
-    rows (each epoch twice), the stopper counts each (trial, epoch) once."""
+    """A trial restored from its checkpoint (after a crash or a killed driver) redoes epochs: fed the
+    journal's rows (each epoch twice), the stopper counts each (trial, epoch) once."""
     stopper = ComputeBudgetStopper(budget_s=10.0)
     rows = [{"trial_id": "a", EPOCH: e, EPOCH_SECONDS: 1.0} for e in (1, 2, 3)]
     for row in rows + rows:
@@ -127,9 +127,9 @@ def test_a_repeated_epoch_counts_once_by_its_last_report() -> None:
 
 def test_several_trials_reporting_the_same_epochs_each_count_without_ray() -> None:
     """Three trials report epochs 1..4 each, interleaved (as concurrent trials do): every (trial, epoch)
-    counts, not every epoch once; a redone epoch replaces that trial's report only; the stopper stops at the first
-    report that reaches the budget, and agrees with report.selection.compute_spent on the same rows. No Ray
-    runs: the stopper is fed result dicts by hand."""
+    counts, not every epoch once; a redone epoch replaces that trial's report only; the stopper stops at the
+    first report that reaches the budget, and agrees with report.selection.compute_spent on the same rows. No
+    Ray runs: the stopper is fed result dicts by hand."""
     import pandas as pd
     import ray
 

@@ -28,13 +28,15 @@ def test_train_writes_outputs_and_resumes(tmp_path: Path, capsys: pytest.Capture
     assert "already holds a run" in capsys.readouterr().err
     # ... and --resume with more epochs continues from epoch 2.
     more = [a if a != "train.epochs=2" else "train.epochs=3" for a in QUICK]
-    assert main(["train", str(REPO / "configs" / "digits.yaml"), "--output", str(out), "--resume", *more]) == 0
+    assert main(["train", str(REPO / "configs" / "digits.yaml"), "--output", str(out), "--resume",
+                 *more]) == 0
     printed = capsys.readouterr().out
     assert "resumed at epoch 2" in printed and "epoch   3" in printed and "epoch   1 " not in printed
 
 
 @pytest.mark.slow  # a subprocess that imports torch and Ray: seconds each
-def test_default_output_folders_are_never_overwritten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_output_folders_are_never_overwritten(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     config = str(REPO / "configs" / "digits.yaml")
     assert main(["train", config, *QUICK]) == 0
@@ -52,7 +54,8 @@ BAD_INPUT = [
     (["--set", "lr.beta=1e-8x"], "lr.beta must be a number, but got '1e-8x'"),
     (["--set", "lr.bta=0.1"], "unknown key 'lr.bta'; did you mean 'beta'?"),
     (["--set", "data.name=mnist", "--set", "data.data_dir=/nonexistent/folder"], "/nonexistent/folder"),
-    (["--set", "train.device=cuda"] if not __import__("torch").cuda.is_available() else ["--set", "lr.mu=2.0"],
+    (["--set", "train.device=cuda"] if not __import__("torch").cuda.is_available()
+     else ["--set", "lr.mu=2.0"],
      "train.device" if not __import__("torch").cuda.is_available() else "lr.mu"),
 ]
 

@@ -17,19 +17,23 @@ from ray_rthpo.experiment.output import check_storage_path, redact_uri
 REPO = Path(__file__).resolve().parents[1]
 CLUSTERS = sorted((REPO / "configs" / "cluster").glob("*.yaml"))
 START_KEYS = ("head_start_ray_commands", "worker_start_ray_commands")
-#: Credentials that must never sit in a config file: AWS key ids and secrets, passwords, tokens, URIs with user-info.
+#: Credentials that must never sit in a config file: AWS key ids and secrets, passwords, tokens, URIs with
+#: user-info.
 SECRETS = [
     re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
     re.compile(r"aws_(?:secret_)?access_key(?:_id)?\s*[:=]", re.IGNORECASE),
-    re.compile(r"(?:secret|password|passwd|token)\w*\s*[:=]\s*(?![~/$])[^\s#;]+", re.IGNORECASE),  # a path is fine
+    # a path is fine
+    re.compile(r"(?:secret|password|passwd|token)\w*\s*[:=]\s*(?![~/$])[^\s#;]+", re.IGNORECASE),
     re.compile(r"[a-z][a-z0-9+.-]*://[^/\s@]+:[^/\s@]+@", re.IGNORECASE),
 ]
 
 
 def public_bindings(command: str) -> list[str]:
-    """Addresses in ``command`` that listen beyond this host or its private network: 0.0.0.0, ::, public IPs."""
+    """Addresses in ``command`` that listen beyond this host or its private network: 0.0.0.0, ::, public
+    IPs."""
     found = []
-    for value in re.findall(r"--[\w-]*host[= ]+(\S+)", command) + re.findall(r"\b\d{1,3}(?:\.\d{1,3}){3}\b", command):
+    hosts = re.findall(r"--[\w-]*host[= ]+(\S+)", command)
+    for value in hosts + re.findall(r"\b\d{1,3}(?:\.\d{1,3}){3}\b", command):
         value = value.strip("'\"")
         try:
             address = ipaddress.ip_address(value)
@@ -62,7 +66,8 @@ def test_the_dashboard_listens_on_localhost_only_and_token_auth_is_on(cluster: P
         for command in config.get(key) or []:
             assert not public_bindings(command), (key, command)
     # the token reaches every node as a file copied from the machine that runs `ray up`, never as text here
-    assert any(local.endswith(".ray/auth_token") for local in config["file_mounts"].values()), config["file_mounts"]
+    assert any(local.endswith(".ray/auth_token")
+               for local in config["file_mounts"].values()), config["file_mounts"]
 
 
 @pytest.mark.parametrize("path", CLUSTERS + sorted((REPO / "configs").glob("*.yaml")),
@@ -77,11 +82,13 @@ def test_configs_hold_no_credentials(path: Path) -> None:
 
 
 @pytest.mark.parametrize("uri,shown", [
-    ("s3://AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY@bucket/rthpo", "s3://***@bucket/rthpo"),
+    ("s3://AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY@bucket/rthpo",
+     "s3://***@bucket/rthpo"),
     ("s3://user@bucket/rthpo", "s3://***@bucket/rthpo"),
     ("s3://bucket/rthpo?access_key=A&secret_key=B/C&region=us-west-2",
      "s3://bucket/rthpo?access_key=***&secret_key=***&region=us-west-2"),
-    ("https://host/p?X-Amz-Credential=x&X-Amz-Signature=y", "https://host/p?X-Amz-Credential=***&X-Amz-Signature=***"),
+    ("https://host/p?X-Amz-Credential=x&X-Amz-Signature=y",
+     "https://host/p?X-Amz-Credential=***&X-Amz-Signature=***"),
     ("gs://bucket/AKIAIOSFODNN7EXAMPLE/x", "gs://bucket/***/x"),
 ])
 def test_a_storage_path_with_credentials_is_refused_and_never_shown(uri: str, shown: str) -> None:
@@ -93,7 +100,8 @@ def test_a_storage_path_with_credentials_is_refused_and_never_shown(uri: str, sh
         assert secret not in str(caught.value)
 
 
-@pytest.mark.parametrize("uri", [None, "", "s3://my-bucket/rthpo", "/mnt/efs/rthpo", "s3://bucket/runs@2024/x",
+@pytest.mark.parametrize("uri", [None, "", "s3://my-bucket/rthpo", "/mnt/efs/rthpo",
+                                 "s3://bucket/runs@2024/x",
                                  "s3://bucket/x?region=us-west-2&endpoint_override=localhost:9000"])
 def test_a_storage_path_without_credentials_passes(uri: str | None) -> None:
     check_storage_path(uri)

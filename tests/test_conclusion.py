@@ -171,8 +171,8 @@ def test_where_the_untuned_run_stands() -> None:
             "against exp: behind it; 2nd of 2") in text_of(several).replace("\n  ", " ")
     assert conclusion_of(images_table({"a": [1], "b": [2]})).untuned is None
     alone = conclusion_of(images_table({"rthpo_default": [349]}), test_size=N)  # rthpo run: one strategy
-    assert text_of(alone).splitlines()[-1] == ("- One strategy, rthpo_default: test accuracy 0.9694 (349 of 360 "
-                                               "test images); nothing to compare it with.")
+    assert text_of(alone).splitlines()[-1] == ("- One strategy, rthpo_default: test accuracy 0.9694 "
+                                               "(349 of 360 test images); nothing to compare it with.")
 
 
 def test_the_compute_the_untuned_run_left_unused_is_stated() -> None:

@@ -19,8 +19,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 #: What ``pip install ray_rthpo`` must not need: the extra ``tune``'s modules and what they pull in.
 HARNESS = ("ray", "optuna", "skopt", "sklearn", "torchvision", "pandas", "matplotlib", "yaml", "scipy",
-           "PIL", "threadpoolctl", "greenlet", "prodigyopt", "schedulefree", "dog", "dadaptation", "lightning",
-           "pytorch_lightning", "mlflow")
+           "PIL", "threadpoolctl", "greenlet", "prodigyopt", "schedulefree", "dog", "dadaptation",
+           "lightning", "pytorch_lightning", "mlflow")
 
 
 def run_without_harness(code: str) -> subprocess.CompletedProcess[str]:
@@ -60,7 +60,8 @@ def test_the_config_layer_loads_without_torch() -> None:
     """Config errors come before torch loads (it takes seconds): the config layer does not import it."""
     result = subprocess.run([sys.executable, "-c", "import sys, ray_rthpo.config, ray_rthpo.cli; "
                              "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"],
-                            capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+                            capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "[]"
 
@@ -80,7 +81,8 @@ def test_the_installed_distribution_requires_torch_alone() -> None:
     try:
         requires = importlib.metadata.requires("ray_rthpo") or []
     except importlib.metadata.PackageNotFoundError:
-        pytest.skip("ray_rthpo is not installed (pip install -e .); the requirement is read from its metadata")
+        pytest.skip("ray_rthpo is not installed (pip install -e .); the requirement is read from "
+                    "its metadata")
     core = [r for r in requires if "extra ==" not in r]
     assert [r.split(">")[0].split("=")[0].strip() for r in core] == ["torch"], core
     tune = [r for r in requires if 'extra == "tune"' in r]

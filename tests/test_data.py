@@ -172,7 +172,8 @@ def test_truncated_gz_raises_data_error(tmp_path: Path) -> None:
 def test_wrong_size_idx_raises_data_error(tmp_path: Path) -> None:
     raw = _raw_copy(tmp_path)
     (raw / "t10k-labels-idx1-ubyte.gz").unlink()
-    (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes((0, 0, 8, 1)) + (10000).to_bytes(4, "big") + bytes(100))
+    header = bytes((0, 0, 8, 1)) + (10000).to_bytes(4, "big")
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(header + bytes(100))
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.*truncated"):
         load_data(DataConfig(name="mnist", data_dir=str(tmp_path)), seed=0)
     (raw / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x03" + bytes(100))
@@ -202,7 +203,8 @@ def test_default_dirs_follow_environment(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 # -------------------------------------------------------------------------------------------- fake
 def test_fake_cifar100_shape_and_determinism() -> None:
-    cfg = DataConfig(name="fake", fake_shape=(3, 32, 32), fake_classes=100, fake_train_size=512, fake_test_size=128)
+    cfg = DataConfig(name="fake", fake_shape=(3, 32, 32), fake_classes=100, fake_train_size=512,
+                     fake_test_size=128)
     a, a2, c = load_data(cfg, seed=0), load_data(cfg, seed=0), load_data(cfg, seed=1)
     assert (a.num_classes, a.input_shape, a.scale) == (100, (3, 32, 32), 255.0)
     assert (len(a.train), len(a.val), len(a.test)) == (461, 51, 128)
@@ -317,8 +319,8 @@ def test_digits_are_cached_so_trials_skip_importing_scikit_learn(tmp_path: Path)
 
     first = load_data(DataConfig(name="digits"), seed=0)
     assert list(cache_dir().glob("digits-*.npz"))
-    code = ("import sys, torch; from ray_rthpo.config import DataConfig; from ray_rthpo.data import load_data; "
-            "b = load_data(DataConfig(name='digits'), seed=0); "
+    code = ("import sys, torch; from ray_rthpo.config import DataConfig; from ray_rthpo.data import "
+            "load_data; b = load_data(DataConfig(name='digits'), seed=0); "
             "print(int(b.train.x.sum()), int(b.test.y.sum()), 'sklearn' in sys.modules)")
     env = {**os.environ, "RTHPO_CACHE_DIR": str(cache_dir())}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)

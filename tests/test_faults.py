@@ -67,7 +67,8 @@ def check_comparison(out: Path, exp: ExperimentConfig) -> dict[str, Any]:
     summary = (out / "summary.md").read_text()
     for name in STRATEGIES:  # complete: a row per strategy in both tables
         assert sum(line.startswith(f"| {name} |") for line in summary.splitlines()) == 2, (name, summary)
-    numbers: dict[str, Any] = {"retries": 0, "repeated_reports": 0, "redone_s": 0.0, "restored_from_checkpoint": 0}
+    numbers: dict[str, Any] = {"retries": 0, "repeated_reports": 0, "redone_s": 0.0,
+                               "restored_from_checkpoint": 0}
     for name in STRATEGIES:
         rows = load_rows(out / "progress" / f"{name}.jsonl")
         table = latest_reports(pd.DataFrame(rows))
@@ -86,7 +87,8 @@ def check_comparison(out: Path, exp: ExperimentConfig) -> dict[str, Any]:
             assert done["compute_s"] < BUDGET_S
         else:  # stopped by the budget, within one epoch per running trial (max_concurrent = 2)
             assert (ended | (last[M.EPOCH] < EPOCHS)).all()
-            assert BUDGET_S <= done["compute_s"] <= BUDGET_S + exp.max_concurrent * table[M.EPOCH_SECONDS].max()
+            overshoot = exp.max_concurrent * table[M.EPOCH_SECONDS].max()
+            assert BUDGET_S <= done["compute_s"] <= BUDGET_S + overshoot
         numbers["retries"] += done["retries"]
         numbers["repeated_reports"] += done["repeated_reports"]
         numbers["redone_s"] += done["reported_s"] - done["compute_s"]
@@ -111,11 +113,13 @@ def check_grid_is_exact(rows: pd.DataFrame, exp: ExperimentConfig) -> None:
                 assert record[key] == expected[key], (eta0, record[M.EPOCH], key, record[key], expected[key])
 
 
-def test_a_comparison_under_a_worker_killer(ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_comparison_under_a_worker_killer(ray_local: None, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from ray_rthpo.tune import compare
 
     if os.environ.get("RAY_ADDRESS"):
-        pytest.skip("the session's Ray is an outside cluster: its trial workers are not this process's to kill")
+        pytest.skip("the session's Ray is an outside cluster: its trial workers are not this "
+                    "process's to kill")
     exp = experiment_from_dict(chaos_experiment(), name="chaos")
     out = tmp_path / "out"
     written: Counter[str] = Counter()
@@ -139,7 +143,8 @@ def test_a_comparison_under_a_worker_killer(ray_local: None, tmp_path: Path, mon
     numbers = check_comparison(out, exp)
     assert len(killer.kills) >= 2, (killer.kills, printed[-3000:])
     assert numbers["retries"] >= 1, numbers  # Tune restarted the killed trials
-    if any(trial for _, _, trial in killer.kills):  # a worker killed mid-run: its trial resumed from a checkpoint
+    # a worker killed mid-run: its trial resumed from a checkpoint
+    if any(trial for _, _, trial in killer.kills):
         assert numbers["restored_from_checkpoint"] >= 1, numbers
     print("FAULT-NUMBERS", json.dumps({"test": "worker killer", "kills": len(killer.kills),
                                        "kills_mid_run": sum(1 for k in killer.kills if k[2]), **numbers,
@@ -163,7 +168,8 @@ def stop_group(proc: subprocess.Popen) -> None:
 def test_a_killed_driver_resumes_under_a_worker_killer(tmp_path: Path, ray_env: dict[str, str]) -> None:
     """``rthpo compare`` under the worker killer, its driver SIGKILLed while the grid runs, then (after the
     journal got every reported epoch twice, trials.csv was edited by hand and a trial checkpoint was cut)
-    ``--resume``: refused once for the cut checkpoint, then continued under the killer to a complete result."""
+    ``--resume``: refused once for the cut checkpoint, then continued under the killer to a complete
+    result."""
     config = tmp_path / "chaos.yaml"
     config.write_text(yaml.safe_dump(chaos_experiment()))
     exp = experiment_from_dict(chaos_experiment(), name="chaos")
@@ -183,11 +189,13 @@ def test_a_killed_driver_resumes_under_a_worker_killer(tmp_path: Path, ray_env: 
             # snapshot records as TERMINATED is a grid trial. Killed then, at once (a fast machine ends the
             # grid within seconds); better still while another grid trial is mid-run.
             deadline, fallback = time.time() + 300, None
-            while time.time() < deadline and proc.poll() is None and not (out / "progress" / "grid.done.json").exists():
+            grid_done = out / "progress" / "grid.done.json"
+            while time.time() < deadline and proc.poll() is None and not grid_done.exists():
                 recorded = recorded_statuses(out / "ray" / "sequence")
                 if "TERMINATED" in recorded.values():
                     fallback = fallback or time.time() + 0.5
-                    mid_run = [t for t, r in latest_by_trial(journal).items() if r[M.STATUS] == M.STATUS_RUNNING]
+                    mid_run = [t for t, r in latest_by_trial(journal).items()
+                               if r[M.STATUS] == M.STATUS_RUNNING]
                     if mid_run or time.time() > fallback:
                         break
                 time.sleep(0.02)
@@ -199,8 +207,8 @@ def test_a_killed_driver_resumes_under_a_worker_killer(tmp_path: Path, ray_env: 
         log.close()
     assert not (out / "summary.md").exists() and not (out / "progress" / "grid.done.json").exists()
 
-    # A journal with every reported epoch twice (as when trials redo epochs from their checkpoints), fed to the
-    # resume path: the budget must count each (trial, epoch) once.
+    # A journal with every reported epoch twice (as when trials redo epochs from their checkpoints), fed to
+    # the resume path: the budget must count each (trial, epoch) once.
     rows = load_rows(journal)
     journal.write_text("".join(json.dumps(r) + "\n" for r in rows + rows))
     # trials.csv edited by hand: --resume reads the journals and rewrites it.
@@ -211,7 +219,8 @@ def test_a_killed_driver_resumes_under_a_worker_killer(tmp_path: Path, ray_env: 
     if cut:
         data = cut[0].read_bytes()
         cut[0].write_bytes(data[: len(data) // 2])
-        refused = subprocess.run([*args, "--resume"], env=ray_env, capture_output=True, text=True, timeout=120)
+        refused = subprocess.run([*args, "--resume"], env=ray_env, capture_output=True, text=True,
+                                 timeout=120)
         assert refused.returncode == 2, refused.stderr[-3000:]
         err = refused.stderr.strip()
         assert err.startswith("rthpo: error: --resume: Ray trial checkpoint") and "\n" not in err, err
@@ -224,8 +233,8 @@ def test_a_killed_driver_resumes_under_a_worker_killer(tmp_path: Path, ray_env: 
         resumed = subprocess.Popen([*args, "--resume"], env=ray_env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         try:
-            with WorkerKiller(resumed.pid, max_kills=2, interval_s=3.0, patience_s=20.0, journals=out / "progress",
-                              epochs=EPOCHS, seed=1) as second_killer:
+            with WorkerKiller(resumed.pid, max_kills=2, interval_s=3.0, patience_s=20.0,
+                              journals=out / "progress", epochs=EPOCHS, seed=1) as second_killer:
                 resumed.wait(timeout=400)
         finally:
             stop_group(resumed)  # Ray processes the driver left behind, if any
@@ -247,13 +256,14 @@ def test_a_killed_driver_resumes_under_a_worker_killer(tmp_path: Path, ray_env: 
                                        "wall_s_both_runs": round(wall, 1)}))
 
 
-# --------------------------------------------------------- the resume path, a full disk (on the session's Ray)
+# ---------------------------------------------------- the resume path, a full disk (on the session's Ray)
 
 
 def small_experiment(tmp: Path, epochs: int = 2) -> Path:
     config = tmp / "small.yaml"
     experiment = tiny_experiment(
-        {"name": "grid", "method": "exp_decay", "searcher": "grid", "space": {"lr.eta0": {"grid": [0.1, 0.3]}}},
+        {"name": "grid", "method": "exp_decay", "searcher": "grid",
+         "space": {"lr.eta0": {"grid": [0.1, 0.3]}}},
         budget_s=1000.0)
     experiment["base"] = {**experiment["base"], "model": {"name": "mlp", "hidden": [16]},
                           "train": {"epochs": epochs, "seed": 0}}
@@ -285,7 +295,8 @@ def test_resume_counts_a_repeated_epoch_once_and_rewrites_a_hand_edited_trials_c
     journal = out / "progress" / "grid.jsonl"
     rows = load_rows(journal)
     journal.write_text("".join(json.dumps(r) + "\n" for r in rows + rows))
-    (out / "progress" / "grid.done.json").unlink()  # as if the driver died before the strategy was marked done
+    # as if the driver died before the strategy was marked done
+    (out / "progress" / "grid.done.json").unlink()
     (out / "trials.csv").write_text("strategy,trial_id,epoch,val/acc\ngrid,edited-by-hand,1,0.99\n")
     capsys.readouterr()
     assert main(["compare", str(config), "--output", str(out), "--resume"]) == 0
@@ -339,7 +350,8 @@ def test_a_full_disk_while_writing_the_summary_is_one_line(finished: tuple[Path,
 
 
 def test_a_full_disk_while_journaling_stops_at_once_and_resume_completes(
-        ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+        ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The journal cannot take the third report (ENOSPC): the comparison stops at once with one line (as
     Ctrl-C would: that report is as if never received), the two journaled epochs intact; once there is room,
     ``--resume`` finishes with every epoch of every trial, each once."""

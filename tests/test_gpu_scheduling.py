@@ -30,8 +30,8 @@ MAPPING = [
 
 
 @pytest.mark.parametrize(("requested", "ids", "visible", "cuda", "count", "expected"), MAPPING)
-def test_the_trial_device_follows_the_gpu_ray_assigned(requested: str, ids: list, visible: str | None, cuda: bool,
-                                                         count: int, expected: str) -> None:
+def test_the_trial_device_follows_the_gpu_ray_assigned(requested: str, ids: list, visible: str | None,
+                                                       cuda: bool, count: int, expected: str) -> None:
     assert trial_device(requested, ids, visible, cuda, count) == expected
 
 
@@ -66,7 +66,8 @@ SCRIPT = textwrap.dedent('''
                          tune_config=tune.TuneConfig(num_samples=8),
                          run_config=tune.RunConfig(storage_path=sys.argv[1], name="gpus", verbose=0)).fit()
     rows = [r.metrics for r in results]
-    print("@@ROWS " + json.dumps([{k: r[k] for k in ("start", "end", "ids", "visible", "device")} for r in rows]))
+    keys = ("start", "end", "ids", "visible", "device")
+    print("@@ROWS " + json.dumps([{k: r[k] for k in keys} for r in rows]))
 
     # The comparison machinery on the same Ray: trials ask for half a GPU; cpu_fallback decides.
     from pathlib import Path
@@ -83,8 +84,9 @@ SCRIPT = textwrap.dedent('''
         try:
             result = run_comparison(exp, out, progress=lambda line: None)
             table = result.trials
-            print(f"@@COMPARE {fallback} " + json.dumps({"devices": sorted(set(table["device"])),
-                                                      "gpu_ids": sorted(set(map(str, table["node/gpu_ids"])))}))
+            seen = {"devices": sorted(set(table["device"])),
+                    "gpu_ids": sorted(set(map(str, table["node/gpu_ids"])))}
+            print(f"@@COMPARE {fallback} " + json.dumps(seen))
         except Exception as err:
             print(f"@@COMPARE {fallback} FAILED " + json.dumps(str(err)))
 ''')
@@ -108,7 +110,8 @@ def test_fractional_gpu_trials_run_four_at_a_time_on_two_logical_gpus(tmp_path: 
         peak = max(peak, running)
     assert peak == 4
     for r in rows:
-        assert r["ids"] in ("0", "1") and r["visible"] == r["ids"]  # told its GPU, and only that one is visible
+        # told its GPU, and only that one is visible
+        assert r["ids"] in ("0", "1") and r["visible"] == r["ids"]
         assert r["device"] == "cpu"  # logical GPUs, no CUDA here: auto trains on the CPU
     for gpu in ("0", "1"):  # never more than two trials share one GPU
         mine = [r for r in rows if r["ids"] == gpu]

@@ -35,7 +35,8 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("momentum,weight_decay", OPTIMIZERS)
-def test_tangent_equals_autograd_through_unrolled_training(route: str, momentum: float, weight_decay: float) -> None:
+def test_tangent_equals_autograd_through_unrolled_training(route: str,
+                                                           momentum: float, weight_decay: float) -> None:
     """z_T from the recursion equals dw_T/d eta by autograd through T = 6 unrolled steps (constant eta)."""
     model = tiny_model()
     data = batches(6)
@@ -73,7 +74,8 @@ def test_hvp_equals_explicit_hessian_product(route: str) -> None:
 
 @pytest.mark.parametrize("momentum,weight_decay", OPTIMIZERS)
 def test_rthpo_hypergradient_equals_finite_difference(momentum: float, weight_decay: float) -> None:
-    """With beta = 0, h_T = grad E(w_T) . z_T is exactly d E(w_T(eta)) / d eta: check by central differences."""
+    """With beta = 0, h_T = grad E(w_T) . z_T is exactly d E(w_T(eta)) / d eta: check by central
+    differences."""
     model = tiny_model()
     data = batches(6)
     xv, yv = batches(1, size=16, seed=7)[0]
@@ -98,7 +100,8 @@ def test_rthpo_hypergradient_equals_finite_difference(momentum: float, weight_de
 
 @pytest.mark.parametrize("method", ["hd_train", "hd_val"])
 @pytest.mark.parametrize("momentum,weight_decay", OPTIMIZERS)
-def test_first_order_hypergradients_equal_finite_differences(method: str, momentum: float, weight_decay: float) -> None:
+def test_first_order_hypergradients_equal_finite_differences(method: str,
+                                                             momentum: float, weight_decay: float) -> None:
     """h_t of the first-order rules is d E(w_{t-1} - eta v_t) / d eta (one-step truncation, eq. 6)."""
     model = tiny_model()
     data = batches(4)
@@ -176,7 +179,8 @@ def test_fast_path_matches_literal_reference_every_step(
         rec = ref.step(x, y, xv, yv)
         assert math.isclose(out.eta, rec["eta"], rel_tol=1e-10), t
         if t > 0:
-            assert out.hypergrad is not None and math.isclose(out.hypergrad, rec["h"], rel_tol=1e-8, abs_tol=1e-13), t
+            assert out.hypergrad is not None and math.isclose(out.hypergrad, rec["h"], rel_tol=1e-8,
+                                                              abs_tol=1e-13), t
         assert rel_err(flat_params(ctrl.model), rec["w_next"]) < 1e-10, t
         assert rel_err(controller_flat_z(ctrl), rec["z_next"]) < 1e-9, t
         etas.append(out.eta)
@@ -278,7 +282,8 @@ def test_hypergradient_clipping_never_touches_the_training_gradient() -> None:
 
 
 def test_hvp_every_k_drops_the_hessian_term_between_hvp_steps() -> None:
-    """With hvp_every=2, odd steps use z_{t+1} = z_t - v_{t+1} (H z dropped; plain SGD), even steps the exact rule."""
+    """With hvp_every=2, odd steps use z_{t+1} = z_t - v_{t+1} (H z dropped; plain SGD), even steps the exact
+    rule."""
     data = batches(4)
     val = batches(1, size=16, seed=7)[0]
     every1 = controller(tiny_model(), hvp_every=1)

@@ -1,4 +1,5 @@
-"""The learning-rate-free optimizers: prodigy (prodigyopt) and schedule_free (schedulefree.SGDScheduleFree)."""
+"""The learning-rate-free optimizers: prodigy (prodigyopt) and schedule_free
+(schedulefree.SGDScheduleFree)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ LRFREE = {"prodigy": 1.0, "schedule_free": 1.0}  # method -> lr.eta0 (Prodigy's 
 
 def digits(method: str, *overrides: str) -> Config:
     return load_config(None, ["data.name=digits", "data.batch_size=64", "model.hidden=[32]", "train.epochs=3",
-                              "train.device=cpu", f"lr.method={method}", f"lr.eta0={LRFREE[method]}", *overrides])
+                              "train.device=cpu", f"lr.method={method}", f"lr.eta0={LRFREE[method]}",
+                              *overrides])
 
 
 def without_timing(history: list[dict]) -> list[dict]:
@@ -36,7 +38,8 @@ def without_timing(history: list[dict]) -> list[dict]:
 
 def test_methods_are_registered() -> None:
     assert {"prodigy", "schedule_free"} <= set(OPTIMIZER_METHODS) <= set(METHODS)
-    with pytest.raises(ConfigError, match=r"lr\.method must be one of .*prodigy, schedule_free, dog, dadapt, but got 'prodigi'"):
+    with pytest.raises(ConfigError, match=r"lr\.method must be one of .*prodigy, schedule_free, dog, dadapt, "
+                                          r"but got 'prodigi'"):
         config_from_dict({"lr": {"method": "prodigi"}})
 
 
@@ -124,7 +127,8 @@ def test_save_after_two_epochs_and_restore_continues_exactly(tmp_path: Path, ove
             assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, name
 
 
-@pytest.mark.parametrize(("method", "package"), [("prodigy", "prodigyopt"), ("schedule_free", "schedulefree")])
+@pytest.mark.parametrize(("method", "package"),
+                         [("prodigy", "prodigyopt"), ("schedule_free", "schedulefree")])
 def test_missing_package_is_a_config_error_with_the_install_line(
     monkeypatch: pytest.MonkeyPatch, method: str, package: str
 ) -> None:
@@ -167,7 +171,8 @@ def test_schedule_free_with_batchnorm_resnet18_on_fake_data(tmp_path: Path) -> N
     resumed.load(tmp_path / "ckpt.pt")
     resumed.run_epoch()
     assert without_timing(resumed.history) == without_timing(straight.history)
-    for (name, p), q in zip(resumed.model.state_dict().items(), straight.model.state_dict().values(), strict=True):
+    for (name, p), q in zip(resumed.model.state_dict().items(), straight.model.state_dict().values(),
+                            strict=True):
         assert torch.equal(p, q), name
 
 
@@ -176,8 +181,8 @@ def test_compare_strategies_accept_the_methods(method: str) -> None:
     from ray_rthpo.experiment import config as E
 
     exp = E.experiment_from_dict({
-        "base": {"data": {"name": "digits"}, "model": {"hidden": [32]}, "train": {"epochs": 2}}, "budget_s": 10.0,
-        "strategies": [{"name": "s", "method": method, "searcher": "random",
+        "base": {"data": {"name": "digits"}, "model": {"hidden": [32]}, "train": {"epochs": 2}},
+        "budget_s": 10.0, "strategies": [{"name": "s", "method": method, "searcher": "random",
                         "space": {"lr.eta0": {"loguniform": [0.1, 2.0]}}}],
     })
     assert exp.run_config(exp.strategy("s")).lr.method == method
@@ -189,14 +194,15 @@ pytest.importorskip("dadaptation")
 
 
 @pytest.mark.parametrize(("method", "overrides"), [
-    ("dog", []), ("dadapt", ["optim.momentum=0.9"]), ("dadapt", ["optim.base=adamw", "optim.weight_decay=0.01"]),
-    ("dadapt", ["lr.schedule=warmup_cosine"]),
+    ("dog", []), ("dadapt", ["optim.momentum=0.9"]),
+    ("dadapt", ["optim.base=adamw", "optim.weight_decay=0.01"]), ("dadapt", ["lr.schedule=warmup_cosine"]),
 ], ids=["dog", "dadapt_sgd", "dadapt_adam", "dadapt_cosine"])
 def test_dog_and_dadapt_train_on_digits_at_their_defaults(method: str, overrides: list[str]) -> None:
     """Their own step sizes start tiny (d0, reps_rel 1e-6) and grow: 8 epochs of 36 steps end far above
     chance (0.1) on validation (DAdaptSGD overshoots with momentum, as without a schedule it may)."""
-    config = load_config(None, ["data.name=digits", "data.batch_size=32", "model.hidden=[32]", "train.epochs=8",
-                                "train.device=cpu", f"lr.method={method}", "lr.eta0=1.0", *overrides])
+    config = load_config(None, ["data.name=digits", "data.batch_size=32", "model.hidden=[32]",
+                                "train.epochs=8", "train.device=cpu", f"lr.method={method}", "lr.eta0=1.0",
+                                *overrides])
     history = run_training(config)
     assert history[-1][M.VAL_ACC] > 0.5 and history[-1][M.STATUS] == M.STATUS_FINISHED, history[-1]
     assert history[-1][M.LR] > 10 * history[0][M.LR] or method == "dadapt", history  # DoG's step size grew
@@ -208,15 +214,18 @@ def test_dog_and_dadapt_train_on_digits_at_their_defaults(method: str, overrides
 
 
 def test_dog_evaluates_and_checkpoints_its_average_and_resumes_exactly() -> None:
-    config = load_config(None, ["data.name=digits", "data.batch_size=64", "model.hidden=[32]", "train.epochs=3",
-                                "train.device=cpu", "lr.method=dog"])
+    config = load_config(None, ["data.name=digits", "data.batch_size=64", "model.hidden=[32]",
+                                "train.epochs=3", "train.device=cpu", "lr.method=dog"])
     trainer = Trainer(config)
     trainer.run_epoch()
     averaged = trainer.method.averager.averaged_model
-    assert all(torch.equal(p, q) for p, q in zip(trainer.model.parameters(), averaged.parameters(), strict=True))
+    assert all(torch.equal(p, q) for p, q in zip(trainer.model.parameters(), averaged.parameters(),
+                                                 strict=True))
     training = trainer._train_weights
-    assert training is not None and not all(torch.equal(training[k], v) for k, v in averaged.state_dict().items())
-    state = copy.deepcopy(trainer.state_dict())  # as written to a checkpoint file: DoG updates its tensors in place
+    assert training is not None and not all(torch.equal(training[k], v)
+                                            for k, v in averaged.state_dict().items())
+    # as written to a checkpoint file: DoG updates its tensors in place
+    state = copy.deepcopy(trainer.state_dict())
     trainer.run_epoch()
     again = Trainer(config)
     again.load_state_dict(state)

@@ -58,17 +58,20 @@ def tiny(seed: int = 0, batchnorm: bool = False) -> nn.Module:
 
 def data(n: int = 6, size: int = 8, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (size,), generator=gen))
+    return [(torch.randn(size, 4, generator=gen, dtype=torch.float64),
+             torch.randint(0, 3, (size,), generator=gen))
             for _ in range(n)]
 
 
-def train(opt: RTHPO, model: nn.Module, batches: list, val: tuple | None = None, model_closures: bool = True) -> list:
+def train(opt: RTHPO, model: nn.Module, batches: list, val: tuple | None = None,
+          model_closures: bool = True) -> list:
     """Steps over ``batches``; returns (loss, eta, h) per step."""
     xv, yv = val if val is not None else data(1, 16, 7)[0]
     out = []
     for x, y in batches:
         if model_closures:
-            closure, val_closure = ModelClosure(model, F.cross_entropy, x, y), ModelClosure(model, F.cross_entropy, xv, yv)
+            closure = ModelClosure(model, F.cross_entropy, x, y)
+            val_closure = ModelClosure(model, F.cross_entropy, xv, yv)
         else:
             def closure(x=x, y=y):  # type: ignore[no-untyped-def]
                 return F.cross_entropy(model(x), y)
@@ -96,24 +99,29 @@ BAD_ARGUMENTS = [
     ({"method": "marthe"}, ValueError, r"mu must be a number in \[0, 1\] for method='marthe'"),
     ({"mu": 0.5}, ValueError, r"mu must be 1.0 for method='rthpo'.*method='marthe'"),
     ({"base": "adam"}, ValueError, r"base must be one of sgd, adamw, but got 'adam'"),
-    ({"method": "rthpo2"}, ValueError, r"method must be one of rthpo, marthe, hd_val, hd_train, but got 'rthpo2'"),
+    ({"method": "rthpo2"}, ValueError, r"method must be one of rthpo, marthe, hd_val, hd_train, but "
+                                       r"got 'rthpo2'"),
     ({"hyper_update": "log"}, ValueError, r"hyper_update must be one of additive, multiplicative"),
     ({"momentum": 1.0}, ValueError, r"momentum must be in \[0, 1\), but got 1.0"),
-    ({"base": "adamw", "momentum": 0.9}, ValueError, r"momentum must be 0 with base adamw, but got 0.9; AdamW's momentum is betas\[0\]"),
+    ({"base": "adamw", "momentum": 0.9}, ValueError, r"momentum must be 0 with base adamw, but got 0.9; "
+                                                     r"AdamW's momentum is betas\[0\]"),
     ({"betas": (0.9, 1.0)}, ValueError, r"betas must be two numbers in \[0, 1\)"),
     ({"eps": 0.0}, ValueError, r"eps must be a finite number > 0, but got 0.0"),
     ({"weight_decay": -0.01}, ValueError, r"weight_decay must be a finite number >= 0, but got -0.01"),
-    ({"hypergrad_clip": 0.0}, ValueError, r"hypergrad_clip must be None \(null in a config\) or a number > 0, but got 0.0"),
+    ({"hypergrad_clip": 0.0}, ValueError, r"hypergrad_clip must be None \(null in a config\) or a number > "
+                                          r"0, but got 0.0"),
     ({"hvp": "fast"}, ValueError, r"hvp must be one of auto, double_backward"),
     ({"val_mode": "jvp"}, ValueError, r"val_mode must be one of backward, forward"),
-    ({"hyper_update": "multiplicative", "val_mode": "forward"}, ValueError, r"val_mode must be backward with hyper_update multiplicative, which divides"),
+    ({"hyper_update": "multiplicative", "val_mode": "forward"}, ValueError,
+     r"val_mode must be backward with hyper_update multiplicative, which divides"),
     ({"hvp_every": 0}, ValueError, r"hvp_every must be an integer >= 1, but got 0"),
     ({"val_batch_fraction": 1.5}, ValueError, r"val_batch_fraction must be in \(0, 1\], but got 1.5"),
     ({"model": "net"}, TypeError, r"model must be a torch.nn.Module or None, but got str"),
 ]
 
 
-@pytest.mark.parametrize(("kwargs", "error", "regex"), BAD_ARGUMENTS, ids=[str(k) for k, _, _ in BAD_ARGUMENTS])
+@pytest.mark.parametrize(("kwargs", "error", "regex"), BAD_ARGUMENTS,
+                         ids=[str(k) for k, _, _ in BAD_ARGUMENTS])
 def test_bad_arguments_name_the_argument_the_value_and_the_fix(kwargs: dict[str, Any], error: type,
                                                                regex: str) -> None:
     with pytest.raises(error, match=regex):
@@ -141,15 +149,18 @@ def test_bad_closures_are_refused_with_the_fix() -> None:
 
 def test_param_groups_share_one_learning_rate_and_may_differ_in_weight_decay() -> None:
     model = tiny()
-    with pytest.raises(ValueError, match=r"param group 1 has lr=0.01, but group 0 has 0.1; .*shared by all groups"):
+    with pytest.raises(ValueError, match=r"param group 1 has lr=0.01, but group 0 has 0.1; .*shared by "
+                                         r"all groups"):
         RTHPO([{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.01}], lr=0.1)
     opt = RTHPO([{"params": model[0].parameters(), "weight_decay": 0.1}, {"params": model[2].parameters()}],
                 lr=0.1, beta=0.0)
     twin = copy.deepcopy(model)
-    sgd = torch.optim.SGD([{"params": twin[0].parameters(), "weight_decay": 0.1}, {"params": twin[2].parameters()}],
+    sgd = torch.optim.SGD([{"params": twin[0].parameters(), "weight_decay": 0.1},
+                           {"params": twin[2].parameters()}],
                           lr=0.1)
     for x, y in data(4):
-        opt.step(lambda x=x, y=y: F.cross_entropy(model(x), y), val_closure=lambda x=x, y=y: F.cross_entropy(model(x), y))
+        opt.step(lambda x=x, y=y: F.cross_entropy(model(x), y),
+                 val_closure=lambda x=x, y=y: F.cross_entropy(model(x), y))
         sgd.zero_grad()
         F.cross_entropy(twin(x), y).backward()
         sgd.step()
@@ -162,7 +173,8 @@ def test_per_group_weight_decay_tangent_equals_autograd() -> None:
     model, batches = tiny(), data(6)
     w0 = flat_params(model)
     n0 = sum(p.numel() for p in model[0].parameters())
-    decay = torch.cat([torch.full((n0,), 0.1, dtype=torch.float64), torch.zeros(w0.numel() - n0, dtype=torch.float64)])
+    decay = torch.cat([torch.full((n0,), 0.1, dtype=torch.float64),
+                       torch.zeros(w0.numel() - n0, dtype=torch.float64)])
     from ray_rthpo.hypergrad.reference import flat_loss_fn
 
     def unrolled(eta: torch.Tensor) -> torch.Tensor:
@@ -183,11 +195,13 @@ def test_per_group_weight_decay_tangent_equals_autograd() -> None:
 def test_beta_zero_is_exactly_torchs_own_optimizer(base: str) -> None:
     model = tiny()
     twin = copy.deepcopy(model)
-    kwargs = dict(momentum=0.9, weight_decay=0.01) if base == "sgd" else dict(weight_decay=0.01, betas=(B1, B2), eps=EPS)
+    kwargs = (dict(momentum=0.9, weight_decay=0.01) if base == "sgd"
+              else dict(weight_decay=0.01, betas=(B1, B2), eps=EPS))
     opt = RTHPO(model.parameters(), lr=0.05, beta=0.0, base=base, **kwargs)
     ref = (torch.optim.SGD if base == "sgd" else torch.optim.AdamW)(twin.parameters(), lr=0.05, **kwargs)
     for x, y in data(8):
-        opt.step(lambda x=x, y=y: F.cross_entropy(model(x), y), val_closure=lambda x=x, y=y: F.cross_entropy(model(x), y))
+        opt.step(lambda x=x, y=y: F.cross_entropy(model(x), y),
+                 val_closure=lambda x=x, y=y: F.cross_entropy(model(x), y))
         ref.zero_grad()
         F.cross_entropy(twin(x), y).backward()
         ref.step()
@@ -236,7 +250,8 @@ def test_a_non_finite_loss_leaves_the_weights_and_later_steps_raise() -> None:
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key])
     with pytest.raises(RuntimeError, match="diverged at step 1"):
-        opt.step(lambda: F.cross_entropy(model(x), y), val_closure=lambda x=x, y=y: F.cross_entropy(model(x), y))
+        opt.step(lambda: F.cross_entropy(model(x), y),
+                 val_closure=lambda x=x, y=y: F.cross_entropy(model(x), y))
 
 
 def test_hd_train_needs_no_validation_closure_and_bare_closures_equal_model_closures() -> None:
@@ -308,16 +323,17 @@ def test_adamw_class_equals_the_proven_fast_path_every_step_while_eta_moves(kind
     model_fn = MODELS[kind][0]
     batches, val = train_batches(kind), val_batch(kind)
     beta = 1e-3 if kind == "mlp" else 0.0
-    records = run_fast(model_fn(0), batches, eta=ETA, weight_decay=weight_decay, mu=mu, val=[val] * len(batches),
-                       beta=beta, eta_max=10.0)
+    records = run_fast(model_fn(0), batches, eta=ETA, weight_decay=weight_decay, mu=mu,
+                       val=[val] * len(batches), beta=beta, eta_max=10.0)
     model = model_fn(0)
     method = {1.0: "rthpo", 0.0: "hd_val"}.get(mu, "marthe")
-    opt = RTHPO(model.parameters(), lr=ETA, beta=beta, base="adamw", weight_decay=weight_decay, betas=(B1, B2),
-                eps=EPS, method=method, mu=mu if method == "marthe" else None, eta_max=10.0,
+    opt = RTHPO(model.parameters(), lr=ETA, beta=beta, base="adamw", weight_decay=weight_decay,
+                betas=(B1, B2), eps=EPS, method=method, mu=mu if method == "marthe" else None, eta_max=10.0,
                 hyper_update="additive")  # the fast path's rule: the paper's eq. 2
     xv, yv = val
     for t, ((x, y), rec) in enumerate(zip(batches, records, strict=True)):
-        opt.step(ModelClosure(model, F.cross_entropy, x, y), val_closure=ModelClosure(model, F.cross_entropy, xv, yv))
+        opt.step(ModelClosure(model, F.cross_entropy, x, y),
+                 val_closure=ModelClosure(model, F.cross_entropy, xv, yv))
         if t > 0 and beta > 0:
             assert math.isclose(opt.last_step.hypergrad, rec["h"], rel_tol=1e-10, abs_tol=1e-15), t
         assert math.isclose(opt.eta, rec["eta"], rel_tol=1e-12), t
@@ -338,7 +354,8 @@ def test_adamw_hypergradient_equals_central_finite_difference_through_the_class(
     w0 = flat_params(model)
     opt = RTHPO(model.parameters(), lr=ETA, beta=0.0, base="adamw", weight_decay=0.1, betas=(B1, B2), eps=EPS)
     train(opt, model, batches, val=(xv, yv))
-    opt.step(ModelClosure(model, F.cross_entropy, *batches[0]), val_closure=ModelClosure(model, F.cross_entropy, xv, yv))
+    opt.step(ModelClosure(model, F.cross_entropy, *batches[0]),
+             val_closure=ModelClosure(model, F.cross_entropy, xv, yv))
     h = opt.last_step.hypergrad  # grad E(w_T) . z_T, E in eval mode (running statistics held fixed)
     energy = flat_loss_fn(model, xv, yv)
     model.eval()
@@ -358,10 +375,10 @@ def test_forward_mode_validation_evaluates_batchnorm_in_eval_mode_like_the_backw
     batches, val = data(6), data(1, 16, 7)[0]
     a, b = tiny(batchnorm=True), tiny(batchnorm=True)
     # additive: the multiplicative default divides by |grad E|, which a forward-mode JVP does not give
-    ta = train(RTHPO(a.parameters(), lr=0.1, beta=1e-2, val_mode="backward", hyper_update="additive"), a, batches,
-               val)
-    tb = train(RTHPO(b.parameters(), lr=0.1, beta=1e-2, val_mode="forward", hyper_update="additive"), b, batches,
-               val)
+    ta = train(RTHPO(a.parameters(), lr=0.1, beta=1e-2, val_mode="backward", hyper_update="additive"), a,
+               batches, val)
+    tb = train(RTHPO(b.parameters(), lr=0.1, beta=1e-2, val_mode="forward", hyper_update="additive"), b,
+               batches, val)
     for (_, ea, ha), (_, eb, hb) in zip(ta, tb, strict=True):
         assert (ha is None and hb is None) or math.isclose(ha, hb, rel_tol=1e-10, abs_tol=1e-15)
         assert math.isclose(ea, eb, rel_tol=1e-12)

@@ -86,7 +86,8 @@ def test_the_journal_refuses_a_garbage_line_in_the_middle_and_tolerates_a_cut_on
     journal = tmp_path / "s.jsonl"
     good = '{"trial_id": "a", "epoch": 1}\n{"trial_id": "a", "epoch": 2}\n'
     journal.write_text(good + 'not json at all\n{"trial_id": "b", "epoch": 1}\n')
-    with pytest.raises(JournalError, match=r"s\.jsonl' line 3 is not a reported epoch: 'not json at all'.*Delete"):
+    with pytest.raises(JournalError, match=r"s\.jsonl' line 3 is not a reported epoch: 'not json at "
+                                           r"all'.*Delete"):
         load_rows(journal)
     # a record cut by a killed driver, then rows appended by a resumed one: the cut record is skipped
     journal.write_text(good + '{"trial_id": "b", "ep\n{"trial_id": "b", "epoch": 1}\n')
@@ -114,7 +115,7 @@ def test_a_journal_append_on_a_full_disk_says_which_file_and_the_fix(tmp_path: P
         return builtins.open(file, mode, *args, **kwargs)
 
     monkeypatch.setattr(journal_module, "open", full, raising=False)
-    with pytest.raises(WriteError, match=r"cannot write '.*s\.jsonl': No space left on device \(ENOSPC\); the disk "
-                                         r"is full.*--resume"):
+    with pytest.raises(WriteError, match=r"cannot write '.*s\.jsonl': No space left on device "
+                                         r"\(ENOSPC\); the disk is full.*--resume"):
         journal_module.append_row(path, {"trial_id": "a", "epoch": 2})
     assert path.read_text() == '{"trial_id": "a", "epoch": 1}\n'

@@ -53,12 +53,14 @@ def recorded_finished(experiment: Path) -> set[str]:
 @pytest.mark.parametrize("command", ["compare", "run"])
 def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path: Path, ray_env: dict[str, str],
                                                                    command: str) -> None:
-    """``rthpo compare`` (two strategies) and ``rthpo run --strategy skopt`` (one), each killed mid-experiment."""
+    """``rthpo compare`` (two strategies) and ``rthpo run --strategy skopt`` (one), each killed
+    mid-experiment."""
     config = tmp_path / "killme.yaml"
     config.write_text(yaml.safe_dump(tiny_experiment(
         {"name": "skopt", "method": "exp_decay", "searcher": "skopt", "num_samples": 6, "space": ETA_SPACE,
          "searcher_options": {"n_initial_points": 2}},
-        {"name": "grid", "method": "exp_decay", "searcher": "grid", "space": {"lr.eta0": {"grid": [0.1, 0.3]}}},
+        {"name": "grid", "method": "exp_decay", "searcher": "grid",
+         "space": {"lr.eta0": {"grid": [0.1, 0.3]}}},
         budget_s=1000.0)))
     out = tmp_path / "out"
     args = [sys.executable, "-c", CLI, command, str(config), "--output", str(out), "--num-cpus", "2",
@@ -70,7 +72,8 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path: Pat
     try:
         deadline = time.time() + 60
         # both strategies run in one Tune experiment ("sequence"), skopt's run first
-        while time.time() < deadline and proc.poll() is None and not recorded_finished(out / "ray" / "sequence"):
+        sequence = out / "ray" / "sequence"
+        while time.time() < deadline and proc.poll() is None and not recorded_finished(sequence):
             time.sleep(0.1)
         assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         recorded = recorded_finished(out / "ray" / "sequence")
@@ -79,7 +82,8 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path: Pat
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-experiment
         proc.wait(timeout=30)
         log.close()
-    done_before = finished_trials(all_journal_rows(out))  # the grid run may have begun beside skopt's last trials
+    # the grid run may have begun beside skopt's last trials
+    done_before = finished_trials(all_journal_rows(out))
     assert not (out / "summary.md").exists()
 
     resumed = subprocess.Popen([*args, "--resume"], env=ray_env, stdout=subprocess.PIPE,
@@ -117,8 +121,8 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path: Pat
     done = json.loads((out / "progress" / "skopt.done.json").read_text())
     assert done["errors"] == []
     # the budget counted each (trial, epoch) once, the interrupted run's journaled epochs included
-    assert done["compute_s"] == pytest.approx(compute_spent(latest_reports(pd.DataFrame(journal_rows(journal)))),
-                                              abs=1e-6)
+    journaled = latest_reports(pd.DataFrame(journal_rows(journal)))
+    assert done["compute_s"] == pytest.approx(compute_spent(journaled), abs=1e-6)
     if command == "compare":
         assert trials[trials["strategy"] == "grid"]["trial_id"].nunique() == 2
 
@@ -130,7 +134,8 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path: Path, ray_env: di
         budget_s=1000.0)))
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-c", CLI, "compare", str(config), "--output", str(out),
-                             "--num-cpus", "2", "--set", f"train.epochs={EPOCHS}", "--set", "model.hidden=[16]"],
+                             "--num-cpus", "2", "--set", f"train.epochs={EPOCHS}", "--set",
+                             "model.hidden=[16]"],
                             env=ray_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     journal = out / "progress" / "rand.jsonl"

@@ -53,14 +53,15 @@ def train(opt: RTHPO, model: nn.Module, batches: list[Batch], val: Batch) -> lis
     """Steps over ``batches`` with ModelClosures; returns (eta used, h) per step."""
     out = []
     for x, y in batches:
-        opt.step(ModelClosure(model, F.cross_entropy, x, y), val_closure=ModelClosure(model, F.cross_entropy, *val))
+        opt.step(ModelClosure(model, F.cross_entropy, x, y),
+                 val_closure=ModelClosure(model, F.cross_entropy, *val))
         out.append((opt.last_step.eta, opt.last_step.hypergrad))
     return out
 
 
 # ----------------------------------------------------------------------- oracles: unrolled runs in s
-def unrolled_sgd(model: nn.Module, w0: torch.Tensor, s: torch.Tensor, data: list[Batch], phi: Callable[[int], float],
-                 *, momentum: float, weight_decay: float) -> torch.Tensor:
+def unrolled_sgd(model: nn.Module, w0: torch.Tensor, s: torch.Tensor, data: list[Batch],
+                 phi: Callable[[int], float], *, momentum: float, weight_decay: float) -> torch.Tensor:
     """``w_T`` as a differentiable function of the scale ``s``: SGD (heavy ball, L2) with lr ``s phi(t)``.
     Train-mode BatchNorm uses batch statistics; its running statistics are frozen (not in the loss)."""
     w, v = w0, torch.zeros_like(w0)
@@ -88,8 +89,8 @@ def unrolled_adamw(model: nn.Module, w0: torch.Tensor, s: torch.Tensor, data: li
     return w
 
 
-def dw_ds(oracle: Callable[..., torch.Tensor], model: nn.Module, data: list[Batch], phi: Callable[[int], float],
-          s: float = S0, **kwargs: float) -> torch.Tensor:
+def dw_ds(oracle: Callable[..., torch.Tensor], model: nn.Module, data: list[Batch],
+          phi: Callable[[int], float], s: float = S0, **kwargs: float) -> torch.Tensor:
     w0 = flat_params(model)
     return torch.func.jacfwd(lambda scale: oracle(model, w0, scale, data, phi, **kwargs))(
         torch.tensor(s, dtype=torch.float64))
@@ -107,11 +108,12 @@ def test_sgd_scale_tangent_equals_autograd_through_the_unrolled_run(shape: str, 
     batches, phi = train_batches(kind, STEPS), SHAPES[shape]
     jac = dw_ds(unrolled_sgd, model_fn(0), batches, phi, momentum=momentum, weight_decay=weight_decay)
     model = model_fn(0)
-    opt = RTHPO(model.parameters(), lr=S0, beta=0.0, momentum=momentum, weight_decay=weight_decay, schedule=phi)
+    opt = RTHPO(model.parameters(), lr=S0, beta=0.0, momentum=momentum, weight_decay=weight_decay,
+                schedule=phi)
     etas = train(opt, model, batches, val_batch(kind))
     assert rel_err(tangent(opt, model), jac) < 1e-9
-    w_unrolled = unrolled_sgd(model_fn(0), flat_params(model_fn(0)), torch.tensor(S0, dtype=torch.float64), batches,
-                              phi, momentum=momentum, weight_decay=weight_decay)
+    w_unrolled = unrolled_sgd(model_fn(0), flat_params(model_fn(0)), torch.tensor(S0, dtype=torch.float64),
+                              batches, phi, momentum=momentum, weight_decay=weight_decay)
     assert rel_err(flat_params(model), w_unrolled) < 1e-12
     assert [e for e, _ in etas] == [S0 * phi(t) for t in range(STEPS)]
 
@@ -165,8 +167,8 @@ def test_scale_hypergradient_equals_central_finite_difference(base: str) -> None
 # ------------------------------------------------- 3. the class against the literal references
 @pytest.mark.parametrize(("method", "mu"), [("rthpo", None), ("marthe", 0.5), ("hd_val", None)])
 @pytest.mark.parametrize(("momentum", "weight_decay"), SGD_SETTINGS)
-def test_sgd_class_equals_the_literal_reference_every_step_while_s_moves(method: str, mu: float | None,
-                                                                         momentum: float, weight_decay: float) -> None:
+def test_sgd_class_equals_the_literal_reference_every_step_while_s_moves(
+        method: str, mu: float | None, momentum: float, weight_decay: float) -> None:
     """h, the scale s, the learning rate s phi(t), w and zeta at each of 12 steps against
     ReferenceHypergradient(schedule=phi), which forms A_t and B_t = phi_t dPhi/d eta explicitly."""
     kind = "mlp"
@@ -179,7 +181,8 @@ def test_sgd_class_equals_the_literal_reference_every_step_while_s_moves(method:
                 weight_decay=weight_decay, hyper_update="additive", schedule=phi)
     for t, (x, y) in enumerate(batches):
         rec = ref.step(x, y, xv, yv)
-        opt.step(ModelClosure(model, F.cross_entropy, x, y), val_closure=ModelClosure(model, F.cross_entropy, xv, yv))
+        opt.step(ModelClosure(model, F.cross_entropy, x, y),
+                 val_closure=ModelClosure(model, F.cross_entropy, xv, yv))
         if t > 0:
             assert math.isclose(opt.last_step.hypergrad, rec["h"], rel_tol=1e-9, abs_tol=1e-15), t
         assert math.isclose(opt.scale, rec["scale"], rel_tol=1e-12), t
@@ -191,13 +194,14 @@ def test_sgd_class_equals_the_literal_reference_every_step_while_s_moves(method:
 
 @pytest.mark.parametrize("mu", [1.0, 0.5, 0.0])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_adamw_class_equals_the_literal_reference_every_step_while_s_moves(mu: float, weight_decay: float) -> None:
+def test_adamw_class_equals_the_literal_reference_every_step_while_s_moves(
+        mu: float, weight_decay: float) -> None:
     """The same against ReferenceAdamW(schedule=phi) (3n x 3n Jacobians), MARTHE's mu included."""
     kind = "mlp"
     batches, (xv, yv), phi = train_batches(kind, STEPS), val_batch(kind), SHAPES["warmup_linear"]
     beta = 1e-3
-    ref = ReferenceAdamW(MODELS[kind][0](0), eta0=S0, beta=beta, eta_max=10.0, mu=mu, beta1=B1, beta2=B2, eps=EPS,
-                         weight_decay=weight_decay, schedule=phi)
+    ref = ReferenceAdamW(MODELS[kind][0](0), eta0=S0, beta=beta, eta_max=10.0, mu=mu, beta1=B1, beta2=B2,
+                         eps=EPS, weight_decay=weight_decay, schedule=phi)
     model = MODELS[kind][0](0)
     method = {1.0: "rthpo", 0.0: "hd_val"}.get(mu, "marthe")
     opt = RTHPO(model.parameters(), lr=S0, beta=beta, base="adamw", weight_decay=weight_decay, betas=(B1, B2),
@@ -205,7 +209,8 @@ def test_adamw_class_equals_the_literal_reference_every_step_while_s_moves(mu: f
                 schedule=phi)
     for t, (x, y) in enumerate(batches):
         rec = ref.step(x, y, xv, yv)
-        opt.step(ModelClosure(model, F.cross_entropy, x, y), val_closure=ModelClosure(model, F.cross_entropy, xv, yv))
+        opt.step(ModelClosure(model, F.cross_entropy, x, y),
+                 val_closure=ModelClosure(model, F.cross_entropy, xv, yv))
         if t > 0:
             assert math.isclose(opt.last_step.hypergrad, rec["h"], rel_tol=1e-9, abs_tol=1e-15), t
         assert math.isclose(opt.last_step.eta, rec["eta"], rel_tol=1e-12), t
@@ -225,7 +230,8 @@ def test_a_constant_schedule_is_flat_rthpo_bit_for_bit(base: str, rule: str) -> 
     runs = []
     for schedule in (None, "constant", Constant(), lambda t: 1.0):
         model = MODELS[kind][0](0)
-        opt = RTHPO(model.parameters(), lr=S0, beta=beta, base=base, hyper_update=rule, schedule=schedule, **kwargs)
+        opt = RTHPO(model.parameters(), lr=S0, beta=beta, base=base, hyper_update=rule,
+                    schedule=schedule, **kwargs)
         runs.append((train(opt, model, batches, val), flat_params(model), tangent(opt, model), opt.eta))
     first = runs[0]
     assert first[0][-1][0] != S0  # eta moved
@@ -276,7 +282,8 @@ def test_sqrt_horizon_divides_beta_by_the_root_of_the_run_length() -> None:
     kind = "mlp"
     batches, val = train_batches(kind, STEPS), val_batch(kind)
     runs = []
-    for kwargs in (dict(beta=2.0, beta_horizon="sqrt", total_steps=400), dict(beta=2.0 / 20.0, beta_horizon="step"),
+    for kwargs in (dict(beta=2.0, beta_horizon="sqrt", total_steps=400),
+                   dict(beta=2.0 / 20.0, beta_horizon="step"),
                    dict(beta=2.0 * math.sqrt(hyper_updates.ASSUMED_HORIZON / 400), beta_horizon="sqrt")):
         model = MODELS[kind][0](0)
         opt = RTHPO(model.parameters(), lr=S0, **kwargs)
@@ -300,9 +307,12 @@ def test_the_built_in_shapes() -> None:
 
 BAD_SCHEDULES = [
     ({"schedule": "warmup_cosine"}, r"schedule 'warmup_cosine' needs total_steps.*got None"),
-    ({"schedule": "cosine", "total_steps": 10}, r"schedule must be None, one of constant, warmup_cosine, warmup_linear, or a callable"),
-    ({"schedule": "warmup_linear", "total_steps": 10, "warmup": 1.5}, r"warmup must be a fraction of the run in \[0, 1\) or a whole number of steps, but got 1.5"),
-    ({"schedule": "warmup_linear", "total_steps": 10, "warmup": -0.1}, r"warmup must be a fraction .* got -0.1"),
+    ({"schedule": "cosine", "total_steps": 10}, r"schedule must be None, one of constant, warmup_cosine, "
+                                                r"warmup_linear, or a callable"),
+    ({"schedule": "warmup_linear", "total_steps": 10, "warmup": 1.5},
+     r"warmup must be a fraction of the run in \[0, 1\) or a whole number of steps, but got 1.5"),
+    ({"schedule": "warmup_linear", "total_steps": 10, "warmup": -0.1},
+     r"warmup must be a fraction .* got -0.1"),
     ({"total_steps": 0}, r"total_steps must be None or an integer >= 1, but got 0"),
     ({"beta_horizon": "log"}, r"beta_horizon must be one of step, sqrt, but got 'log'"),
 ]
@@ -329,7 +339,8 @@ def test_after_its_tune_fraction_a_step_is_the_base_optimizers_alone(base: str) 
     kind = "mlp"
     batches, val, phi = train_batches(kind, STEPS), val_batch(kind), SHAPES["warmup_cosine"]
     kwargs: dict = dict(lr=S0, beta=0.3, base=base, schedule=phi, total_steps=STEPS,
-                        **({"momentum": 0.9, "weight_decay": 0.05} if base == "sgd" else {"weight_decay": 0.1}))
+                        **({"momentum": 0.9, "weight_decay": 0.05} if base == "sgd"
+                           else {"weight_decay": 0.1}))
     full_model, model = MODELS[kind][0](0), MODELS[kind][0](0)
     full = train(RTHPO(full_model.parameters(), **kwargs), full_model, batches[:6], val)
     opt = RTHPO(model.parameters(), tune_fraction=0.5, **kwargs)
@@ -350,7 +361,8 @@ def test_after_its_tune_fraction_a_step_is_the_base_optimizers_alone(base: str) 
         plain.zero_grad()
         F.cross_entropy(twin(x), y).backward()
         plain.step()
-    assert all(h is None for _, h in tail) and [e for e, _ in tail] == [scale * phi(t) for t in range(6, STEPS)]
+    assert all(h is None for _, h in tail)
+    assert [e for e, _ in tail] == [scale * phi(t) for t in range(6, STEPS)]
     assert opt.scale == scale and torch.equal(tangent(opt, model), frozen)
     assert rel_err(flat_params(model), flat_params(twin)) < 1e-13
 

@@ -73,7 +73,8 @@ def test_a_runs_asha_rungs_are_saved_and_restored_with_the_sequence(tmp_path: Pa
 
     restored = sequence("unit-save")  # what Tuner.restore unpickles: the sequence as first made
     restored.restore_from_dir(str(tmp_path))
-    rungs = {milestone: dict(recorded) for milestone, recorded in restored.runs[1].scheduler._brackets[0]._rungs}
+    rungs = {milestone: dict(recorded)
+             for milestone, recorded in restored.runs[1].scheduler._brackets[0]._rungs}
     assert rungs[1] == {"a1": 0.9, "a2": 0.5}  # mode max: recorded as they are
     assert restored.runs[0].scheduler is None
     # the restored ASHA decides as the one saved would: a third trial below the rung's cut is stopped
@@ -87,7 +88,8 @@ def test_a_saved_sequence_with_other_runs_is_refused_with_the_fix(tmp_path: Path
     experiment) says which runs differ and what to do."""
 
     def runs(names: list[str]) -> RunSequence:
-        return RunSequence([Run(n, n, 0, BasicVariantGenerator(), {}, 1, ComputeBudgetStopper(1.0)) for n in names],
+        return RunSequence([Run(n, n, 0, BasicVariantGenerator(), {}, 1, ComputeBudgetStopper(1.0))
+                            for n in names],
                            max_concurrent=2, key="unit-refuse")
 
     runs(["grid", "rand"]).save_to_dir(str(tmp_path))

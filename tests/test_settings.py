@@ -119,9 +119,9 @@ REACH: dict[str, tuple[Any, list[str]]] = {
     "lr.eta_max": (5.0, []), "lr.hypergrad_clip": (3.0, []), "lr.hyper_update": ("additive", []),
     "lr.hvp": ("double_backward", []), "lr.val_mode": ("forward", ["lr.hyper_update=adam_log"]),
     "lr.hvp_every": (3, []), "lr.hvp_batch_fraction": (0.5, []), "lr.val_every": (2, []),
-    "lr.val_batch_fraction": (0.5, []), "lr.schedule": ("warmup_linear", []), "lr.warmup": (7, ["lr.schedule=warmup_cosine"]),
-    "lr.beta_horizon": ("step", []), "lr.tune_fraction": (0.5, []), "lr.backoff": (3.0, []),
-}
+    "lr.val_batch_fraction": (0.5, []), "lr.schedule": ("warmup_linear", []),
+    "lr.warmup": (7, ["lr.schedule=warmup_cosine"]), "lr.beta_horizon": ("step", []),
+    "lr.tune_fraction": (0.5, []), "lr.backoff": (3.0, []), }
 
 
 def test_every_config_setting_has_a_value_to_reach_the_optimizer() -> None:
@@ -134,7 +134,8 @@ def test_every_setting_of_the_config_reaches_the_optimizer_the_trainer_builds(ke
 
     value, beside = REACH[key]
     overrides = ["data.train_subset=256", "model.hidden=[8]", "train.epochs=2", "train.device=cpu",
-                 *beside, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().replace('...', '')}"]
+                 *beside,
+                 f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().replace('...', '')}"]
     trainer = Trainer(load_config(None, overrides))
     opt = trainer.optimizer
     assert isinstance(opt, RTHPO)
@@ -152,7 +153,8 @@ def test_every_setting_of_the_config_reaches_the_optimizer_the_trainer_builds(ke
 
 def test_a_misspelt_group_key_is_refused_with_the_setting_it_resembles() -> None:
     model = torch.nn.Linear(3, 2)
-    with pytest.raises(ValueError, match=r"key 'momentun', which is no setting of RTHPO; did you mean 'momentum'"):
+    with pytest.raises(ValueError, match=r"key 'momentun', which is no setting of RTHPO; did you mean "
+                                         r"'momentum'"):
         RTHPO([{"params": model.parameters(), "momentun": 0.9}], lr=0.1)
 
 
@@ -167,8 +169,8 @@ def stepped(model: torch.nn.Module, **kwargs: Any) -> RTHPO:
 def test_a_state_of_another_model_is_refused_before_anything_loads() -> None:
     state = stepped(torch.nn.Linear(3, 2), momentum=0.9).state_dict()
     other = RTHPO(torch.nn.Linear(4, 2).parameters(), lr=0.2, momentum=0.9)
-    with pytest.raises(ValueError, match=r"has shape \(2, 3\), but the parameter has shape \(2, 4\); the state "
-                                         r"was saved for another model"):
+    with pytest.raises(ValueError, match=r"has shape \(2, 3\), but the parameter has shape \(2, 4\); "
+                                         r"the state was saved for another model"):
         other.load_state_dict(state)
     assert other.param_groups[0]["lr"] == 0.2 and other.step_count == 0
 
@@ -204,8 +206,8 @@ def test_a_validation_closure_of_another_module_is_refused() -> None:
     opt = RTHPO(model.parameters(), lr=0.1)
     x, y = torch.randn(4, 3), torch.randint(0, 2, (4,))
     opt.step(lambda: F.cross_entropy(model(x), y), val_closure=lambda: F.cross_entropy(other(x), y))  # step 0
-    with pytest.raises(ValueError, match=r"val_closure's loss does not depend on any parameter this optimizer "
-                                         r"trains .* the learning rate would never move"):
+    with pytest.raises(ValueError, match=r"val_closure's loss does not depend on any parameter this "
+                                         r"optimizer trains .* the learning rate would never move"):
         opt.step(lambda: F.cross_entropy(model(x), y), val_closure=lambda: F.cross_entropy(other(x), y))
 
 
@@ -224,6 +226,7 @@ def test_the_argument_table_in_the_docs_is_the_one_the_declarations_generate() -
     start, end = settings.TABLE_MARKERS
     block = text.split(start, 1)[1].split(end, 1)[0].strip()
     assert block == settings.markdown_table().strip(), (
-        "docs/optimizer.md's argument table is stale: python -m ray_rthpo.optim.settings --write docs/optimizer.md")
+        "docs/optimizer.md's argument table is stale: python -m ray_rthpo.optim.settings --write "
+        "docs/optimizer.md")
     named = {row.split("`")[1] for row in block.splitlines()[2:]}
     assert named == set(inspect.signature(RTHPO.__init__).parameters) - {"self"}

@@ -195,8 +195,9 @@ def test_get_state_set_state_and_pickling_round_trip() -> None:
     assert drive(c, 2, start=10) == expected
 
 
-SCRIPT = ["a0", "a1", "d0", "a2", "d1", "a3", "d2", "d3", "a4", "a5", "d4", "a6", "d5", "d6", "a7", "a8", "d8",
-          "a9", "d7", "a10"]  # ask / done: two trials at once (constant liar), twice two results between asks
+# ask / done: two trials at once (constant liar), twice two results between asks
+SCRIPT = ["a0", "a1", "d0", "a2", "d1", "a3", "d2", "d3", "a4", "a5", "d4", "a6", "d5", "d6", "a7", "a8",
+          "d8", "a9", "d7", "a10"]
 
 
 def play(searcher: SkOptSearch, settle: bool = False) -> list[dict[str, Any]]:
@@ -350,7 +351,8 @@ ERROR_CASES: list[tuple[dict[str, Any], str]] = [
     ({"space": {"x": tune.randn(0.0, 1.0)}}, r"'x'.*Normal"),
     ({"space": {"x": tune.qloguniform(1e-3, 1.0, 1e-3)}}, r"'x'.*Quantized|'x'.*LogUniform"),
     ({"space": {"x": tune.lograndint(1, 10)}}, r"'x'.*Integer domain with LogUniform sampler"),
-    ({"space": {"opt": {"lr": tune.uniform(0, 1)}}}, r"'opt'.*dict or list holding search domains.*'opt\.lr'"),
+    ({"space": {"opt": {"lr": tune.uniform(0, 1)}}},
+     r"'opt'.*dict or list holding search domains.*'opt\.lr'"),
     ({"space": {"x": tune.sample_from(lambda _: 1)}}, r"'x'.*not supported"),
     ({"space": {"x": tune.choice([[1, 2], [3]])}}, r"'x'.*non-scalar"),
     ({"space": {"x": [tune.uniform(0, 1)]}}, r"'x'.*list holding search domains"),

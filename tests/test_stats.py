@@ -170,7 +170,8 @@ def test_best_strategy_ties_on_mean_rank_go_to_the_higher_iqm() -> None:
     # A and B each win two of four seeds (equal mean rank 1.5); B's IQM is higher.
     df = final_table({"A": [0.9, 0.9, 0.1, 0.2], "B": [0.8, 0.8, 0.5, 0.6]})
     assert stats.best_strategy(stats.seed_outcomes(df)) == "B"
-    assert stats.best_strategy(stats.seed_outcomes(final_table({"A": [0.5], "B": [0.5]}))) == "A"  # then first
+    # then first
+    assert stats.best_strategy(stats.seed_outcomes(final_table({"A": [0.5], "B": [0.5]}))) == "A"
 
 
 def test_strategies_cut_short_rank_only_on_shared_seeds() -> None:
@@ -184,13 +185,15 @@ def test_strategies_cut_short_rank_only_on_shared_seeds() -> None:
 
 def test_summary_totals_and_means_of_seconds_and_trials() -> None:
     df = pd.DataFrame([
-        row("A", 0, "a1", 1, 0.5, 0.5, t=1, secs=2.0), row("A", 0, "a2", 1, 0.6, 0.6, t=2, secs=3.0, diverged=True),
+        row("A", 0, "a1", 1, 0.5, 0.5, t=1, secs=2.0),
+        row("A", 0, "a2", 1, 0.6, 0.6, t=2, secs=3.0, diverged=True),
         row("A", 1, "a3", 1, 0.7, 0.7, t=1, secs=5.0),
     ])
     summary = summary_of(df, wall_seconds={("A", 0): 10.0, ("A", 1): 20.0})
     a = summary.loc["A"]
     assert (a["trials"], a["diverged trials"]) == (3, 1)
-    assert (a["compute s mean"], a["compute s total"], a["wall s mean"], a["wall s total"]) == (5.0, 10.0, 15.0, 30.0)
+    assert (a["compute s mean"], a["compute s total"], a["wall s mean"],
+            a["wall s total"]) == (5.0, 10.0, 15.0, 30.0)
     assert (a["test acc mean"], a["test acc IQM"]) == (pytest.approx(0.65), pytest.approx(0.65))
     partial = summary_of(df, wall_seconds={("A", 0): 10.0})
     assert partial.loc["A", "wall s mean"] == 10.0 and math.isnan(partial.loc["A", "wall s total"])
@@ -219,13 +222,14 @@ def test_one_seed_works_everywhere() -> None:
 
 
 def anytime_table() -> pd.DataFrame:
-    """A (seeds 0, 1) reports at compute 1, 2, 3; B (seeds 0, 1) reports at compute 2, 3 (epoch_s 2 then 1)."""
+    """A (seeds 0, 1) reports at compute 1, 2, 3; B (seeds 0, 1) reports at compute 2, 3 (epoch_s 2 then
+    1)."""
     return pd.DataFrame([
-        row("A", 0, "a0", 1, 0.5, 0.50, t=1), row("A", 0, "a0", 2, 0.6, 0.60, t=2), row("A", 0, "a0", 3, 0.7, 0.70, t=3),
-        row("A", 1, "a1", 1, 0.4, 0.40, t=1), row("A", 1, "a1", 2, 0.8, 0.80, t=2), row("A", 1, "a1", 3, 0.3, 0.99, t=3),
+        row("A", 0, "a0", 1, 0.5, 0.50, t=1), row("A", 0, "a0", 2, 0.6, 0.60, t=2),
+        row("A", 0, "a0", 3, 0.7, 0.70, t=3), row("A", 1, "a1", 1, 0.4, 0.40, t=1),
+        row("A", 1, "a1", 2, 0.8, 0.80, t=2), row("A", 1, "a1", 3, 0.3, 0.99, t=3),
         row("B", 0, "b0", 1, 0.9, 0.90, t=2, secs=2.0), row("B", 0, "b0", 2, 0.95, 0.95, t=3),
-        row("B", 1, "b1", 1, 0.2, 0.20, t=2, secs=2.0), row("B", 1, "b1", 2, 0.1, 0.99, t=3),
-    ])
+        row("B", 1, "b1", 1, 0.2, 0.20, t=2, secs=2.0), row("B", 1, "b1", 2, 0.1, 0.99, t=3), ])
 
 
 def test_curves_on_grid_are_steps_and_nan_before_the_first_report() -> None:
@@ -243,11 +247,13 @@ def test_curves_on_grid_are_steps_and_nan_before_the_first_report() -> None:
 
 def test_aggregate_curves_leave_out_repetitions_without_a_report() -> None:
     curves = stats.seed_curves(anytime_table())
-    agg = stats.aggregate_curves(stats.curves_on_grid(curves, [1.0, 2.0, 3.0])).set_index(["strategy", "compute s"])
+    agg = stats.aggregate_curves(stats.curves_on_grid(curves, [1.0, 2.0, 3.0]))
+    agg = agg.set_index(["strategy", "compute s"])
     assert agg.loc[("B", 1.0), "n seeds"] == 0 and math.isnan(agg.loc[("B", 1.0), "median"])
     assert agg.loc[("A", 1.0), "n seeds"] == 2
     assert agg.loc[("A", 1.0), "median"] == pytest.approx(0.45)
-    assert (agg.loc[("A", 1.0), "q25"], agg.loc[("A", 1.0), "q75"]) == (pytest.approx(0.425), pytest.approx(0.475))
+    assert (agg.loc[("A", 1.0), "q25"],
+            agg.loc[("A", 1.0), "q75"]) == (pytest.approx(0.425), pytest.approx(0.475))
     assert agg.loc[("B", 3.0), "median"] == pytest.approx((0.95 + 0.20) / 2)
 
 
@@ -282,7 +288,8 @@ def test_time_to_target_counts_seeds_that_never_reach_it() -> None:
     assert a["reached"].tolist() == [False, True]
     assert math.isnan(a["compute s"].iloc[0]) and a["compute s"].iloc[1] == 2.0
     table = stats.time_to_target(per_seed).set_index("strategy")
-    assert (table.loc["A", "seeds reached"], table.loc["A", "n seeds"], table.loc["A", "median compute s"]) == (1, 2, 2.0)
+    assert (table.loc["A", "seeds reached"], table.loc["A", "n seeds"],
+            table.loc["A", "median compute s"]) == (1, 2, 2.0)
     assert (table.loc["B", "seeds reached"], table.loc["B", "median compute s"]) == (1, 2.0)
     never = stats.time_to_target(stats.seed_time_to_target(anytime_table(), 1.0)).set_index("strategy")
     assert (never["seeds reached"] == 0).all() and never["median compute s"].isna().all()
@@ -332,10 +339,7 @@ def test_figures_save_to_png(seeds: int) -> None:
 
 
 def test_figure_saves_through_atomic_save_figure(tmp_path: object) -> None:
-    try:  # the package is being reshaped: results_io is moving to report.files
-        from ray_rthpo.report.files import atomic_save_figure
-    except ImportError:
-        from ray_rthpo.results_io import atomic_save_figure  # type: ignore[no-redef]
+    from ray_rthpo.report.files import atomic_save_figure
 
     curves = stats.seed_curves(anytime_table())
     on_grid = stats.curves_on_grid(curves, stats.compute_grid(curves))

@@ -44,7 +44,8 @@ def head(n: int, fraction: float) -> int:
 
 def val_batches(n: int, size: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(3)
-    return [(torch.randn(size, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (size,), generator=gen))
+    return [(torch.randn(size, 4, generator=gen, dtype=torch.float64),
+             torch.randint(0, 3, (size,), generator=gen))
             for _ in range(n)]
 
 
@@ -77,12 +78,18 @@ def subsampled_reference(
 
 
 SUBSAMPLING_CASES = [
-    pytest.param(dict(hvp_every=1, hvp_batch_fraction=0.5, val_every=1, val_batch_fraction=1.0), id="hvp-half-batch"),
-    pytest.param(dict(hvp_every=1, hvp_batch_fraction=0.3, val_every=1, val_batch_fraction=1.0), id="hvp-0.3-rounds"),
-    pytest.param(dict(hvp_every=3, hvp_batch_fraction=1.0, val_every=1, val_batch_fraction=1.0), id="hvp-every-3"),
-    pytest.param(dict(hvp_every=1, hvp_batch_fraction=1.0, val_every=2, val_batch_fraction=1.0), id="val-every-2"),
-    pytest.param(dict(hvp_every=1, hvp_batch_fraction=1.0, val_every=1, val_batch_fraction=0.25), id="val-quarter"),
-    pytest.param(dict(hvp_every=2, hvp_batch_fraction=0.25, val_every=3, val_batch_fraction=0.5), id="all-four"),
+    pytest.param(dict(hvp_every=1, hvp_batch_fraction=0.5, val_every=1, val_batch_fraction=1.0),
+                 id="hvp-half-batch"),
+    pytest.param(dict(hvp_every=1, hvp_batch_fraction=0.3, val_every=1, val_batch_fraction=1.0),
+                 id="hvp-0.3-rounds"),
+    pytest.param(dict(hvp_every=3, hvp_batch_fraction=1.0, val_every=1, val_batch_fraction=1.0),
+                 id="hvp-every-3"),
+    pytest.param(dict(hvp_every=1, hvp_batch_fraction=1.0, val_every=2, val_batch_fraction=1.0),
+                 id="val-every-2"),
+    pytest.param(dict(hvp_every=1, hvp_batch_fraction=1.0, val_every=1, val_batch_fraction=0.25),
+                 id="val-quarter"),
+    pytest.param(dict(hvp_every=2, hvp_batch_fraction=0.25, val_every=3, val_batch_fraction=0.5),
+                 id="all-four"),
 ]
 
 
@@ -121,7 +128,8 @@ def _trace(ctrl, data, vals) -> list[tuple[float | None, float, torch.Tensor, to
 
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("momentum,weight_decay", OPTIMIZERS)
-def test_every_one_and_full_batches_is_exact_rthpo_bitwise(route: str, momentum: float, weight_decay: float) -> None:
+def test_every_one_and_full_batches_is_exact_rthpo_bitwise(route: str,
+                                                           momentum: float, weight_decay: float) -> None:
     data, vals = batches(10), val_batches(10)
     kw = dict(hvp=route, eta0=0.4, beta=0.05, eta_max=2.0, momentum=momentum, weight_decay=weight_decay)
     exact = _trace(controller(tiny_model(), **kw), data, vals)
@@ -196,7 +204,8 @@ def test_presets_resolve_to_the_documented_values_and_explicit_values_win() -> N
     assert LRConfig(preset="fast").subsampling._asdict() == PRESET_VALUES["fast"] == {
         "hvp_every": 4, "hvp_batch_fraction": 0.25, "val_every": 4, "val_batch_fraction": 0.5}
     mixed = LRConfig(preset="fast", hvp_every=1, val_batch_fraction=1.0).subsampling
-    assert (mixed.hvp_every, mixed.hvp_batch_fraction, mixed.val_every, mixed.val_batch_fraction) == (1, 0.25, 4, 1.0)
+    assert (mixed.hvp_every, mixed.hvp_batch_fraction, mixed.val_every,
+            mixed.val_batch_fraction) == (1, 0.25, 4, 1.0)
     assert LRConfig(hvp_every=3).subsampling.hvp_every == 3  # explicit values win over the default preset
 
 
@@ -213,7 +222,8 @@ def test_preset_from_yaml_overrides_and_the_flat_round_trip(tmp_path) -> None:  
 
 BAD = [
     ({"preset": "faster"}, r"lr\.preset must be one of exact, fast, cheap, but got 'faster'.*'fast'"),
-    ({"hvp_every": 0}, r"lr\.hvp_every must be an integer >= 1, but got 0; .* \(or null: the value of lr\.preset\)"),
+    ({"hvp_every": 0}, r"lr\.hvp_every must be an integer >= 1, but got 0; .* \(or null: the value of "
+                       r"lr\.preset\)"),
     ({"val_every": -2}, r"lr\.val_every must be an integer >= 1"),
     ({"hvp_batch_fraction": 0.0}, r"lr\.hvp_batch_fraction must be in \(0, 1\]"),
     ({"val_batch_fraction": 1.5}, r"lr\.val_batch_fraction must be in \(0, 1\], but got 1\.5"),
@@ -234,7 +244,8 @@ def test_forward_over_reverse_bn_equals_double_backward_and_moves_stats_once() -
     twin = copy.deepcopy(model)
     (x, y), = batches(1)
     z = [torch.randn_like(p) for p in model.parameters()]
-    a = grad_and_hvp_forward_over_reverse(model, x, y, list(model.named_parameters()), z, replay_batchnorm=True)
+    a = grad_and_hvp_forward_over_reverse(model, x, y, list(model.named_parameters()), z,
+                                          replay_batchnorm=True)
     b = grad_and_hvp_double_backward(twin, x, y, list(twin.parameters()), z)
     flat = lambda ts: torch.cat([t.reshape(-1) for t in ts])  # noqa: E731
     assert rel_err(flat(a.grads), flat(b.grads)) < 1e-12 and rel_err(flat(a.hz), flat(b.hz)) < 1e-12
@@ -256,7 +267,8 @@ def test_batchnorm_runs_agree_between_routes(fraction: float) -> None:
         runs.append((trace, copy.deepcopy(model[1].state_dict())))
     (ta, sa), (tb, sb) = runs
     for a, b in zip(ta, tb, strict=True):
-        assert math.isclose(a[1], b[1], rel_tol=1e-10) and rel_err(a[2], b[2]) < 1e-10 and rel_err(a[3], b[3]) < 1e-9
+        assert math.isclose(a[1], b[1], rel_tol=1e-10)
+        assert rel_err(a[2], b[2]) < 1e-10 and rel_err(a[3], b[3]) < 1e-9
     assert int(sb["num_batches_tracked"]) == len(data)
     for key in sa:
         assert torch.allclose(sa[key], sb[key], rtol=1e-10, atol=0), key
@@ -273,12 +285,14 @@ def test_auto_route_rule_is_deterministic_and_valid(name: str) -> None:
 def test_build_optimizer_runs_resnet_with_batchnorm(route: str) -> None:
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="resnet18"), (3, 8, 8), 4).double()
-    cfg = Config(lr=LRConfig(method="rthpo", beta=1e-3, hvp=route, preset="exact"), model=ModelConfig(name="resnet18"))
+    cfg = Config(lr=LRConfig(method="rthpo", beta=1e-3, hvp=route, preset="exact"),
+                 model=ModelConfig(name="resnet18"))
     run = build_optimizer(model, cfg, steps_per_epoch=2)
     assert run.optimizer.param_groups[0]["hvp"] == route
     stepper = ConfigRTHPO(model, run.optimizer)
     gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(4, 3, 8, 8, generator=gen, dtype=torch.float64), torch.randint(0, 4, (4,), generator=gen)
+    x = torch.randn(4, 3, 8, 8, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 4, (4,), generator=gen)
     for _ in range(2):
         out = stepper.train_step(x, y, val_batch=lambda: (x, y))
     assert not out.diverged and out.hypergrad is not None
@@ -297,7 +311,8 @@ def test_in_place_tangent_step_is_the_textbook_recursion(
     shapes = [(3, 4), (5,), (2, 1, 3)]
     z, u, hz, v = ([torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(4))
     eta = 0.3
-    u_exp = [mu * (momentum * ui + (hzi if with_hvp else 0.0) + weight_decay * zi) for ui, hzi, zi in zip(u, hz, z, strict=True)]
+    u_exp = [mu * (momentum * ui + (hzi if with_hvp else 0.0) + weight_decay * zi)
+             for ui, hzi, zi in zip(u, hz, z, strict=True)]
     z_exp = [mu * zi - eta * ui - vi for zi, ui, vi in zip(z, u_exp, v, strict=True)]
     u_in = u if momentum != 0.0 else None
     z_new = [t.clone() for t in z]

@@ -101,7 +101,8 @@ def test_char_lm_config_model_and_one_epoch() -> None:
                     f"{CIFAR_JPEG} (../shared/data/cifar10-jpeg, relative to the repository)")
 def test_cifar10_cnn_config_model_and_one_epoch() -> None:
     exp = _experiment("cifar10_cnn")
-    assert exp.base.data.name == "cifar10" and Path(exp.base.data.data_dir).resolve() == CIFAR_JPEG.parent.resolve()
+    assert exp.base.data.name == "cifar10"
+    assert Path(exp.base.data.data_dir).resolve() == CIFAR_JPEG.parent.resolve()
     # RT-HPO over a BatchNorm net (its HVP route: forward_over_reverse_bn), and a fixed AdamW row
     _epochs(exp, ("rthpo_sgd_mid", "adamw_1e-3"),
             **{"data.train_subset": 256, "data.val_subset": 128, "data.test_subset": 128})

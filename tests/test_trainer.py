@@ -115,7 +115,8 @@ def test_huge_beta_diverges_cleanly_with_finite_metrics() -> None:
 
 
 def test_resnet18_batchnorm_run_on_cifar100_shaped_fake_data() -> None:
-    """The CIFAR-100 pipeline (ResNet-18, 100 classes, augmentation) on FakeData: BN stats move once per step."""
+    """The CIFAR-100 pipeline (ResNet-18, 100 classes, augmentation) on FakeData: BN stats move once per
+    step."""
     cfg = load_config(REPO / "configs" / "cifar100_resnet18.yaml", [
         "data.name=fake", "data.fake_shape=[3,16,16]", "data.fake_train_size=40", "data.fake_test_size=16",
         "data.batch_size=16", "data.val_batch_size=8", "data.eval_batch_size=64", "train.epochs=1",
@@ -141,7 +142,8 @@ def test_rthpo_mlp_on_real_mnist_learns() -> None:
 def test_hypergradient_batches_come_from_the_validation_split_never_the_test_split() -> None:
     """Every validation batch of the hypergradient is rows of data.val (by the sampler's own indices),
     and differs from the test rows at those indices: the test set is only ever used to report."""
-    trainer = Trainer(digits("lr.method=rthpo", "train.epochs=1", "lr.preset=exact", "lr.tune_fraction=1.0"))  # a validation batch every step
+    # a validation batch every step
+    trainer = Trainer(digits("lr.method=rthpo", "train.epochs=1", "lr.preset=exact", "lr.tune_fraction=1.0"))
     drawn: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     next_indices, val_batch = trainer.val_sampler.next_indices, trainer._val_batch
     picked: list[torch.Tensor] = []
@@ -166,7 +168,8 @@ def test_hypergradient_batches_come_from_the_validation_split_never_the_test_spl
 
 
 def test_the_time_split_adds_up_and_counts_the_hessian_vector_product() -> None:
-    history = run_training(digits("lr.method=rthpo", "train.epochs=2", "lr.preset=exact", "lr.tune_fraction=1.0"))
+    history = run_training(digits("lr.method=rthpo", "train.epochs=2", "lr.preset=exact",
+                                  "lr.tune_fraction=1.0"))
     sgd = run_training(digits("lr.method=fixed", "train.epochs=2"))
     for row in history:
         parts = row[M.TRAIN_SECONDS] + row[M.HYPER_SECONDS] + row[M.EVAL_SECONDS]

@@ -20,8 +20,8 @@ def write_config(tmp_path: Path) -> Path:
     path.write_text(yaml.safe_dump(tiny_experiment(
         {"name": "rthpo", "method": "rthpo", "searcher": "random", "num_samples": 2,
          "space": {"lr.eta0": {"loguniform": [0.01, 0.5]}, "lr.beta": {"loguniform": [1.0e-9, 1.0e-1]}}},
-        {"name": "exp_skopt", "method": "exp_decay", "searcher": "skopt", "num_samples": 3, "space": ETA_SPACE,
-         "searcher_options": {"n_initial_points": 2}},
+        {"name": "exp_skopt", "method": "exp_decay", "searcher": "skopt", "num_samples": 3,
+         "space": ETA_SPACE, "searcher_options": {"n_initial_points": 2}},
         budget_s=100.0)))
     return path
 
@@ -97,7 +97,8 @@ def test_seeds_repeat_every_strategy_paired_with_statistics_an_untuned_run_and_r
     path = tmp_path / "seeds.yaml"
     path.write_text(yaml.safe_dump(tiny_experiment(
         {"name": "rthpo_default", "method": "rthpo", "searcher": "none", "overrides": {"lr.eta0": 0.1}},
-        {"name": "exp_rand", "method": "exp_decay", "searcher": "random", "num_samples": 2, "space": ETA_SPACE},
+        {"name": "exp_rand", "method": "exp_decay", "searcher": "random", "num_samples": 2,
+         "space": ETA_SPACE},
         budget_s=100.0, target_val_acc=0.5)))
     out = tmp_path / "out"
     assert main(["compare", str(path), "--output", str(out), "--seeds", "2"]) == 0
@@ -110,7 +111,8 @@ def test_seeds_repeat_every_strategy_paired_with_statistics_an_untuned_run_and_r
     assert first != second  # repetition 1 trains with train.seed + 1
     summary = (out / "summary.md").read_text()
     assert "## Per strategy, over seeds" in summary and "## Compute to reach the target" in summary
-    assert "| rthpo_default | rthpo | none | 2 |" in summary and "| exp_rand | exp_decay | random | 2 |" in summary
+    assert "| rthpo_default | rthpo | none | 2 |" in summary
+    assert "| exp_rand | exp_decay | random | 2 |" in summary
     assert summary.count("2 of 2") >= 2  # both strategies reach val/acc 0.5 in both seeds
     assert "| rthpo_default | 1 | rthpo | none |" in summary and "no search (epoch" in summary
     names = sorted(p.name for p in (out / "progress").glob("*.done.json"))

@@ -79,9 +79,11 @@ EXPERIMENT_ERRORS = [
     (dict(searcher="grid", space={"lr.eta0": {"loguniform": [0.01, 1.0]}}), r"searcher grid enumerates"),
     (dict(searcher="optuna_tpe", space={"lr.eta0": {"grid": [0.01, 1.0]}}), r"cannot take \{grid"),
     (dict(searcher="skopt"), r"searcher skopt needs a space"),
-    (dict(searcher="optuna_tpe", searcher_options={"n_startup": 2}, space={"lr.eta0": {"uniform": [0.1, 1.0]}}),
+    (dict(searcher="optuna_tpe", searcher_options={"n_startup": 2},
+          space={"lr.eta0": {"uniform": [0.1, 1.0]}}),
      r"not known to searcher optuna_tpe; it accepts: n_startup_trials"),
-    (dict(method="fixed", space={"lr.beta": {"loguniform": [1.0e-6, 1.0e-2]}}), r"lr\.beta has no effect with lr\.method fixed"),
+    (dict(method="fixed", space={"lr.beta": {"loguniform": [1.0e-6, 1.0e-2]}}),
+     r"lr\.beta has no effect with lr\.method fixed"),
     (dict(method="rhtpo"), r"method must be one of .* Did you mean 'rthpo'"),
     (dict(scheduler="hyperband"), r"scheduler must be one of fifo, asha"),
     (dict(name="a b"), r"name must be letters"),
@@ -131,7 +133,8 @@ def test_strategy_run_config_applies_method_and_overrides_and_defaults_num_sampl
 
 def test_overrides_reach_base_strategies_and_top_level(tmp_path: Path) -> None:
     path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(experiment(searcher="random", space={"lr.eta0": {"loguniform": [0.01, 1.0]}})))
+    path.write_text(yaml.safe_dump(experiment(searcher="random",
+                                              space={"lr.eta0": {"loguniform": [0.01, 1.0]}})))
     exp = E.load_experiment(path, ["train.epochs=4", "budget_s=33", "resources.cpu=0.5",
                                    "strategies.s.num_samples=7",
                                    "strategies.s.space.lr.eta0={loguniform: [1.0e-3, 0.1]}"])
@@ -141,7 +144,8 @@ def test_overrides_reach_base_strategies_and_top_level(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="strategies.NAME.FIELD=value with NAME one of: s"):
         E.load_experiment(path, ["strategies.t.num_samples=1"])
     replaced = E.load_experiment(path, ["resources.custom={slot: 1}", "resources.custom={}",
-                                        "strategies.s.asha.grace_period=2", "strategies.s.overrides.train.epochs=5"])
+                                        "strategies.s.asha.grace_period=2",
+                                        "strategies.s.overrides.train.epochs=5"])
     assert replaced.resources.custom == {} and replaced.strategies[0].asha.grace_period == 2
     assert replaced.run_config(replaced.strategies[0]).train.epochs == 5
 
@@ -172,7 +176,8 @@ def test_null_data_dir_finds_the_shared_copy_when_there_is_one() -> None:
     shared = REPO.parent / "shared" / "data" / "MNIST"
     if not shared.is_dir():
         pytest.skip("no ../shared/data/MNIST on this machine")
-    exp = E.experiment_from_dict({"base": {"data": {"name": "mnist"}}, "strategies": [{"name": "a"}]}, cwd=REPO)
+    exp = E.experiment_from_dict({"base": {"data": {"name": "mnist"}},
+                                  "strategies": [{"name": "a"}]}, cwd=REPO)
     assert Path(exp.base.data.data_dir) in (shared.parent.resolve(), Path.home() / ".cache/ray_rthpo/data")
 
 
@@ -189,13 +194,15 @@ def test_shipped_compare_configs_load(name: str) -> None:
     default = exp.resolved(exp.strategy("rthpo_default"))
     assert default.strategy.searcher == "none" and default.space == {} and default.num_samples == 1
     defaults, lr = Config().lr, default.config.lr
-    keys = ("hyper_update", "beta", "beta_horizon", "preset", "tune_fraction", "backoff", "hvp_every", "val_every")
+    keys = ("hyper_update", "beta", "beta_horizon", "preset", "tune_fraction", "backoff", "hvp_every",
+            "val_every")
     assert lr.method == "rthpo" and lr.schedule == "warmup_cosine"  # the defaults on the usual schedule
     assert {k: getattr(lr, k) for k in keys} == {k: getattr(defaults, k) for k in keys}, name
     for name in ("rthpo", "hd_train", "hd_val"):
         resolved = exp.resolved(exp.strategy(name))
         assert resolved.config.lr.hyper_update == "multiplicative", name
-        assert resolved.space["lr.beta"] == ("loguniform", [1.0e-1, 10.0]), (name, resolved.space)  # per sqrt(T)
+        # per sqrt(T)
+        assert resolved.space["lr.beta"] == ("loguniform", [1.0e-1, 10.0]), (name, resolved.space)
 
 
 def test_the_default_rule_and_beta_are_the_ones_docs_beta_chose() -> None:
@@ -246,7 +253,8 @@ def test_restored_run_config_reaches_rays_private_tuner_or_fails_loudly() -> Non
 
     from ray_rthpo.tune.runner import restored_run_config
 
-    tuner = tune.Tuner(lambda config: None, run_config=tune.RunConfig(name="probe", storage_path="/tmp/rthpo-probe"))
+    tuner = tune.Tuner(lambda config: None,
+                       run_config=tune.RunConfig(name="probe", storage_path="/tmp/rthpo-probe"))
     run_config = restored_run_config(tuner)
     assert isinstance(run_config, tune.RunConfig) and run_config.name == "probe"
     run_config.stop = marker = object()
@@ -272,5 +280,6 @@ def test_searcher_none_is_one_run_of_the_config_values_per_seed() -> None:
         E.experiment_from_dict(experiment(searcher="none", num_samples=4))
     with pytest.raises(ConfigError, match=r"seeds must be an integer >= 1"):
         E.experiment_from_dict({**experiment(searcher="none"), "seeds": 0})
-    with pytest.raises(ConfigError, match=r"target_val_acc must be a validation accuracy in \(0, 1\] \(0.95, not 95\)"):
+    with pytest.raises(ConfigError, match=r"target_val_acc must be a validation accuracy in \(0, 1\] "
+                                          r"\(0.95, not 95\)"):
         E.experiment_from_dict({**experiment(searcher="none"), "target_val_acc": 95})

@@ -54,7 +54,8 @@ def test_relative_links_of_readme_and_docs_resolve() -> None:
 
 
 @pytest.mark.ray
-def test_docs_tune_run_and_tuner_examples_run(ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_docs_tune_run_and_tuner_examples_run(ray_local: None, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     blocks = python_blocks(section("From Python: `tune.run` and `tune.Tuner`"))
     assert len(blocks) == 2 and "tune.run(" in blocks[0] and "tune.Tuner(" in blocks[1]
@@ -74,7 +75,8 @@ def test_docs_tune_run_and_tuner_examples_run(ray_local: None, tmp_path: Path, m
     assert len(printed) == 2, printed  # the two print() calls of the examples
     for line in printed:
         eta0, beta, test_acc = (float(v) for v in line.split())
-        assert 1e-3 <= eta0 <= 1.0 and 0.1 <= beta <= 10.0 and 0.0 <= test_acc <= 1.0  # beta per sqrt(T) steps
+        # beta per sqrt(T) steps
+        assert 1e-3 <= eta0 <= 1.0 and 0.1 <= beta <= 10.0 and 0.0 <= test_acc <= 1.0
     assert (tmp_path / "runs" / "ray" / "docs_tune_run").is_dir()
     assert (tmp_path / "runs" / "ray" / "docs_tuner").is_dir()
 
@@ -86,5 +88,6 @@ def test_cluster_config_is_valid_for_ray_up() -> None:
     config = yaml.safe_load((REPO / "configs" / "cluster" / "aws-gpu.yaml").read_text())
     assert config["head_node_type"] in config["available_node_types"]
     assert "g5.xlarge" in str(config["available_node_types"])
-    assert any(re.search(r"pip install -e \"?\.", c) for c in config["setup_commands"])  # the package (.[tune])
+    # the package (.[tune])
+    assert any(re.search(r"pip install -e \"?\.", c) for c in config["setup_commands"])
     validate_config(fillout_defaults(config))  # what `ray up` checks; raises on a schema error

@@ -55,7 +55,8 @@ def test_searcher_drives_at_least_four_trials_inside_its_space(
     assert outcome.wall_s > 0 and Path(outcome.storage).is_dir()
 
 
-def test_budget_ends_the_experiment_within_one_epoch_per_running_trial(ray_local: None, tmp_path: Path) -> None:
+def test_budget_ends_the_experiment_within_one_epoch_per_running_trial(
+        ray_local: None, tmp_path: Path) -> None:
     budget = 3.0
     exp = experiment_from_dict(tiny_experiment(
         {"name": "budget", "method": "rthpo", "searcher": "random", "num_samples": 200,

@@ -73,7 +73,8 @@ def test_tuner_checkpoints_every_epoch(ray_local: None, tmp_path: Path) -> None:
 
 
 def plain_and_faulty_runs(tmp_path: Path, faulty_fn: Any, marker: Path) -> tuple[Any, Any]:
-    """The Tune results of one RT-HPO trial run plainly and by ``faulty_fn`` (retried once from its checkpoint)."""
+    """The Tune results of one RT-HPO trial run plainly and by ``faulty_fn`` (retried once from its
+    checkpoint)."""
     config = flat_config(**{"lr.method": "rthpo", "lr.beta": 1.0e-3, "train.epochs": 4})
     runs = []
     for name, fn, extra in (("plain", T.train_fn, {}), ("faulty", faulty_fn, {"test.marker": str(marker)})):
@@ -99,7 +100,8 @@ def test_a_crashed_trial_resumes_from_its_checkpoint_exactly(ray_local: None, tm
     assert flaky[M.TOTAL_SECONDS].is_monotonic_increasing
 
 
-def test_a_worker_killed_with_sigkill_resumes_from_its_checkpoint_exactly(ray_local: None, tmp_path: Path) -> None:
+def test_a_worker_killed_with_sigkill_resumes_from_its_checkpoint_exactly(
+        ray_local: None, tmp_path: Path) -> None:
     from tune_helpers import killed_once_train_fn
 
     plain_run, killed_run = plain_and_faulty_runs(tmp_path, killed_once_train_fn, tmp_path / "killed")

@@ -89,7 +89,8 @@ CASES = {"k1": (1, None), "k3_clip": (3, 1.0)}
 
 
 def check_sequence(mod: types.ModuleType, rule: str, case: str) -> None:
-    """update(...) from initial_state() over H equals the written equation, step by step, and stays in range."""
+    """update(...) from initial_state() over H equals the written equation, step by step, and stays in
+    range."""
     k, clip = CASES[case]
     eta = ref_eta = 0.1
     state, ref_s = mod.initial_state(), ref_state()
@@ -99,7 +100,8 @@ def check_sequence(mod: types.ModuleType, rule: str, case: str) -> None:
         eta, state = mod.update(rule, eta, h, state, **kw, **norms)
         ref_eta, ref_s = ref_update(rule, ref_eta, h, ref_s, **kw, gn=gn, zn=zn)
         assert isinstance(eta, float)
-        assert close(eta, ref_eta), f"{rule} step {t} (h={h}, k={k}, clip={clip}): {eta!r} != equation's {ref_eta!r}"
+        assert close(eta, ref_eta), (f"{rule} step {t} (h={h}, k={k}, clip={clip}): {eta!r} != equation's "
+                                     f"{ref_eta!r}")
         assert 0.0 < eta < 10.0, "the sequence is meant to stay inside the clamps"
 
 
@@ -108,7 +110,8 @@ CLAMP_CASES = {
     # 0.05 - 0.1 h: below 0 -> 0; back up from 0; above eta_max -> eta_max; then inside again
     "additive": (0.05, 0.2, 0.1, 1, [(1.0, 1, 1), (-0.3, 1, 1), (-5.0, 1, 1), (0.5, 1, 1), (4.0, 1, 1)]),
     # k beta = 1.2: a cosine of -1 multiplies eta by 2.2 (-> eta_max), of +1 by -0.2 (-> 0, where it stays)
-    "multiplicative": (0.05, 0.2, 0.6, 2, [(-1.0, 1, 1), (-2.0, 2, 1), (0.5, 1, 1), (1.0, 1, 1), (-1.0, 1, 1)]),
+    "multiplicative": (0.05, 0.2, 0.6, 2, [(-1.0, 1, 1), (-2.0, 2, 1), (0.5, 1, 1), (1.0, 1, 1),
+                                           (-1.0, 1, 1)]),
     # log rules: exp(k beta) = e above eta_max -> eta_max; then the moments continue from the clamped eta
     "adam_log": (0.1, 0.15, 0.5, 2, [(-1.0, 1, 1), (-0.5, 1, 1), (2.0, 1, 1), (3.0, 1, 1), (-0.2, 1, 1),
                                      (5.0, 1, 1), (5.0, 1, 1)]),
@@ -127,7 +130,8 @@ def check_clamps(mod: types.ModuleType, rule: str) -> None:
     for t, (h, gn, zn) in enumerate(steps):
         kw = dict(beta=beta, eta_max=eta_max, k=k)
         norms = dict(grad_norm=float(gn), z_norm=float(zn)) if rule == "multiplicative" else {}
-        unclamped, _ = ref_update(rule, ref_eta, h, ref_s, beta=beta, eta_max=eta_max, k=k, gn=gn, zn=zn, clamp=False)
+        unclamped, _ = ref_update(rule, ref_eta, h, ref_s, beta=beta, eta_max=eta_max, k=k, gn=gn, zn=zn,
+                                  clamp=False)
         eta, state = mod.update(rule, eta, h, state, **kw, **norms)
         ref_eta, ref_s = ref_update(rule, ref_eta, h, ref_s, **kw, gn=gn, zn=zn)
         assert close(eta, ref_eta), f"{rule} step {t} (h={h}): {eta!r} != equation's {ref_eta!r}"
@@ -140,7 +144,8 @@ def check_clamps(mod: types.ModuleType, rule: str) -> None:
     else:  # "The log-space rules never reach 0": not even after a step of k beta = 100 in log eta
         eta, _ = mod.update(rule, eta, 5.0, state, beta=50.0, eta_max=eta_max, k=k)
         ref_eta, _ = ref_update(rule, ref_eta, 5.0, ref_s, beta=50.0, eta_max=eta_max, k=k)
-        assert close(eta, ref_eta) and 0.0 < eta < 1e-20 * eta_max, f"{rule}: {eta!r} != equation's {ref_eta!r}"
+        assert close(eta, ref_eta) and 0.0 < eta < 1e-20 * eta_max, (f"{rule}: {eta!r} != equation's "
+                                                                      f"{ref_eta!r}")
 
 
 def check_state(mod: types.ModuleType, rule: str) -> None:
@@ -194,7 +199,8 @@ def _batches(n: int) -> tuple[list, tuple]:
 
 #: name -> (steps, RTHPO settings, beta per rule, which clamps the run must reach)
 OPT_CASES: dict[str, tuple[int, dict, dict[str, float], tuple[str, ...]]] = {
-    "per_step": (7, dict(lr=0.5), {"additive": 0.5, "multiplicative": 0.3, "adam_log": 0.3, "sign_log": 0.3}, ()),
+    "per_step": (7, dict(lr=0.5), {"additive": 0.5, "multiplicative": 0.3, "adam_log": 0.3,
+                                   "sign_log": 0.3}, ()),
     # beta / sqrt(16) per step, eta moves every 2nd step by 2 steps' worth, |h| clipped at 0.02
     "sqrt_k2_clip": (11, dict(lr=0.5, beta_horizon="sqrt", total_steps=16, val_every=2, hypergrad_clip=0.02),
                      {"additive": 2.0, "multiplicative": 1.2, "adam_log": 1.2, "sign_log": 1.2}, ()),
@@ -227,7 +233,8 @@ def check_optimizer(mod: types.ModuleType, rule: str, case: str) -> None:
     """param_group["lr"] after each hypergradient step is the written rule applied to opt.last_hypergrad."""
     steps, settings, betas, clamps = OPT_CASES[case]
     beta, k = betas[rule], settings.get("val_every", 1)
-    total, clip, eta_max = settings.get("total_steps"), settings.get("hypergrad_clip"), settings.get("eta_max", 10.0)
+    total, clip = settings.get("total_steps"), settings.get("hypergrad_clip")
+    eta_max = settings.get("eta_max", 10.0)
     per_step = beta / math.sqrt(total) if settings.get("beta_horizon") == "sqrt" else beta
     model = _tiny()
     train, (xv, yv) = _batches(steps)
@@ -242,7 +249,8 @@ def check_optimizer(mod: types.ModuleType, rule: str, case: str) -> None:
         for t, (x, y) in enumerate(train):
             before = opt.param_groups[0]["lr"]
             gn = zn = None
-            if rule == "multiplicative" and t > 0:  # |grad E(w_t)| and |z_t|, taken before the step moves them
+            # |grad E(w_t)| and |z_t|, taken before the step moves them
+            if rule == "multiplicative" and t > 0:
                 grad_e = torch.autograd.grad(val_loss(), params)
                 z = [opt.state[p]["z"] for p in params]
                 gn = math.sqrt(sum(float((g * g).sum()) for g in grad_e))
@@ -251,7 +259,8 @@ def check_optimizer(mod: types.ModuleType, rule: str, case: str) -> None:
             opt.step(lambda x=x, y=y: F.cross_entropy(model(x), y), val_closure=val_loss)
             after = opt.param_groups[0]["lr"]
             if opt.last_step.hypergrad is None:
-                assert after == before, f"step {t}: no hypergradient, yet lr moved from {before!r} to {after!r}"
+                assert after == before, (f"step {t}: no hypergradient, yet lr moved from {before!r} to "
+                                         f"{after!r}")
                 continue
             hypergrad_steps.append(t)
             h = opt.last_hypergrad
@@ -259,15 +268,16 @@ def check_optimizer(mod: types.ModuleType, rule: str, case: str) -> None:
             hs.append(h)
             if gn is not None:
                 assert math.isclose(h, dot, rel_tol=1e-9), "the norms below must be those of h's own vectors"
-            expected, ref_s = ref_update(rule, before, h, ref_s, beta=per_step, eta_max=eta_max, k=k, clip=clip,
-                                         gn=gn, zn=zn)
+            expected, ref_s = ref_update(rule, before, h, ref_s, beta=per_step, eta_max=eta_max, k=k,
+                                         clip=clip, gn=gn, zn=zn)
             assert close(after, expected), (f"{rule}, {case}, step {t} (h={h!r}): lr={after!r}, but the rule "
                                             f"gives {expected!r} from lr={before!r}")
             assert opt.eta == after
             seen.append(after)
     assert hypergrad_steps == [t for t in range(1, steps) if t % k == 0]
     if clip is not None:
-        assert any(abs(h) > clip for h in hs) and any(abs(h) < clip for h in hs), "the clip must bite, not always"
+        bites = any(abs(h) > clip for h in hs) and any(abs(h) < clip for h in hs)
+        assert bites, "the clip must bite, not always"
     if "top" in clamps:
         assert eta_max in seen, f"{rule}: the case must reach eta_max"
     if "zero" in clamps:
@@ -330,7 +340,8 @@ def all_checks() -> Iterator[tuple[str, Callable[[types.ModuleType], None]]]:
     yield "test_per_step_beta", check_per_step_beta
     yield "test_default_beta", check_default_beta
     for rule, case in OPT_PARAMS:
-        yield f"test_optimizer_lr_follows_the_rule[{rule}-{case}]", partial(check_optimizer, rule=rule, case=case)
+        yield (f"test_optimizer_lr_follows_the_rule[{rule}-{case}]",
+               partial(check_optimizer, rule=rule, case=case))
 
 
 # ------------------------------------------------------------------ the checks catch broken variants
@@ -356,9 +367,12 @@ MUTATIONS: dict[str, tuple[list[tuple[str, str]], set[str]]] = {
                                  {"test_rule_at_the_clamps[multiplicative]"}),
     "adam_log_unclamped": ([('return _in_range(eta, eta_max), {**state, "m": m, "v": v, "n": n}',
                              'return eta, {**state, "m": m, "v": v, "n": n}')],
-                           {"test_rule_at_the_clamps[adam_log]", "test_optimizer_lr_follows_the_rule[adam_log-clamp_top]"}),
-    "sign_log_unclamped": ([("return _in_range(eta * math.exp(-step * sign), eta_max)", "return (eta * math.exp(-step * sign))")],
-                           {"test_rule_at_the_clamps[sign_log]", "test_optimizer_lr_follows_the_rule[sign_log-clamp_top]"}),
+                           {"test_rule_at_the_clamps[adam_log]",
+                            "test_optimizer_lr_follows_the_rule[adam_log-clamp_top]"}),
+    "sign_log_unclamped": ([("return _in_range(eta * math.exp(-step * sign), eta_max)",
+                             "return (eta * math.exp(-step * sign))")],
+                           {"test_rule_at_the_clamps[sign_log]",
+                            "test_optimizer_lr_follows_the_rule[sign_log-clamp_top]"}),
     "adam_log_no_bias_correction": ([(_BIAS, "m_hat, v_hat = m, v")],
                                     {"test_rule_follows_its_equation[adam_log-k1]",
                                      "test_rule_follows_its_equation[adam_log-k3_clip]",
@@ -375,7 +389,8 @@ MUTATIONS: dict[str, tuple[list[tuple[str, str]], set[str]]] = {
     "no_hypergradient_clip": ([("h = clip_hypergradient(h, clip)", "h = h")],
                               {f"test_rule_follows_its_equation[{r}-k3_clip]" for r in RULES}
                               | {f"test_optimizer_lr_follows_the_rule[{r}-sqrt_k2_clip]" for r in RULES[:3]}),
-    "sqrt_horizon_ignored": ([("return beta / math.sqrt(total_steps if total_steps is not None else ASSUMED_HORIZON)",
+    "sqrt_horizon_ignored": ([("return beta / math.sqrt(total_steps if total_steps is not None else "
+                               "ASSUMED_HORIZON)",
                                "return beta")],
                              {"test_per_step_beta"}
                              | {f"test_optimizer_lr_follows_the_rule[{r}-sqrt_k2_clip]" for r in RULES}),
@@ -383,7 +398,8 @@ MUTATIONS: dict[str, tuple[list[tuple[str, str]], set[str]]] = {
                                       {"test_rule_follows_its_equation[multiplicative-k1]",
                                        "test_optimizer_lr_follows_the_rule[multiplicative-per_step]"}),
     "log_rules_on_raw_h": ([("g = eta * h  # d E / d log eta", "g = h")],
-                           {"test_rule_follows_its_equation[adam_log-k1]", "test_rule_at_the_clamps[sign_log]"}),
+                           {"test_rule_follows_its_equation[adam_log-k1]",
+                            "test_rule_at_the_clamps[sign_log]"}),
     "sign_log_without_momentum": ([("direction = SIGN_MIX * m + (1.0 - SIGN_MIX) * g", "direction = g")],
                                   {"test_rule_follows_its_equation[sign_log-k1]"}),
     "sign_log_momentum_only": ([("direction = SIGN_MIX * m + (1.0 - SIGN_MIX) * g", "direction = m")],
@@ -428,4 +444,5 @@ def test_the_checks_catch_a_broken_variant(name: str) -> None:
     replacements, must_fail = MUTATIONS[name]
     assert must_fail <= {name for name, _ in all_checks()}
     failed = failing_checks(mutant(replacements), only=must_fail)
-    assert must_fail <= failed, f"{name}: these checks pass on the broken variant: {sorted(must_fail - failed)}"
+    assert must_fail <= failed, (f"{name}: these checks pass on the broken variant: "
+                                 f"{sorted(must_fail - failed)}")

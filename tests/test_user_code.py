@@ -85,7 +85,8 @@ def user_module(tmp_path_factory: pytest.TempPathFactory) -> str:
 def user_config(folder: str, **flat: object) -> Config:
     base = {"data.factory": "rthpo_test_user_module:load", "data.batch_size": 16, "data.val_batch_size": 16,
             "model.factory": "rthpo_test_user_module:build", "model.factory_args": {"width": 16},
-            "lr.method": "rthpo", "lr.eta0": 0.05, "lr.beta": 1e-4, "train.epochs": 2, "train.pythonpath": [folder]}
+            "lr.method": "rthpo", "lr.eta0": 0.05, "lr.beta": 1e-4, "train.epochs": 2,
+            "train.pythonpath": [folder]}
     return config_from_dict({**base, **flat})
 
 
@@ -93,7 +94,8 @@ def test_defaults_name_no_user_code_and_the_flat_config_round_trips() -> None:
     flat = Config().to_flat()
     assert flat["model.factory"] is None and flat["data.factory"] is None and flat["train.loss"] is None
     assert flat["train.pythonpath"] == [] and flat["model.factory_args"] is None
-    config = config_from_dict({"model": {"factory": "pkg.mod:build", "factory_args": {"hidden": 8, "act": "gelu"}}})
+    config = config_from_dict({"model": {"factory": "pkg.mod:build",
+                                         "factory_args": {"hidden": 8, "act": "gelu"}}})
     assert config.to_flat()["model.factory_args.hidden"] == 8  # searchable as a run-config key
     assert config_from_dict(config.to_flat()) == config
 
@@ -132,11 +134,14 @@ def test_every_split_form_is_read_into_memory(user_module: str, form: str) -> No
 
 
 def test_the_factory_gets_the_seed_and_the_loss_is_the_users(user_module: str) -> None:
-    doubled = Trainer(user_config(user_module, **{"train.seed": 7, "train.loss": "rthpo_test_user_module:doubled_loss"}))
+    doubled = Trainer(user_config(user_module,
+                                  **{"train.seed": 7, "train.loss": "rthpo_test_user_module:doubled_loss"}))
     calls = sys.modules["rthpo_test_user_module"].CALLS
     assert calls[-2:] == [7, "loss"]  # load(seed=train.seed), then the loss checked once on a few examples
-    plain = Trainer(user_config(user_module, **{"train.seed": 7}))  # same seed: same data, same initial weights
-    assert doubled.evaluate(doubled.data.val)[0] == pytest.approx(2 * plain.evaluate(plain.data.val)[0], rel=1e-6)
+    # same seed: same data, same initial weights
+    plain = Trainer(user_config(user_module, **{"train.seed": 7}))
+    assert doubled.evaluate(doubled.data.val)[0] == pytest.approx(2 * plain.evaluate(plain.data.val)[0],
+                                                                  rel=1e-6)
     before = calls.count("loss")
     doubled.run_epoch()
     assert calls.count("loss") > before + doubled.steps_per_epoch  # training and validation terms use it
@@ -158,7 +163,8 @@ def test_a_user_run_resumes_bit_for_bit(user_module: str, tmp_path: Path, method
     first = Trainer(config)
     first.run_epoch()
     first.save(tmp_path / "ckpt.pt")
-    resumed = Trainer(config.replace(**{"train.pythonpath": [user_module, str(tmp_path)]}))  # moved: still the run
+    # moved: still the run
+    resumed = Trainer(config.replace(**{"train.pythonpath": [user_module, str(tmp_path)]}))
     resumed.load(tmp_path / "ckpt.pt")
     while not resumed.done:
         resumed.run_epoch()
@@ -176,9 +182,11 @@ def test_the_builtin_mlp_takes_user_data_of_any_shape(user_module: str) -> None:
 
 
 def test_errors_name_the_key_the_value_and_the_fix(user_module: str) -> None:
-    with pytest.raises(ConfigError, match=r"model.factory 'rthpo_test_user_module:nope'.*has no attribute 'nope'"):
+    with pytest.raises(ConfigError, match=r"model.factory 'rthpo_test_user_module:nope'.*has no "
+                                          r"attribute 'nope'"):
         Trainer(user_config(user_module, **{"model.factory": "rthpo_test_user_module:nope"}))
-    with pytest.raises(ConfigError, match=r"model.factory .*unexpected keyword argument 'widht'.*factory_args"):
+    with pytest.raises(ConfigError, match=r"model.factory .*unexpected keyword argument "
+                                          r"'widht'.*factory_args"):
         Trainer(user_config(user_module, **{"model.factory_args": {"widht": 3}}))
     with pytest.raises(ConfigError, match=r"data.factory .* raised ValueError: bogus"):
         Trainer(user_config(user_module, **{"data.factory_args": {"form": "bogus"}}))
@@ -188,8 +196,8 @@ def test_errors_name_the_key_the_value_and_the_fix(user_module: str) -> None:
         config_from_dict({"train": {"loss": "cross_entropy"}})
 
 
-def test_rthpo_train_imports_the_factories_from_the_configs_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_rthpo_train_imports_the_factories_from_the_configs_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)  # not the example's folder: only the config file says where the code is
     out = tmp_path / "run"
     assert main(["train", str(EXAMPLE / "train.yaml"), "--set", "train.epochs=2", "--output", str(out)]) == 0
@@ -205,7 +213,8 @@ def test_rthpo_train_imports_the_factories_from_the_configs_folder(tmp_path: Pat
 
 def readme_optimizer_lines() -> list[str]:
     text = (REPO / "README.md").read_text()
-    block = re.findall(r"```python\n(.*?)```", text[text.index("## In your own training loop"):], flags=re.S)[0]
+    block = re.findall(r"```python\n(.*?)```", text[text.index("## In your own training loop"):],
+                       flags=re.S)[0]
     return [line.split("  #")[0].rstrip() for line in block.strip().splitlines() if line.strip()]
 
 
@@ -213,7 +222,8 @@ def test_plain_pytorch_example_runs_the_readmes_three_lines(monkeypatch: pytest.
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     lines = readme_optimizer_lines()
     assert len(lines) == 3 and lines[0] == "from ray_rthpo.optim import RTHPO"
-    source = [line.strip().split("  #")[0].rstrip() for line in (EXAMPLE / "plain_pytorch.py").read_text().splitlines()]
+    source = [line.strip().split("  #")[0].rstrip()
+              for line in (EXAMPLE / "plain_pytorch.py").read_text().splitlines()]
     for line in lines:
         assert line in source, line
     monkeypatch.syspath_prepend(str(EXAMPLE))

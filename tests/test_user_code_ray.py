@@ -34,12 +34,14 @@ def test_plain_tune_trainable_with_rthpo_skopt_and_the_budget(ray_local: None, t
 
     grid = tune_trainable.run(str(tmp_path), budget_s=1.0, epochs=2, num_samples=2, name="example")
     assert not grid.errors, grid.errors
-    frame = grid.get_dataframe().dropna(subset=["time/total_s"])  # a trial stopped before its first report: no row
+    # a trial stopped before its first report: no row
+    frame = grid.get_dataframe().dropna(subset=["time/total_s"])
     assert 1 <= len(frame) <= 2
     # the trials ran to the end, or the stopper ended them once their summed compute reached the budget
     assert (frame["epoch"] == 2).all() or frame["time/total_s"].sum() >= 1.0
     best = grid.get_best_result()
-    assert 1e-4 <= best.config["lr"] <= 3e-2 and 1e-2 <= best.config["beta"] <= 1.0  # the default rule's range
+    # the default rule's range
+    assert 1e-4 <= best.config["lr"] <= 3e-2 and 1e-2 <= best.config["beta"] <= 1.0
     assert 0.0 <= best.metrics["test/acc"] <= 1.0
     # each checkpoint holds the model and the optimizer's state: eta (tuned online), tangents, AdamW moments.
     # It is the one of the trial's last report, or of the report before when the budget stopped the trial
@@ -72,7 +74,8 @@ def test_rthpo_compare_on_the_example_config(ray_local: None, tmp_path: Path,
     assert "on tabular_demo.data:load/tabular_demo.model:build" in printed
     trials = pd.read_csv(out / "trials.csv")
     assert set(trials["strategy"]) == {"adamw_rthpo", "adamw_cosine_bo"}
-    assert trials.groupby("strategy")["trial_id"].nunique().to_dict() == {"adamw_rthpo": 2, "adamw_cosine_bo": 2}
+    assert (trials.groupby("strategy")["trial_id"].nunique().to_dict()
+            == {"adamw_rthpo": 2, "adamw_cosine_bo": 2})
     assert trials[M.VAL_ACC].between(0, 1).all() and not trials[M.DIVERGED].any()
     rthpo = trials[trials["strategy"] == "adamw_rthpo"]
     assert (rthpo[M.LR] != rthpo["config/lr.eta0"]).any()  # eta moved online

@@ -74,7 +74,8 @@ def crashed_once_train_fn(config: dict[str, Any]) -> None:
 class WorkerKiller:
     """A fault injector in the manner of Ray's own release tests: it SIGKILLs one *running trial worker* of
     the Ray whose processes descend from ``root_pid`` (the process that started that local Ray) every
-    ``interval_s`` seconds or so (from ``first_after_s`` on), ``max_kills`` times at most, then stops by itself.
+    ``interval_s`` seconds or so (from ``first_after_s`` on), ``max_kills`` times at most, then stops by
+    itself.
 
     A running trial worker is a process titled ``ray::ImplicitFunc.train`` (Tune's function-trainable actor
     executing ``train_fn``) among ``root_pid``'s descendants: never the driver, Ray's system processes
@@ -86,7 +87,8 @@ class WorkerKiller:
     """
 
     def __init__(self, root_pid: int, *, max_kills: int, interval_s: float = 3.0, first_after_s: float = 2.0,
-                 patience_s: float = 6.0, journals: Any = None, epochs: int | None = None, seed: int = 0) -> None:
+                 patience_s: float = 6.0, journals: Any = None, epochs: int | None = None,
+                 seed: int = 0) -> None:
         import random
         import threading
 
@@ -133,7 +135,8 @@ class WorkerKiller:
         return pids
 
     def mid_run_trials(self) -> dict[int, str]:
-        """pid -> trial id of the trials whose latest report is an unfinished epoch (journals read as they grow)."""
+        """pid -> trial id of the trials whose latest report is an unfinished epoch (journals read as they
+        grow)."""
         import json
         from pathlib import Path
 
@@ -187,7 +190,8 @@ class WorkerKiller:
 
 
 def recorded_statuses(experiment: Path) -> dict[str, str]:
-    """trial id -> status in Tune's newest experiment snapshot in ``experiment`` ({} while none is readable)."""
+    """trial id -> status in Tune's newest experiment snapshot in ``experiment`` ({} while none is
+    readable)."""
     from ray_rthpo.tune.checkpoints import snapshot_trials
 
     return {trial["trial_id"]: trial.get("status") for trial, _ in snapshot_trials(experiment)}
