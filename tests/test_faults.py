@@ -189,8 +189,8 @@ def test_a_killed_driver_resumes_under_a_worker_killer(tmp_path: Path, ray_env: 
             # snapshot records as TERMINATED is a grid trial. Killed then, at once (a fast machine ends the
             # grid within seconds); better still while another grid trial is mid-run.
             deadline, fallback = time.time() + 300, None
-            grid_done = out / "progress" / "grid.done.json"
-            while time.time() < deadline and proc.poll() is None and not grid_done.exists():
+            grid_marker = out / "progress" / "grid.done.json"
+            while time.time() < deadline and proc.poll() is None and not grid_marker.exists():
                 recorded = recorded_statuses(out / "ray" / "sequence")
                 if "TERMINATED" in recorded.values():
                     fallback = fallback or time.time() + 0.5
