@@ -24,22 +24,20 @@ each full Tune experiment costs 15-30 s of start-up and reporting at any size.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import runpy
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from script_runner import chdir, exit_code, run_script
 
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -99,28 +97,33 @@ class Smoke:
     needs: str | None = None         # a data folder under ../shared/data, skipped where it is missing
     clean: str | None = None         # a folder of the copy to delete first (two commands share an output)
     prepare: Callable[[Path], None] | None = None  # what to do in the copy before the command
-    covered_by: str | None = None    # a command run in full whose experiment is this one's: stop at the experiment
+    covered_by: str | None = None    # a command run in full whose experiment is this one's: stop there
 
 
 #: Digits comparisons: the first report of each strategy ends its budget.
 DIGITS = "--set budget_s=0.1 --set train.epochs=1"
 #: MNIST runs: a slice of the data (the files are read once per process).
-MNIST = "--set train.epochs=1 --set data.train_subset=256 --set data.val_subset=128 --set data.test_subset=128"
+MNIST = ("--set train.epochs=1 --set data.train_subset=256 --set data.val_subset=128 "
+         "--set data.test_subset=128")
 #: Table 1 runs: the smallest grids a workload accepts (2 x 2), one epoch, the fewest BO and PBT trials.
 #: (PBT's rows run equal_compute_epochs epochs and need more than their perturbation interval of 1.)
 TABLE1 = ("--set train.epochs=1 --set 'eta0_grid=[1.0e-2, 1.0e-1]' --set 'beta_grid=[1.0e-6, 1.0e-4]' "
-          "--set bo_trials=2 --set pbt_population=2 --set pbt_perturbation_interval=1 --set equal_compute_epochs=2 "
+          "--set bo_trials=2 --set pbt_population=2 --set pbt_perturbation_interval=1 "
+          "--set equal_compute_epochs=2 "
           "--set max_concurrent=2")
 TABLE1_SLICE = "--set data.train_subset=128 --set data.val_subset=64 --set data.test_subset=64"
 TABLE1_FAKE = ("--set data.fake_train_size=64 --set data.fake_test_size=32 --set 'data.fake_shape=[3, 8, 8]' "
                "--set data.batch_size=32")
-#: The bench: one repetition of every default method (the list whose default once failed) on the MLP; ResNet-18's
-#: BatchNorm routes cost minutes on a CPU and run in tests/test_hypergrad.py and tests/test_optim.py.
+#: The bench: one repetition of every default method (the list whose default once failed) on the MLP;
+#: ResNet-18's BatchNorm routes cost minutes on a CPU and run in tests/test_hypergrad.py and
+#: tests/test_optim.py.
 BENCH = "--reps 1 --warmup 0 --models mlp"
-#: The Table 1 command run in full; the other workloads' commands stop at the experiment (their models and data
-#: run in tests/test_models.py, tests/test_data.py and tests/test_table1_experiment.py).
-TABLE1_FULL = "python experiments/table1.py --workload mlp_mnist --set train.epochs=5 --output runs/table1_mlp_mnist"
-CLUSTER = "needs a Ray cluster on AWS (configs/cluster/aws-gpu.yaml); tests/test_tune_cluster.py runs a local two-node one"
+#: The Table 1 command run in full; the other workloads' commands stop at the experiment (their models and
+#: data run in tests/test_models.py, tests/test_data.py and tests/test_table1_experiment.py).
+TABLE1_FULL = ("python experiments/table1.py --workload mlp_mnist --set train.epochs=5 "
+               "--output runs/table1_mlp_mnist")
+CLUSTER = ("needs a Ray cluster on AWS (configs/cluster/aws-gpu.yaml); tests/test_tune_cluster.py runs a "
+           "local two-node one")
 JOINS = "joins a running Ray cluster (--address auto); tests/test_tune_cluster.py covers joining one"
 GPU = "needs a CUDA GPU; `bash experiments/gpu_checks.sh --dry-run` runs the same steps on the CPU (below)"
 
@@ -152,33 +155,39 @@ SMOKE: dict[str, Smoke] = {
     "rthpo train configs/digits.yaml": Smoke("--set train.epochs=1"),
     "rthpo train configs/mnist_mlp.yaml --set train.epochs=3 --output runs/mlp": Smoke(MNIST, needs="MNIST"),
     "rthpo train configs/mnist_mlp.yaml --set train.epochs=3 --output runs/mlp --resume":
-        Smoke(MNIST, needs="MNIST", after="rthpo train configs/mnist_mlp.yaml --set train.epochs=3 --output runs/mlp"),
-    "rthpo compare configs/compare_digits.yaml --seeds 3": Smoke(DIGITS + " --seeds 2"),
+        Smoke(MNIST, needs="MNIST",
+              after="rthpo train configs/mnist_mlp.yaml --set train.epochs=3 --output runs/mlp"),
+    # its seeds (paired statistics, per-seed resume) run in tests/test_tune_compare.py
+    "rthpo compare configs/compare_digits.yaml --seeds 3":
+        Smoke(DIGITS + " --seeds 2", covered_by="rthpo compare configs/compare_digits.yaml"),
     "rthpo run configs/compare_digits.yaml --strategy rthpo": Smoke(DIGITS),
     "rthpo run configs/digits.yaml --set lr.method=hd_val": Smoke("--set train.epochs=1"),
     "rthpo compare configs/compare_digits.yaml --set budget_s=60 --set strategies.rthpo.num_samples=8":
         Smoke(DIGITS, covered_by="rthpo compare configs/compare_digits.yaml"),
-    "rthpo compare configs/compare_mnist_mlp.yaml --set budget_s=20 --set train.epochs=2 --set max_concurrent=2 "
-    "--output runs/mnist_cpu": Smoke("--set budget_s=0.1 " + MNIST, needs="MNIST"),
+    "rthpo compare configs/compare_mnist_mlp.yaml --set budget_s=20 --set train.epochs=2 "
+    "--set max_concurrent=2 --output runs/mnist_cpu": Smoke("--set budget_s=0.1 " + MNIST, needs="MNIST"),
     "rthpo compare configs/compare_cifar10_resnet18.yaml --address auto": Smoke(skip=JOINS),
     # docs/cluster.md
     "ray get-auth-token --generate": Smoke(skip="writes the user's Ray token (~/.ray/auth_token)"),
     "ray up configs/cluster/aws-gpu.yaml": Smoke(skip=CLUSTER),
-    "ray exec configs/cluster/aws-gpu.yaml 'cd ray_rthpo && rthpo compare configs/compare_cifar10_resnet18.yaml  "
+    "ray exec configs/cluster/aws-gpu.yaml 'cd ray_rthpo && rthpo compare "
+    "configs/compare_cifar10_resnet18.yaml  "
     "--address auto --set storage_path=s3://MY-BUCKET/rthpo --set data.data_dir=/home/ubuntu/data  "
     "--set data.download=true --output runs/cifar10' --tmux": Smoke(skip=CLUSTER),
     "ray dashboard configs/cluster/aws-gpu.yaml '&'": Smoke(skip=CLUSTER),
     "RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . -- rthpo compare "
     "configs/compare_mnist_mlp.yaml --address auto --set storage_path=s3://MY-BUCKET/rthpo "
-    "--set data.data_dir=/home/ubuntu/data --set data.download=true --output /home/ubuntu/runs/mnist": Smoke(skip=CLUSTER),
-    "ray rsync-down configs/cluster/aws-gpu.yaml /home/ubuntu/ray_rthpo/runs/cifar10 runs/cifar10": Smoke(skip=CLUSTER),
+    "--set data.data_dir=/home/ubuntu/data --set data.download=true --output /home/ubuntu/runs/mnist":
+        Smoke(skip=CLUSTER),
+    "ray rsync-down configs/cluster/aws-gpu.yaml /home/ubuntu/ray_rthpo/runs/cifar10 runs/cifar10":
+        Smoke(skip=CLUSTER),
     "ray down configs/cluster/aws-gpu.yaml": Smoke(skip=CLUSTER),
     # docs/comparisons.md
     "rthpo compare configs/compare_mnist_mlp.yaml --seeds 5 --set budget_s=20 --set train.epochs=2 "
     "--set max_concurrent=2 --output runs/mnist_mlp_5seeds":
         Smoke("--set budget_s=0.1 " + MNIST, needs="MNIST",
-              covered_by="rthpo compare configs/compare_mnist_mlp.yaml --set budget_s=20 --set train.epochs=2 "
-                         "--set max_concurrent=2 --output runs/mnist_cpu"),
+              covered_by="rthpo compare configs/compare_mnist_mlp.yaml --set budget_s=20 "
+                         "--set train.epochs=2 --set max_concurrent=2 --output runs/mnist_cpu"),
     # docs/failures.md
     "rthpo compare configs/compare_digits.yaml --output runs/compare_digits --resume":
         Smoke(DIGITS, after="rthpo compare configs/compare_digits.yaml"),
@@ -193,13 +202,16 @@ SMOKE: dict[str, Smoke] = {
     "python experiments/results_doc.py build": Smoke(),
     "python experiments/rosenbrock.py --out results/rosenbrock.png": Smoke("--long-steps 50"),
     # docs/performance.md
-    "python experiments/bench_step_cost.py --device cpu --threads 1 --json docs/perf/bench_step_cost_cpu.json":
-        Smoke(BENCH),
-    "python experiments/bench_step_cost.py --markdown docs/perf/bench_step_cost_cpu.json --doc docs/performance.md":
+    "python experiments/bench_step_cost.py --device cpu --threads 1 "
+    "--json docs/perf/bench_step_cost_cpu.json": Smoke(BENCH),
+    "python experiments/bench_step_cost.py --markdown docs/perf/bench_step_cost_cpu.json "
+    "--doc docs/performance.md":
         Smoke(after="python experiments/bench_step_cost.py --device cpu --threads 1 "
                     "--json docs/perf/bench_step_cost_cpu.json"),
-    "python experiments/bench_step_cost.py --device cuda --json docs/perf/bench_step_cost_cuda.json": Smoke(skip=GPU),
-    "python experiments/bench_step_cost.py --markdown docs/perf/bench_step_cost_cuda.json --doc docs/performance.md":
+    "python experiments/bench_step_cost.py --device cuda --json docs/perf/bench_step_cost_cuda.json":
+        Smoke(skip=GPU),
+    "python experiments/bench_step_cost.py --markdown docs/perf/bench_step_cost_cuda.json "
+    "--doc docs/performance.md":
         Smoke(prepare=_cuda_json_from_cpu),
     "bash experiments/gpu_checks.sh runs/gpu_checks": Smoke(skip=GPU),
     "bash experiments/gpu_checks.sh --dry-run runs/gpu_dry_run": Smoke(),
@@ -209,7 +221,8 @@ SMOKE: dict[str, Smoke] = {
     "python experiments/fast_vs_exact.py --json docs/perf/fast_vs_exact.json":
         Smoke("--models mlp --seeds 0 --epochs 1", needs="MNIST"),
     "python experiments/bench_step_cost.py --device cpu --threads 1 --models mlp lenet --methods sgd "
-    "'rthpo[every10,quarter]' 'rthpo[after_tuning]' adamw 'rthpo_adamw[every10,quarter]' 'rthpo_adamw[after_tuning]' "
+    "'rthpo[every10,quarter]' 'rthpo[after_tuning]' adamw 'rthpo_adamw[every10,quarter]' "
+    "'rthpo_adamw[after_tuning]' "
     "--json docs/perf/bench_step_cost_cheap_cpu.json": Smoke(BENCH),
     # docs/method.md
     "python experiments/suite.py run --workloads digits_mlp tabular_mlp":
@@ -217,27 +230,35 @@ SMOKE: dict[str, Smoke] = {
     "python experiments/suite.py run --workloads horizon_digits":
         Smoke("--horizons 360 --seeds 1 --epochs 1",
               covered_by="python experiments/suite.py run --workloads digits_mlp tabular_mlp"),
-    "python experiments/suite.py report": Smoke(after="python experiments/suite.py run --workloads digits_mlp tabular_mlp"),
+    "python experiments/suite.py report":
+        Smoke(after="python experiments/suite.py run --workloads digits_mlp tabular_mlp"),
     # docs/results.md (generated by experiments/results_doc.py from the runs' own commands)
-    "python experiments/table1.py --workload lenet_mnist --set train.epochs=2 --output runs/table1_lenet_mnist":
+    "python experiments/table1.py --workload lenet_mnist --set train.epochs=2 "
+    "--output runs/table1_lenet_mnist":
         Smoke(f"{TABLE1} {TABLE1_SLICE}", needs="MNIST", covered_by=TABLE1_FULL),
     "python experiments/table1.py --workload resnet18_cifar10 --set train.epochs=1 --set data.batch_size=64 "
     "--set data.train_subset=1280 --set data.val_subset=500 --set data.test_subset=1000 "
-    "--set 'eta0_grid=[1.0e-2, 1.0e-1]' --set 'beta_grid=[1.0e-6, 1.0e-4]' --set bo_trials=2 --set pbt_population=2 "
-    "--set pbt_perturbation_interval=1 --set equal_compute_epochs=3 --set resources.cpu=1 --set max_concurrent=2 "
+    "--set 'eta0_grid=[1.0e-2, 1.0e-1]' --set 'beta_grid=[1.0e-6, 1.0e-4]' --set bo_trials=2 "
+    "--set pbt_population=2 --set pbt_perturbation_interval=1 --set equal_compute_epochs=3 "
+    "--set resources.cpu=1 --set max_concurrent=2 "
     "--output runs/table1_resnet18_cifar10":
         Smoke(f"{TABLE1} --set data.train_subset=32 --set data.val_subset=16 --set data.test_subset=16 "
               "--set data.batch_size=16", needs="cifar10-jpeg", covered_by=TABLE1_FULL),
-    "python experiments/table1.py --workload resnet18_cifar10 --address auto --set data.data_dir=/data": Smoke(skip=JOINS),
-    "python experiments/table1.py --workload resnet18_cifar100 --set data.name=fake --set data.fake_classes=100 "
-    "--set data.fake_train_size=256 --set data.fake_test_size=128 --set data.batch_size=64 --set train.epochs=1 "
-    "--set 'eta0_grid=[1.0e-2, 1.0e-1]' --set 'beta_grid=[1.0e-6, 1.0e-4]' --set bo_trials=2 --set pbt_population=2 "
-    "--set pbt_perturbation_interval=1 --set equal_compute_epochs=2 --set resources.cpu=1 --set max_concurrent=2 "
+    "python experiments/table1.py --workload resnet18_cifar10 --address auto --set data.data_dir=/data":
+        Smoke(skip=JOINS),
+    "python experiments/table1.py --workload resnet18_cifar100 --set data.name=fake "
+    "--set data.fake_classes=100 --set data.fake_train_size=256 --set data.fake_test_size=128 "
+    "--set data.batch_size=64 --set train.epochs=1 "
+    "--set 'eta0_grid=[1.0e-2, 1.0e-1]' --set 'beta_grid=[1.0e-6, 1.0e-4]' --set bo_trials=2 "
+    "--set pbt_population=2 --set pbt_perturbation_interval=1 --set equal_compute_epochs=2 "
+    "--set resources.cpu=1 --set max_concurrent=2 "
     "--output runs/table1_resnet18_cifar100_fake": Smoke(f"{TABLE1} {TABLE1_FAKE}", covered_by=TABLE1_FULL),
-    "python experiments/table1.py --workload resnet18_cifar100 --address auto --set data.data_dir=/data": Smoke(skip=JOINS),
+    "python experiments/table1.py --workload resnet18_cifar100 --address auto --set data.data_dir=/data":
+        Smoke(skip=JOINS),
     # docs/user_code.md
     "python examples/tabular/plain_pytorch.py": Smoke("--epochs 1"),
-    "python examples/tabular/tune_trainable.py --storage /tmp/ray": Smoke("--storage runs/ray_tabular --budget-s 0.5 --epochs 1"),
+    "python examples/tabular/tune_trainable.py --storage /tmp/ray":
+        Smoke("--storage runs/ray_tabular --budget-s 0.5 --epochs 1 --num-samples 2"),
     "rthpo train examples/tabular/train.yaml": Smoke("--set train.epochs=1"),
     "rthpo compare examples/tabular/compare.yaml": Smoke(DIGITS),
 }
@@ -246,20 +267,22 @@ SMOKE: dict[str, Smoke] = {
 def test_every_documented_command_has_an_entry() -> None:
     documented = all_documented()
     missing = [f"{where}: {command}" for command, where in documented.items() if command not in SMOKE]
-    assert not missing, ("documented commands without a smoke-size entry in SMOKE (add one: the arguments that make "
-                         "it small, or why it cannot run here):\n" + "\n".join(missing))
+    assert not missing, ("documented commands without a smoke-size entry in SMOKE (add one: the arguments "
+                         "that make it small, or why it cannot run here):\n" + "\n".join(missing))
     stale = [command for command in SMOKE if command not in documented]
     assert not stale, "SMOKE entries that no document shows any more:\n" + "\n".join(stale)
     for command, smoke in SMOKE.items():
         assert smoke.after is None or smoke.after in SMOKE, (command, smoke.after)
         if smoke.covered_by is not None:  # covered by a command that runs in full
             full = SMOKE.get(smoke.covered_by)
-            assert full is not None and full.skip is None and full.covered_by is None, (command, smoke.covered_by)
+            assert full is not None and full.skip is None and full.covered_by is None, \
+                (command, smoke.covered_by)
 
 
 def test_the_readme_and_docs_show_the_commands_the_issue_names() -> None:
     documented = " ".join(all_documented())
-    for needed in ("experiments/bench_step_cost.py --device cpu", "experiments/overhead.py", "experiments/results_doc.py",
+    for needed in ("experiments/bench_step_cost.py --device cpu", "experiments/overhead.py",
+                   "experiments/results_doc.py",
                    "experiments/suite.py run", "experiments/suite.py report", "experiments/table1.py",
                    "experiments/gpu_checks.sh --dry-run"):
         assert needed in documented, needed
@@ -285,53 +308,12 @@ def copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 DONE: dict[str, int] = {}
 
 
-@contextlib.contextmanager
-def _script_context(script: Path, argv: list[str]) -> Iterator[None]:
-    """sys.argv and sys.path as ``python SCRIPT ARGS`` sets them; restored after."""
-    saved_argv, saved_path = sys.argv[:], sys.path[:]
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}  # a script may set its own
-    sys.argv = [str(script), *argv]
-    sys.path.insert(0, str(script.parent))
-    try:
-        yield
-    finally:
-        sys.argv, sys.path[:] = saved_argv, saved_path
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-
-
-@contextlib.contextmanager
-def _chdir(folder: str | os.PathLike[str]) -> Iterator[None]:
-    """contextlib.chdir (Python 3.11+) for 3.10."""
-    saved = os.getcwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(saved)
-
-
-def _exit_code(run: Callable[[], object]) -> int:
-    try:
-        result = run()
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return result if isinstance(result, int) else 0
-
-
-def _cli_in_process(cmd: list[str], cwd: str | os.PathLike[str] | None = None, **kwargs: object) -> int:
-    """``subprocess.call([python, -m, ray_rthpo.cli, ...], cwd=...)`` of a script, run in this process."""
-    from ray_rthpo.cli import main
-
-    with _chdir(cwd or os.getcwd()):
-        return _exit_code(lambda: main(cmd[3:]))
-
-
 def _needs_ray(words: list[str]) -> bool:
     if words[0] == "rthpo":
         return words[1] in ("run", "compare", "table1")
     script = words[1] if words[0] == "python" else ""
-    return script in ("experiments/table1.py", "experiments/suite.py", "examples/tabular/tune_trainable.py") or (
+    return script in ("experiments/table1.py", "experiments/suite.py", "experiments/beta_robustness.py",
+                      "examples/tabular/tune_trainable.py") or (
         script == "experiments/overhead.py" and "--from-json" not in words)
 
 
@@ -351,7 +333,7 @@ def execute(command: str, copy: Path, request: pytest.FixtureRequest) -> int:
         request.getfixturevalue("ray_local")
     start = time.time()
     stubbed: list[str] = []
-    with _chdir(copy), pytest.MonkeyPatch.context() as stubs:
+    with chdir(copy), pytest.MonkeyPatch.context() as stubs:
         if smoke.covered_by is not None:  # everything up to the experiment, which stops here
             def stub(name: str) -> Callable[..., object]:
                 def experiment(config: object, out: Path, *args: object, **kwargs: object) -> object:
@@ -360,22 +342,18 @@ def execute(command: str, copy: Path, request: pytest.FixtureRequest) -> int:
                 return experiment
 
             stubs.setattr("ray_rthpo.tune.compare.run_comparison", stub("run_comparison"))
-            stubs.setattr("ray_rthpo.tune.table1_run.run_table1", stub("run_table1"))
+            stubs.setattr("ray_rthpo.table1.run.run_table1", stub("run_table1"))
         if words[0] == "rthpo":
             from ray_rthpo.cli import main
 
-            rc = _exit_code(lambda: main(words[1:]))
+            rc = exit_code(lambda: main(words[1:]))
         elif words[0] == "python" and words[1].endswith(".py"):
-            script = copy / words[1]
-            with _script_context(script, words[2:]), pytest.MonkeyPatch.context() as mp:
-                real_call = subprocess.call
-                mp.setattr(subprocess, "call", lambda cmd, *a, **k: _cli_in_process(cmd, *a, **k)
-                           if list(cmd[1:3]) == ["-m", "ray_rthpo.cli"] else real_call(cmd, *a, **k))
-                rc = _exit_code(lambda: runpy.run_path(str(script), run_name="__main__"))
+            rc = run_script(copy / words[1], words[2:])
         elif words[0] == "bash":
             import ray
 
-            env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHON": sys.executable}
+            env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+                   "PYTHON": sys.executable}
             proc = subprocess.run(words, cwd=copy, env=env, capture_output=True, text=True, timeout=300)
             print(proc.stdout[-4000:], proc.stderr[-4000:])
             rc = proc.returncode
@@ -383,7 +361,8 @@ def execute(command: str, copy: Path, request: pytest.FixtureRequest) -> int:
             raise AssertionError(f"no way to run {command!r}: give it a skip reason in SMOKE")
     if smoke.covered_by is not None and rc == 0:
         assert stubbed, f"{command!r} never reached its experiment (covered_by {smoke.covered_by!r})"
-    print(f"[{time.time() - start:.1f} s] {shlex.join(words)}" + (f" (stopped at {stubbed[0]})" if stubbed else ""))
+    stopped = f" (stopped at {stubbed[0]})" if stubbed else ""
+    print(f"[{time.time() - start:.1f} s] {shlex.join(words)}{stopped}")
     DONE[command] = rc
     return rc
 
@@ -391,7 +370,8 @@ def execute(command: str, copy: Path, request: pytest.FixtureRequest) -> int:
 def _cases() -> list[object]:
     cases = []
     for command, where in all_documented().items():
-        smoke = SMOKE.get(command, Smoke(skip="no SMOKE entry (test_every_documented_command_has_an_entry fails)"))
+        smoke = SMOKE.get(command, Smoke(skip="no SMOKE entry "
+                                              "(test_every_documented_command_has_an_entry fails)"))
         marks = [pytest.mark.slow]
         if smoke.skip:
             marks.append(pytest.mark.skip(reason=smoke.skip))

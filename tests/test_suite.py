@@ -4,7 +4,6 @@ time to target, performance profiles, the AlgoPerf score), and its documented co
 from __future__ import annotations
 
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
 
 import suite  # noqa: E402
+from script_runner import run_script  # noqa: E402
 
 
 def trial(strategy: str, seed: int, trial_id: str, started: float, vals: list[float], tests: list[float],
@@ -69,18 +69,19 @@ def test_a_cell_command_resumes_an_existing_run(tmp_path: Path) -> None:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_the_documented_commands_run_at_smoke_size(tmp_path: Path) -> None:
+def test_the_documented_commands_run_at_smoke_size(ray_local: None, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     """`suite.py run` (one epoch, one seed: every row of the horizon study through rthpo compare) and
-    `suite.py report`, which writes docs/horizon.md and its figures from the run files."""
+    `suite.py report`, which writes docs/horizon.md and its figures from the run files. Both run in this
+    process, the cell's ``python -m ray_rthpo.cli compare`` too, on the session's Ray
+    (tests/script_runner.py)."""
     out, docs = tmp_path / "runs", tmp_path / "docs"
-    run = subprocess.run([sys.executable, str(REPO / "experiments" / "suite.py"), "run", "--workloads",
-                          "horizon_digits", "--horizons", "360", "--seeds", "1", "--epochs", "1",
-                          "--out", str(out)],
-                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    rep = subprocess.run([sys.executable, str(REPO / "experiments" / "suite.py"), "report", "--out", str(out),
-                          "--docs", str(docs)], capture_output=True, text=True, timeout=300)
-    assert rep.returncode == 0, rep.stderr[-3000:]
+    script = REPO / "experiments" / "suite.py"
+    rc = run_script(script, ["run", "--workloads", "horizon_digits", "--horizons", "360", "--seeds", "1",
+                             "--epochs", "1", "--out", str(out)], cwd=tmp_path)
+    assert rc == 0, capsys.readouterr().out[-3000:]
+    rc = run_script(script, ["report", "--out", str(out), "--docs", str(docs)])
+    assert rc == 0, capsys.readouterr().out[-3000:]
     text = (docs / "horizon.md").read_text()
     assert "## horizon_digits, 360 steps" in text and "sgd_sqrt1_cheap_tf25_hi" in text
     assert (docs / "suite" / "horizon_digits-h360_lr.png").stat().st_size > 1000

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from script_runner import run_script
 
 from ray_rthpo.cli import main
 from ray_rthpo.errors import ConfigError
@@ -88,15 +87,16 @@ DIGITS_WORKLOAD = {
 
 
 @pytest.mark.ray
-def test_table1_script_produces_every_row(tmp_path: Path) -> None:
-    """The documented command, as a subprocess on its own local Ray: every row has numbers that come from
-    the runs, and the files the docs are built from are written."""
+def test_table1_script_produces_every_row(ray_local: None, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The documented command, run in this process on the session's Ray (tests/script_runner.py): every row
+    has numbers that come from the runs, and the files the docs are built from are written."""
     config = tmp_path / "digits.yaml"
     config.write_text(yaml.safe_dump(DIGITS_WORKLOAD, allow_unicode=True))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "table1.py"), "--workload", str(config),
-                           "--output", str(out), "--num-cpus", "2"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rc = run_script(ROOT / "experiments" / "table1.py",
+                    ["--workload", str(config), "--output", str(out), "--num-cpus", "2"])
+    assert rc == 0, capsys.readouterr().out[-3000:]
     for name in ("table1.md", "table1.csv", "runs.csv", "table1.json", "sensitivity.png",
                  "accuracy_vs_compute.png", "eta_schedules.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name

@@ -113,14 +113,17 @@ def run(storage_path: str, *, budget_s: float = 20.0, epochs: int = 8, num_sampl
 
 
 def main() -> None:
-    """Command line: ``--storage``, ``--budget-s``, ``--epochs``."""
+    """Command line: ``--storage``, ``--budget-s``, ``--epochs``, ``--num-samples``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage", default="runs/ray", help="Ray Tune storage folder")
     parser.add_argument("--budget-s", type=float, default=20.0,
                         help="compute seconds, summed over all trials")
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--num-samples", type=int, default=20,
+                        help="trials the searcher may start (the budget usually ends the experiment first)")
     args = parser.parse_args()
-    best = run(args.storage, budget_s=args.budget_s, epochs=args.epochs).get_best_result()
+    best = run(args.storage, budget_s=args.budget_s, epochs=args.epochs,
+               num_samples=args.num_samples).get_best_result()
     print(f"best by validation: lr {best.config['lr']:.3g}, beta {best.config['beta']:.3g}: "
           f"val/acc {best.metrics['val/acc']:.4f}, test/acc {best.metrics['test/acc']:.4f}")
 
