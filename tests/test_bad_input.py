@@ -105,6 +105,7 @@ CASES += [
 CASES += [
     ("compare", ["{empty}"], ["'{empty}' is empty", "experiment config", "budget_s and strategies"]),
     ("run", ["{empty}"], ["'{empty}' is empty", "rthpo run needs an experiment config"]),
+    ("train", ["{empty}"], ["'{empty}' is empty", "rthpo train needs a run config", "configs/digits.yaml"]),
     ("compare", ["{digits}"], ["'{digits}' is a run config", "nothing to compare", "rthpo train {digits}"]),
     ("compare", ["{digits}", "--set", "lr.eta0=0.5"], ["is a run config", "rthpo train"]),
     ("compare", ["{table1}"], ["Table 1 workload", "rthpo table1 --workload {table1}"]),

@@ -29,14 +29,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_run_file(path: str | Path) -> None:
-    """Refuse an experiment config or a Table 1 workload given to ``rthpo train`` (which takes a run config),
-    naming the command that runs it. Raises ConfigError."""
+    """Refuse an empty file, an experiment config or a Table 1 workload given to ``rthpo train`` (which
+    takes a run config), naming the command that runs it. Raises ConfigError."""
     from ray_rthpo.config import load_yaml
     from ray_rthpo.experiment.config import EXPERIMENT_KEYS, config_kind
 
     shown = str(path)
     data = load_yaml(path)
     kind = config_kind(data)
+    if kind == "empty":  # a truncated or unsaved file, not a wish for every default
+        raise ConfigError(f"config file {shown!r} is empty; rthpo train needs a run config: its data, model, "
+                          "lr and train sections (e.g. configs/digits.yaml).")
     if kind == "experiment":
         keys = ", ".join(k for k in EXPERIMENT_KEYS if k in data)
         raise ConfigError(f"config file {shown!r} is an experiment config (it has {keys}), not a run config; "
