@@ -151,6 +151,14 @@ SMOKE: dict[str, Smoke] = {
               after="nice -n 10 python experiments/beta_robustness.py run --out runs/beta_robustness"),
     "python experiments/beta_robustness.py report --out runs/beta_robustness":
         Smoke(after="nice -n 10 python experiments/beta_robustness.py run --out runs/beta_robustness"),
+    "rthpo run configs/compare_digits.yaml --strategy rthpo --set resources.workers=2 "
+    "--set resources.cpu_per_worker=1":  # its 2 workers run in tests/test_train_workers.py
+        Smoke(DIGITS, covered_by="rthpo run configs/compare_digits.yaml --strategy rthpo"),
+    "ray exec configs/cluster/aws-gpu.yaml 'cd ray_rthpo && rthpo compare configs/compare_cifar10_4gpu.yaml  "
+    "--address auto --set storage_path=s3://MY-BUCKET/rthpo --set data.data_dir=/home/ubuntu/data  "
+    "--set data.download=true --output runs/cifar10-4gpu' --tmux": Smoke(skip=CLUSTER),
+    "ray rsync-down configs/cluster/aws-gpu.yaml /home/ubuntu/ray_rthpo/runs/cifar10-4gpu/summary.md .":
+        Smoke(skip=CLUSTER),
     # docs/cli.md
     "rthpo train configs/digits.yaml": Smoke("--set train.epochs=1"),
     "rthpo train configs/mnist_mlp.yaml --set train.epochs=3 --output runs/mlp": Smoke(MNIST, needs="MNIST"),
