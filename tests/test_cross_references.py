@@ -43,14 +43,9 @@ WRITTEN_BY_RUNS = {
     "docs/perf/bench_step_cost_cuda.json": "python experiments/bench_step_cost.py --device cuda",
 }
 
-#: Stale references in files that are being reshaped by another change right now ("file:reference" ->
-#: what it should say). Each entry is a known fault, skipped until that file is fixed; delete the entry then.
-KNOWN_STALE: dict[str, str] = {
-    "ray_rthpo/table1/report.py:ray_rthpo.report.summary.best_so_far":
-        "ray_rthpo.report.selection.best_so_far",
-    "tests/test_documented_commands.py:ray_rthpo.tune.table1_run.run_table1":
-        "ray_rthpo.table1.run.run_table1 (ray_rthpo/tune/table1_run.py moved to ray_rthpo/table1/run.py)",
-}
+#: Stale references being fixed by a change in progress ("file:reference" -> what it should say): each entry
+#: is a known fault, skipped until its file is fixed; delete the entry then. Empty: every reference resolves.
+KNOWN_STALE: dict[str, str] = {}
 
 _FOLDERS = "|".join(re.escape(f) for f in FOLDERS)
 _PATH = re.compile(rf"(?<![\w./~<>-])((?:{_FOLDERS})/[\w./*<>-]*)")

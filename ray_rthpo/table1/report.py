@@ -428,7 +428,7 @@ def plot_sensitivity(grids: Mapping[str, pd.DataFrame]) -> Any:
 def plot_accuracy_vs_compute(df: pd.DataFrame, specs: Sequence[RowSpec]) -> Any:
     """Figure: for each row (spec) present in ``df``, the test accuracy (%) of the best-by-validation
     (trial, epoch) so far against the strategy's cumulative compute minutes (sum of the kept reports'
-    ``time/epoch_s`` in report order, :func:`ray_rthpo.report.summary.best_so_far`); log x, one line
+    ``time/epoch_s`` in report order, :func:`ray_rthpo.report.selection.best_so_far`); log x, one line
     per row label, drawn as steps."""
     from matplotlib.ticker import FuncFormatter
 
