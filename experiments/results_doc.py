@@ -1,6 +1,7 @@
 """Build docs/results.md from Table 1 runs: every number and figure comes from the runs' own output files.
 
-    # after: python experiments/table1.py --workload mlp_mnist --set train.epochs=5 --output runs/table1_mlp_mnist
+    # after: python experiments/table1.py --workload mlp_mnist --set train.epochs=5
+    #        --output runs/table1_mlp_mnist
     python experiments/results_doc.py collect runs/table1_mlp_mnist --as mlp_mnist   # copy the run's files
     python experiments/results_doc.py build                                          # write docs/results.md
 
@@ -48,9 +49,11 @@ def _section(folder: Path) -> str:
     meta = json.loads((folder / "table1.json").read_text(encoding="utf-8"))
     rel = folder.relative_to(DOCS).as_posix()
     lines = [f"## {meta['workload']}", ""]
-    lines += ["Regenerate (then `results_doc.py collect` and `build`):", "", "```bash", meta["command"], "```", ""]
-    lines += [f"- {meta['epochs']} epoch(s) per run of the paper's rows, up to {meta['equal_compute_epochs']} for the "
-              f"equal-compute rows; training seed {meta['seed']}, searcher seed {meta['searcher_seed']}.",
+    lines += ["Regenerate (then `results_doc.py collect` and `build`):", "",
+              "```bash", meta["command"], "```", ""]
+    lines += [f"- {meta['epochs']} epoch(s) per run of the paper's rows, up to "
+              f"{meta['equal_compute_epochs']} for the equal-compute rows; training seed {meta['seed']}, "
+              f"searcher seed {meta['searcher_seed']}.",
               f"- Device: {meta['device']}. Wall time of the whole table: {meta['wall_s'] / 60:.1f} min "
               f"(finished {meta['finished_at']}).",
               f"- Budget of the equal-compute rows: {meta['reference_run_s']:.1f} compute-s, the mean of one "
@@ -58,11 +61,14 @@ def _section(folder: Path) -> str:
     lines += [(folder / "table1.md").read_text(encoding="utf-8").strip(), ""]
     lines += ["Test accuracy over the η̄ × β grids (the robustness behind the Fixed η̄ / Fixed β columns):", "",
               f"![sensitivity]({rel}/sensitivity.png)", "",
-              "Test accuracy of each row's best-by-validation run so far, against the compute it had spent:", "",
+              "Test accuracy of each row's best-by-validation run so far, against the compute it had "
+              "spent:", "",
               f"![accuracy against compute]({rel}/accuracy_vs_compute.png)", "",
-              "Learning rate η per epoch of each row's best run (RT-HPO and First-order adapt it; PBT mutates it):", "",
+              "Learning rate η per epoch of each row's best run (RT-HPO and First-order adapt it; "
+              "PBT mutates it):", "",
               f"![eta schedules]({rel}/eta_schedules.png)", "",
-              f"Every run: [{rel}/runs.csv]({rel}/runs.csv); the table as data: [{rel}/table1.csv]({rel}/table1.csv).", ""]
+              f"Every run: [{rel}/runs.csv]({rel}/runs.csv); "
+              f"the table as data: [{rel}/table1.csv]({rel}/table1.csv).", ""]
     notes = folder / "notes.md"
     if notes.is_file():
         lines += [notes.read_text(encoding="utf-8").strip(), ""]

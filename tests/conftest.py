@@ -11,7 +11,6 @@ from collections.abc import Iterator
 
 import pytest
 
-
 #: The extra tune's modules a ``harness`` test may need.
 _HARNESS = ("yaml", "ray", "sklearn", "torchvision", "pandas")
 
@@ -21,7 +20,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     missing = [m for m in _HARNESS if importlib.util.find_spec(m) is None]
     if not missing:
         return
-    skip = pytest.mark.skip(reason=f"needs the extra tune (pip install -e '.[tune]'); missing {', '.join(missing)}")
+    skip = pytest.mark.skip(
+        reason=f"needs the extra tune (pip install -e '.[tune]'); missing {', '.join(missing)}")
     for item in items:
         if item.get_closest_marker("harness") is not None:
             item.add_marker(skip)

@@ -1,6 +1,6 @@
-"""Bad input, table-driven: every bad config or command line gets one line on stderr (``rthpo: error: ...``)
-naming the key or file, the bad value and the fix, exit status 2, no traceback, and nothing earlier
-overwritten. These fail before Ray starts, so they need none."""
+"""Bad input, table-driven: every bad config or command line gets one line on stderr
+(``rthpo: error: ...``) naming the key or file, the bad value and the fix, exit status 2, no traceback,
+and nothing earlier overwritten. These fail before Ray starts, so they need none."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ DIGITS = str(REPO / "configs" / "digits.yaml")
 MNIST_RAW = Path("/work/shared/data/MNIST/raw")
 
 #: (subcommand, extra arguments, what the one line must contain). ``{exp}`` is a tiny experiment file,
-#: ``{bad_yaml}`` a run config with a number that is not one, ``{truncated}`` a data folder with a cut MNIST file.
+#: ``{bad_yaml}`` a run config with a number that is not one, ``{truncated}`` a data folder with a cut
+#: MNIST file.
 CASES: list[tuple[str, list[str], list[str]]] = [
     ("train", ["--set", "lr.bta=0.1"], ["unknown key 'lr.bta'", "beta"]),
     ("train", ["--set", "trian.epochs=2"], ["trian"]),
@@ -41,7 +42,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("train", ["--set", "lr.method=rthp"], ["lr.method", "rthp", "must be one of"]),
     ("train", ["--set", "lr.beta"], ["lr.beta", "key=value"]),
     ("train", ["{bad_yaml}"], ["lr.eta0", "must be a number", "'1e-2x'"]),
-    ("train", ["--set", "data.name=mnist", "--set", "data.data_dir=/nonexistent/folder"], ["/nonexistent/folder"]),
+    ("train", ["--set", "data.name=mnist", "--set", "data.data_dir=/nonexistent/folder"],
+     ["/nonexistent/folder"]),
     ("train", ["--set", "data.name=mnist", "--set", "data.data_dir={truncated}"],
      ["train-images-idx3-ubyte.gz", "truncated"]),
     ("compare", ["{exp}", "--set", "budget_s=0"], ["budget_s", "0"]),
@@ -50,7 +52,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("compare", ["{exp}", "--set", "strategies.a.searcher=hyperband"], ["searcher", "hyperband"]),
     ("compare", ["{exp}", "--set", "strategies.a.method=rthp"], ["method", "rthp"]),
     ("compare", ["{exp}", "--set", "strategies.a.scheduler=pbt2"], ["scheduler", "pbt2"]),
-    ("compare", ["{exp}", "--set", "strategies.a.space.lr.eta0={{loguniform: [1.0, 0.1]}}"], ["lr.eta0"]),
+    ("compare", ["{exp}", "--set", "strategies.a.space.lr.eta0={{loguniform: [1.0, 0.1]}}"],
+     ["lr.eta0"]),
     ("compare", ["{exp}", "--set", "strategies.nope.num_samples=3"], ["nope"]),
     ("compare", ["{exp}", "--set", "max_concurrent=0"], ["max_concurrent", "0"]),
     ("compare", ["{exp}", "--set", "data.name=imagenet"], ["data.name", "imagenet"]),
@@ -62,23 +65,26 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("run", ["{exp}", "--set", "budget_s=0.0"], ["budget_s", "0.0"]),
 ]
 CASES = [c for c in CASES if c[1] != ["--config-is-missing"]]
-#: A user's own code (model.factory, data.factory, train.loss): ``{user}`` is a run config and ``{user_exp}``
-#: an experiment naming the functions of ``rthpo_bad_user.py`` beside them (USER_CODE), found through the
-#: config file's folder. Every case fails before a run folder is made or Ray starts.
+#: A user's own code (model.factory, data.factory, train.loss): ``{user}`` is a run config and
+#: ``{user_exp}`` an experiment naming the functions of ``rthpo_bad_user.py`` beside them (USER_CODE),
+#: found through the config file's folder. Every case fails before a run folder is made or Ray starts.
 CASES += [
     ("train", ["{user}", "--set", "model.factory=no_such_pkg_xyz.models:build"],
      ["model.factory", "no_such_pkg_xyz", "train.pythonpath"]),
     ("train", ["{user}", "--set", "model.factory=rthpo_bad_user:no_such_fn"],
      ["model.factory", "'rthpo_bad_user:no_such_fn'", "has no attribute 'no_such_fn'"]),
-    ("train", ["{user}", "--set", "model.factory=rthpo_bad_user:NOT_CALLABLE"], ["model.factory", "not callable"]),
-    ("train", ["{user}", "--set", "model.factory=rthpo_bad_user.build"], ["model.factory", "'module:function'"]),
+    ("train", ["{user}", "--set", "model.factory=rthpo_bad_user:NOT_CALLABLE"],
+     ["model.factory", "not callable"]),
+    ("train", ["{user}", "--set", "model.factory=rthpo_bad_user.build"],
+     ["model.factory", "'module:function'"]),
     ("train", ["{user}", "--set", "model.factory=rthpo_bad_user:model_string"],
      ["model.factory", "model_string", "returned a str", "torch.nn.Module"]),
     ("train", ["{user}", "--set", "model.factory=rthpo_bad_user:model_wrong_classes"],
      ["model.factory", "returned (4, 3)", "logits of shape (4, 2)"]),
     ("train", ["{user}", "--set", "model.factory_args={{width: 3}}"],
      ["model.factory", "unexpected keyword argument 'width'", "model.factory_args"]),
-    ("train", ["--set", "model.factory_args={{hidden: 3}}"], ["model.factory_args", "model.factory is null"]),
+    ("train", ["--set", "model.factory_args={{hidden: 3}}"],
+     ["model.factory_args", "model.factory is null"]),
     ("train", ["{user}", "--set", "data.factory=rthpo_bad_user:data_list"],
      ["data.factory", "data_list", "returned a list of length 2", "(train, val, test)"]),
     ("train", ["{user}", "--set", "data.factory=rthpo_bad_user:data_val_is_test"],
@@ -92,31 +98,44 @@ CASES += [
     ("train", ["{user}", "--set", "data.augment=true"], ["data.augment", "data.factory"]),
     ("train", ["{user}", "--set", "train.loss=rthpo_bad_user:loss_per_example"],
      ["train.loss", "loss_per_example", "shape (4,)", "scalar"]),
-    ("train", ["{user}", "--set", "train.loss=rthpo_bad_user:loss_item"], ["train.loss", "returned float", "scalar"]),
-    ("compare", ["{user_exp}", "--set", "model.factory=no_such_pkg_xyz:build"], ["model.factory", "no_such_pkg_xyz"]),
+    ("train", ["{user}", "--set", "train.loss=rthpo_bad_user:loss_item"],
+     ["train.loss", "returned float", "scalar"]),
+    ("compare", ["{user_exp}", "--set", "model.factory=no_such_pkg_xyz:build"],
+     ["model.factory", "no_such_pkg_xyz"]),
     ("compare", ["{user_exp}", "--set", "data.factory=rthpo_bad_user:data_val_is_test"],
      ["data.factory", "the same object"]),
-    ("compare", ["{user_exp}", "--set", "train.loss=rthpo_bad_user:loss_per_example"], ["train.loss", "scalar"]),
-    ("run", ["{user_exp}", "--set", "model.factory=rthpo_bad_user:model_string"], ["model.factory", "torch.nn.Module"]),
+    ("compare", ["{user_exp}", "--set", "train.loss=rthpo_bad_user:loss_per_example"],
+     ["train.loss", "scalar"]),
+    ("run", ["{user_exp}", "--set", "model.factory=rthpo_bad_user:model_string"],
+     ["model.factory", "torch.nn.Module"]),
 ]
-#: A file given to the wrong subcommand, and budgets that are not finite (issue 21): ``{empty}`` is an empty
-#: YAML file, ``{digits}`` a run config, ``{compare_digits}`` an experiment, ``{table1}`` a Table 1 workload,
-#: ``{nan_budget}`` an experiment whose YAML says ``budget_s: nan``.
+#: A file given to the wrong subcommand, and budgets that are not finite (issue 21): ``{empty}`` is an
+#: empty YAML file, ``{digits}`` a run config, ``{compare_digits}`` an experiment, ``{table1}`` a Table 1
+#: workload, ``{nan_budget}`` an experiment whose YAML says ``budget_s: nan``.
 CASES += [
     ("compare", ["{empty}"], ["'{empty}' is empty", "experiment config", "budget_s and strategies"]),
     ("run", ["{empty}"], ["'{empty}' is empty", "rthpo run needs an experiment config"]),
-    ("train", ["{empty}"], ["'{empty}' is empty", "rthpo train needs a run config", "configs/digits.yaml"]),
-    ("compare", ["{digits}"], ["'{digits}' is a run config", "nothing to compare", "rthpo train {digits}"]),
+    ("train", ["{empty}"],
+     ["'{empty}' is empty", "rthpo train needs a run config", "configs/digits.yaml"]),
+    ("compare", ["{digits}"],
+     ["'{digits}' is a run config", "nothing to compare", "rthpo train {digits}"]),
     ("compare", ["{digits}", "--set", "lr.eta0=0.5"], ["is a run config", "rthpo train"]),
     ("compare", ["{table1}"], ["Table 1 workload", "rthpo table1 --workload {table1}"]),
-    ("train", ["{exp}"], ["'{exp}' is an experiment config", "base, strategies", "rthpo compare {exp}"]),
-    ("train", ["{compare_digits}"], ["is an experiment config", "rthpo compare {compare_digits}", "rthpo run"]),
+    ("train", ["{exp}"],
+     ["'{exp}' is an experiment config", "base, strategies", "rthpo compare {exp}"]),
+    ("train", ["{compare_digits}"],
+     ["is an experiment config", "rthpo compare {compare_digits}", "rthpo run"]),
     ("train", ["{table1}"], ["Table 1 workload", "rthpo table1 --workload {table1}"]),
-    ("compare", ["{exp}", "--set", "budget_s=nan"], ["budget_s must be a finite number of seconds > 0", "'nan'"]),
-    ("compare", ["{exp}", "--set", "budget_s=NaN"], ["budget_s must be a finite number of seconds > 0", "'NaN'"]),
-    ("compare", ["{exp}", "--set", "budget_s=inf"], ["budget_s must be a finite number of seconds > 0", "'inf'"]),
-    ("compare", ["{exp}", "--set", "budget_s=.nan"], ["budget_s must be a finite number of seconds > 0", "nan"]),
-    ("run", ["{exp}", "--strategy", "a", "--set", "budget_s=-inf"], ["budget_s must be a finite number", "-inf"]),
+    ("compare", ["{exp}", "--set", "budget_s=nan"],
+     ["budget_s must be a finite number of seconds > 0", "'nan'"]),
+    ("compare", ["{exp}", "--set", "budget_s=NaN"],
+     ["budget_s must be a finite number of seconds > 0", "'NaN'"]),
+    ("compare", ["{exp}", "--set", "budget_s=inf"],
+     ["budget_s must be a finite number of seconds > 0", "'inf'"]),
+    ("compare", ["{exp}", "--set", "budget_s=.nan"],
+     ["budget_s must be a finite number of seconds > 0", "nan"]),
+    ("run", ["{exp}", "--strategy", "a", "--set", "budget_s=-inf"],
+     ["budget_s must be a finite number", "-inf"]),
     ("compare", ["{nan_budget}"], ["budget_s must be a finite number of seconds > 0", "'nan'"]),
 ]
 
@@ -188,7 +207,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     exp = root / "exp.yaml"
     exp.write_text(yaml.safe_dump(tiny_experiment(
         {"name": "a", "method": "exp_decay", "searcher": "random", "num_samples": 2, "space": ETA_SPACE},
-        {"name": "b", "method": "exp_decay", "searcher": "grid", "space": {"lr.eta0": {"grid": [0.1, 0.3]}}})))
+        {"name": "b", "method": "exp_decay", "searcher": "grid",
+         "space": {"lr.eta0": {"grid": [0.1, 0.3]}}})))
     bad_yaml = root / "bad.yaml"
     bad_yaml.write_text("lr:\n  eta0: 1e-2x\n")
     truncated = root / "mnist_cut"
@@ -207,7 +227,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     user = root / "user"
     user.mkdir()
     (user / "rthpo_bad_user.py").write_text(USER_CODE)
-    run_config = {"data": {"factory": "rthpo_bad_user:data_ok"}, "model": {"factory": "rthpo_bad_user:model_ok"},
+    run_config = {"data": {"factory": "rthpo_bad_user:data_ok"},
+                  "model": {"factory": "rthpo_bad_user:model_ok"},
                   "lr": {"method": "fixed", "eta0": 0.1}, "train": {"epochs": 1}}
     (user / "run.yaml").write_text(yaml.safe_dump(run_config))
     (user / "exp.yaml").write_text(yaml.safe_dump({**tiny_experiment(
@@ -217,7 +238,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (root / "nan_budget.yaml").write_text(exp.read_text().replace("budget_s: 1000.0", "budget_s: nan"))
     assert "budget_s: nan" in (root / "nan_budget.yaml").read_text()
     return {"exp": str(exp), "bad_yaml": str(bad_yaml), "truncated": str(truncated),
-            "user": str(user / "run.yaml"), "user_exp": str(user / "exp.yaml"), "empty": str(root / "empty.yaml"),
+            "user": str(user / "run.yaml"), "user_exp": str(user / "exp.yaml"),
+            "empty": str(root / "empty.yaml"),
             "digits": DIGITS, "compare_digits": str(REPO / "configs" / "compare_digits.yaml"),
             "table1": str(REPO / "configs" / "table1" / "mlp_mnist.yaml"),
             "nan_budget": str(root / "nan_budget.yaml")}
@@ -244,7 +266,8 @@ def test_bad_input_is_one_clear_line_and_exit_2(inputs: dict[str, str], tmp_path
     printed = capsys.readouterr()
     assert_one_error_line(code, printed.err, [part.format(**inputs) for part in expected])
     assert not out.exists() or not any(out.iterdir())  # nothing written for a refused run
-    assert str(out) not in printed.out  # ... and no output folder named that was never made (a failing factory)
+    # ... and no output folder named that was never made (a failing factory)
+    assert str(out) not in printed.out
 
 
 @pytest.mark.parametrize("command", ["train", "compare", "run"])
@@ -278,7 +301,8 @@ def test_resume_with_another_config_is_refused(inputs: dict[str, str], tmp_path:
 
 
 @pytest.mark.slow  # a subprocess that imports torch and Ray: seconds each
-def test_bad_input_through_the_console_script_prints_no_traceback(inputs: dict[str, str], tmp_path: Path) -> None:
+def test_bad_input_through_the_console_script_prints_no_traceback(inputs: dict[str, str],
+                                                                   tmp_path: Path) -> None:
     for argv in (["compare", inputs["exp"], "--set", "strategies.a.searcher=hyperband"],
                  ["train", inputs["bad_yaml"], "--output", str(tmp_path / "o")]):
         proc = subprocess.run([sys.executable, "-m", "ray_rthpo.cli", *argv], capture_output=True, text=True,
@@ -316,7 +340,8 @@ def test_config_errors_are_reported_before_torch_and_ray_are_imported(inputs: di
     script = ("import json, sys\nfrom ray_rthpo.cli import main\nout = []\n"
               f"for argv in {argvs!r}:\n    out.append(main(argv))\n"
               f"print(json.dumps([out, [m for m in {HEAVY_MODULES!r} if m in sys.modules]]))\n")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     codes, loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -398,7 +423,8 @@ def experiment_folder(root: Path, exp_file: str) -> Path:
     (out / "config.yaml").write_text(yaml.safe_dump(load_experiment(exp_file).to_dict(), sort_keys=False))
     rows = [{"strategy": "a", "trial_id": "abc12_00000", "epoch": e, "status": s, "time/epoch_s": 0.1}
             for e, s in ((1, "running"), (2, "finished"))]
-    rows.append({"strategy": "a", "trial_id": "abc12_00001", "epoch": 1, "status": "running", "time/epoch_s": 0.1})
+    rows.append({"strategy": "a", "trial_id": "abc12_00001", "epoch": 1, "status": "running",
+                 "time/epoch_s": 0.1})
     (out / "progress" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     trainer = Trainer(load_experiment(exp_file).run_config("a"))
     for trial in ("abc12_00000", "abc12_00001"):
@@ -408,7 +434,8 @@ def experiment_folder(root: Path, exp_file: str) -> Path:
     trial_data = [[json.dumps({"trial_id": trial, "status": status}),
                    json.dumps({"last_result": {"checkpoint_dir_name": "checkpoint_000000"}})]
                   for trial, status in (("abc12_00000", "TERMINATED"), ("abc12_00001", "RUNNING"))]
-    (out / "ray" / "sequence" / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": trial_data}))
+    (out / "ray" / "sequence" / "experiment_state-2026-01-01_00-00-00.json").write_text(
+        json.dumps({"trial_data": trial_data}))
     (out / "trials.csv").write_text("strategy,trial_id,epoch\na,abc12_00000,1\n")
     return out
 
@@ -422,7 +449,8 @@ def journal_garbage_line(root: Path, exp_file: str) -> tuple[list[str], list[str
     lines = (out / "progress" / "a.jsonl").read_text().splitlines(keepends=True)
     lines.insert(1, "this line was typed by hand\n")
     (out / "progress" / "a.jsonl").write_text("".join(lines))
-    return resume_compare(out, exp_file), ["a.jsonl", "line 2", "this line was typed by hand", "Delete that line"]
+    return resume_compare(out, exp_file), ["a.jsonl", "line 2", "this line was typed by hand",
+                                           "Delete that line"]
 
 
 def journal_foreign_record(root: Path, exp_file: str) -> tuple[list[str], list[str]]:
@@ -496,12 +524,14 @@ FILE_CASES = {
 
 def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under ``root``: its bytes and modification time (ns)."""
-    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file()}
 
 
 @pytest.mark.parametrize("case", list(FILE_CASES))
 def test_damaged_files_are_one_clear_line_and_lose_nothing(inputs: dict[str, str], tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str], case: str) -> None:
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           case: str) -> None:
     build = FILE_CASES[case]
     argv, expected = build(tmp_path) if case.startswith("train") else build(tmp_path, inputs["exp"])
     capsys.readouterr()
@@ -517,8 +547,8 @@ def test_damaged_files_are_one_clear_line_and_lose_nothing(inputs: dict[str, str
 
 @pytest.mark.parametrize("command", ["train", "compare"])
 def test_an_output_on_a_read_only_file_system_is_refused_before_anything_runs(
-        inputs: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-        command: str) -> None:
+        inputs: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, command: str) -> None:
     mount = tmp_path / "ro"
     mount.mkdir()
     real = os.statvfs
@@ -539,20 +569,23 @@ def test_an_output_on_a_read_only_file_system_is_refused_before_anything_runs(
     assert list(mount.iterdir()) == []
 
 
-def test_an_output_folder_this_user_may_not_write_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+def test_an_output_folder_this_user_may_not_write_is_refused(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str],
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
     if os.geteuid() == 0:  # root may write anyway: answer as the kernel does for any other user
         real = os.access
-        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == locked else real(p, mode, **kw))
+        monkeypatch.setattr(os, "access",
+                            lambda p, mode, **kw: False if Path(p) == locked else real(p, mode, **kw))
     try:
         assert main(["train", DIGITS, "--output", str(locked / "out")]) == 2
     finally:
         locked.chmod(0o755)
     err = capsys.readouterr().err.strip()
-    assert err.startswith("rthpo: error: output folder") and "not writable by this user" in err and "\n" not in err
+    assert (err.startswith("rthpo: error: output folder") and "not writable by this user" in err
+            and "\n" not in err)
     assert list(locked.iterdir()) == []
 
 
@@ -566,7 +599,8 @@ def test_an_output_below_a_file_is_refused(tmp_path: Path, capsys: pytest.Captur
 
 @pytest.mark.parametrize("failing", ["checkpoint.pt", "history.csv"])
 def test_a_full_disk_mid_run_is_one_line_and_keeps_the_last_good_epoch(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        failing: str) -> None:
     """The disk fills up while epoch 2 is saved (simulated: the atomic writer's fsync raises ENOSPC for that
     file from then on): one line with the fix, epoch 1's checkpoint and history intact, no temporary file
     left, and ``--resume`` continues from epoch 1 once there is room."""
@@ -600,9 +634,11 @@ def test_a_full_disk_mid_run_is_one_line_and_keeps_the_last_good_epoch(
     err = capsys.readouterr().err.strip()
     assert err.startswith("rthpo: error: cannot write") and "\n" not in err, err
     assert str(out / failing) in err and "No space left on device (ENOSPC)" in err and "--resume" in err, err
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "history.csv"]  # no temporary
+    # no temporary
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "history.csv"]
     assert len((out / "history.csv").read_text().splitlines()) == 2  # the header and epoch 1
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == (1 if failing == "checkpoint.pt" else 2)
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == (
+        1 if failing == "checkpoint.pt" else 2)
     monkeypatch.setattr(files.os, "fsync", real_fsync)  # room again
     assert main([*args, "--resume"]) == 0
     assert "resumed at epoch" in capsys.readouterr().out

@@ -194,7 +194,8 @@ def test_time_semantics_total_versus_mean_per_kind() -> None:
     assert grid["best_eta0"] == 1e-1 and math.isnan(grid["best_beta"])
     # search / single / population: Top only
     for label in ("BO", "AdaDelta", "PBT"):
-        assert math.isnan(table.loc[label, "fixed_eta_mean"]) and math.isnan(table.loc[label, "fixed_beta_mean"])
+        assert (math.isnan(table.loc[label, "fixed_eta_mean"])
+                and math.isnan(table.loc[label, "fixed_beta_mean"]))
     assert table.loc["PBT", "top"] == pytest.approx(75.0) and table.loc["PBT", "best_trial"] == "q"
     assert table.loc["AdaDelta", "top"] == pytest.approx(90.0)
 
@@ -211,12 +212,14 @@ def test_markdown_layout_bold_ties_paper_table_and_caption() -> None:
     specs = [T.RowSpec("First-order (Train)", "a", "grid2d"), T.RowSpec("RT-HPO", "b", "grid2d"),
              T.RowSpec("AdaDelta", "ada", "single")]
     table = T.table1(frame(*rows), specs)
-    paper = {"RT-HPO": {"fixed_eta": "98.42 ± 0.08", "fixed_beta": "98.30 ± 0.01", "top": "98.49", "time": "14"},
+    paper = {"RT-HPO": {"fixed_eta": "98.42 ± 0.08", "fixed_beta": "98.30 ± 0.01", "top": "98.49",
+                        "time": "14"},
              "BO": {"top": "98.55", "time": "140"}}
     text = T.table1_markdown(table, "Table 1: Summary.", paper=paper)
     lines = text.splitlines()
     assert lines.count("| | Fixed η̄ (%) | Fixed β (%) | Top (%) | Time (min) |") == 2
-    assert "| First-order (Train) | 93.33 ± 3.06 | 93.50 ± 3.54 | **96.00** | 1.0 |" in lines  # tie: both bold
+    # tie: both bold
+    assert "| First-order (Train) | 93.33 ± 3.06 | 93.50 ± 3.54 | **96.00** | 1.0 |" in lines
     assert "| RT-HPO | 93.33 ± 3.06 | 93.50 ± 3.54 | **96.00** | 1.0 |" in lines
     assert "| AdaDelta | - | - | 50.00 | 0.42 |" in lines
     assert "| RT-HPO | 98.42 ± 0.08 | 98.30 ± 0.01 | 98.49 | 14 |" in lines
@@ -240,7 +243,8 @@ def test_sensitivity_grid_and_heatmaps(figures: list[Any]) -> None:
     for r in rows:
         if r["trial_id"] == "rthpo_0" and r[M.EPOCH] == 2:
             r[M.DIVERGED] = True
-    rows += [rep("grid", f"g{k}", 1, 0.5, 0.6 + k / 100, eta0=eta, beta=None) for k, eta in enumerate((1e-3, 1e-2))]
+    rows += [rep("grid", f"g{k}", 1, 0.5, 0.6 + k / 100, eta0=eta, beta=None)
+             for k, eta in enumerate((1e-3, 1e-2))]
     df = frame(*rows)
     grid = T.sensitivity_grid(df, "rthpo")
     assert grid.index.tolist() == [1e-3, 1e-2] and grid.columns.tolist() == [1e-4, 1e-3, 1e-2]
@@ -261,7 +265,8 @@ def test_sensitivity_grid_and_heatmaps(figures: list[Any]) -> None:
 
 def test_accuracy_vs_compute_and_eta_schedule_plots(figures: list[Any]) -> None:
     rows = grid_rows("fo") + grid_rows("rthpo")
-    rows += [rep("grid", f"g{k}", 1, 0.5 + k / 10, 0.6, eta0=eta, beta=None) for k, eta in enumerate((1e-3, 1e-2))]
+    rows += [rep("grid", f"g{k}", 1, 0.5 + k / 10, 0.6, eta0=eta, beta=None)
+             for k, eta in enumerate((1e-3, 1e-2))]
     rows += [rep("pbt", "p", e, 0.5 + e / 10, 0.6, eta0=0.1, lr=0.1 / e) for e in (1, 2, 3)]
     rows += [rep("bo", "b", 1, 0.5, 0.6)]
     specs = [T.RowSpec("FO", "fo", "grid2d"), T.RowSpec("RT-HPO", "rthpo", "grid2d"),
@@ -280,6 +285,7 @@ def test_accuracy_vs_compute_and_eta_schedule_plots(figures: list[Any]) -> None:
     (ax2,) = fig2.axes
     assert len(ax2.lines) == 4 and ax2.get_yscale() == "log"  # FO, RT-HPO, PBT and the Grid Search line
     best = next(line for line in ax2.lines if line.get_label().startswith("RT-HPO"))
-    assert list(best.get_xdata()) == [0, 1, 2] and list(best.get_ydata()) == pytest.approx([1e-2, 1.5e-2, 2e-2])
+    assert (list(best.get_xdata()) == [0, 1, 2]
+            and list(best.get_ydata()) == pytest.approx([1e-2, 1.5e-2, 2e-2]))
     flat = next(line for line in ax2.lines if line.get_label().startswith("Grid Search"))
     assert list(flat.get_ydata()) == [1e-2, 1e-2]

@@ -43,7 +43,8 @@ def test_shipped_workloads_follow_the_paper(workload: str) -> None:
     assert [s.name for s in equal.strategies] == list(EQUAL_COMPUTE_STRATEGIES)
     assert equal.budget_s == 60.0
     grid = search.space_of(search.strategy("rthpo"))
-    assert grid["lr.eta0"] == ("grid", list(cfg.eta0_grid)) and grid["lr.beta"] == ("grid", list(cfg.beta_grid))
+    assert (grid["lr.eta0"] == ("grid", list(cfg.eta0_grid))
+            and grid["lr.beta"] == ("grid", list(cfg.beta_grid)))
     assert search.run_config(search.strategy("grid")).lr.method == cfg.grid_method
     assert search.run_config(search.strategy("adadelta")).lr.eta0 == 1.0  # AdaDelta's default
     assert {s.strategy for s in ROWS} == set(SEARCH_STRATEGIES) | set(EQUAL_COMPUTE_STRATEGIES)
@@ -52,7 +53,8 @@ def test_shipped_workloads_follow_the_paper(workload: str) -> None:
 def test_overrides_reach_the_run_config_and_the_workload() -> None:
     cfg = load_table1(ROOT / "configs" / "table1" / "resnet18_cifar10.yaml",
                       ["train.epochs=1", "data.test_subset=100", "resources.cpu=1", "bo_trials=3"])
-    assert cfg.epochs == 1 and cfg.base.data.test_subset == 100 and cfg.resources.cpu == 1 and cfg.bo_trials == 3
+    assert (cfg.epochs == 1 and cfg.base.data.test_subset == 100 and cfg.resources.cpu == 1
+            and cfg.bo_trials == 3)
 
 
 @pytest.mark.parametrize("override,match", [
@@ -82,7 +84,8 @@ DIGITS_WORKLOAD = {
              "train": {"epochs": 2, "seed": 0}},
     "eta0_grid": [0.03, 0.3], "beta_grid": [1.0e-5, 1.0e-2], "bo_trials": 2, "pbt_population": 2,
     "equal_compute_epochs": 3, "resources": {"cpu": 1}, "max_concurrent": 2,
-    "paper": {"RT-HPO": {"fixed_eta": "98.42 ± 0.08", "fixed_beta": "98.30 ± 0.01", "top": "98.49", "time": "14"}},
+    "paper": {"RT-HPO": {"fixed_eta": "98.42 ± 0.08", "fixed_beta": "98.30 ± 0.01", "top": "98.49",
+                         "time": "14"}},
 }
 
 

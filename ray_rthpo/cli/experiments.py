@@ -32,12 +32,12 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-cpus", type=int, default=None, metavar="N",
                         help="CPUs of the local Ray (default: all); ignored with --address")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the interrupted experiment in --output (same config and --set values): "
-                             "finished strategies and trials are not rerun")
+                        help="continue the interrupted experiment in --output (same config and --set "
+                             "values): finished strategies and trials are not rerun")
     parser.add_argument("--seeds", type=int, default=None, metavar="N",
-                        help="repeat every strategy N times (searcher and trial seeds seed, seed+1, ...), each under "
-                             "the full budget: summary.md then gives means, IQMs, bootstrap CIs and ranks "
-                             "(the same as --set seeds=N)")
+                        help="repeat every strategy N times (searcher and trial seeds seed, seed+1, ...), "
+                             "each under the full budget: summary.md then gives means, IQMs, bootstrap CIs "
+                             "and ranks (the same as --set seeds=N)")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +54,8 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
 
     if args.seeds is not None:
         if args.seeds < 1:
-            raise RTHPOError(f"--seeds must be an integer >= 1 (repetitions of every strategy), but got {args.seeds}.")
+            raise RTHPOError("--seeds must be an integer >= 1 (repetitions of every strategy), but got "
+                             f"{args.seeds}.")
         args.overrides = [*args.overrides, f"seeds={args.seeds}"]
     if args.num_cpus is not None and args.num_cpus < 1:
         raise RTHPOError(f"--num-cpus must be >= 1, but got {args.num_cpus}.")
@@ -62,8 +63,8 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
     exp = load_experiment(args.config, args.overrides, resolve_data=False)  # every check, without torch
     if command == "run":
         if strategy_name is None and len(exp.strategies) > 1:
-            raise RTHPOError(f"{args.config} has {len(exp.strategies)} strategies; pick one with --strategy NAME "
-                             f"({', '.join(s.name for s in exp.strategies)}), or use rthpo compare.")
+            raise RTHPOError(f"{args.config} has {len(exp.strategies)} strategies; pick one with --strategy "
+                             f"NAME ({', '.join(s.name for s in exp.strategies)}), or use rthpo compare.")
         names = [exp.strategy(strategy_name).name if strategy_name else exp.strategies[0].name]
         stem = f"{Path(args.config).stem}-{names[0]}"
     else:
@@ -88,13 +89,16 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
     for strategy in strategies:  # importable here; on a local Ray also built and run once on a few examples
         check_user_code(exp.run_config(strategy), full=not joining)
     preflight(exp, out, strategies=strategies, resume=args.resume, joined=joining)
-    again = shlex.join(["rthpo", command, args.config, *(["--strategy", strategy_name] if strategy_name else []),
+    again = shlex.join(["rthpo", command, args.config,
+                        *(["--strategy", strategy_name] if strategy_name else []),
                         *[a for o in args.overrides for a in ("--set", o)],
-                        *(["--address", args.address] if args.address else []), "--output", str(out), "--resume"])
+                        *(["--address", args.address] if args.address else []),
+                        "--output", str(out), "--resume"])
     start = time.time()
     print(f"rthpo {command}: {len(strategies)} strateg{'y' if len(strategies) == 1 else 'ies'} "
           f"({', '.join(s.name for s in strategies)}) on {workload_name(exp.base)}, "
-          f"{exp.budget_s:g} compute-s each{f', {exp.seeds} seeds' if exp.seeds > 1 else ''} -> {out}", flush=True)
+          f"{exp.budget_s:g} compute-s each{f', {exp.seeds} seeds' if exp.seeds > 1 else ''} -> {out}",
+          flush=True)
     from ray_rthpo.tune.runner import init_ray
 
     # Ctrl-C: stop everything (Tune's own handler would only end the current strategy, then go on).
@@ -102,14 +106,17 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
     joined = init_ray(args.address, num_cpus=args.num_cpus)
     import ray
 
-    print(f"Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs "
-          f"on {len([n for n in ray.nodes() if n.get('Alive')])} node(s), ready in {time.time() - start:.1f}s",
+    print(f"Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, "
+          f"{ray.cluster_resources().get('GPU', 0):g} GPUs "
+          f"on {len([n for n in ray.nodes() if n.get('Alive')])} node(s), "
+          f"ready in {time.time() - start:.1f}s",
           flush=True)
     try:
         result = run_comparison(exp, out, joined=joined, strategies=strategies, checked=joined == joining,
                                 progress=lambda line: print(line, flush=True), resume=args.resume)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; every finished epoch is kept in {out}. Continue with: {again}", file=sys.stderr)
+        print(f"\ninterrupted; every finished epoch is kept in {out}. Continue with: {again}",
+              file=sys.stderr)
         return 130
     print()
     print(result.markdown, end="")
@@ -165,11 +172,13 @@ TABLE1_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "table1"
 
 def add_table1_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workload", required=True, metavar="NAME",
-                        help="mlp_mnist, lenet_mnist, resnet18_cifar10, resnet18_cifar100 (configs/table1/NAME.yaml) "
-                             "or the path of a workload YAML")
+                        help="mlp_mnist, lenet_mnist, resnet18_cifar10, resnet18_cifar100 "
+                             "(configs/table1/NAME.yaml) or the path of a workload YAML")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a value: train.epochs=3 (run config) or bo_trials=4 (workload); repeatable")
-    parser.add_argument("--output", default=None, metavar="DIR", help="output folder (default: runs/table1_NAME)")
+                        help="override a value: train.epochs=3 (run config) or bo_trials=4 (workload); "
+                             "repeatable")
+    parser.add_argument("--output", default=None, metavar="DIR",
+                        help="output folder (default: runs/table1_NAME)")
     parser.add_argument("--address", default=None, metavar="ADDR", help="join an existing Ray cluster")
     parser.add_argument("--num-cpus", type=int, default=None, metavar="N", help="CPUs of the local Ray")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
@@ -184,10 +193,11 @@ def run_table1_command(args: argparse.Namespace) -> int:
         path = TABLE1_CONFIGS / f"{args.workload}.yaml"
         if not path.is_file():
             known = sorted(p.stem for p in TABLE1_CONFIGS.glob("*.yaml"))
-            raise RTHPOError(f"--workload {args.workload!r} is not one of {', '.join(known) or '(none found)'}; "
-                             "or give the path of a workload YAML.")
+            raise RTHPOError(f"--workload {args.workload!r} is not one of "
+                             f"{', '.join(known) or '(none found)'}; or give the path of a workload YAML.")
     cfg = load_table1(path, args.overrides)
-    search_exp, _ = table1_experiments(cfg, reference_run_s=1.0)  # checks both phases' strategies before Ray starts
+    # checks both phases' strategies before Ray starts
+    search_exp, _ = table1_experiments(cfg, reference_run_s=1.0)
     out = Path(args.output) if args.output else Path("runs") / f"table1_{path.stem}"
     if not args.address and not os.environ.get("RAY_ADDRESS"):
         from ray_rthpo.data.paths import check_data
@@ -203,7 +213,8 @@ def run_table1_command(args: argparse.Namespace) -> int:
         result = run_table1(cfg, out, joined=joined, resume=args.resume,
                             progress=lambda line: print(line, flush=True), command=command)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; finished epochs are kept in {out}. Continue with: {command} --resume", file=sys.stderr)
+        print(f"\ninterrupted; finished epochs are kept in {out}. Continue with: {command} --resume",
+              file=sys.stderr)
         return 130
     print(f"\nwrote {result.output}/table1.md, table1.csv, runs.csv, table1.json, sensitivity.png, "
           "accuracy_vs_compute.png, eta_schedules.png", flush=True)

@@ -104,8 +104,10 @@ def run(args: argparse.Namespace) -> int:
         raise RTHPOError(f"output folder {str(out)!r} already holds a run; pass --resume to continue it, "
                          "or choose another --output.")
     if args.resume and not checkpoint.is_file():
-        raise RTHPOError(f"--resume: no checkpoint at {str(checkpoint)!r}; run without --resume to start afresh.")
-    check_writable(out)  # a read-only or forbidden folder: one line now, not a traceback after the first epoch
+        raise RTHPOError(f"--resume: no checkpoint at {str(checkpoint)!r}; "
+                         "run without --resume to start afresh.")
+    # a read-only or forbidden folder: one line now, not a traceback after the first epoch
+    check_writable(out)
     print(f"rthpo train: {config.lr.method} on {workload_name(config)}, {config.train.epochs} epochs",
           flush=True)
     # loads the data and imports the user's factories: a missing file or a broken factory fails before
@@ -149,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(out / "result.json", json.dumps(final, indent=2))
     test = final.get(M.TEST_ACC)
     test_txt = f", test accuracy {test:.4f}" if isinstance(test, float) else ""
-    print(f"{trainer.status}: validation accuracy {final[M.VAL_ACC]:.4f}{test_txt}, final lr {final[M.LR]:.5g}, "
+    print(f"{trainer.status}: validation accuracy {final[M.VAL_ACC]:.4f}{test_txt}, "
+          f"final lr {final[M.LR]:.5g}, "
           f"{final[M.TOTAL_SECONDS]:.1f}s compute", flush=True)
     return 0
 

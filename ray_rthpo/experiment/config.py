@@ -80,7 +80,8 @@ def config_kind(data: dict[str, Any]) -> str:
 
 def check_budget_s(value: Any) -> None:
     """Raise ConfigError unless ``value`` is a compute budget: a finite number of seconds > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value <= 0):
         raise ConfigError(f"budget_s must be a finite number of seconds > 0, but got {value!r}. "
                           "Fix: give the compute budget summed over all trials, e.g. budget_s=3600.0.")
 
@@ -113,7 +114,8 @@ class Resources:
     # Each worker's CPUs and GPUs (null: 1 CPU, 0 GPU with workers > 1; cpu/gpu with workers 1).
     cpu_per_worker: float | None = None
     gpu_per_worker: float | None = None
-    # Custom Ray resources per trial, e.g. {trial_slot: 1} with a node started as --resources='{"trial_slot": 2}'.
+    # Custom Ray resources per trial, e.g. {trial_slot: 1} with a node started as
+    # --resources='{"trial_slot": 2}'.
     custom: Any = None
     # When the local Ray has no GPU at all, run trials on the CPU (gpu 0) instead of waiting forever.
     # Never applied when joining a cluster with --address (its autoscaler may still add GPU nodes).
@@ -128,7 +130,8 @@ class Resources:
         self._check_workers()
         custom = self.custom or {}
         check(isinstance(custom, dict) and all(isinstance(k, str) and isinstance(v, (int, float))
-                                                and not isinstance(v, bool) and v >= 0 for k, v in custom.items()),
+                                                and not isinstance(v, bool) and v >= 0
+                                                for k, v in custom.items()),
               f"resources.custom must map resource names to amounts >= 0, but got {self.custom!r}.")
 
     def _check_workers(self) -> None:
@@ -194,8 +197,10 @@ class AshaConfig:
     reduction_factor: float = 3.0
 
     def __post_init__(self) -> None:
-        check(self.grace_period >= 1, f"asha.grace_period must be an integer >= 1, but got {self.grace_period!r}.")
-        check(self.reduction_factor > 1, f"asha.reduction_factor must be > 1, but got {self.reduction_factor!r}.")
+        check(self.grace_period >= 1,
+              f"asha.grace_period must be an integer >= 1, but got {self.grace_period!r}.")
+        check(self.reduction_factor > 1,
+              f"asha.reduction_factor must be > 1, but got {self.reduction_factor!r}.")
 
 
 @dataclass(frozen=True)
@@ -218,7 +223,8 @@ class PbtConfig:
 
     def __post_init__(self) -> None:
         check(self.perturbation_interval >= 1,
-              f"pbt.perturbation_interval must be an integer >= 1 (epochs), but got {self.perturbation_interval!r}.")
+              "pbt.perturbation_interval must be an integer >= 1 (epochs), but got "
+              f"{self.perturbation_interval!r}.")
         check(0 < self.quantile_fraction <= 0.5,
               f"pbt.quantile_fraction must be in (0, 0.5], but got {self.quantile_fraction!r}.")
         check(0 <= self.resample_probability <= 1,
@@ -237,7 +243,8 @@ class StrategyConfig:
     # lr.method of every trial (null: the base config's).
     method: str | None = None
     searcher: str = "random"
-    # Trials to start at most (null: 1 for grid or an empty space, else DEFAULT_MAX_SAMPLES: the budget ends it).
+    # Trials to start at most (null: 1 for grid or an empty space, else DEFAULT_MAX_SAMPLES: the budget
+    # ends it).
     num_samples: int | None = None
     # Run-config key -> {loguniform|uniform|randint|choice|grid: [...]} (see ray_rthpo.experiment.spaces).
     space: Any = None
@@ -255,7 +262,8 @@ class StrategyConfig:
             check_choice(f"strategy {self.name}: method", self.method, METHODS)
         check_choice(f"strategy {self.name}: scheduler", self.scheduler, SCHEDULERS)
         check(self.num_samples is None or self.num_samples >= 1,
-              f"strategy {self.name}: num_samples must be null or an integer >= 1, but got {self.num_samples!r}.")
+              f"strategy {self.name}: num_samples must be null or an integer >= 1, but got "
+              f"{self.num_samples!r}.")
         for key in ("space", "searcher_options", "overrides"):
             value = getattr(self, key)
             check(value is None or isinstance(value, dict),
@@ -303,8 +311,9 @@ def resolve_strategy(base: Config, strategy: StrategyConfig) -> ResolvedStrategy
     space = check_space(strategy.space or {}, config, where)
     for key in space:
         if not method_reads(config.lr.method, key):
-            raise ConfigError(f"{where}.{key} has no effect with lr.method {config.lr.method}; remove it (it is "
-                              f"read by {', '.join(KEYS_READ_ONLY_BY[key])} only) so the budget is not spent on it.")
+            raise ConfigError(f"{where}.{key} has no effect with lr.method {config.lr.method}; remove it "
+                              f"(it is read by {', '.join(KEYS_READ_ONLY_BY[key])} only) so the budget "
+                              "is not spent on it.")
     check_searcher(strategy.searcher, [kind for kind, _ in space.values()],
                    strategy.searcher_options or {}, f"strategy {strategy.name}")
     if strategy.scheduler == "pbt":
@@ -313,7 +322,8 @@ def resolve_strategy(base: Config, strategy: StrategyConfig) -> ResolvedStrategy
         check(strategy.num_samples in (None, 1), f"strategy {strategy.name}: searcher none is one run per "
               f"repetition, but num_samples is {strategy.num_samples!r}; remove num_samples (use seeds: N to "
               "repeat it).")
-        check(strategy.scheduler == "fifo", f"strategy {strategy.name}: searcher none is one run, so scheduler "
+        check(strategy.scheduler == "fifo",
+              f"strategy {strategy.name}: searcher none is one run, so scheduler "
               f"{strategy.scheduler} has nothing to schedule; remove it.")
         num_samples = 1
     elif strategy.num_samples is not None:
@@ -335,10 +345,12 @@ def _check_pbt(strategy: StrategyConfig, config: Config, space: dict[str, tuple[
           f"{strategy.num_samples!r}; set e.g. num_samples: 4.")
     for key in strategy.pbt.mutate:
         check(key in space, f"{where}: pbt.mutate holds {key!r}, which is not in the strategy's space; add "
-              f"it (e.g. {key}: {{loguniform: [1.0e-3, 1.0]}}): PBT draws the population and resamples from it.")
+              f"it (e.g. {key}: {{loguniform: [1.0e-3, 1.0]}}): PBT draws the population and resamples "
+              "from it.")
     check(config.train.epochs > strategy.pbt.perturbation_interval,
-          f"{where}: pbt.perturbation_interval is {strategy.pbt.perturbation_interval} epochs, but train.epochs "
-          f"is {config.train.epochs}: no perturbation would ever happen; lower the interval or add epochs.")
+          f"{where}: pbt.perturbation_interval is {strategy.pbt.perturbation_interval} epochs, but "
+          f"train.epochs is {config.train.epochs}: no perturbation would ever happen; lower the interval "
+          "or add epochs.")
 
 
 @dataclass(frozen=True)
@@ -372,32 +384,40 @@ class ExperimentConfig:
     strategies: tuple[StrategyConfig, ...] = ()
 
     def __post_init__(self) -> None:
-        check(isinstance(self.base, Config), "experiment base must be a run config (internal: use load_experiment).")
+        check(isinstance(self.base, Config),
+              "experiment base must be a run config (internal: use load_experiment).")
         check_budget_s(self.budget_s)
-        check(self.max_concurrent >= 1, f"max_concurrent must be an integer >= 1, but got {self.max_concurrent!r}.")
+        check(self.max_concurrent >= 1,
+              f"max_concurrent must be an integer >= 1, but got {self.max_concurrent!r}.")
         check(self.seed >= 0, f"seed must be an integer >= 0, but got {self.seed!r}.")
-        check(self.seeds >= 1, f"seeds must be an integer >= 1 (repetitions of every strategy), but got {self.seeds!r}.")
+        check(self.seeds >= 1,
+              f"seeds must be an integer >= 1 (repetitions of every strategy), but got {self.seeds!r}.")
         check(self.target_val_acc is None or 0.0 < self.target_val_acc <= 1.0,
               f"target_val_acc must be a validation accuracy in (0, 1] (0.95, not 95) or null, but got "
               f"{self.target_val_acc!r}.")
-        check(self.max_failures >= 0, f"max_failures must be an integer >= 0, but got {self.max_failures!r}.")
-        check(self.metric == M.SELECTION_METRIC, f"metric is always {M.SELECTION_METRIC!r} (validation accuracy, "
+        check(self.max_failures >= 0,
+              f"max_failures must be an integer >= 0, but got {self.max_failures!r}.")
+        check(self.metric == M.SELECTION_METRIC,
+              f"metric is always {M.SELECTION_METRIC!r} (validation accuracy, "
               f"never test), but got {self.metric!r}; delete the key.")
-        check(bool(self.strategies), "strategies is empty; list at least one strategy (name, method, searcher, space).")
+        check(bool(self.strategies),
+              "strategies is empty; list at least one strategy (name, method, searcher, space).")
         names = [s.name for s in self.strategies]
         dupes = sorted({n for n in names if names.count(n) > 1})
         check(not dupes, f"strategy names must be unique, but {dupes} appear twice; rename one.")
         if not self.tracking.enabled and self.base.tracking.enabled:  # a plain run config's own section
             object.__setattr__(self, "tracking", self.base.tracking)
         # Every strategy is resolved here, once: its run config, checked space and trial count.
-        object.__setattr__(self, "_resolved", {s.name: resolve_strategy(self.base, s) for s in self.strategies})
+        object.__setattr__(self, "_resolved",
+                           {s.name: resolve_strategy(self.base, s) for s in self.strategies})
 
     def strategy(self, name: str) -> StrategyConfig:
         """The strategy called ``name``."""
         for s in self.strategies:
             if s.name == name:
                 return s
-        raise ConfigError(f"no strategy {name!r}; this experiment has: {', '.join(s.name for s in self.strategies)}.")
+        raise ConfigError(f"no strategy {name!r}; this experiment has: "
+                          f"{', '.join(s.name for s in self.strategies)}.")
 
     def repetitions(self) -> list[int]:
         """The searcher seed of every repetition: ``seed``, ``seed + 1``, ... (``seeds`` of them)."""
@@ -438,7 +458,8 @@ class ExperimentConfig:
 
 
 def read_base(data: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
-    """``data`` with ``base: path`` replaced by that file's sections (the path is relative to ``base_dir``)."""
+    """``data`` with ``base: path`` replaced by that file's sections (the path is relative to
+    ``base_dir``)."""
     base = data.get("base")
     if not isinstance(base, str):
         return data
@@ -464,7 +485,8 @@ def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", base
     if base is None:
         base = {}
     if not isinstance(base, dict):
-        raise ConfigError(f"base must be run-config sections or the path of a run-config YAML, but got {base!r}.")
+        raise ConfigError("base must be run-config sections or the path of a run-config YAML, but got "
+                          f"{base!r}.")
     _check_budget_text(data.get("budget_s"))
     strategies = data.get("strategies")
     if isinstance(strategies, list):  # a strategy may read other data: make its data_dir absolute too
@@ -531,12 +553,14 @@ def apply_override(data: dict[str, Any], text: str) -> dict[str, Any]:
         if "strategies" not in data and "base" not in data:  # a plain run config
             return set_path(data, parts, value, key)
         if isinstance(data.get("base"), str):
-            raise ConfigError(f"--set {key}: base must be run-config sections here, but got {data['base']!r}.")
+            raise ConfigError(f"--set {key}: base must be run-config sections here, but got "
+                              f"{data['base']!r}.")
         return set_path(data, ["base", *parts], value, key)
     if parts[0] == "strategies":
         name, field_path = (parts[1], parts[2:]) if len(parts) > 2 else ("", [])
         strategies = [dict(s) if isinstance(s, dict) else s for s in data.get("strategies") or []]
-        index = next((i for i, s in enumerate(strategies) if isinstance(s, dict) and s.get("name") == name), None)
+        index = next((i for i, s in enumerate(strategies) if isinstance(s, dict) and s.get("name") == name),
+                     None)
         if index is None or not field_path:
             known = ", ".join(str(s.get("name")) for s in strategies if isinstance(s, dict))
             raise ConfigError(f"--set {key}: write strategies.NAME.FIELD=value with NAME one of: {known}.")
