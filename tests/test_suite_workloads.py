@@ -1,6 +1,6 @@
-"""The suite's char_lm_adamw and cifar10_cnn workloads: their comparison configs load (every strategy
-resolved and checked), their factories build models of the right output shape, one Trainer epoch runs on
-a tiny subset (an RT-HPO row and a fixed row), and the language model's splits share no file."""
+"""The suite's char_lm_adamw, cifar10_cnn and mnist_lenet workloads: their comparison configs load (every
+strategy resolved and checked), their factories build models of the right output shape, one Trainer epoch
+runs on a tiny subset (an RT-HPO row and a fixed row), and the language model's splits share no file."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHAR_LM = REPO / "examples" / "char_lm"
 CIFAR_CNN = REPO / "examples" / "cifar_cnn"
 CIFAR_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg"
+MNIST = REPO.parent / "shared" / "data" / "MNIST"
 TINY_LM = {"context": 64, "train_size": 256, "val_size": 128, "test_size": 128}
 
 
@@ -114,3 +115,19 @@ def test_cifar10_cnn_config_model_and_one_epoch() -> None:
     model = build((3, 32, 32), 10, **exp.base.model.factory_args)
     assert model(torch.randn(5, 3, 32, 32)).shape == (5, 10)
     assert 200_000 < sum(p.numel() for p in model.parameters()) < 500_000
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason=f"the offline MNIST files are not in {MNIST} "
+                    "(../shared/data/MNIST, relative to the repository)")
+def test_mnist_lenet_config_model_and_one_epoch() -> None:
+    from ray_rthpo.models import LeNet, build_model
+
+    exp = _experiment("mnist_lenet")
+    assert exp.base.data.name == "mnist" and exp.base.model.name == "lenet"
+    assert isinstance(build_model(exp.base.model, (1, 28, 28), 10), LeNet)
+    # its rows are mnist_mlp's: only the model differs
+    mlp = _experiment("mnist_mlp")
+    assert [s.name for s in exp.strategies] == [s.name for s in mlp.strategies]
+    assert exp.base.replace(**{"model.name": "mlp"}) == mlp.base
+    _epochs(exp, ("rthpo_sgd_mid", "adamw_1e-3"),
+            **{"data.train_subset": 256, "data.val_subset": 128, "data.test_subset": 128})
