@@ -52,6 +52,8 @@ def test_searcher_drives_at_least_four_trials_inside_its_space(
     else:
         assert (epochs == 2).all()
     assert len(lines) == trials.ngroups and all(line.startswith(f"[{s.name}] trial ") for line in lines)
+    # one line per trial on the console, each physical line within 120 columns (its tail below it if not)
+    assert all(len(part) <= 120 for line in lines for part in line.split("\n")), lines
     assert outcome.wall_s > 0 and Path(outcome.storage).is_dir()
 
 

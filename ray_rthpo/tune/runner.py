@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import random
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from ray_rthpo import metrics as M
 from ray_rthpo.config import method_reads
 from ray_rthpo.errors import ConfigError, RTHPOError
 from ray_rthpo.experiment.config import ExperimentConfig, ResolvedStrategy, StrategyConfig
+from ray_rthpo.report.console import WIDTH
 from ray_rthpo.report.journal import append_row, end_cut_line, load_rows
 from ray_rthpo.report.selection import RECEIVED_AT, latest_reports
 from ray_rthpo.tune.searchers import to_domain
@@ -345,9 +347,12 @@ def progress_callback_class() -> type:
                 what = f"{r[M.EPOCH]} epochs, val/acc {r[M.VAL_ACC]:.4f}{test_txt}, lr {r[M.LR]:.3g}{flag}"
             else:
                 what = "no epoch reported"
-            self.progress(f"[{self.label}] trial {trial.trial_id} {how} ({params or 'no search'}): {what}"
-                          f"  | compute {self.compute:.1f}/{self.exp.budget_s:g}s, "
-                          f"wall {time.time() - self.start:.0f}s")
+            head = f"[{self.label}] trial {trial.trial_id} {how} ({params or 'no search'}): {what}"
+            tail = (f"| compute {self.compute:.1f}/{self.exp.budget_s:g}s, "
+                    f"wall {time.time() - self.start:.0f}s")
+            # at most WIDTH columns a console line: what does not fit goes on indented lines below
+            self.progress(textwrap.fill(f"{head}  {tail}", width=WIDTH, subsequent_indent="    ",
+                                        break_long_words=False, break_on_hyphens=False))
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._line(trial, "done")
