@@ -159,6 +159,9 @@ SMOKE: dict[str, Smoke] = {
     "--set data.download=true --output runs/cifar10-4gpu' --tmux": Smoke(skip=CLUSTER),
     "ray rsync-down configs/cluster/aws-gpu.yaml /home/ubuntu/ray_rthpo/runs/cifar10-4gpu/summary.md .":
         Smoke(skip=CLUSTER),
+    # docs/distributed.md
+    "torchrun --standalone --nproc_per_node 2 -m ray_rthpo.cli train configs/digits.yaml "
+    "--output runs/digits-2ranks": Smoke("--set train.epochs=1"),
     # docs/cli.md
     "rthpo train configs/digits.yaml": Smoke("--set train.epochs=1"),
     "rthpo train configs/mnist_mlp.yaml --set train.epochs=3 --output runs/mlp": Smoke(MNIST, needs="MNIST"),
@@ -357,6 +360,13 @@ def execute(command: str, copy: Path, request: pytest.FixtureRequest) -> int:
             rc = exit_code(lambda: main(words[1:]))
         elif words[0] == "python" and words[1].endswith(".py"):
             rc = run_script(copy / words[1], words[2:])
+        elif words[0] == "torchrun":  # PyTorch's launcher, as python -m torch.distributed.run
+            env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+            proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", *words[1:]], cwd=copy,
+                                  env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                                  timeout=300)
+            print(proc.stdout[-4000:], proc.stderr[-4000:])
+            rc = proc.returncode
         elif words[0] == "bash":
             import ray
 

@@ -2,12 +2,19 @@
 
     rthpo train configs/digits.yaml
     rthpo train configs/mnist_mlp.yaml --set lr.eta0=0.05 --output runs/mlp --resume
+    torchrun --standalone --nproc_per_node 2 -m ray_rthpo.cli train configs/digits.yaml   # data-parallel
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) every process joins the default process group
+(gloo on the CPU, NCCL with one GPU per process, ``LOCAL_RANK``'s) and trains its shard of each global
+batch, the config's batch sizes being global (docs/distributed.md); rank 0 alone prints and writes the
+output folder, and on ``--resume`` every rank loads rank 0's checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -82,6 +89,29 @@ def start_tracking(config: Config, out: Path, name: str) -> MLflowRun:
     return tracker
 
 
+def join_torchrun(config: Config) -> tuple[Config, int, int, bool]:
+    """``(config, rank, size, joined)``: under ``torchrun`` (``WORLD_SIZE`` > 1), this process is in the
+    default process group (NCCL on ``LOCAL_RANK``'s GPU when ``train.device`` allows CUDA and one is
+    present, else gloo on the CPU; ``joined``: this call initialised it) and ``config.train.device`` is that
+    device; else ``(config, 0, 1, False)``, nothing done."""
+    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if size <= 1:
+        return config, 0, 1, False
+    import torch
+    import torch.distributed as dist
+
+    cuda = config.train.device != "cpu" and torch.cuda.is_available()
+    if config.train.device == "cuda" and not cuda:
+        raise ConfigError("train.device is 'cuda', but this torchrun process sees no GPU; set "
+                          "train.device: auto or cpu, or run torchrun on a machine with CUDA.")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    joined = not dist.is_initialized()
+    if joined:
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return config.replace(**{"train.device": "cuda" if cuda else "cpu"}), dist.get_rank(), size, joined
+
+
 def run(args: argparse.Namespace) -> int:
     """``rthpo train``: one run of a run config, without Ray; returns the exit status."""
     # The config is checked with the light config layer alone (an error is one line in well under a second);
@@ -98,6 +128,16 @@ def run(args: argparse.Namespace) -> int:
     paths = user_code_paths(config, args.config)
     if paths is not None:
         config = config.replace(**{"train.pythonpath": paths})
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and not args.output:
+        # the ranks must agree on the folder: a dated default could differ between them
+        raise RTHPOError("under torchrun, give rthpo train an --output folder (every rank names the same).")
+    config, rank, size, joined = join_torchrun(config)
+    lead = rank == 0  # under torchrun, rank 0 prints and writes; alone, this process is rank 0
+
+    def say(text: str) -> None:
+        if lead:
+            print(text, flush=True)
+
     out = Path(args.output) if args.output else default_output(Path(args.config).stem, resume=args.resume)
     checkpoint = out / "checkpoint.pt"
     if out.exists() and any(out.iterdir()) and not args.resume:
@@ -107,9 +147,10 @@ def run(args: argparse.Namespace) -> int:
         raise RTHPOError(f"--resume: no checkpoint at {str(checkpoint)!r}; "
                          "run without --resume to start afresh.")
     # a read-only or forbidden folder: one line now, not a traceback after the first epoch
-    check_writable(out)
-    print(f"rthpo train: {config.lr.method} on {workload_name(config)}, {config.train.epochs} epochs",
-          flush=True)
+    if lead:
+        check_writable(out)
+    say(f"rthpo train: {config.lr.method} on {workload_name(config)}, {config.train.epochs} epochs"
+        + (f", data-parallel over {size} processes" if size > 1 else ""))
     # loads the data and imports the user's factories: a missing file or a broken factory fails before
     # anything is written (and before the output folder is named: it is printed once it exists)
     # tracking says where the run is logged, not what it is: the Trainer (and its checkpoint) never sees it
@@ -117,26 +158,32 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(config.replace(**{"tracking.mlflow": None, "tracking.experiment": None})
                       if tracked.enabled else config)
     if args.resume:  # a damaged checkpoint or another config is refused before config.yaml is rewritten
-        trainer.load(checkpoint)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
-    print(f"output folder {out}", flush=True)
+        trainer.load(checkpoint)  # every rank: rank 0's file
+    if size > 1:  # every rank has checked the folder and read its checkpoint before rank 0 writes
+        _barrier()
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+    say(f"output folder {out}")
     if args.resume:
-        print(f"resumed at epoch {trainer.epoch}", flush=True)
-    print(f"device {trainer.device}, {len(trainer.data.train)} train / {len(trainer.data.val)} val / "
-          f"{len(trainer.data.test)} test examples, {trainer.steps_per_epoch} steps per epoch", flush=True)
-    tracker = start_tracking(config, out, Path(args.config).stem) if tracked.enabled else None
+        say(f"resumed at epoch {trainer.epoch}")
+    say(f"device {trainer.device}, {len(trainer.data.train)} train / {len(trainer.data.val)} val / "
+        f"{len(trainer.data.test)} test examples, {trainer.steps_per_epoch} steps per epoch")
+    tracker = start_tracking(config, out, Path(args.config).stem) if tracked.enabled and lead else None
     try:
         while not trainer.done:
             result = trainer.run_epoch()
-            print(format_epoch(result), flush=True)
-            trainer.save(checkpoint)
-            write_history_csv(trainer.history, out / "history.csv")
+            say(format_epoch(result))
+            if lead:
+                trainer.save(checkpoint)
+                write_history_csv(trainer.history, out / "history.csv")
             if tracker is not None:
                 tracker.report(result, trainer)
     except KeyboardInterrupt:
         if tracker is not None:
             tracker.end("KILLED")
+        if not lead:
+            return 130
         print(f"\ninterrupted; the last finished epoch is saved. Continue with: rthpo train {args.config} "
               f"--output {out} --resume", file=sys.stderr)
         return 130
@@ -146,6 +193,14 @@ def run(args: argparse.Namespace) -> int:
         raise
     if tracker is not None:
         tracker.end("FINISHED")
+    if size > 1:  # rank 0's last checkpoint is written before any rank returns
+        _barrier()
+        if joined:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if not lead:
+        return 0
     write_history_csv(trainer.history, out / "history.csv")  # again: a resumed run may have had none to add
     final = trainer.history[-1]
     atomic_write_text(out / "result.json", json.dumps(final, indent=2))
@@ -153,8 +208,15 @@ def run(args: argparse.Namespace) -> int:
     test_txt = f", test accuracy {test:.4f}" if isinstance(test, float) else ""
     print(f"{trainer.status}: validation accuracy {final[M.VAL_ACC]:.4f}{test_txt}, "
           f"final lr {final[M.LR]:.5g}, "
-          f"{final[M.TOTAL_SECONDS]:.1f}s compute", flush=True)
+          f"{final[M.TOTAL_SECONDS]:.1f}s compute" + (f" on each of {size} processes" if size > 1 else ""),
+          flush=True)
     return 0
 
 
-__all__ = ["add_arguments", "check_run_file", "run", "start_tracking", "TRACKING_FILE"]
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
+__all__ = ["add_arguments", "check_run_file", "join_torchrun", "run", "start_tracking", "TRACKING_FILE"]
