@@ -23,6 +23,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,6 +65,53 @@ GRIDS = ("grid_sgd", "grid_adamw")
 COLLAPSE = 0.02   # a last epoch more than 2 points below the run's best validation accuracy is a collapse
 WITHIN = 0.01     # target: within 1 point of the grid's test accuracy
 R_MAX = 4.0       # AlgoPerf's r_max
+#: The learning-rate-free peers' rows, which RT-HPO's defaults are ranked against.
+LRFREE_ROWS = ("prodigy", "schedule_free_sgd", "schedule_free_adamw", "dog", "dadapt_adam")
+#: The README's block that ``report`` rewrites: the profile figure and one sentence of what it says.
+README_MARKERS = ("<!-- suite-profile:start -->", "<!-- suite-profile:end -->")
+
+
+def profile_sentence(score: pd.Series, n_cells: int) -> str:
+    """One sentence on the AlgoPerf scores ``score`` (row -> score, over ``n_cells`` cells): the best row,
+    RT-HPO's best default row against the learning-rate-free peers and the grids."""
+    best = score.idxmax()
+    defaults = score[[r for r in DEFAULT_ROWS if r in score.index]]
+    peers = score[[r for r in LRFREE_ROWS if r in score.index]]
+    grids = score[[r for r in GRIDS if r in score.index]]
+    text = (f"Over {n_cells} cells (workloads x run lengths), the best AlgoPerf score (time to the tuned "
+            f"grid's target, every second of a row's search counted; 1 would be fastest everywhere) is "
+            f"{best}'s, {score[best]:.2f}")
+    if not defaults.empty:
+        top = defaults.idxmax()
+        above = [r for r in peers.index if peers[r] <= defaults[top]]
+        text += (f"; RT-HPO's best untuned row, {top}, scores {defaults[top]:.2f}, at or above "
+                 f"{len(above)} of the {len(peers)} learning-rate-free peers")
+        if not peers.empty:
+            text += f" (best peer: {peers.idxmax()}, {peers.max():.2f})"
+        if not grids.empty:
+            text += (", and " + ("above" if defaults[top] > grids.max() else "not above")
+                     + f" the grids, searches counted ({grids.max():.2f} at best)")
+        worst = defaults.idxmin()
+        text += f"; its weakest default row, {worst}, scores {defaults[worst]:.2f}"
+    return text + ". The suite is small and its digits cells are noisy: docs/suite.md has every number."
+
+
+def write_readme_block(readme: Path, figure: str, sentence: str) -> bool:
+    """Replace the text between :data:`README_MARKERS` in ``readme`` with the profile ``figure`` (a path
+    relative to the README) and ``sentence``; returns False (writing nothing) where the file or its
+    markers are absent."""
+    if not readme.is_file():
+        return False
+    text = readme.read_text(encoding="utf-8")
+    start, end = README_MARKERS
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    wrapped = textwrap.fill(sentence, width=110, break_long_words=False, break_on_hyphens=False)
+    block = f"{start}\n![performance profiles over the suite]({figure})\n\n{wrapped}\n{end}"
+    readme.write_text(head + block + tail, encoding="utf-8")
+    return True
 
 
 def cell_dir(out: Path, workload: str, steps: int) -> Path:
@@ -311,6 +359,10 @@ def report(args: argparse.Namespace) -> int:
                 fig.savefig(figs / "profile.png", dpi=110)
                 plt.close(fig)
                 lines += ["", "![performance profiles](suite/profile.png)", ""]
+                readme = docs.parent / "README.md"  # the README beside these docs, where it has the block
+                figure = (figs / "profile.png").relative_to(docs.parent).as_posix()
+                if write_readme_block(readme, figure, profile_sentence(score, len(med.index))):
+                    print(f"wrote the suite's profile block of {readme}")
         for (name, steps), trials in sorted(cells.items()):
             lines += [f"## {name}, {steps} steps", "", *cell_table(seed_rows(trials)), ""]
             fig, ax = plt.subplots(figsize=(8, 4))

@@ -85,3 +85,30 @@ def test_the_documented_commands_run_at_smoke_size(ray_local: None, tmp_path: Pa
     text = (docs / "horizon.md").read_text()
     assert "## horizon_digits, 360 steps" in text and "sgd_sqrt1_cheap_tf25_hi" in text
     assert (docs / "suite" / "horizon_digits-h360_lr.png").stat().st_size > 1000
+
+
+def test_the_readme_block_states_the_profile_from_the_scores(tmp_path: Path) -> None:
+    score = pd.Series({"optuna_adamw": 0.7, "rthpo_sgd_mid": 0.3, "rthpo_adamw_lo": 0.05, "prodigy": 0.2,
+                       "schedule_free_sgd": 0.35, "grid_sgd": 0.1})
+    text = suite.profile_sentence(score, 4)
+    assert text.startswith("Over 4 cells") and "optuna_adamw's, 0.70" in text
+    assert "rthpo_sgd_mid, scores 0.30, at or above 1 of the 2 learning-rate-free peers" in text
+    assert "(best peer: schedule_free_sgd, 0.35)" in text and "above the grids" in text
+    assert "weakest default row, rthpo_adamw_lo, scores 0.05" in text
+    readme = tmp_path / "README.md"
+    assert not suite.write_readme_block(readme, "docs/suite/profile.png", text)  # no file: nothing written
+    start, end = suite.README_MARKERS
+    readme.write_text(f"# x\n\n{start}\nold\n{end}\n\nafter\n")
+    assert suite.write_readme_block(readme, "docs/suite/profile.png", text)
+    new = readme.read_text()
+    assert "old" not in new and new.endswith("\n\nafter\n") and "](docs/suite/profile.png)" in new
+    assert all(len(line) <= 110 for line in new.splitlines())
+    block = new.split(start)[1].split(end)[0]
+    assert " ".join(block.split()[5:]).startswith("Over 4 cells")
+
+
+def test_the_readme_carries_the_suite_block() -> None:
+    text = (REPO / "README.md").read_text()
+    start, end = suite.README_MARKERS
+    assert text.count(start) == 1 and text.count(end) == 1
+    assert "docs/suite/profile.png" in text.split(start)[1].split(end)[0]
