@@ -89,12 +89,17 @@ def start_tracking(config: Config, out: Path, name: str) -> MLflowRun:
     return tracker
 
 
+def torchrun_size() -> int:
+    """The number of processes torchrun started (``WORLD_SIZE``; 1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
 def join_torchrun(config: Config) -> tuple[Config, int, int, bool]:
     """``(config, rank, size, joined)``: under ``torchrun`` (``WORLD_SIZE`` > 1), this process is in the
     default process group (NCCL on ``LOCAL_RANK``'s GPU when ``train.device`` allows CUDA and one is
     present, else gloo on the CPU; ``joined``: this call initialised it) and ``config.train.device`` is that
     device; else ``(config, 0, 1, False)``, nothing done."""
-    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    size = torchrun_size()
     if size <= 1:
         return config, 0, 1, False
     import torch
@@ -128,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     paths = user_code_paths(config, args.config)
     if paths is not None:
         config = config.replace(**{"train.pythonpath": paths})
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and not args.output:
+    if torchrun_size() > 1 and not args.output:
         # the ranks must agree on the folder: a dated default could differ between them
         raise RTHPOError("under torchrun, give rthpo train an --output folder (every rank names the same).")
     config, rank, size, joined = join_torchrun(config)
@@ -219,4 +224,5 @@ def _barrier() -> None:
     dist.barrier()
 
 
-__all__ = ["add_arguments", "check_run_file", "join_torchrun", "run", "start_tracking", "TRACKING_FILE"]
+__all__ = ["add_arguments", "check_run_file", "join_torchrun", "run", "start_tracking", "torchrun_size",
+           "TRACKING_FILE"]
