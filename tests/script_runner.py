@@ -6,7 +6,8 @@ pays again per call. ``run_script`` runs the script with ``runpy`` under the ``s
 working folder that ``python SCRIPT ARGS`` would give it, runs those ``ray_rthpo.cli`` calls in this process
 too, and returns the exit status. The caller requests the ``ray_local`` fixture first where the script
 needs Ray (the script's ``ray.init`` then joins the running one). Used by tests/test_documented_commands.py,
-tests/test_suite.py and tests/test_table1_experiment.py.
+tests/test_suite.py and tests/test_table1_experiment.py. ``torchrun`` launches ``torchrun ARGS`` as a
+subprocess (tests/test_documented_commands.py, tests/test_train_torchrun.py).
 """
 
 from __future__ import annotations
@@ -81,3 +82,14 @@ def run_script(script: Path, argv: Sequence[str], cwd: str | os.PathLike[str] | 
     with chdir(cwd or os.getcwd()), script_context(script, argv), pytest.MonkeyPatch.context() as mp:
         mp.setattr(subprocess, "call", call)
         return exit_code(lambda: runpy.run_path(str(script), run_name="__main__"))
+
+
+def torchrun(args: Sequence[str], cwd: str | os.PathLike[str] | None = None,
+             timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``torchrun ARGS`` (as ``python -m torch.distributed.run``, this interpreter) from ``cwd``, its output
+    captured: outside any torchrun of this process's own (its rank variables dropped), one thread per
+    process."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", *args], cwd=cwd,
+                          env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=timeout)

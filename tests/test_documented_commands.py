@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from script_runner import chdir, exit_code, run_script
+from script_runner import chdir, exit_code, run_script, torchrun
 
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -361,10 +361,7 @@ def execute(command: str, copy: Path, request: pytest.FixtureRequest) -> int:
         elif words[0] == "python" and words[1].endswith(".py"):
             rc = run_script(copy / words[1], words[2:])
         elif words[0] == "torchrun":  # PyTorch's launcher, as python -m torch.distributed.run
-            env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-            proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", *words[1:]], cwd=copy,
-                                  env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                                  timeout=300)
+            proc = torchrun(words[1:], cwd=copy)
             print(proc.stdout[-4000:], proc.stderr[-4000:])
             rc = proc.returncode
         elif words[0] == "bash":

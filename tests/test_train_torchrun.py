@@ -5,14 +5,13 @@ checkpoint) continues exactly as one process's resume does."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from script_runner import torchrun
 
 from ray_rthpo import metrics as M
 
@@ -31,11 +30,8 @@ SAME = (M.STEP, M.TRAIN_LOSS, M.TRAIN_ACC, M.VAL_LOSS, M.VAL_ACC, M.TEST_LOSS, M
 
 def _torchrun(config: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     """``torchrun --standalone --nproc_per_node=2 -m ray_rthpo.cli train CONFIG --output OUT EXTRA``."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "ray_rthpo.cli", "train", str(config), "--output", str(out), *extra]
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env={**env, "OMP_NUM_THREADS": "1"})
+    done = torchrun(["--standalone", "--nproc_per_node=2", "-m", "ray_rthpo.cli", "train", str(config),
+                     "--output", str(out), *extra])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
@@ -70,9 +66,8 @@ def test_two_torchrun_processes_train_as_one_and_resume_exactly(tmp_path: Path) 
 def test_torchrun_needs_an_output_folder_every_rank_names(tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(RUN))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "ray_rthpo.cli", "train", str(config)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = torchrun(["--standalone", "--nproc_per_node=2", "-m", "ray_rthpo.cli", "train", str(config)],
+                    cwd=tmp_path)
     assert done.returncode != 0
     assert "under torchrun, give rthpo train an --output folder" in done.stdout + done.stderr
     assert not (tmp_path / "runs").exists()
