@@ -284,8 +284,7 @@ def figure_eta(study: Study, path: Path) -> Path | None:
     handles.append(Line2D([], [], color="black", ls=":", label="bar's η̄ (best exp_decay)"))
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=7, frameon=False)
     fig.suptitle("η along the run of RT-HPO with the recommended rule and β (solid) and the additive rule "
-                 "at its "
-                 "best β (dashed); one line per seed (η = 0 drawn at 1e-12)", fontsize=8)
+                 "at its best β (dashed); one line per seed (η = 0 drawn at 1e-12)", fontsize=8)
     from ray_rthpo.report.files import atomic_save_figure
 
     return atomic_save_figure(fig, path)
