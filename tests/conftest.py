@@ -41,6 +41,48 @@ def _one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+#: How long a test that uses ``ray_local`` waits for the session's Ray to have every CPU free again (the
+#: previous test's trial actors are still being torn down) before it restarts that Ray.
+_RAY_IDLE_WAIT_S = 60.0
+
+
+def _start_session_ray() -> None:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+
+
+@pytest.fixture(autouse=True)
+def _session_ray_is_idle(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Before a test that uses ``ray_local``: every CPU of the session's Ray is free. A test that failed or
+    injected faults (tests/test_faults.py kills trial workers) can leave actors holding CPUs; the next
+    test's trials would then wait for resources that never come back, and the session would hang. When
+    the CPUs are not back within ``_RAY_IDLE_WAIT_S``, the session's Ray is restarted, with a warning."""
+    if "ray_local" not in request.fixturenames:
+        yield
+        return
+    import time
+    import warnings
+
+    import ray
+
+    request.getfixturevalue("ray_local")
+    deadline = time.monotonic() + _RAY_IDLE_WAIT_S
+    while ray.is_initialized():
+        total = ray.cluster_resources().get("CPU", 0.0)
+        if total and ray.available_resources().get("CPU", 0.0) >= total:
+            break
+        if time.monotonic() > deadline:
+            warnings.warn(f"the session's Ray still had CPUs held {_RAY_IDLE_WAIT_S:.0f} s after the "
+                          f"previous test ({ray.available_resources()} of {ray.cluster_resources()}); "
+                          f"restarting it before {request.node.nodeid}", stacklevel=1)
+            ray.shutdown()
+            _start_session_ray()
+            break
+        time.sleep(0.5)
+    yield
+
+
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
     """One real local Ray for the whole test session (2 CPUs, no dashboard), shut down at the end.
@@ -58,7 +100,7 @@ def ray_local() -> Iterator[None]:
     example_dir = os.path.join(os.path.dirname(tests_dir), "examples", "tabular")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, example_dir, saved["PYTHONPATH"]) if p)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    _start_session_ray()
     try:
         yield
     finally:

@@ -5,6 +5,8 @@ at once must land on two nodes. It runs in a subprocess: it cannot share the ses
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -47,12 +49,23 @@ def test_comparison_trials_spread_over_two_nodes(tmp_path: Path) -> None:
         resources={"cpu": 1, "custom": {"trial_slot": 1}})))
     script, out, result = tmp_path / "cluster.py", tmp_path / "out", tmp_path / "result.json"
     script.write_text(SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(config), str(out), str(result)],
-                          capture_output=True, text=True, timeout=480)
-    assert result.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    # output to a file, in a session of its own: on a timeout the whole group (the script, its CLI and the
+    # cluster's Ray processes) is killed; with pipes, a surviving Ray process would hold them open forever
+    log = tmp_path / "cluster.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, str(script), str(config), str(out), str(result)],
+                                stdout=fh, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            proc.wait(timeout=480)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail(f"the two-node comparison ran past 480 s:\n{log.read_text()[-3000:]}")
+    printed = log.read_text()
+    assert result.is_file(), printed[-6000:]
     outcome = json.loads(result.read_text())
-    assert outcome["rc"] == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "2 node(s)" in proc.stdout
+    assert outcome["rc"] == 0, printed[-6000:]
+    assert "2 node(s)" in printed
     trials = pd.read_csv(out / "trials.csv")
     per_trial = trials.groupby("trial_id")["node/id"].nunique()
     assert (per_trial == 1).all()  # a trial stays on its node
