@@ -217,7 +217,6 @@ def test_a_comparison_of_two_worker_trials_on_the_local_ray(ray_local: None, tmp
     from ray_rthpo.report.journal import load_rows
     from ray_rthpo.report.selection import compute_spent, latest_reports
     from ray_rthpo.tune import compare
-    from ray_rthpo.tune.trainable import use_workers
 
     if os.environ.get("RAY_ADDRESS"):
         pytest.skip("the session's Ray is an outside cluster: its workers are not this process's to kill")
@@ -241,7 +240,6 @@ def test_a_comparison_of_two_worker_trials_on_the_local_ray(ray_local: None, tmp
     finally:
         stop.set()
         killer.join(timeout=10)
-        use_workers(None)  # this process's later trials are single-process again (fresh_train_fn)
     printed = "\n".join(lines)
     assert "trial error" not in printed, printed[-3000:]
     rows = load_rows(out / "progress" / "rthpo2.jsonl")

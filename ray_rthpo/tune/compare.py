@@ -138,7 +138,7 @@ def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
     config_text = yaml.safe_dump(exp.to_dict(), sort_keys=False)
     if not checked:
         preflight(exp, out, strategies=strategies, resume=resume, joined=joined)
-    resources = trial_resources(exp, joined=joined, note=progress)
+    resources = trial_resources(exp.resources, joined=joined, note=progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
@@ -217,7 +217,7 @@ def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
     # again, in the config's order: a resumed experiment may have read every run back
     write_trials(trials, out)
     wall = time.time() - start
-    texts = summary_texts(exp, trials, walls, resources, errors, wall)
+    texts = summary_texts(exp, trials, walls, resources.ray, errors, wall)
     atomic_write_text(out / "summary.md", texts.markdown)
     write_figures(trials, exp.budget_s, out)
     return ComparisonResult(trials, texts.per_strategy, texts.console, wall, out, texts.markdown,

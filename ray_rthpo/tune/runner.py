@@ -33,7 +33,7 @@ import pandas as pd
 from ray_rthpo import metrics as M
 from ray_rthpo.config import method_reads
 from ray_rthpo.errors import ConfigError, RTHPOError
-from ray_rthpo.experiment.config import ExperimentConfig, ResolvedStrategy, StrategyConfig
+from ray_rthpo.experiment.config import ExperimentConfig, ResolvedStrategy, Resources, StrategyConfig
 from ray_rthpo.report.console import WIDTH
 from ray_rthpo.report.journal import append_row, end_cut_line, load_rows
 from ray_rthpo.report.selection import RECEIVED_AT, latest_reports
@@ -138,8 +138,36 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool
     return joined
 
 
-def trial_resources(exp: ExperimentConfig, *, joined: bool, note: ProgressFn = print) -> dict[str, float]:
-    """The per-trial resource dict, checked against the running Ray cluster.
+@dataclass(frozen=True)
+class TrialResources:
+    """What each trial of a strategy asks Ray for, as :func:`trial_resources` checked it against the
+    cluster: ``ray``, the trial process's request (``tune.with_resources``), and ``workers``, the
+    :class:`~ray_rthpo.tune.train_workers.WorkerSpec` of its Ray Train workers (None: the trial trains in its
+    own process)."""
+
+    ray: dict[str, float]
+    workers: Any = None
+
+    def trainable(self) -> Any:
+        """A fresh function trainable asking for these resources (a new copy each call, see
+        :func:`ray_rthpo.tune.trainable.fresh_train_fn`)."""
+        from ray import tune
+
+        from ray_rthpo.tune.train_workers import workers_trainable
+        from ray_rthpo.tune.trainable import fresh_train_fn
+
+        function = fresh_train_fn() if self.workers is None else workers_trainable(self.workers)
+        return tune.with_resources(function, self.ray)
+
+
+def unchecked_resources(res: Resources) -> TrialResources:
+    """``res`` as asked for, without looking at the cluster (GPUs kept even where there are none)."""
+    return TrialResources(res.as_ray(), worker_spec(res))
+
+
+def trial_resources(res: Resources, *, joined: bool, note: ProgressFn = print) -> TrialResources:
+    """The per-trial resources ``res`` (an experiment's or a strategy's), checked against the running Ray
+    cluster.
 
     On a local Ray without any GPU, a strategy asking for GPUs runs on the CPU when
     ``resources.cpu_fallback`` is true (a note is printed), else this raises. A request no node can
@@ -147,19 +175,16 @@ def trial_resources(exp: ExperimentConfig, *, joined: bool, note: ProgressFn = p
     """
     import ray
 
-    if exp.resources.workers > 1:
-        return _workers_trial_resources(exp, joined=joined, note=note)
-    from ray_rthpo.tune.trainable import use_workers
-
-    use_workers(None)
-    wanted = exp.resources.as_ray()
+    if res.workers > 1:
+        return _workers_trial_resources(res, joined=joined, note=note)
+    wanted = res.as_ray()
     totals = ray.cluster_resources()
     if wanted["gpu"] > 0 and totals.get("GPU", 0) == 0 and not joined:
-        if not exp.resources.cpu_fallback:
-            raise ConfigError(f"resources.gpu is {exp.resources.gpu}, but this Ray has no GPU; run on a GPU "
+        if not res.cpu_fallback:
+            raise ConfigError(f"resources.gpu is {res.gpu}, but this Ray has no GPU; run on a GPU "
                               "machine or cluster (--address), or set resources.cpu_fallback: true.")
-        note(f"note: no GPU in this Ray; trials run on the CPU (resources.gpu {exp.resources.gpu} -> 0)")
-        wanted = exp.resources.as_ray(use_gpu=False)
+        note(f"note: no GPU in this Ray; trials run on the CPU (resources.gpu {res.gpu} -> 0)")
+        wanted = res.as_ray(use_gpu=False)
     names = {"cpu": "CPU", "gpu": "GPU"}
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     if not any(all(node.get(names.get(k, k), 0) >= v for k, v in wanted.items() if v > 0) for node in nodes):
@@ -169,30 +194,25 @@ def trial_resources(exp: ExperimentConfig, *, joined: bool, note: ProgressFn = p
         if not joined:
             raise ConfigError(message)
         note(f"warning: {message}")
-    return wanted
+    return TrialResources(wanted)
 
 
-def worker_spec(exp: ExperimentConfig, *, use_gpu: bool = True) -> Any:
-    """The :class:`~ray_rthpo.tune.train_workers.WorkerSpec` of ``exp``'s trials (``resources.workers`` > 1),
-    else None."""
+def worker_spec(res: Resources, *, use_gpu: bool = True) -> Any:
+    """The :class:`~ray_rthpo.tune.train_workers.WorkerSpec` of trials of ``res`` (``resources.workers`` >
+    1), else None."""
     from ray_rthpo.tune.train_workers import WorkerSpec
 
-    res = exp.resources
     if res.workers <= 1:
         return None
     return WorkerSpec(res.workers, cpu=res.worker_cpu, gpu=res.worker_gpu if use_gpu else 0.0)
 
 
-def _workers_trial_resources(exp: ExperimentConfig, *, joined: bool, note: ProgressFn) -> dict[str, float]:
+def _workers_trial_resources(res: Resources, *, joined: bool, note: ProgressFn) -> TrialResources:
     """:func:`trial_resources` for ``resources.workers`` > 1: the trial's own process asks for a sliver of
     a CPU (and ``custom``), Ray Train asks for the workers; checked against the whole cluster (Train may
-    spread the workers over nodes). Sets the workers :func:`~ray_rthpo.tune.trainable.fresh_train_fn` uses."""
+    spread the workers over nodes)."""
     import ray
 
-    from ray_rthpo.tune.train_workers import workers_train_fn
-    from ray_rthpo.tune.trainable import use_workers
-
-    res = exp.resources
     totals = ray.cluster_resources()
     use_gpu = True
     if res.worker_gpu > 0 and totals.get("GPU", 0) == 0 and not joined:
@@ -203,8 +223,8 @@ def _workers_trial_resources(exp: ExperimentConfig, *, joined: bool, note: Progr
         note(f"note: no GPU in this Ray; the {res.workers} workers of each trial run on the CPU "
              f"(resources.gpu_per_worker {res.worker_gpu} -> 0)")
         use_gpu = False
-    spec = worker_spec(exp, use_gpu=use_gpu)
-    need = {"CPU": spec.workers * spec.cpu + exp.resources.as_ray()["cpu"], "GPU": spec.workers * spec.gpu}
+    spec = worker_spec(res, use_gpu=use_gpu)
+    need = {"CPU": spec.workers * spec.cpu + res.as_ray()["cpu"], "GPU": spec.workers * spec.gpu}
     short = {k: (v, totals.get(k, 0.0)) for k, v in need.items() if v > totals.get(k, 0.0) + 1e-9}
     if short:
         needs = ", ".join(f"{v:g} {k}" for k, (v, _) in short.items())
@@ -215,8 +235,7 @@ def _workers_trial_resources(exp: ExperimentConfig, *, joined: bool, note: Progr
         if not joined:
             raise ConfigError(message)
         note(f"warning: {message}")
-    use_workers(spec, workers_train_fn)
-    return exp.resources.as_ray()
+    return TrialResources(res.as_ray(), spec)
 
 
 def param_space(resolved: ResolvedStrategy, repetition: int = 0, *,
@@ -441,13 +460,16 @@ def tracking_env(exp: ExperimentConfig) -> contextlib.AbstractContextManager[Non
 
 
 def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_path: str,
-                 resources: dict[str, float] | None = None, progress: ProgressFn = print,
+                 resources: TrialResources | None = None, progress: ProgressFn = print,
                  journal: str | Path | None = None, resume: bool = False,
                  seed: int | None = None) -> StrategyOutcome:
     """Run ``strategy`` as one Tune experiment (named by ``exp.run_name``) under ``storage_path``
     (absolute or a URI) until its trials are done or its compute reaches ``exp.budget_s``; return every
     reported epoch. ``seed``: the repetition's searcher seed (default ``exp.seed``, the first
     repetition); its trials train with ``train.seed`` shifted by as much (see :func:`param_space`).
+
+    ``resources``: what each trial asks for, as :func:`trial_resources` checked it (default: the
+    experiment's ``resources`` as they are, unchecked).
 
     ``journal``: a JSON-lines file every reported epoch is appended to as it arrives. ``resume``: when
     ``<storage_path>/<strategy name>`` holds this strategy's interrupted Tune experiment, restore it
@@ -460,7 +482,6 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
     from ray_rthpo.tune.budget import ComputeBudgetStopper
     from ray_rthpo.tune.checkpoints import retention_callback
     from ray_rthpo.tune.searchers import build_searcher, is_basic
-    from ray_rthpo.tune.trainable import fresh_train_fn
 
     quiet_ray()
     resolved = exp.resolved(strategy)
@@ -468,25 +489,22 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
         raise ConfigError(f"strategy {strategy.name}: scheduler pbt clones Tune checkpoints, but the trials "
                           f"of resources.workers {exp.resources.workers} keep theirs in Ray Train's storage; "
                           "use scheduler fifo or asha, or resources.workers: 1.")
-    if resources is None:  # else trial_resources chose the workers (and whether they get their GPUs)
-        from ray_rthpo.tune.train_workers import workers_train_fn
-        from ray_rthpo.tune.trainable import use_workers
-
-        use_workers(worker_spec(exp), workers_train_fn)
+    if resources is None:
+        resources = unchecked_resources(exp.resources)
     seed = exp.seed if seed is None else int(seed)
     repetition = seed - exp.seed
     name = exp.run_name(strategy, seed)
     experiment_path = f"{storage_path.rstrip('/')}/{name}"
     restoring = resume and tune.Tuner.can_restore(experiment_path)
     earlier = resume_journal(journal, restoring)
-    require_gpu = (resources or exp.resources.as_ray()).get("gpu", 0.0) > 0 and not exp.resources.cpu_fallback
+    require_gpu = resources.ray.get("gpu", 0.0) > 0 and not exp.resources.cpu_fallback
     # keyed by the experiment's path: Tune's restored experiment state unpickles its stopper as this one
     stopper = ComputeBudgetStopper(exp.budget_s, key=experiment_path)
     for row in earlier:  # the interrupted run's compute: each (trial, epoch) once, repeats replace it
         stopper.record(str(row["trial_id"]), row)
     callback = progress_callback_class()(exp, resolved, progress, Path(journal) if journal else None,
                                          earlier, seed)
-    trainable = tune.with_resources(fresh_train_fn(), resources or exp.resources.as_ray())
+    trainable = resources.trainable()
     # PBT restores trials from *other* trials' latest checkpoints: keep a few, so that a donor's next report
     # cannot delete the one being cloned.
     retention = retention_callback(keep_last=4 if strategy.scheduler == "pbt" else 1)
@@ -515,7 +533,7 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
                 search_alg=search_alg, scheduler=scheduler(resolved), num_samples=resolved.num_samples,
                 max_concurrent_trials=None if is_basic(search_alg) else exp.max_concurrent,
                 # a trial of Ray Train workers waits in TorchTrainer.fit: its process is not reusable
-                reuse_actors=exp.resources.workers == 1),
+                reuse_actors=resources.workers is None),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage_path, verbose=0, callbacks=[callback, retention, *logged],
                 stop=stopper,
@@ -540,7 +558,8 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
                            repeated_reports=callback.repeated, retries=callback.retries)
 
 
-__all__ = ["StrategyOutcome", "init_ray", "trial_resources", "worker_spec",
+__all__ = ["StrategyOutcome", "init_ray", "TrialResources", "trial_resources", "unchecked_resources",
+           "worker_spec",
            "param_space", "scheduler", "restored_run_config",
            "without_tune_loggers", "tracking_callbacks", "tracking_env",
            "run_strategy"]

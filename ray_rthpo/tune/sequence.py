@@ -469,14 +469,15 @@ def _routing_callback(key: str, callbacks: dict[str, Any], announce: Callable[[s
     return RoutingCallback()
 
 
-def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, resources: dict[str, float],
+def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, resources: Any,
                  journals: Path, resume: bool, progress: Callable[[str], None],
                  on_run_done: Callable[[str, Any], None],
                  headers: dict[str, str] | None = None) -> dict[str, Any]:
     """Run the ``runs`` ((seed, strategy) pairs, in order; FIFO or ASHA: :func:`in_sequence`) of the
     experiment ``exp`` as one Tune experiment ``<storage_path>/sequence`` (see the module doc); return
     ``{run name: StrategyOutcome}`` of the runs that ran in this call. ``on_run_done(name, outcome)`` is
-    called as each run ends (the comparison writes its done marker and tables then). ``headers``: run name
+    called as each run ends (the comparison writes its done marker and tables then). ``resources``: what
+    every trial asks for (a :class:`~ray_rthpo.tune.runner.TrialResources`). ``headers``: run name
     -> how its first progress line names it (default: the name).
 
     ``resume``: restore the interrupted sequence (``Tuner.restore``: finished trials kept, unfinished ones
@@ -502,12 +503,11 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
     )
     from ray_rthpo.tune.runner import scheduler as run_scheduler  # a run's own ASHA, or None (FIFO)
     from ray_rthpo.tune.searchers import build_searcher, is_basic
-    from ray_rthpo.tune.trainable import fresh_train_fn
 
     quiet_ray()
     experiment_path = f"{storage_path.rstrip('/')}/sequence"
     restoring = resume and tune.Tuner.can_restore(experiment_path)
-    require_gpu = resources.get("gpu", 0.0) > 0 and not exp.resources.cpu_fallback
+    require_gpu = resources.ray.get("gpu", 0.0) > 0 and not exp.resources.cpu_fallback
     callback_class = progress_callback_class()
     sequence_runs: list[Run] = []
     callbacks: dict[str, Any] = {}
@@ -557,7 +557,7 @@ def run_sequence(exp: Any, runs: list[tuple[int, Any]], *, storage_path: str, re
     retention = retention_callback(keep_last=1)
     # MLflow, if asked: every trial a run, tagged with the run (strategy, seed) it belongs to
     logged = tracking_callbacks(exp, experiment_path, runs, live_sequence=live_sequence)
-    trainable = tune.with_resources(fresh_train_fn(), resources)
+    trainable = resources.trainable()
     if restoring:
         progress(f"[sequence] resuming the Tune experiment in {experiment_path} "
                  f"({sum(len({r['trial_id'] for r in rows}) for rows in journaled.values())} trial(s) "

@@ -163,5 +163,16 @@ def workers_train_fn(config: dict[str, Any], spec: WorkerSpec) -> None:
     trainer.fit()
 
 
-__all__ = ["WorkerSpec", "worker_loop", "workers_train_fn", "to_worker_seconds", "WORKERS",
-           "EPOCH_WALL_SECONDS", "SCALED_SECONDS"]
+def workers_trainable(spec: WorkerSpec) -> Any:
+    """A new Tune function trainable that runs each trial on ``spec.workers`` Ray Train workers
+    (:func:`workers_train_fn`), named as the single-process ``train_fn`` (a fresh object each call, as
+    :func:`ray_rthpo.tune.trainable.fresh_train_fn`: ``tune.with_resources`` marks the function)."""
+
+    def train_fn(config: dict[str, Any]) -> None:
+        workers_train_fn(config, spec)
+
+    return train_fn
+
+
+__all__ = ["WorkerSpec", "worker_loop", "workers_train_fn", "workers_trainable", "to_worker_seconds",
+           "WORKERS", "EPOCH_WALL_SECONDS", "SCALED_SECONDS"]

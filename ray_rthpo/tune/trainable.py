@@ -154,47 +154,19 @@ def train_fn(config: dict[str, Any]) -> None:
         checkpoint_s += time.perf_counter() - begin
 
 
-#: The Ray Train workers of the experiment this driver process runs (``resources.workers`` > 1) and the
-#: function that runs one trial on them, set by :func:`use_workers` (``ray_rthpo.tune.runner.trial_resources``
-#: and ``run_strategy`` do, with ``ray_rthpo.tune.train_workers.workers_train_fn``); None: one process.
-_WORKERS: tuple[Any, Callable[[dict[str, Any], Any], None]] | None = None
-
-
-def use_workers(spec: Any, run: Callable[[dict[str, Any], Any], None] | None = None) -> None:
-    """From now on :func:`fresh_train_fn` makes trials of ``spec`` (a
-    :class:`~ray_rthpo.tune.train_workers.WorkerSpec`), each run by ``run(config, spec)`` (a Ray Train
-    ``TorchTrainer`` of its workers), or single-process trials when ``spec`` is None."""
-    global _WORKERS
-    if spec is not None and run is None:
-        raise TypeError("use_workers(spec, run): pass the function that runs a trial on the workers, "
-                        "ray_rthpo.tune.train_workers.workers_train_fn.")
-    _WORKERS = None if spec is None else (spec, run)  # type: ignore[assignment]
-
-
 def fresh_train_fn() -> Callable[[dict[str, Any]], None]:
     """A new function object with :func:`train_fn`'s code and name, for ``tune.with_resources``.
 
     Ray's ``with_resources`` stores the resources as an attribute *on the function it is given*;
     wrapping the module's ``train_fn`` would make a later ``tune.run(train_fn, resources_per_trial=...)``
-    in the same process fail. Each experiment wraps its own copy instead.
-
-    After ``use_workers(spec, run)`` with a spec, the copy runs each trial on ``spec.workers`` Ray Train
-    workers (``run(config, spec)``), under the same name.
+    in the same process fail. Each experiment wraps its own copy instead. (Trials of several Ray Train
+    workers: :func:`ray_rthpo.tune.train_workers.workers_trainable`.)
     """
-    if _WORKERS is not None:
-        spec, run = _WORKERS
-
-        def workers_fn(config: dict[str, Any]) -> None:
-            run(config, spec)
-
-        # trials named as single-process ones
-        workers_fn.__name__ = workers_fn.__qualname__ = train_fn.__name__
-        return workers_fn
     return types.FunctionType(train_fn.__code__, train_fn.__globals__, train_fn.__name__,
                               train_fn.__defaults__, train_fn.__closure__)
 
 
-__all__ = ["train_fn", "fresh_train_fn", "use_workers",
+__all__ = ["train_fn", "fresh_train_fn",
            "config_from_ray", "node_info", "trial_device", "CHECKPOINT_FILE",
            "NODE_ID", "NODE_IP", "HOSTNAME", "DEVICE_NAME", "GPU_IDS", "PID", "REPORTED_AT", "SETUP_SECONDS",
            "CHECKPOINT_SECONDS"]
