@@ -8,6 +8,12 @@ too, and returns the exit status. The caller requests the ``ray_local`` fixture 
 needs Ray (the script's ``ray.init`` then joins the running one). Used by tests/test_documented_commands.py,
 tests/test_suite.py and tests/test_table1_experiment.py. ``torchrun`` launches ``torchrun ARGS`` as a
 subprocess (tests/test_documented_commands.py, tests/test_train_torchrun.py).
+
+``run_isolated`` is ``subprocess.run(args, capture_output=True, text=True, timeout=...)`` for commands that
+start processes of their own (Ray, torchrun's ranks): the command runs in a session of its own with its
+output in files, and on a timeout its whole process group is killed and the test fails with the output's
+tail. With pipes, a surviving grandchild (a Ray process) holds them open and ``subprocess.run`` waits on
+them forever, past its own timeout; a test must fail instead of hanging the suite.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import runpy
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -84,12 +91,56 @@ def run_script(script: Path, argv: Sequence[str], cwd: str | os.PathLike[str] | 
         return exit_code(lambda: runpy.run_path(str(script), run_name="__main__"))
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group ``proc`` leads (it was started with ``start_new_session=True``): the
+    command and every process it started that stayed in its session (a Ray it started, torchrun's ranks)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run_isolated(args: Sequence[str], *, timeout: float, cwd: str | os.PathLike[str] | None = None,
+                 env: Mapping[str, str] | None = None, log: Path | None = None,
+                 check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``args`` as ``subprocess.run(args, capture_output=True, text=True, timeout=timeout)`` would, but in
+    a session of its own with stdout and stderr in files (``log`` + ``.out``/``.err`` when given, else
+    temporary ones), so that no process it leaves behind can block the test. Past ``timeout`` seconds the
+    whole group is killed and the test fails, showing the output's tail. ``check``: fail the test on a
+    non-zero exit status too."""
+    with contextlib.ExitStack() as stack:
+        if log is None:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="run-isolated-")))
+            out_path, err_path = folder / "stdout", folder / "stderr"
+        else:
+            out_path, err_path = Path(f"{log}.out"), Path(f"{log}.err")
+        with open(out_path, "w") as out, open(err_path, "w") as err:
+            proc = subprocess.Popen(list(args), cwd=cwd, env=None if env is None else dict(env), stdout=out,
+                                    stderr=err, text=True, start_new_session=True)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                stop_group(proc)
+                proc.wait()
+                pytest.fail(f"{' '.join(map(str, args))[:300]} ran past {timeout:g} s (its process group was "
+                            f"killed):\n{out_path.read_text()[-3000:]}\n{err_path.read_text()[-3000:]}")
+            finally:
+                if proc.poll() is None:  # the test was interrupted: leave nothing running
+                    stop_group(proc)
+                    proc.wait()
+        done = subprocess.CompletedProcess(list(args), proc.returncode, out_path.read_text(),
+                                           err_path.read_text())
+    if check and done.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, args))[:300]} exited {done.returncode}:\n{done.stdout[-3000:]}\n"
+                    f"{done.stderr[-3000:]}")
+    return done
+
+
 def torchrun(args: Sequence[str], cwd: str | os.PathLike[str] | None = None,
              timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """``torchrun ARGS`` (as ``python -m torch.distributed.run``, this interpreter) from ``cwd``, its output
     captured: outside any torchrun of this process's own (its rank variables dropped), one thread per
-    process."""
+    process (:func:`run_isolated`: a rank that hangs cannot hang the test)."""
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", *args], cwd=cwd,
-                          env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_isolated([sys.executable, "-m", "torch.distributed.run", *args], cwd=cwd,
+                        env={**env, "OMP_NUM_THREADS": "1"}, timeout=timeout)

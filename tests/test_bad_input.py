@@ -8,12 +8,12 @@ import gzip
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from script_runner import run_isolated
 from tune_helpers import ETA_SPACE, tiny_experiment
 
 from ray_rthpo.cli import main
@@ -305,8 +305,7 @@ def test_bad_input_through_the_console_script_prints_no_traceback(inputs: dict[s
                                                                    tmp_path: Path) -> None:
     for argv in (["compare", inputs["exp"], "--set", "strategies.a.searcher=hyperband"],
                  ["train", inputs["bad_yaml"], "--output", str(tmp_path / "o")]):
-        proc = subprocess.run([sys.executable, "-m", "ray_rthpo.cli", *argv], capture_output=True, text=True,
-                              timeout=120, cwd=tmp_path)
+        proc = run_isolated([sys.executable, "-m", "ray_rthpo.cli", *argv], timeout=120, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and proc.stderr.strip().startswith("rthpo: error: ")
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -340,8 +339,7 @@ def test_config_errors_are_reported_before_torch_and_ray_are_imported(inputs: di
     script = ("import json, sys\nfrom ray_rthpo.cli import main\nout = []\n"
               f"for argv in {argvs!r}:\n    out.append(main(argv))\n"
               f"print(json.dumps([out, [m for m in {HEAVY_MODULES!r} if m in sys.modules]]))\n")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path)
+    proc = run_isolated([sys.executable, "-c", script], timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     codes, loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     errors = [line for line in proc.stderr.splitlines() if line.strip()]

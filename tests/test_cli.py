@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from script_runner import run_isolated
 
 from ray_rthpo.cli import main
 
@@ -74,8 +74,8 @@ def test_bad_input_is_one_line_and_exit_status_2(
 
 @pytest.mark.slow  # a subprocess that imports torch and Ray: seconds each
 def test_missing_config_file_via_the_console_script(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "ray_rthpo.cli", "train", str(tmp_path / "missing.yaml")],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_isolated([sys.executable, "-m", "ray_rthpo.cli", "train", str(tmp_path / "missing.yaml")],
+                        timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("rthpo: error: config file") and "does not exist" in proc.stderr

@@ -28,7 +28,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 import types
@@ -37,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from script_runner import chdir, exit_code, run_script, torchrun
+from script_runner import chdir, exit_code, run_isolated, run_script, torchrun
 
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -369,7 +368,7 @@ def execute(command: str, copy: Path, request: pytest.FixtureRequest) -> int:
 
             env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
                    "PYTHON": sys.executable}
-            proc = subprocess.run(words, cwd=copy, env=env, capture_output=True, text=True, timeout=300)
+            proc = run_isolated(words, cwd=copy, env=env, timeout=300)
             print(proc.stdout[-4000:], proc.stderr[-4000:])
             rc = proc.returncode
         else:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
+from script_runner import run_isolated, stop_group
 from tune_helpers import CLI, WorkerKiller, recorded_statuses, tiny_experiment
 
 from ray_rthpo import metrics as M
@@ -159,13 +159,6 @@ def latest_by_trial(journal: Path) -> dict[str, dict[str, Any]]:
     return {row["trial_id"]: row for row in load_rows(journal)} if journal.is_file() else {}
 
 
-def stop_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
-    except ProcessLookupError:
-        pass
-
-
 def test_a_killed_driver_resumes_under_a_worker_killer(tmp_path: Path, ray_env: dict[str, str]) -> None:
     """``rthpo compare`` under the worker killer, its driver SIGKILLed while the grid runs, then (after the
     journal got every reported epoch twice, trials.csv was edited by hand and a trial checkpoint was cut)
@@ -220,8 +213,7 @@ def test_a_killed_driver_resumes_under_a_worker_killer(tmp_path: Path, ray_env: 
     if cut:
         data = cut[0].read_bytes()
         cut[0].write_bytes(data[: len(data) // 2])
-        refused = subprocess.run([*args, "--resume"], env=ray_env, capture_output=True, text=True,
-                                 timeout=120)
+        refused = run_isolated([*args, "--resume"], env=ray_env, timeout=120)
         assert refused.returncode == 2, refused.stderr[-3000:]
         err = refused.stderr.strip()
         assert err.startswith("rthpo: error: --resume: Ray trial checkpoint") and "\n" not in err, err

@@ -5,12 +5,12 @@ that it does not disturb the session's CPU-only Ray)."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from script_runner import run_isolated
 
 from ray_rthpo.errors import ConfigError
 from ray_rthpo.tune.trainable import trial_device
@@ -95,8 +95,7 @@ SCRIPT = textwrap.dedent('''
 @pytest.mark.ray
 @pytest.mark.slow
 def test_fractional_gpu_trials_run_four_at_a_time_on_two_logical_gpus(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                          timeout=400, cwd=REPO)
+    done = run_isolated([sys.executable, "-c", SCRIPT, str(tmp_path)], timeout=400, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     marked = {line.split(" ", 1)[0] + (" " + line.split(" ")[1] if line.startswith("@@COMPARE") else ""): line
               for line in done.stdout.splitlines() if line.startswith("@@")}

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from script_runner import run_isolated
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "rosenbrock.py"
 _spec = importlib.util.spec_from_file_location("rosenbrock_experiment", SCRIPT)
@@ -111,7 +111,6 @@ def test_main_rejects_non_finite_start(tmp_path: Path) -> None:
 @pytest.mark.slow  # a subprocess that imports torch and Ray: seconds each
 def test_experiment_script_runs_from_the_command_line(tmp_path: Path) -> None:
     out = tmp_path / "fig.png"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--long-steps", "10"],
-                          capture_output=True, text=True, timeout=300)
+    done = run_isolated([sys.executable, str(SCRIPT), "--out", str(out), "--long-steps", "10"], timeout=300)
     assert done.returncode == 0, done.stderr
     assert out.read_bytes().startswith(b"\x89PNG") and "figure written to" in done.stdout

@@ -5,9 +5,6 @@ at once must land on two nodes. It runs in a subprocess: it cannot share the ses
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -15,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from script_runner import run_isolated
 from tune_helpers import tiny_experiment
 
 pytestmark = pytest.mark.ray
@@ -49,23 +47,15 @@ def test_comparison_trials_spread_over_two_nodes(tmp_path: Path) -> None:
         resources={"cpu": 1, "custom": {"trial_slot": 1}})))
     script, out, result = tmp_path / "cluster.py", tmp_path / "out", tmp_path / "result.json"
     script.write_text(SCRIPT)
-    # output to a file, in a session of its own: on a timeout the whole group (the script, its CLI and the
-    # cluster's Ray processes) is killed; with pipes, a surviving Ray process would hold them open forever
-    log = tmp_path / "cluster.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, str(script), str(config), str(out), str(result)],
-                                stdout=fh, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        try:
-            proc.wait(timeout=480)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            pytest.fail(f"the two-node comparison ran past 480 s:\n{log.read_text()[-3000:]}")
-    printed = log.read_text()
+    # in a session of its own, output to files: on a timeout the whole group (the script, its CLI and the
+    # cluster's Ray processes) is killed (tests/script_runner.py: run_isolated)
+    done = run_isolated([sys.executable, str(script), str(config), str(out), str(result)], timeout=480,
+                        log=tmp_path / "cluster")
+    printed = done.stdout + done.stderr
     assert result.is_file(), printed[-6000:]
     outcome = json.loads(result.read_text())
     assert outcome["rc"] == 0, printed[-6000:]
-    assert "2 node(s)" in printed
+    assert "2 node(s)" in done.stdout, printed[-6000:]
     trials = pd.read_csv(out / "trials.csv")
     per_trial = trials.groupby("trial_id")["node/id"].nunique()
     assert (per_trial == 1).all()  # a trial stays on its node
