@@ -151,6 +151,48 @@ def test_resources_workers() -> None:
         Resources(workers=2, cpu_per_worker=-1)
 
 
+def test_a_strategy_names_resources_of_its_own() -> None:
+    """A strategy's ``resources`` go over the experiment's; one that sets ``workers`` sets its trials' whole
+    shape (keeps ``custom`` and ``cpu_fallback``); such a strategy runs outside the shared sequence, and the
+    summary names its resources. Errors name the strategy and the key."""
+    from ray_rthpo.report.summary import summary_texts
+    from ray_rthpo.tune.sequence import in_sequence
+
+    exp = experiment_from_dict({
+        "base": BASE, "resources": {"cpu": 1, "gpu": 0.5, "custom": {"slot": 1}, "cpu_fallback": False},
+        "strategies": [{"name": "same", "searcher": "none"},
+                       {"name": "two", "searcher": "none",
+                        "resources": {"workers": 2, "cpu_per_worker": 0.5}},
+                       {"name": "cpu2", "searcher": "none", "resources": {"cpu": 2}},
+                       {"name": "asis", "searcher": "none", "resources": {"cpu": 1}}]})
+    assert exp.resources_of("same") is exp.resources
+    assert exp.resources_of("two") == Resources(workers=2, cpu_per_worker=0.5, custom={"slot": 1},
+                                                cpu_fallback=False)
+    assert exp.resources_of("cpu2") == Resources(cpu=2, gpu=0.5, custom={"slot": 1}, cpu_fallback=False)
+    assert [in_sequence(exp, s) for s in exp.strategies] == [True, False, False, True]
+    rows = [{"strategy": name, "seed": 0, "trial_id": f"{name}_0", M.EPOCH: 1, M.VAL_ACC: 0.5,
+             M.VAL_LOSS: 1.0, M.TEST_ACC: 0.5, M.DIVERGED: False, M.EPOCH_SECONDS: 1.0, M.LR: 0.1,
+             "method": "rthpo"}
+            for name in ("same", "two", "cpu2", "asis")]
+    frame = __import__("pandas").DataFrame(rows)
+    text = summary_texts(exp, frame, {}, exp.resources.as_ray(), {}, 1.0).markdown
+    assert ("Strategy two: per trial 2 Ray Train workers ({'CPU': 0.5} each). Strategy cpu2: per trial "
+            "{'cpu': 2.0, 'gpu': 0.5, 'slot': 1.0}. The compute of a trial of several workers is counted as "
+            "workers x seconds.") in text, text
+    assert "Strategy same" not in text and "Strategy asis" not in text
+    for own, match in (({"wrkers": 2}, r"strategy b: unknown key 'resources\.wrkers'; did you mean "
+                                       r"'workers'"),
+                       ({"workers": 2, "gpu": 1}, r"strategy b: resources\.gpu is 1\.0, but with "
+                                                  r"resources\.workers 2"),
+                       ({"workers": 0}, r"strategy b: resources\.workers must be an integer >= 1")):
+        with pytest.raises(ConfigError, match=match):
+            experiment_from_dict({"base": BASE, "strategies": [{"name": "b", "resources": own}]})
+    with pytest.raises(ConfigError, match=r"strategy p: scheduler pbt clones Tune checkpoints"):
+        experiment_from_dict({"base": BASE, "strategies": [
+            {"name": "p", "method": "fixed", "scheduler": "pbt", "num_samples": 2,
+             "resources": {"workers": 2}, "space": {"lr.eta0": {"loguniform": [0.01, 1.0]}}}]})
+
+
 def test_the_cluster_example_loads() -> None:
     from ray_rthpo.experiment.config import load_experiment
 
@@ -212,8 +254,10 @@ def _kill_a_train_worker_after(journal: Path, epoch: int, killed: list[int], sto
 def test_a_comparison_of_two_worker_trials_on_the_local_ray(ray_local: None, tmp_path: Path) -> None:
     """One RT-HPO trial of 2 workers (0.5 CPU each: the session's Ray has 2), 4 epochs, a worker killed after
     epoch 2: the trial is retried and continues from its checkpoint; its reported eta trajectory and metrics
-    equal one process's; the budget counted 2 x each epoch's seconds, each epoch once. Then a grid of two
-    plain-SGD trials, one after the other, each equal to one process."""
+    equal one process's; the budget counted 2 x each epoch's seconds, each epoch once. The same RT-HPO run as
+    a strategy of 1 worker (its own resources) in the same comparison: the same eta trajectory, and the
+    summary says how many workers each strategy used. Then a grid of two plain-SGD trials, one after the
+    other, each equal to one process."""
     from ray_rthpo.report.journal import load_rows
     from ray_rthpo.report.selection import compute_spent, latest_reports
     from ray_rthpo.tune import compare
@@ -226,6 +270,7 @@ def test_a_comparison_of_two_worker_trials_on_the_local_ray(ray_local: None, tmp
         "max_failures": 2,
         "resources": {"workers": 2, "cpu_per_worker": 0.5},
         "strategies": [{"name": "rthpo2", "method": "rthpo", "searcher": "none"},
+                       {"name": "rthpo1", "method": "rthpo", "searcher": "none", "resources": {"workers": 1}},
                        {"name": "sgd2", "method": "fixed", "searcher": "grid",
                         "space": {"lr.eta0": {"grid": [0.05, 0.2]}}}]}, name="workers")
     out = tmp_path / "out"
@@ -255,8 +300,18 @@ def test_a_comparison_of_two_worker_trials_on_the_local_ray(ray_local: None, tmp
     done = json.loads((out / "progress" / "rthpo2.done.json").read_text())
     assert done["compute_s"] == pytest.approx(compute_spent(table)) and done["compute_s"] == pytest.approx(
         2 * float(table[EPOCH_WALL_SECONDS].sum()))
+    # the 1-worker strategy of the same comparison: the same global batches, the same eta trajectory
+    single = latest_reports(__import__("pandas").DataFrame(load_rows(out / "progress" / "rthpo1.jsonl")))
+    assert list(single[M.EPOCH]) == [1, 2, 3, 4] and WORKERS not in single.dropna(axis=1, how="all")
+    assert single[M.LR].tolist() == pytest.approx(table[M.LR].tolist(), rel=1e-10, abs=1e-12)
+    assert single[M.VAL_LOSS].tolist() == pytest.approx(table[M.VAL_LOSS].tolist(), rel=1e-10, abs=1e-12)
     summary = (out / "summary.md").read_text()
     assert "| trials | workers |" in summary and "Each trial ran on 2 Ray Train workers" in summary
+    assert "Strategy rthpo1: per trial {'cpu': 1.0, 'gpu': 0.0}." in summary, summary
+    every_run = summary.split("## Every run", 1)[1].split("\n## ", 1)[0].strip().splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in every_run if line.startswith("|")]
+    workers = {row[0]: row[cells[0].index("workers")] for row in cells[2:]}
+    assert workers == {"rthpo2": "2", "rthpo1": "1", "sgd2": "2"}, every_run
     if killed:  # the kill landed mid-run: the trial was retried and went on from a checkpoint
         assert done["retries"] >= 1, done
         first = [r for r in rows if r[M.EPOCH] == 1]

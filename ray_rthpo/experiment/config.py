@@ -23,9 +23,10 @@
         space:
           lr.eta0: {loguniform: [1.0e-3, 1.0]}
 
-Every strategy gets the same ``budget_s`` and the same ``resources``; the searched metric is always
-``val/acc`` (maximised). A plain run config (``configs/digits.yaml``, no ``strategies``) is an
-experiment with one trial of that config (``rthpo run``; ``rthpo compare`` refuses it: :func:`config_kind`).
+Every strategy gets the same ``budget_s`` and, unless it names its own (``resources: {workers: 2}``: see
+:func:`strategy_resources`), the same ``resources``; the searched metric is always ``val/acc`` (maximised).
+A plain run config (``configs/digits.yaml``, no ``strategies``) is an experiment with one trial of that
+config (``rthpo run``; ``rthpo compare`` refuses it: :func:`config_kind`).
 Unknown keys and wrong types fail with the key's path.
 
 Loading a config imports neither torch nor Ray: every error in it is reported before the data layer
@@ -52,7 +53,7 @@ from ray_rthpo.config import (
     method_reads,
     parse_override,
 )
-from ray_rthpo.config_schema import check, check_choice, flatten, from_dict
+from ray_rthpo.config_schema import check, check_choice, flatten, from_dict, to_dict
 from ray_rthpo.errors import ConfigError
 from ray_rthpo.experiment.searchers import check_searcher
 from ray_rthpo.experiment.spaces import GRID_KIND, check_space
@@ -254,6 +255,9 @@ class StrategyConfig:
     pbt: PbtConfig = field(default_factory=PbtConfig)
     # Run-config values for this strategy only (flat dotted keys or sections), e.g. {train.epochs: 4}.
     overrides: Any = None
+    # What this strategy's trials ask Ray for, over the experiment's resources (strategy_resources), e.g.
+    # {workers: 2, cpu_per_worker: 1}; null: the experiment's.
+    resources: Any = None
 
     def __post_init__(self) -> None:
         check(isinstance(self.name, str) and bool(_NAME.match(self.name)),
@@ -264,7 +268,7 @@ class StrategyConfig:
         check(self.num_samples is None or self.num_samples >= 1,
               f"strategy {self.name}: num_samples must be null or an integer >= 1, but got "
               f"{self.num_samples!r}.")
-        for key in ("space", "searcher_options", "overrides"):
+        for key in ("space", "searcher_options", "overrides", "resources"):
             value = getattr(self, key)
             check(value is None or isinstance(value, dict),
                   f"strategy {self.name}: {key} must be a mapping, but got {value!r}.")
@@ -335,6 +339,29 @@ def resolve_strategy(base: Config, strategy: StrategyConfig) -> ResolvedStrategy
     return ResolvedStrategy(strategy, config, space, num_samples)
 
 
+#: The keys of ``resources`` that say what one trial is made of; a strategy that sets ``workers`` takes none
+#: of them from the experiment (:func:`strategy_resources`).
+TRIAL_SHAPE_KEYS = ("cpu", "gpu", "cpu_per_worker", "gpu_per_worker")
+
+
+def strategy_resources(base: Resources, strategy: StrategyConfig) -> Resources:
+    """What each trial of ``strategy`` asks Ray for: the experiment's ``base`` resources with the strategy's
+    own ``resources`` keys over them. A strategy that sets ``workers`` sets the whole shape of its trials: it
+    takes ``custom`` and ``cpu_fallback`` from the experiment, but none of ``cpu``, ``gpu``,
+    ``cpu_per_worker``, ``gpu_per_worker`` (they describe the experiment's trials, not its own). Raises
+    ConfigError naming the strategy, the key and the fix."""
+    own = dict(strategy.resources or {})
+    if not own:
+        return base
+    inherited = {k: v for k, v in to_dict(base).items() if v is not None}
+    if "workers" in own:
+        inherited = {k: v for k, v in inherited.items() if k not in TRIAL_SHAPE_KEYS}
+    try:
+        return from_dict(Resources, {**inherited, **own}, "resources")
+    except ConfigError as err:
+        raise ConfigError(f"strategy {strategy.name}: {err}") from None
+
+
 def _check_pbt(strategy: StrategyConfig, config: Config, space: dict[str, tuple[str, list[Any]]]) -> None:
     where = f"strategy {strategy.name}"
     check(strategy.searcher in ("random", "grid"),
@@ -355,7 +382,8 @@ def _check_pbt(strategy: StrategyConfig, config: Config, space: dict[str, tuple[
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """A Tune experiment per strategy, all under the same compute budget and resources."""
+    """A Tune experiment per strategy, all under the same compute budget (and the same resources, unless a
+    strategy names its own)."""
 
     name: str = "experiment"
     # The run config every trial starts from (a Config once loaded; sections or a path in YAML).
@@ -407,9 +435,17 @@ class ExperimentConfig:
         check(not dupes, f"strategy names must be unique, but {dupes} appear twice; rename one.")
         if not self.tracking.enabled and self.base.tracking.enabled:  # a plain run config's own section
             object.__setattr__(self, "tracking", self.base.tracking)
-        # Every strategy is resolved here, once: its run config, checked space and trial count.
+        # Every strategy is resolved here, once: its run config, checked space and trial count, resources.
         object.__setattr__(self, "_resolved",
                            {s.name: resolve_strategy(self.base, s) for s in self.strategies})
+        object.__setattr__(self, "_resources",
+                           {s.name: strategy_resources(self.resources, s) for s in self.strategies})
+        for s in self.strategies:
+            workers = self._resources[s.name].workers
+            check(workers == 1 or s.scheduler != "pbt",
+                  f"strategy {s.name}: scheduler pbt clones Tune checkpoints, but the trials of "
+                  f"resources.workers {workers} keep theirs in Ray Train's storage; use scheduler fifo or "
+                  "asha, or resources.workers: 1.")
 
     def strategy(self, name: str) -> StrategyConfig:
         """The strategy called ``name``."""
@@ -443,6 +479,14 @@ class ExperimentConfig:
     def space_of(self, strategy: StrategyConfig | str) -> dict[str, tuple[str, list[Any]]]:
         """``{key: (kind, values)}`` of ``strategy``'s checked space (:attr:`ResolvedStrategy.space`)."""
         return dict(self.resolved(strategy).space)
+
+    def resources_of(self, strategy: StrategyConfig | str) -> Resources:
+        """What each trial of ``strategy`` asks Ray for (:func:`strategy_resources`: the experiment's
+        ``resources`` unless the strategy names its own)."""
+        name = strategy if isinstance(strategy, str) else strategy.name
+        if name not in self._resources:
+            self.strategy(name)  # raises, naming the strategies there are
+        return self._resources[name]
 
     def num_samples(self, strategy: StrategyConfig | str) -> int:
         """Trials to start at most (:attr:`ResolvedStrategy.num_samples`)."""
@@ -586,6 +630,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None, *,
 
 
 __all__ = ["ExperimentConfig", "StrategyConfig", "ResolvedStrategy", "resolve_strategy", "Resources",
+           "strategy_resources", "TRIAL_SHAPE_KEYS",
            "AshaConfig", "PbtConfig", "load_experiment", "experiment_from_dict", "apply_override",
            "check_budget_s", "config_kind", "read_base", "set_path", "SCHEDULERS", "EXPERIMENT_KEYS",
            "TABLE1_KEYS"]

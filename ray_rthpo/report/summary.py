@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 if TYPE_CHECKING:
-    from ray_rthpo.experiment.config import ExperimentConfig
+    from ray_rthpo.experiment.config import ExperimentConfig, Resources
 
 from ray_rthpo import metrics as M
 from ray_rthpo.report.conclusion import Conclusion, conclude, test_set_size
@@ -91,13 +91,29 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _resources_text(res: Resources) -> str:
+    """``2 Ray Train workers ({'CPU': 0.5} each)`` or a single-process trial's request."""
+    if res.workers > 1:
+        return f"{res.workers} Ray Train workers ({res.per_worker()} each)"
+    return str(res.as_ray())
+
+
 def _workers_line(exp: ExperimentConfig) -> str:
-    """`` Each trial ran on N Ray Train workers (...)`` when ``resources.workers`` > 1, else nothing."""
+    """What the setup line adds about resources: ``Each trial ran on N Ray Train workers`` when the
+    experiment's ``resources.workers`` > 1, one sentence per strategy that named resources of its own, and
+    that several workers' compute is workers x seconds; nothing when every trial was one process of the
+    experiment's resources."""
     res = exp.resources
-    if res.workers <= 1:
-        return ""
-    return (f" Each trial ran on {res.workers} Ray Train workers ({res.per_worker()} each), its compute "
-            "counted as workers x seconds.")
+    own = [s for s in exp.strategies if exp.resources_of(s) != res]
+    text = ""
+    if res.workers > 1:
+        text += f" Each trial ran on {_resources_text(res)}" + (", unless its strategy said otherwise." if own
+                                                                else ".")
+    for strategy in own:
+        text += f" Strategy {strategy.name}: per trial {_resources_text(exp.resources_of(strategy))}."
+    if res.workers > 1 or any(exp.resources_of(s).workers > 1 for s in own):
+        text += " The compute of a trial of several workers is counted as workers x seconds."
+    return text
 
 
 def markdown_table(summary: pd.DataFrame) -> str:

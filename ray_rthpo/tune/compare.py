@@ -44,7 +44,7 @@ import yaml
 
 from ray_rthpo.data.paths import check_data
 from ray_rthpo.errors import RTHPOError
-from ray_rthpo.experiment.config import ExperimentConfig, StrategyConfig
+from ray_rthpo.experiment.config import ExperimentConfig, Resources, StrategyConfig
 from ray_rthpo.experiment.output import PROGRESS_DIR, check_output, check_storage_path, ray_storage
 from ray_rthpo.report import stats, stats_plots
 from ray_rthpo.report.conclusion import Conclusion
@@ -54,7 +54,13 @@ from ray_rthpo.report.plots import plot_lr_trajectories
 from ray_rthpo.report.selection import compute_spent, latest_reports
 from ray_rthpo.report.summary import summary_texts
 from ray_rthpo.tune.checkpoints import check_trial_checkpoints
-from ray_rthpo.tune.runner import ProgressFn, run_strategy, trial_resources
+from ray_rthpo.tune.runner import (
+    ProgressFn,
+    TrialResources,
+    run_strategy,
+    trial_resources,
+    unchecked_resources,
+)
 from ray_rthpo.tune.sequence import in_sequence, run_sequence
 
 
@@ -117,7 +123,7 @@ def check_resumable(exp: ExperimentConfig, out: Path, strategies: Sequence[Strat
                                      "from Ray's experiment state (its finished trials are "
                                      "not rerun).") from None
             elif "://" not in storage:  # a run without a scheduler lives in the shared 'sequence' experiment
-                check_trial_checkpoints(Path(storage) / ("sequence" if in_sequence(strategy) else name))
+                check_trial_checkpoints(Path(storage) / ("sequence" if in_sequence(exp, strategy) else name))
 
 
 def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
@@ -138,7 +144,16 @@ def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
     config_text = yaml.safe_dump(exp.to_dict(), sort_keys=False)
     if not checked:
         preflight(exp, out, strategies=strategies, resume=resume, joined=joined)
-    resources = trial_resources(exp.resources, joined=joined, note=progress)
+    # what each strategy's trials ask for, checked against the cluster before anything runs (once per
+    # distinct request: a note or warning is printed once)
+    checked: list[tuple[Resources, TrialResources]] = []
+    for strategy in strategies:
+        res = exp.resources_of(strategy)
+        if not any(known == res for known, _ in checked):
+            checked.append((res, trial_resources(res, joined=joined, note=progress)))
+    resources = {s.name: next(t for known, t in checked if known == exp.resources_of(s)) for s in strategies}
+    shared_resources = next((t for known, t in checked if known == exp.resources),
+                            unchecked_resources(exp.resources))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
@@ -189,24 +204,27 @@ def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
     # Runs without a scheduler or with ASHA share ONE Tune experiment (ray_rthpo/tune/sequence.py): its trial
     # processes serve every run, instead of each run paying an experiment's start-up and fresh trial
     # processes.
-    shared = [(seed, strategy) for seed, strategy in runs if in_sequence(strategy)]
+    shared = [(seed, strategy) for seed, strategy in runs if in_sequence(exp, strategy)]
     by_name = {exp.run_name(strategy, seed): (seed, strategy) for seed, strategy in runs}
     if any(exp.run_name(strategy, seed) not in finished for seed, strategy in shared):
         from ray import tune
 
         restoring = resume and tune.Tuner.can_restore(f"{storage.rstrip('/')}/sequence")
         pending = shared if restoring else [r for r in shared if exp.run_name(r[1], r[0]) not in finished]
-        run_sequence(exp, pending, storage_path=storage, resources=resources, journals=journals,
+        run_sequence(exp, pending, storage_path=storage, resources=shared_resources, journals=journals,
                      resume=restoring, progress=progress,
                      on_run_done=lambda name, outcome: run_done(name, *by_name[name], outcome)
                      if name not in finished else None, headers=headers)
-    for seed, strategy in runs:  # a PBT run is a Tune experiment of its own
+    for seed, strategy in runs:  # a PBT run, or one with resources of its own: a Tune experiment of its own
         name = exp.run_name(strategy, seed)
-        if in_sequence(strategy) or name in finished:
+        if in_sequence(exp, strategy) or name in finished:
             continue
+        workers = exp.resources_of(strategy).workers
         progress(f"== {headers[name]}: {exp.run_config(strategy).lr.method} by {strategy.searcher} + "
-                 f"{strategy.scheduler.upper()}, budget {exp.budget_s:g} compute-s")
-        outcome = run_strategy(exp, strategy, storage_path=storage, resources=resources, progress=progress,
+                 f"{strategy.scheduler.upper()}, budget {exp.budget_s:g} compute-s"
+                 + (f", {workers} Ray Train workers per trial" if workers > 1 else ""))
+        outcome = run_strategy(exp, strategy, storage_path=storage, resources=resources[strategy.name],
+                               progress=progress,
                                journal=journals / f"{name}.jsonl", resume=resume, seed=seed)
         run_done(name, seed, strategy, outcome)
     if not tables:
@@ -217,7 +235,7 @@ def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
     # again, in the config's order: a resumed experiment may have read every run back
     write_trials(trials, out)
     wall = time.time() - start
-    texts = summary_texts(exp, trials, walls, resources.ray, errors, wall)
+    texts = summary_texts(exp, trials, walls, shared_resources.ray, errors, wall)
     atomic_write_text(out / "summary.md", texts.markdown)
     write_figures(trials, exp.budget_s, out)
     return ComparisonResult(trials, texts.per_strategy, texts.console, wall, out, texts.markdown,

@@ -469,7 +469,7 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
     repetition); its trials train with ``train.seed`` shifted by as much (see :func:`param_space`).
 
     ``resources``: what each trial asks for, as :func:`trial_resources` checked it (default: the
-    experiment's ``resources`` as they are, unchecked).
+    strategy's resources, ``exp.resources_of(strategy)``, as they are, unchecked).
 
     ``journal``: a JSON-lines file every reported epoch is appended to as it arrives. ``resume``: when
     ``<storage_path>/<strategy name>`` holds this strategy's interrupted Tune experiment, restore it
@@ -485,19 +485,16 @@ def run_strategy(exp: ExperimentConfig, strategy: StrategyConfig, *, storage_pat
 
     quiet_ray()
     resolved = exp.resolved(strategy)
-    if exp.resources.workers > 1 and strategy.scheduler == "pbt":
-        raise ConfigError(f"strategy {strategy.name}: scheduler pbt clones Tune checkpoints, but the trials "
-                          f"of resources.workers {exp.resources.workers} keep theirs in Ray Train's storage; "
-                          "use scheduler fifo or asha, or resources.workers: 1.")
+    own = exp.resources_of(strategy)  # the experiment's, unless the strategy names its own
     if resources is None:
-        resources = unchecked_resources(exp.resources)
+        resources = unchecked_resources(own)
     seed = exp.seed if seed is None else int(seed)
     repetition = seed - exp.seed
     name = exp.run_name(strategy, seed)
     experiment_path = f"{storage_path.rstrip('/')}/{name}"
     restoring = resume and tune.Tuner.can_restore(experiment_path)
     earlier = resume_journal(journal, restoring)
-    require_gpu = resources.ray.get("gpu", 0.0) > 0 and not exp.resources.cpu_fallback
+    require_gpu = resources.ray.get("gpu", 0.0) > 0 and not own.cpu_fallback
     # keyed by the experiment's path: Tune's restored experiment state unpickles its stopper as this one
     stopper = ComputeBudgetStopper(exp.budget_s, key=experiment_path)
     for row in earlier:  # the interrupted run's compute: each (trial, epoch) once, repeats replace it

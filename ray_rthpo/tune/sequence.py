@@ -84,11 +84,12 @@ def trial_error_line(trial: Any) -> str:
 SEQUENCE_SCHEDULERS = ("fifo", "asha")
 
 
-def in_sequence(strategy: Any) -> bool:
-    """True when runs of ``strategy`` (a StrategyConfig) share the comparison's one Tune experiment: no
-    scheduler, or ASHA (routed per run by :class:`SequenceScheduler`); PBT runs in an experiment of its
-    own."""
-    return strategy.scheduler in SEQUENCE_SCHEDULERS
+def in_sequence(exp: Any, strategy: Any) -> bool:
+    """True when runs of ``strategy`` (a StrategyConfig of the ExperimentConfig ``exp``) share the
+    comparison's one Tune experiment: no scheduler, or ASHA (routed per run by :class:`SequenceScheduler`),
+    and the experiment's own resources (the sequence's trials all ask Ray for the same). PBT, and a strategy
+    that names resources of its own, run in an experiment of their own."""
+    return strategy.scheduler in SEQUENCE_SCHEDULERS and exp.resources_of(strategy) == exp.resources
 
 
 def live_sequence(key: str) -> RunSequence | None:
