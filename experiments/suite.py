@@ -12,14 +12,20 @@ own: it only runs the cells and reads their ``trials.csv``::
 ``report`` writes ``docs/suite.md`` (per-cell tables, the targets, time to target in the AlgoPerf manner,
 performance profiles and the AlgoPerf score) and ``docs/horizon.md`` (the study behind the defaults,
 ``configs/suite/horizon_digits.yaml``) with their figures in ``docs/suite/``, from the run files alone.
+It keeps a copy of each cell's ``trials.csv`` (gzipped, byte for byte) in ``docs/suite/cells/``, which is
+committed while ``runs/`` is not: a checkout that lacks some cells' run files regenerates the documents
+from the copies, and a cell neither here nor kept is refused rather than silently dropped
+(``--allow-missing`` drops it).
 The analysis is pure functions over data frames (tested in tests/test_suite.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import math
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -230,17 +236,52 @@ def algoperf_score(profile: pd.DataFrame) -> pd.Series:
                       for m in profile.columns})
 
 
-def load_cells(out: Path, doc: str) -> dict[tuple[str, int], pd.DataFrame]:
-    """The ``trials.csv`` of every cell under ``out`` whose workload belongs to ``doc``."""
+def archive_path(archive: Path, workload: str, steps: int) -> Path:
+    """Where ``report`` keeps a cell's ``trials.csv``: ``ARCHIVE/WORKLOAD-hSTEPS.csv.gz``."""
+    return archive / f"{workload}-h{steps}.csv.gz"
+
+
+def archive_cell(source: Path, target: Path) -> bool:
+    """Copy the run file ``source`` (a cell's ``trials.csv``) gzipped to ``target``, byte for byte and with
+    no timestamp (the same file gives the same archive); True when ``target`` changed."""
+    data = gzip.compress(source.read_bytes(), mtime=0)
+    if target.is_file() and target.read_bytes() == data:
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_bytes(data)
+    partial.replace(target)
+    return True
+
+
+def load_cells(out: Path, doc: str, archive: Path | None = None) -> dict[tuple[str, int], pd.DataFrame]:
+    """The ``trials.csv`` of every cell whose workload belongs to ``doc``: the run file under ``out`` where
+    this machine has it, else the copy an earlier ``report`` kept in ``archive`` (run files are not
+    committed; the archive is, so cells run on other machines or in earlier checkouts stay in the
+    documents)."""
     cells = {}
     for name, w in WORKLOADS.items():
         if w.doc != doc:
             continue
         for steps in w.horizons:
             path = cell_dir(out, name, steps) / "trials.csv"
+            kept = archive_path(archive, name, steps) if archive is not None else None
             if path.exists():
                 cells[(name, steps)] = pd.read_csv(path)
+            elif kept is not None and kept.is_file():
+                cells[(name, steps)] = pd.read_csv(kept)
     return cells
+
+
+#: A cell's heading in docs/suite.md and docs/horizon.md (``## digits_mlp, 360 steps``).
+CELL_HEADING = re.compile(r"^## (\w+), (\d+) steps$", re.MULTILINE)
+
+
+def documented_cells(path: Path) -> set[tuple[str, int]]:
+    """The cells a generated document lists (its ``## WORKLOAD, N steps`` headings); none if it is absent."""
+    if not path.is_file():
+        return set()
+    return {(m.group(1), int(m.group(2))) for m in CELL_HEADING.finditer(path.read_text(encoding="utf-8"))}
 
 
 def _pct(x: float) -> str:
@@ -302,13 +343,29 @@ def report(args: argparse.Namespace) -> int:
 
     out, docs = Path(args.out), Path(args.docs)
     figs = docs / "suite"
+    archive = figs / "cells"
+    loaded = {doc: load_cells(out, doc, archive) for doc in ("suite", "horizon")}
+    dropped = sorted(f"{n} h{s} ({doc}.md)" for doc, cells in loaded.items()
+                     for n, s in documented_cells(docs / f"{doc}.md") - set(cells))
+    if dropped and not args.allow_missing:
+        print(f"suite.py report: error: the documents list cells whose run files are neither under {out} nor "
+              f"kept in {archive}: {', '.join(dropped)}; rewriting them would drop those cells. Run the "
+              "cells again (suite.py run), point --out at their run files, or pass --allow-missing to drop "
+              "them.",
+              file=sys.stderr)
+        return 2
     figs.mkdir(parents=True, exist_ok=True)
+    for (name, steps) in sorted(k for cells in loaded.values() for k in cells):
+        source = cell_dir(out, name, steps) / "trials.csv"
+        if source.is_file() and archive_cell(source, archive_path(archive, name, steps)):
+            print(f"kept {source} in {archive_path(archive, name, steps)}")
     machine = f"{platform.machine()}, {platform.system()}, Python {platform.python_version()}"
     for doc in ("suite", "horizon"):
-        cells = load_cells(out, doc)
+        cells = loaded[doc]
         lines = [f"# {'The suite' if doc == 'suite' else 'The horizon study'}", "",
                  "Generated by `python experiments/suite.py report` from the cells' `trials.csv` "
-                 f"(`{args.out}/WORKLOAD-hSTEPS`); do not edit by hand. Machine: {machine}.", ""]
+                 f"(`{args.out}/WORKLOAD-hSTEPS`, or the copy kept in `docs/suite/cells/`); do not edit by "
+                 f"hand. Machine: {machine}.", ""]
         if doc == "horizon":
             lines += HORIZON_INTRO
         else:
@@ -431,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     p_rep = sub.add_parser("report", help="write docs/suite.md and docs/horizon.md from the run files")
     p_rep.add_argument("--out", default="runs/suite")
     p_rep.add_argument("--docs", default=str(REPO / "docs"))
+    p_rep.add_argument("--allow-missing", action="store_true",
+                       help="rewrite the documents even where they list cells whose run files are gone")
     args = parser.parse_args(argv)
     return run(args) if args.command == "run" else report(args)
 

@@ -3,7 +3,9 @@ time to target, performance profiles, the AlgoPerf score), and its documented co
 
 from __future__ import annotations
 
+import gzip
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -85,6 +87,18 @@ def test_the_documented_commands_run_at_smoke_size(ray_local: None, tmp_path: Pa
     text = (docs / "horizon.md").read_text()
     assert "## horizon_digits, 360 steps" in text and "sgd_sqrt1_cheap_tf25_hi" in text
     assert (docs / "suite" / "horizon_digits-h360_lr.png").stat().st_size > 1000
+    # the cell's run file is kept (gzipped, byte for byte) beside the documents: a checkout without runs/
+    # regenerates them with the cell; one that has neither refuses to drop it
+    kept = docs / "suite" / "cells" / "horizon_digits-h360.csv.gz"
+    assert gzip.decompress(kept.read_bytes()) == (out / "horizon_digits-h360" / "trials.csv").read_bytes()
+    shutil.rmtree(out)
+    assert run_script(script, ["report", "--out", str(out), "--docs", str(docs)]) == 0
+    assert "## horizon_digits, 360 steps" in (docs / "horizon.md").read_text()
+    kept.unlink()
+    capsys.readouterr()
+    assert run_script(script, ["report", "--out", str(out), "--docs", str(docs)]) == 2
+    assert "horizon_digits h360 (horizon.md)" in capsys.readouterr().err
+    assert "## horizon_digits, 360 steps" in (docs / "horizon.md").read_text()  # left as it was
 
 
 def test_the_readme_block_states_the_profile_from_the_scores(tmp_path: Path) -> None:
