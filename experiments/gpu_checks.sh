@@ -9,11 +9,17 @@
 # 2. rthpo compare configs/compare_cifar10_resnet18.yaml at a small budget: ResNet-18 on CIFAR-10 with
 #    four trials sharing the GPU (resources.gpu 0.25), while `nvidia-smi dmon` samples the GPU's
 #    utilisation every second (OUT_DIR/gpu_util.txt); summary.md and trials.csv copied to OUT_DIR.
+# 3. Data parallel (docs/distributed.md): `rthpo train configs/digits.yaml` under torchrun with one process
+#    per GPU present (NCCL), beside one process on the same config; OUT_DIR/ddp_check.json holds each run's
+#    epoch seconds and the largest difference of eta (relative; the step fails above 1e-3) and of the
+#    validation loss between them (float32 and NCCL's reduction order: close, not bitwise). Skipped, with a
+#    note, when fewer than 2 GPUs are present.
 # DATA_DIR holds cifar10_{train,test}_jpg.tar.gz (a slice is fine); default ../shared/data/cifar10-jpeg.
 #
 # --dry-run checks the script before a GPU is spent on it: each step runs on the CPU at smoke size (the
 # bench on the MLP, one repetition; the comparison on 64 FakeData images of 3x8x8, one epoch, a
-# 0.5 compute-s budget, no GPU share) and nvidia-smi is not called. Its exit status is the first failing
+# 0.5 compute-s budget, no GPU share; the data-parallel run on 2 gloo processes, one epoch) and nvidia-smi
+# is not called. Its exit status is the first failing
 # step's (the real run always exits 0, keeping what it measured). tests/test_documented_commands.py runs it.
 set -uo pipefail
 DRY=0
@@ -76,6 +82,39 @@ if [ -n "$DMON" ]; then
 fi
 if [ "$COMPARE_OUT" != "$OUT/compare" ]; then
     cp "$COMPARE_OUT"/summary.md "$COMPARE_OUT"/trials.csv "$COMPARE_OUT"/*.png "$OUT/" 2>/dev/null
+fi
+
+if [ $DRY -eq 1 ]; then
+    NPROC=2
+    DDP_SET=(--set train.epochs=1 --set train.device=cpu)
+else
+    NPROC=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+    DDP_SET=(--set train.epochs=3 --set train.device=cuda)
+fi
+if [ "$NPROC" -ge 2 ]; then
+    timeout 240 $PY -m ray_rthpo.cli train configs/digits.yaml --output "$OUT/ddp_1" "${DDP_SET[@]}" \
+        > "$OUT/ddp.log" 2>&1
+    note $? ddp_one_process
+    OMP_NUM_THREADS=1 timeout 300 $PY -m torch.distributed.run --standalone --nproc_per_node "$NPROC" \
+        -m ray_rthpo.cli train configs/digits.yaml --output "$OUT/ddp_$NPROC" "${DDP_SET[@]}" >> "$OUT/ddp.log" 2>&1
+    note $? ddp_torchrun
+    $PY - "$OUT/ddp_1/history.csv" "$OUT/ddp_$NPROC/history.csv" "$NPROC" "$OUT/ddp_check.json" <<'PYEOF' 2>&1 | tee -a "$OUT/ddp.log"
+import json, sys
+import pandas as pd
+one, many = pd.read_csv(sys.argv[1]), pd.read_csv(sys.argv[2])
+out = {"processes": int(sys.argv[3]), "epochs": len(one),
+       "epoch_s_one_process": one["time/epoch_s"].round(4).tolist(),
+       "epoch_s_data_parallel": many["time/epoch_s"].round(4).tolist(),
+       "max_rel_lr_diff": float(((one["lr"] - many["lr"]).abs() / one["lr"].abs()).max()),
+       "max_abs_val_loss_diff": float((one["val/loss"] - many["val/loss"]).abs().max())}
+json.dump(out, open(sys.argv[4], "w"), indent=1)
+print("ddp_check", json.dumps(out))
+# ranks that adapt eta on their own shards drift apart by percents; one reduction order from another by ~1e-7
+raise SystemExit(0 if len(one) == len(many) and out["max_rel_lr_diff"] <= 1e-3 else 1)
+PYEOF
+    note $? ddp_check
+else
+    echo "fewer than 2 GPUs ($NPROC): no data-parallel run" | tee "$OUT/ddp_check.txt"
 fi
 if [ $DRY -eq 1 ]; then
     exit $STATUS
