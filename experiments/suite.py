@@ -14,8 +14,8 @@ performance profiles and the AlgoPerf score) and ``docs/horizon.md`` (the study 
 ``configs/suite/horizon_digits.yaml``) with their figures in ``docs/suite/``, from the run files alone.
 It keeps a copy of each cell's ``trials.csv`` (gzipped, byte for byte) in ``docs/suite/cells/``, which is
 committed while ``runs/`` is not: a checkout that lacks some cells' run files regenerates the documents
-from the copies, and a cell neither here nor kept is refused rather than silently dropped
-(``--allow-missing`` drops it).
+from the copies, and a document that lists a cell neither here nor kept is not rewritten (the cells found
+are still kept, so cells run in several sessions add up; ``--allow-missing`` drops the missing ones).
 The analysis is pure functions over data frames (tested in tests/test_suite.py).
 """
 
@@ -345,20 +345,20 @@ def report(args: argparse.Namespace) -> int:
     figs = docs / "suite"
     archive = figs / "cells"
     loaded = {doc: load_cells(out, doc, archive) for doc in ("suite", "horizon")}
-    dropped = sorted(f"{n} h{s} ({doc}.md)" for doc, cells in loaded.items()
-                     for n, s in documented_cells(docs / f"{doc}.md") - set(cells))
-    if dropped and not args.allow_missing:
-        print(f"suite.py report: error: the documents list cells whose run files are neither under {out} nor "
-              f"kept in {archive}: {', '.join(dropped)}; rewriting them would drop those cells. Run the "
-              "cells again (suite.py run), point --out at their run files, or pass --allow-missing to drop "
-              "them.",
-              file=sys.stderr)
-        return 2
-    figs.mkdir(parents=True, exist_ok=True)
+    # every cell this machine ran is kept first, so that cells run in several sessions add up
     for (name, steps) in sorted(k for cells in loaded.values() for k in cells):
         source = cell_dir(out, name, steps) / "trials.csv"
         if source.is_file() and archive_cell(source, archive_path(archive, name, steps)):
             print(f"kept {source} in {archive_path(archive, name, steps)}")
+    dropped = sorted(f"{n} h{s} ({doc}.md)" for doc, cells in loaded.items()
+                     for n, s in documented_cells(docs / f"{doc}.md") - set(cells))
+    if dropped and not args.allow_missing:
+        print(f"suite.py report: error: the documents list cells whose run files are neither under {out} nor "
+              f"kept in {archive}: {', '.join(dropped)}; rewriting them would drop those cells (the cells "
+              "found are kept in the archive). Run the missing cells (suite.py run), point --out at their "
+              "run files, or pass --allow-missing to drop them.", file=sys.stderr)
+        return 2
+    figs.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.machine()}, {platform.system()}, Python {platform.python_version()}"
     for doc in ("suite", "horizon"):
         cells = loaded[doc]

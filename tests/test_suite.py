@@ -91,7 +91,7 @@ def test_the_documented_commands_run_at_smoke_size(ray_local: None, tmp_path: Pa
     # regenerates them with the cell; one that has neither refuses to drop it
     kept = docs / "suite" / "cells" / "horizon_digits-h360.csv.gz"
     assert gzip.decompress(kept.read_bytes()) == (out / "horizon_digits-h360" / "trials.csv").read_bytes()
-    shutil.rmtree(out)
+    shutil.move(out, tmp_path / "saved")
     assert run_script(script, ["report", "--out", str(out), "--docs", str(docs)]) == 0
     assert "## horizon_digits, 360 steps" in (docs / "horizon.md").read_text()
     kept.unlink()
@@ -99,6 +99,12 @@ def test_the_documented_commands_run_at_smoke_size(ray_local: None, tmp_path: Pa
     assert run_script(script, ["report", "--out", str(out), "--docs", str(docs)]) == 2
     assert "horizon_digits h360 (horizon.md)" in capsys.readouterr().err
     assert "## horizon_digits, 360 steps" in (docs / "horizon.md").read_text()  # left as it was
+    # a cell run later (here: the same run files back) is kept even while the documents cannot be rewritten
+    listed = text.replace("## horizon_digits, 360 steps", "## horizon_digits, 3600 steps")
+    (docs / "horizon.md").write_text(listed)
+    shutil.copytree(tmp_path / "saved", out)
+    assert run_script(script, ["report", "--out", str(out), "--docs", str(docs)]) == 2
+    assert kept.is_file()
 
 
 def test_the_readme_block_states_the_profile_from_the_scores(tmp_path: Path) -> None:
