@@ -12,8 +12,8 @@ own: it only runs the cells and reads their ``trials.csv``::
 ``report`` writes ``docs/suite.md`` (per-cell tables, the targets, time to target in the AlgoPerf manner,
 performance profiles and the AlgoPerf score) and ``docs/horizon.md`` (the study behind the defaults,
 ``configs/suite/horizon_digits.yaml``) with their figures in ``docs/suite/``, from the run files alone.
-It keeps a copy of each cell's ``trials.csv`` (gzipped, byte for byte) in ``docs/suite/cells/``, which is
-committed while ``runs/`` is not: a checkout that lacks some cells' run files regenerates the documents
+It keeps a copy of each cell's ``trials.csv`` (the columns it reads, gzipped) in ``docs/suite/cells/``, which
+is committed while ``runs/`` is not: a checkout that lacks some cells' run files regenerates the documents
 from the copies, and a document that lists a cell neither here nor kept is not rewritten (the cells found
 are still kept, so cells run in several sessions add up; ``--allow-missing`` drops the missing ones).
 The analysis is pure functions over data frames (tested in tests/test_suite.py).
@@ -241,10 +241,26 @@ def archive_path(archive: Path, workload: str, steps: int) -> Path:
     return archive / f"{workload}-h{steps}.csv.gz"
 
 
+#: The columns of a cell's ``trials.csv`` that ``report`` keeps (what its analysis reads, and the losses): the
+#: rest of a run file is bookkeeping (node ids, dates, pids) that would make the archive several times larger.
+ARCHIVED_COLUMNS = ("strategy", "seed", "method", "searcher", "trial_id", "epoch", "step", "val/acc",
+                    "test/acc", "val/loss", "test/loss", "diverged", "lr", "lr_scale", "time/total_s",
+                    "time/started_at", "time/wall_elapsed_s")
+#: Kept to 7 significant digits (accuracies stay exact: they are compared with each other and with targets).
+ROUNDED_COLUMNS = ("val/loss", "test/loss", "lr", "lr_scale", "time/total_s", "time/started_at",
+                   "time/wall_elapsed_s")
+
+
 def archive_cell(source: Path, target: Path) -> bool:
-    """Copy the run file ``source`` (a cell's ``trials.csv``) gzipped to ``target``, byte for byte and with
-    no timestamp (the same file gives the same archive); True when ``target`` changed."""
-    data = gzip.compress(source.read_bytes(), mtime=0)
+    """Keep the run file ``source`` (a cell's ``trials.csv``) gzipped at ``target``: its
+    :data:`ARCHIVED_COLUMNS`, the :data:`ROUNDED_COLUMNS` to 7 significant digits, no timestamp (the same run
+    file gives the same archive). True when ``target`` changed."""
+    frame = pd.read_csv(source)
+    frame = frame[[c for c in ARCHIVED_COLUMNS if c in frame]].copy()
+    for column in ROUNDED_COLUMNS:
+        if column in frame:
+            frame[column] = frame[column].map(lambda v: "" if pd.isna(v) else f"{float(v):.7g}")
+    data = gzip.compress(frame.to_csv(index=False).encode("utf-8"), mtime=0)
     if target.is_file() and target.read_bytes() == data:
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -254,22 +270,31 @@ def archive_cell(source: Path, target: Path) -> bool:
     return True
 
 
+def cell_complete(folder: Path) -> bool:
+    """True when the cell in ``folder`` ran to its end: ``rthpo compare`` writes ``summary.md`` after the last
+    ``trials.csv`` (an interrupted or running cell has a newer ``trials.csv``, or no summary)."""
+    trials, summary = folder / "trials.csv", folder / "summary.md"
+    return trials.is_file() and summary.is_file() and summary.stat().st_mtime >= trials.stat().st_mtime
+
+
 def load_cells(out: Path, doc: str, archive: Path | None = None) -> dict[tuple[str, int], pd.DataFrame]:
     """The ``trials.csv`` of every cell whose workload belongs to ``doc``: the run file under ``out`` where
-    this machine has it, else the copy an earlier ``report`` kept in ``archive`` (run files are not
-    committed; the archive is, so cells run on other machines or in earlier checkouts stay in the
-    documents)."""
+    this machine ran the cell to its end, else the copy an earlier ``report`` kept in ``archive`` (run
+    files are not committed; the archive is, so cells run on other machines or in earlier checkouts stay in
+    the documents), else the run file of a cell still unfinished here."""
     cells = {}
     for name, w in WORKLOADS.items():
         if w.doc != doc:
             continue
         for steps in w.horizons:
-            path = cell_dir(out, name, steps) / "trials.csv"
+            folder = cell_dir(out, name, steps)
             kept = archive_path(archive, name, steps) if archive is not None else None
-            if path.exists():
-                cells[(name, steps)] = pd.read_csv(path)
+            if cell_complete(folder):
+                cells[(name, steps)] = pd.read_csv(folder / "trials.csv")
             elif kept is not None and kept.is_file():
                 cells[(name, steps)] = pd.read_csv(kept)
+            elif (folder / "trials.csv").is_file():
+                cells[(name, steps)] = pd.read_csv(folder / "trials.csv")
     return cells
 
 
@@ -345,10 +370,10 @@ def report(args: argparse.Namespace) -> int:
     figs = docs / "suite"
     archive = figs / "cells"
     loaded = {doc: load_cells(out, doc, archive) for doc in ("suite", "horizon")}
-    # every cell this machine ran is kept first, so that cells run in several sessions add up
+    # every cell this machine ran to its end is kept first, so that cells run in several sessions add up
     for (name, steps) in sorted(k for cells in loaded.values() for k in cells):
         source = cell_dir(out, name, steps) / "trials.csv"
-        if source.is_file() and archive_cell(source, archive_path(archive, name, steps)):
+        if cell_complete(source.parent) and archive_cell(source, archive_path(archive, name, steps)):
             print(f"kept {source} in {archive_path(archive, name, steps)}")
     dropped = sorted(f"{n} h{s} ({doc}.md)" for doc, cells in loaded.items()
                      for n, s in documented_cells(docs / f"{doc}.md") - set(cells))

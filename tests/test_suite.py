@@ -4,6 +4,7 @@ time to target, performance profiles, the AlgoPerf score), and its documented co
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import shutil
 import sys
@@ -87,13 +88,18 @@ def test_the_documented_commands_run_at_smoke_size(ray_local: None, tmp_path: Pa
     text = (docs / "horizon.md").read_text()
     assert "## horizon_digits, 360 steps" in text and "sgd_sqrt1_cheap_tf25_hi" in text
     assert (docs / "suite" / "horizon_digits-h360_lr.png").stat().st_size > 1000
-    # the cell's run file is kept (gzipped, byte for byte) beside the documents: a checkout without runs/
-    # regenerates them with the cell; one that has neither refuses to drop it
+    # the cell's run file is kept (the columns the report reads, gzipped) beside the documents: a checkout
+    # without runs/ regenerates the same documents from it; one that has neither refuses to drop the cell
     kept = docs / "suite" / "cells" / "horizon_digits-h360.csv.gz"
-    assert gzip.decompress(kept.read_bytes()) == (out / "horizon_digits-h360" / "trials.csv").read_bytes()
+    archived = pd.read_csv(io.BytesIO(gzip.decompress(kept.read_bytes())))
+    ran = pd.read_csv(out / "horizon_digits-h360" / "trials.csv")
+    assert list(archived.columns) == [c for c in suite.ARCHIVED_COLUMNS if c in ran]
+    assert len(archived) == len(ran)
+    assert archived["val/acc"].tolist() == ran["val/acc"].tolist()
+    assert archived["lr"].to_numpy() == pytest.approx(ran["lr"].to_numpy(), rel=1e-6)
     shutil.move(out, tmp_path / "saved")
     assert run_script(script, ["report", "--out", str(out), "--docs", str(docs)]) == 0
-    assert "## horizon_digits, 360 steps" in (docs / "horizon.md").read_text()
+    assert (docs / "horizon.md").read_text() == text
     kept.unlink()
     capsys.readouterr()
     assert run_script(script, ["report", "--out", str(out), "--docs", str(docs)]) == 2
@@ -105,6 +111,20 @@ def test_the_documented_commands_run_at_smoke_size(ray_local: None, tmp_path: Pa
     shutil.copytree(tmp_path / "saved", out)
     assert run_script(script, ["report", "--out", str(out), "--docs", str(docs)]) == 2
     assert kept.is_file()
+
+
+def test_only_a_cell_that_ran_to_its_end_is_complete(tmp_path: Path) -> None:
+    import os
+
+    folder = tmp_path / "digits_mlp-h360"
+    folder.mkdir()
+    (folder / "trials.csv").write_text("strategy\n")
+    assert not suite.cell_complete(folder)  # running: no summary yet
+    (folder / "summary.md").write_text("# done\n")
+    os.utime(folder / "trials.csv", (1_000_000, 1_000_000))
+    assert suite.cell_complete(folder)
+    os.utime(folder / "trials.csv", (2_000_000_000, 2_000_000_000))
+    assert not suite.cell_complete(folder)  # resumed: trials.csv written after the old summary
 
 
 def test_the_readme_block_states_the_profile_from_the_scores(tmp_path: Path) -> None:
