@@ -251,12 +251,11 @@ ROUNDED_COLUMNS = ("val/loss", "test/loss", "lr", "lr_scale", "time/total_s", "t
                    "time/wall_elapsed_s")
 
 
-def archive_cell(source: Path, target: Path) -> bool:
-    """Keep the run file ``source`` (a cell's ``trials.csv``) gzipped at ``target``: its
+def archive_cell(trials: pd.DataFrame, target: Path) -> bool:
+    """Keep a cell's ``trials`` (its ``trials.csv`` as read) gzipped at ``target``: its
     :data:`ARCHIVED_COLUMNS`, the :data:`ROUNDED_COLUMNS` to 7 significant digits, no timestamp (the same run
     file gives the same archive). True when ``target`` changed."""
-    frame = pd.read_csv(source)
-    frame = frame[[c for c in ARCHIVED_COLUMNS if c in frame]].copy()
+    frame = trials[[c for c in ARCHIVED_COLUMNS if c in trials]].copy()
     for column in ROUNDED_COLUMNS:
         if column in frame:
             frame[column] = frame[column].map(lambda v: "" if pd.isna(v) else f"{float(v):.7g}")
@@ -371,10 +370,11 @@ def report(args: argparse.Namespace) -> int:
     archive = figs / "cells"
     loaded = {doc: load_cells(out, doc, archive) for doc in ("suite", "horizon")}
     # every cell this machine ran to its end is kept first, so that cells run in several sessions add up
-    for (name, steps) in sorted(k for cells in loaded.values() for k in cells):
-        source = cell_dir(out, name, steps) / "trials.csv"
-        if cell_complete(source.parent) and archive_cell(source, archive_path(archive, name, steps)):
-            print(f"kept {source} in {archive_path(archive, name, steps)}")
+    for doc_cells in loaded.values():
+        for (name, steps), trials in sorted(doc_cells.items()):
+            folder, kept = cell_dir(out, name, steps), archive_path(archive, name, steps)
+            if cell_complete(folder) and archive_cell(trials, kept):  # load_cells read this run file
+                print(f"kept {folder / 'trials.csv'} in {kept}")
     dropped = sorted(f"{n} h{s} ({doc}.md)" for doc, cells in loaded.items()
                      for n, s in documented_cells(docs / f"{doc}.md") - set(cells))
     if dropped and not args.allow_missing:

@@ -101,13 +101,12 @@ def stop_group(proc: subprocess.Popen) -> None:
 
 
 def run_isolated(args: Sequence[str], *, timeout: float, cwd: str | os.PathLike[str] | None = None,
-                 env: Mapping[str, str] | None = None, log: Path | None = None,
-                 check: bool = False) -> subprocess.CompletedProcess[str]:
+                 env: Mapping[str, str] | None = None,
+                 log: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``args`` as ``subprocess.run(args, capture_output=True, text=True, timeout=timeout)`` would, but in
     a session of its own with stdout and stderr in files (``log`` + ``.out``/``.err`` when given, else
     temporary ones), so that no process it leaves behind can block the test. Past ``timeout`` seconds the
-    whole group is killed and the test fails, showing the output's tail. ``check``: fail the test on a
-    non-zero exit status too."""
+    whole group is killed and the test fails, showing the output's tail."""
     with contextlib.ExitStack() as stack:
         if log is None:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="run-isolated-")))
@@ -130,9 +129,6 @@ def run_isolated(args: Sequence[str], *, timeout: float, cwd: str | os.PathLike[
                     proc.wait()
         done = subprocess.CompletedProcess(list(args), proc.returncode, out_path.read_text(),
                                            err_path.read_text())
-    if check and done.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, args))[:300]} exited {done.returncode}:\n{done.stdout[-3000:]}\n"
-                    f"{done.stderr[-3000:]}")
     return done
 
 

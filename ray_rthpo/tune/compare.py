@@ -146,12 +146,15 @@ def run_comparison(exp: ExperimentConfig, out: Path, *, joined: bool = False,
         preflight(exp, out, strategies=strategies, resume=resume, joined=joined)
     # what each strategy's trials ask for, checked against the cluster before anything runs (once per
     # distinct request: a note or warning is printed once)
-    checked: list[tuple[Resources, TrialResources]] = []
+    checked: list[tuple[Resources, TrialResources]] = []  # Resources holds a dict: not hashable
+    resources: dict[str, TrialResources] = {}
     for strategy in strategies:
         res = exp.resources_of(strategy)
-        if not any(known == res for known, _ in checked):
-            checked.append((res, trial_resources(res, joined=joined, note=progress)))
-    resources = {s.name: next(t for known, t in checked if known == exp.resources_of(s)) for s in strategies}
+        found = next((t for known, t in checked if known == res), None)
+        if found is None:
+            found = trial_resources(res, joined=joined, note=progress)
+            checked.append((res, found))
+        resources[strategy.name] = found
     shared_resources = next((t for known, t in checked if known == exp.resources),
                             unchecked_resources(exp.resources))
     out = Path(out)
