@@ -9,7 +9,8 @@ Usage::
         --doc docs/performance.md
 
 For each model (``mlp`` and ``lenet`` on 1x28x28 inputs with batch 128, ``resnet18`` on 3x32x32 with
-batch 32 on CPU and 128 on CUDA; 10 classes; random inputs and labels), everything runs in one
+batch 32 on CPU and 128 on CUDA, ``cifar_cnn`` (the suite's CIFAR-10 CNN, examples/cifar_cnn) on 3x32x32
+with batch 128; 10 classes; random inputs and labels), everything runs in one
 process, round-robin: every repetition times each entry once, in an order rotated by one position
 per repetition, and the median over repetitions is reported. Every entry runs on its own
 copy of the weights, once per repetition, as it would inside a training step after other work:
@@ -92,9 +93,23 @@ MODEL_SETUPS: dict[str, tuple[tuple[int, int, int], int, int]] = {
     "mlp": ((1, 28, 28), 128, 128),
     "lenet": ((1, 28, 28), 128, 128),
     "resnet18": ((3, 32, 32), 32, 128),
+    "cifar_cnn": ((3, 32, 32), 128, 128),
 }
-DEFAULT_REPS = {"mlp": 100, "lenet": 60, "resnet18": 15}
-DEFAULT_REPS_CUDA = {"mlp": 200, "lenet": 200, "resnet18": 40}
+#: Models that are not a ``model.name`` of the library: the suite's CIFAR-10 CNN
+#: (configs/suite/cifar10_cnn.yaml, a user factory in examples/cifar_cnn: conv 32-64-128 with BatchNorm,
+#: then 2048-128-10).
+MODEL_CONFIGS: dict[str, ModelConfig] = {
+    "cifar_cnn": ModelConfig(factory="cifar_cnn_demo.model:build",
+                             factory_args={"widths": [32, 64, 128], "hidden": 128}),
+}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "cifar_cnn"))
+DEFAULT_REPS = {"mlp": 100, "lenet": 60, "resnet18": 15, "cifar_cnn": 30}
+DEFAULT_REPS_CUDA = {"mlp": 200, "lenet": 200, "resnet18": 40, "cifar_cnn": 100}
+
+
+def model_config(name: str) -> ModelConfig:
+    """The model config of bench model ``name``: a library model by its name, or :data:`MODEL_CONFIGS`."""
+    return MODEL_CONFIGS[name] if name in MODEL_CONFIGS else ModelConfig(name=name)
 NUM_CLASSES = 10
 ETA0 = 0.01
 #: AdamW's learning rate and decoupled weight decay (torch.optim.AdamW's default 0.01, so that the
@@ -286,7 +301,7 @@ def _config(name: str, spec: Spec, bs: int, functional_route: str) -> Config:
         lr["hvp"] = functional_route
     adamw = spec.base == "adamw"
     return Config(data=DataConfig(name="fake", batch_size=bs, val_batch_size=bs),
-                  model=ModelConfig(name=name),
+                  model=model_config(name),
                   optim=OptimConfig(base=spec.base, weight_decay=ADAMW_WEIGHT_DECAY if adamw else 0.0),
                   lr=LRConfig(eta0=ETA0_ADAMW if adamw else ETA0, beta=0.0, **lr))
 
@@ -301,7 +316,7 @@ def build_entries(name: str, device: torch.device, methods: list[str]) -> tuple[
     xv = torch.randn(bs, *shape, generator=gen).to(device)
     yv = torch.randint(0, NUM_CLASSES, (bs,), generator=gen).to(device)
     torch.manual_seed(0)
-    base = build_model(ModelConfig(name=name), shape, NUM_CLASSES).to(device)
+    base = build_model(model_config(name), shape, NUM_CLASSES).to(device)
     base.train()
     functional_route = "forward_over_reverse_bn" if has_batchnorm(base) else "forward_over_reverse"
     entries: list[Entry] = []
@@ -521,7 +536,7 @@ DEFAULT_TUNE_FRACTION = 0.25
 TARGET_DEFAULT_RATIO = 1.3  # issue 18: the default settings at most 1.3x the base step
 
 
-def _measured_on(results: dict[str, Any]) -> str:
+def measured_on(results: dict[str, Any]) -> str:
     """The line that says how and where a JSON of this script was measured."""
     return (("CPU time of the process" if results.get("clock") == "cpu" else "Wall time")
             + f" measured on {results['device']}"
@@ -559,9 +574,9 @@ def markdown_tables(results: dict[str, Any]) -> str:
     of the default's rows only (no ``rthpo``) gives the header and :func:`default_cost_table`."""
     models = results["models"]
     if not any("rthpo" in res["methods"] for res in models.values()):
-        return "\n".join([_measured_on(results), "", *default_cost_table(results)])
+        return "\n".join([measured_on(results), "", *default_cost_table(results)])
     lines = [
-        _measured_on(results),
+        measured_on(results),
         "",
         "SGD (ratios to a plain SGD step; `bound` = min(grad + HVP by the two routes) + one validation "
         "gradient):",

@@ -230,8 +230,8 @@ SMOKE: dict[str, Smoke] = {
         Smoke(after="python experiments/overhead.py --json docs/perf/overhead.json"),
     "python experiments/fast_vs_exact.py --json docs/perf/fast_vs_exact.json":
         Smoke("--models mlp --seeds 0 --epochs 1", needs="MNIST"),
-    "python experiments/bench_step_cost.py --device cpu --threads 1 --models mlp lenet --methods sgd "
-    "'rthpo[every10,quarter]' 'rthpo[after_tuning]' adamw 'rthpo_adamw[every10,quarter]' "
+    "python experiments/bench_step_cost.py --device cpu --threads 1 --models mlp lenet cifar_cnn "
+    "--methods sgd 'rthpo[every10,quarter]' 'rthpo[after_tuning]' adamw 'rthpo_adamw[every10,quarter]' "
     "'rthpo_adamw[after_tuning]' "
     "--json docs/perf/bench_step_cost_cheap_cpu.json": Smoke(BENCH),
     # docs/method.md
