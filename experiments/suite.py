@@ -50,6 +50,9 @@ class Workload:
     horizons: dict[int, int]
     seeds: int = 3
     doc: str = "suite"
+    #: What the untuned rows' target compares with the grid's: ``"acc"`` (test accuracy within
+    #: :data:`WITHIN`) or ``"loss"`` (the best validation loss within :data:`WITHIN_LOSS` of the grid's).
+    target: str = "acc"
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -57,7 +60,7 @@ WORKLOADS: dict[str, Workload] = {
     "tabular_mlp": Workload("configs/suite/tabular_mlp.yaml", 11, {330: 30, 3300: 300}),
     "mnist_mlp": Workload("configs/suite/mnist_mlp.yaml", 421, {421: 1, 4210: 10}),
     "mnist_lenet": Workload("configs/suite/mnist_lenet.yaml", 421, {421: 1, 4210: 10}),
-    "char_lm_adamw": Workload("configs/suite/char_lm_adamw.yaml", 200, {200: 1, 2000: 10}),
+    "char_lm_adamw": Workload("configs/suite/char_lm_adamw.yaml", 200, {200: 1, 2000: 10}, target="loss"),
     "cifar10_cnn": Workload("configs/suite/cifar10_cnn.yaml", 250, {250: 1, 2500: 10}),
     "horizon_digits": Workload("configs/suite/horizon_digits.yaml", 40, {360: 9, 3600: 90}, seeds=2,
                                doc="horizon"),
@@ -70,6 +73,7 @@ DEFAULT_ROWS = {f"rthpo_{base}_{start}": f"grid_{base}"
 GRIDS = ("grid_sgd", "grid_adamw")
 COLLAPSE = 0.02   # a last epoch more than 2 points below the run's best validation accuracy is a collapse
 WITHIN = 0.01     # target: within 1 point of the grid's test accuracy
+WITHIN_LOSS = 0.02  # the language model's target: a best validation loss within 2% of the grid's
 R_MAX = 4.0       # AlgoPerf's r_max
 #: The learning-rate-free peers' rows, which RT-HPO's defaults are ranked against.
 LRFREE_ROWS = ("prodigy", "schedule_free_sgd", "schedule_free_adamw", "dog", "dadapt_adam")
@@ -90,8 +94,9 @@ def profile_sentence(score: pd.Series, n_cells: int) -> str:
     if not defaults.empty:
         top = defaults.idxmax()
         above = [r for r in peers.index if peers[r] <= defaults[top]]
-        text += (f"; RT-HPO's best untuned row, {top}, scores {defaults[top]:.2f}, at or above "
-                 f"{len(above)} of the {len(peers)} learning-rate-free peers")
+        text += ("; that is RT-HPO's best untuned row, at or above " if top == best else
+                 f"; RT-HPO's best untuned row, {top}, scores {defaults[top]:.2f}, at or above ")
+        text += f"{len(above)} of the {len(peers)} learning-rate-free peers"
         if not peers.empty:
             text += f" (best peer: {peers.idxmax()}, {peers.max():.2f})"
         if not grids.empty:
@@ -102,22 +107,51 @@ def profile_sentence(score: pd.Series, n_cells: int) -> str:
     return text + ". The suite is small and its digits cells are noisy: docs/suite.md has every number."
 
 
-def write_readme_block(readme: Path, figure: str, sentence: str) -> bool:
-    """Replace the text between :data:`README_MARKERS` in ``readme`` with the profile ``figure`` (a path
-    relative to the README) and ``sentence``; returns False (writing nothing) where the file or its
-    markers are absent."""
-    if not readme.is_file():
+def write_block(path: Path, markers: tuple[str, str], body: str) -> bool:
+    """Replace the text between ``markers`` in the file ``path`` with ``body``; returns False (writing
+    nothing) where the file or its markers are absent."""
+    if not path.is_file():
         return False
-    text = readme.read_text(encoding="utf-8")
-    start, end = README_MARKERS
+    text = path.read_text(encoding="utf-8")
+    start, end = markers
     if start not in text or end not in text:
         return False
     head, rest = text.split(start, 1)
     tail = rest.split(end, 1)[1]
-    wrapped = textwrap.fill(sentence, width=110, break_long_words=False, break_on_hyphens=False)
-    block = f"{start}\n![performance profiles over the suite]({figure})\n\n{wrapped}\n{end}"
-    readme.write_text(head + block + tail, encoding="utf-8")
+    path.write_text(f"{head}{start}\n{body}\n{end}{tail}", encoding="utf-8")
     return True
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=110, break_long_words=False, break_on_hyphens=False)
+
+
+def write_readme_block(readme: Path, figure: str, sentence: str) -> bool:
+    """Replace the text between :data:`README_MARKERS` in ``readme`` with the profile ``figure`` (a path
+    relative to the README) and ``sentence``; returns False (writing nothing) where the file or its
+    markers are absent."""
+    return write_block(readme, README_MARKERS,
+                       f"![performance profiles over the suite]({figure})\n\n{_wrap(sentence)}")
+
+
+#: docs/method.md's block that ``report`` rewrites: what the suite's targets table says, in two sentences.
+METHOD_MARKERS = ("<!-- suite-targets:start -->", "<!-- suite-targets:end -->")
+
+
+def targets_sentence(table: pd.DataFrame, cells: Sequence[str]) -> str:
+    """What :func:`target_rows`' ``table`` says over the ``cells`` it covers: how many (start, base, cell)
+    pairs end within the target of the grid, the misses per starting point, and the collapses."""
+    met, n = int(table["met"].sum()), len(table)
+    workloads = sorted({c.split(" h")[0] for c in cells})
+    start = table["row"].str.rsplit("_", n=1).str[1]
+    misses = (~table["met"]).groupby(start).sum()
+    by_start = ", ".join(f"{int(misses.get(k, 0))} from {label}" for k, label in
+                         (("lo", "a tenth of the tuned peak"), ("mid", "the peak"), ("hi", "ten times it")))
+    return (f"Over {len(cells)} cells ({len(workloads)} workloads: {', '.join(workloads)}), the untuned "
+            f"defaults end within the target of the grid-tuned schedule (1 point of test accuracy; the "
+            f"language model: 2% of validation loss) in {met} of their {n} (start, base, cell) pairs; the "
+            f"{n - met} misses are {by_start}. {int(table['collapses'].sum())} of their "
+            f"{int(table['runs'].sum())} runs collapse late (last epoch more than 2 points below the best).")
 
 
 def cell_dir(out: Path, workload: str, steps: int) -> Path:
@@ -185,7 +219,7 @@ def seed_rows(trials: pd.DataFrame) -> pd.DataFrame:
     """One row per (strategy, seed): the trial a searcher chose (best validation accuracy over its trials'
     epochs), its test accuracy at that best-validation epoch and at its last epoch, the best and last
     validation accuracy of that trial, the compute of all its trials (the search included), and the
-    run's last learning rate and tuned value."""
+    run's last learning rate and tuned value, and the lowest validation loss over all its trials' epochs."""
     rows = []
     for (strategy, seed), group in trials.groupby(["strategy", "seed"], sort=False):
         best = group.loc[group["val/acc"].idxmax()]
@@ -197,6 +231,7 @@ def seed_rows(trials: pd.DataFrame) -> pd.DataFrame:
                      "last_val": float(last["val/acc"]), "test_last": float(last["test/acc"]),
                      "steps": int(last["step"]), "compute_s": compute, "lr_last": float(last["lr"]),
                      "scale_last": float(last.get("lr_scale", last["lr"])),
+                     "best_val_loss": float(group["val/loss"].min()) if "val/loss" in group else math.nan,
                      "collapsed": bool(best["val/acc"] - last["val/acc"] > COLLAPSE)})
     return pd.DataFrame(rows)
 
@@ -286,15 +321,25 @@ def load_cells(out: Path, doc: str, archive: Path | None = None) -> dict[tuple[s
         if w.doc != doc:
             continue
         for steps in w.horizons:
-            folder = cell_dir(out, name, steps)
-            kept = archive_path(archive, name, steps) if archive is not None else None
-            if cell_complete(folder):
-                cells[(name, steps)] = pd.read_csv(folder / "trials.csv")
-            elif kept is not None and kept.is_file():
-                cells[(name, steps)] = pd.read_csv(kept)
-            elif (folder / "trials.csv").is_file():
-                cells[(name, steps)] = pd.read_csv(folder / "trials.csv")
+            source = cell_source(out, name, steps, archive)
+            if source is not None:
+                cells[(name, steps)] = pd.read_csv(source[1])
     return cells
+
+
+def cell_source(out: Path, workload: str, steps: int, archive: Path | None = None) -> tuple[str, Path] | None:
+    """Where :func:`load_cells` reads a cell from, and what that is: ``("run", trials.csv)`` for a cell this
+    machine ran to its end under ``out``, else ``("kept", copy)`` for its copy in ``archive``, else
+    ``("unfinished", trials.csv)`` for a cell still running or interrupted here; None when there is none."""
+    folder = cell_dir(out, workload, steps)
+    kept = archive_path(archive, workload, steps) if archive is not None else None
+    if cell_complete(folder):
+        return "run", folder / "trials.csv"
+    if kept is not None and kept.is_file():
+        return "kept", kept
+    if (folder / "trials.csv").is_file():
+        return "unfinished", folder / "trials.csv"
+    return None
 
 
 #: A cell's heading in docs/suite.md and docs/horizon.md (``## digits_mlp, 360 steps``).
@@ -329,20 +374,74 @@ def cell_table(rows: pd.DataFrame) -> list[str]:
     return lines
 
 
-def targets(cells: dict[tuple[str, int], pd.DataFrame]) -> list[str]:
-    """The issue's targets per cell: each default row within 1 point of its grid, and no collapse."""
-    lines = ["| cell | row | test % (mean) | grid % | within 1 pt | collapses |", "|---|---|---|---|---|---|"]
+def target_rows(cells: dict[tuple[str, int], pd.DataFrame]) -> pd.DataFrame:
+    """The targets of each default row per cell: its mean over seeds against its grid's (test accuracy at the
+    best-validation epoch; for a ``target="loss"`` workload the best validation loss), whether it is within
+    the target (1 point; 2% of the grid's loss), its runs and its collapses."""
+    out = []
     for (name, steps), trials in sorted(cells.items()):
         rows = seed_rows(trials)
-        means = rows.groupby("strategy")["test_at_best"].mean()
+        by_loss = name in WORKLOADS and WORKLOADS[name].target == "loss"
+        means = rows.groupby("strategy")["best_val_loss" if by_loss else "test_at_best"].mean()
         for row, grid in DEFAULT_ROWS.items():
             if row not in means or grid not in means:
                 continue
-            ok = means[row] >= means[grid] - WITHIN
-            collapses = int(rows[rows.strategy == row]["collapsed"].sum())
-            lines.append(f"| {name} h{steps} | {row} | {_pct(means[row])} | {_pct(means[grid])} | "
-                         f"{'met' if ok else 'NOT met'} | {collapses} |")
+            ok = (means[row] <= means[grid] * (1 + WITHIN_LOSS) if by_loss
+                  else means[row] >= means[grid] - WITHIN)
+            mine = rows[rows.strategy == row]
+            out.append({"cell": f"{name} h{steps}", "row": row, "metric": "val loss" if by_loss else "test %",
+                        "value": float(means[row]), "grid": float(means[grid]), "met": bool(ok),
+                        "runs": len(mine), "collapses": int(mine["collapsed"].sum())})
+    return pd.DataFrame(out, columns=["cell", "row", "metric", "value", "grid", "met", "runs", "collapses"])
+
+
+def _metric(value: float, metric: str) -> str:
+    return f"{value:.4f}" if metric == "val loss" else _pct(value)
+
+
+def targets(cells: dict[tuple[str, int], pd.DataFrame]) -> list[str]:
+    """The issue's targets per cell as markdown: a count of what is met, then each default row against its
+    grid (within 1 point of its test accuracy; the language model: within 2% of its validation loss), and
+    its collapses."""
+    table = target_rows(cells)
+    if table.empty:
+        return []
+    lines = [f"- Within the target of its grid (1 point of test accuracy; the language model: 2% of "
+             f"validation loss): {int(table['met'].sum())} of {len(table)} (default row, cell) pairs.",
+             f"- No late collapse: {int(table['collapses'].sum())} of {int(table['runs'].sum())} default "
+             "runs collapsed (last epoch more than 2 points of validation accuracy below the run's best).",
+             "",
+             "| cell | row | metric | mean | grid | within target | collapses |",
+             "|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        lines.append(f"| {r.cell} | {r.row} | {r.metric} | {_metric(r.value, r.metric)} | "
+                     f"{_metric(r.grid, r.metric)} | {'met' if r.met else 'NOT met'} | {r.collapses} |")
     return lines
+
+
+#: The step-cost measurement of the run configs' default (docs/performance.md), relative to the docs folder.
+COST_JSON = "perf/bench_step_cost_cheap_cpu.json"
+COST_COMMAND = ("python experiments/bench_step_cost.py --device cpu --threads 1 --models mlp lenet cifar_cnn "
+                "--methods sgd 'rthpo[every10,quarter]' 'rthpo[after_tuning]' adamw "
+                "'rthpo_adamw[every10,quarter]' 'rthpo_adamw[after_tuning]' "
+                "--json docs/perf/bench_step_cost_cheap_cpu.json")
+
+
+def cost_lines(docs: Path) -> list[str]:
+    """The cost target (the default at most 1.3x its base optimizer's step) as docs/performance.md measures
+    it: experiments/bench_step_cost.py's table of :data:`COST_JSON` in ``docs``, with its command; nothing
+    when the file is absent."""
+    path = docs / COST_JSON
+    if not path.is_file():
+        return []
+    import json
+
+    import bench_step_cost  # beside this script
+
+    results = json.loads(path.read_text(encoding="utf-8"))
+    return ["Default cost, from `docs/" + COST_JSON + "` (measured side by side in one process, one thread; "
+            f"docs/performance.md): `{COST_COMMAND}`", "", bench_step_cost.measured_on(results), "",
+            *bench_step_cost.default_cost_table(results)]
 
 
 def medians_to_target(cells: dict[tuple[str, int], pd.DataFrame]) -> pd.DataFrame:
@@ -399,8 +498,11 @@ def report(args: argparse.Namespace) -> int:
                    if (n, s) not in cells]
         if doc == "suite":
             missing += [f"{p} (no config yet)" for p in PLANNED]
-        lines += ["## Cells", "", "| cell | steps | seeds | wall of its runs | command |",
-                  "|---|---|---|---|---|"]
+        lines += ["## Cells", "",
+                  "Seeds: where a cell is longer than a session's machine allows it has fewer seeds than its "
+                  "workload's default, and its command says so (`--seeds`). An unfinished cell (a run still "
+                  "going or interrupted, continued by the same command) is marked; its rows are partial.", "",
+                  "| cell | steps | seeds | wall of its runs | command |", "|---|---|---|---|---|"]
         for (name, steps), trials in sorted(cells.items()):
             wall = trials.groupby(["strategy", "seed"])["time/wall_elapsed_s"].max().sum() \
                 if "time/wall_elapsed_s" in trials else float("nan")
@@ -408,11 +510,16 @@ def report(args: argparse.Namespace) -> int:
             cmd = shlex.join(["python", "experiments/suite.py", "run", "--workloads", name,
                               "--horizons", str(steps),
                               *(["--seeds", str(seeds)] if seeds != WORKLOADS[name].seeds else [])])
-            lines.append(f"| {name} | {steps} | {trials['seed'].nunique()} | {wall / 60:.0f} min (summed) | "
-                         f"`{cmd}` |")
+            source = cell_source(out, name, steps, archive)
+            mark = " (UNFINISHED)" if source is not None and source[0] == "unfinished" else ""
+            lines.append(f"| {name}{mark} | {steps} | {seeds} | {wall / 60:.0f} min (summed) | `{cmd}` |")
         lines += ["", f"Missing: {', '.join(missing) if missing else 'none'}.", ""]
         if doc == "suite" and cells:
-            lines += ["## Targets", "", *targets(cells), ""]
+            lines += ["## Targets", "", *targets(cells), "", *cost_lines(docs), ""]
+            table = target_rows(cells)
+            if not table.empty and write_block(docs / "method.md", METHOD_MARKERS,
+                                               _wrap(targets_sentence(table, sorted(set(table["cell"]))))):
+                print(f"wrote the suite's targets block of {docs / 'method.md'}")
             med = medians_to_target(cells)
             if not med.empty:
                 taus = np.linspace(1.0, R_MAX, 61)

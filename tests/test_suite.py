@@ -135,6 +135,8 @@ def test_the_readme_block_states_the_profile_from_the_scores(tmp_path: Path) -> 
     assert "rthpo_sgd_mid, scores 0.30, at or above 1 of the 2 learning-rate-free peers" in text
     assert "(best peer: schedule_free_sgd, 0.35)" in text and "above the grids" in text
     assert "weakest default row, rthpo_adamw_lo, scores 0.05" in text
+    own = suite.profile_sentence(score.drop("optuna_adamw").replace({0.3: 0.5}), 4)  # a default row is best
+    assert "is rthpo_sgd_mid's, 0.50; that is RT-HPO's best untuned row, at or above 2 of the 2 " in own
     readme = tmp_path / "README.md"
     assert not suite.write_readme_block(readme, "docs/suite/profile.png", text)  # no file: nothing written
     start, end = suite.README_MARKERS
@@ -152,3 +154,79 @@ def test_the_readme_carries_the_suite_block() -> None:
     start, end = suite.README_MARKERS
     assert text.count(start) == 1 and text.count(end) == 1
     assert "docs/suite/profile.png" in text.split(start)[1].split(end)[0]
+
+
+def test_the_targets_hold_each_default_row_against_its_grid_and_the_lm_by_validation_loss() -> None:
+    def rows(strategy: str, val_loss: float, test: float, vals: list[float]) -> list[dict]:
+        return [{**r, "strategy": strategy, "val/loss": val_loss + 0.1 * (len(vals) - 1 - i)}
+                for i, r in enumerate(trial(strategy, 0, strategy, 0.0, vals, [test] * len(vals)))]
+
+    digits = pd.DataFrame(rows("grid_sgd", 0.5, 0.970, [0.9, 0.95])
+                          + rows("rthpo_sgd_lo", 0.5, 0.961, [0.9, 0.95])
+                          + rows("rthpo_sgd_mid", 0.5, 0.959, [0.95, 0.9]))
+    # the LM: the grid's best validation loss 2.0; 2.039 is within 2%, 2.041 is not (whatever the accuracy)
+    lm = pd.DataFrame(rows("grid_adamw", 2.0, 0.40, [0.3, 0.4])
+                      + rows("rthpo_adamw_lo", 2.039, 0.30, [0.3, 0.3])
+                      + rows("rthpo_adamw_mid", 2.041, 0.41, [0.3, 0.41]))
+    table = suite.target_rows({("digits_mlp", 360): digits, ("char_lm_adamw", 200): lm}).set_index("row")
+    assert table.loc["rthpo_sgd_lo", "met"] and not table.loc["rthpo_sgd_mid", "met"]  # 0.9 pt vs 1.1 pt
+    assert table.loc["rthpo_sgd_mid", "collapses"] == 1 and table.loc["rthpo_sgd_lo", "collapses"] == 0
+    assert table.loc["rthpo_adamw_lo", "metric"] == "val loss"
+    assert table.loc["rthpo_adamw_lo", "value"] == pytest.approx(2.039)
+    assert table.loc["rthpo_adamw_lo", "met"] and not table.loc["rthpo_adamw_mid", "met"]
+    text = "\n".join(suite.targets({("digits_mlp", 360): digits, ("char_lm_adamw", 200): lm}))
+    assert "2 of 4 (default row, cell) pairs" in text and "1 of 4 default runs collapsed" in text
+    assert "| char_lm_adamw h200 | rthpo_adamw_mid | val loss | 2.0410 | 2.0000 | NOT met | 0 |" in text
+
+
+def test_a_cell_is_read_from_its_finished_run_then_its_copy_then_an_unfinished_run(tmp_path: Path) -> None:
+    import os
+
+    out, archive = tmp_path / "runs", tmp_path / "cells"
+    assert suite.cell_source(out, "digits_mlp", 360, archive) is None
+    folder = suite.cell_dir(out, "digits_mlp", 360)
+    folder.mkdir(parents=True)
+    (folder / "trials.csv").write_text("strategy\n")
+    assert suite.cell_source(out, "digits_mlp", 360, archive) == ("unfinished", folder / "trials.csv")
+    kept = suite.archive_path(archive, "digits_mlp", 360)
+    archive.mkdir()
+    kept.write_bytes(b"")
+    assert suite.cell_source(out, "digits_mlp", 360, archive) == ("kept", kept)
+    (folder / "summary.md").write_text("# done\n")
+    os.utime(folder / "trials.csv", (1_000_000, 1_000_000))
+    assert suite.cell_source(out, "digits_mlp", 360, archive) == ("run", folder / "trials.csv")
+
+
+def test_the_cost_target_is_read_from_the_committed_step_cost_measurement(tmp_path: Path) -> None:
+    lines = suite.cost_lines(REPO / "docs")
+    text = "\n".join(lines)
+    assert suite.COST_COMMAND in text and "| model | base | tuning step (cheap) |" in text
+    assert any(line.startswith("| mlp | sgd | ") and line.endswith(("| met |", "| NOT met |"))
+               for line in lines)
+    assert suite.COST_COMMAND in (REPO / "docs" / "performance.md").read_text().replace('"', "'")
+    assert suite.cost_lines(tmp_path) == []  # no measurement beside these docs: no cost lines
+
+
+def test_the_targets_sentence_counts_the_pairs_the_misses_by_start_and_the_collapses(tmp_path: Path) -> None:
+    table = pd.DataFrame([
+        {"cell": "digits_mlp h360", "row": "rthpo_sgd_lo", "met": True, "runs": 3, "collapses": 0},
+        {"cell": "digits_mlp h360", "row": "rthpo_sgd_hi", "met": False, "runs": 3, "collapses": 1},
+        {"cell": "char_lm_adamw h200", "row": "rthpo_adamw_hi", "met": False, "runs": 2, "collapses": 0},
+        {"cell": "char_lm_adamw h200", "row": "rthpo_adamw_mid", "met": True, "runs": 2, "collapses": 0}])
+    text = suite.targets_sentence(table, ["char_lm_adamw h200", "digits_mlp h360"])
+    assert text.startswith("Over 2 cells (2 workloads: char_lm_adamw, digits_mlp)")
+    assert "in 2 of their 4 (start, base, cell) pairs" in text
+    assert "the 2 misses are 0 from a tenth of the tuned peak, 0 from the peak, 2 from ten times it" in text
+    assert "1 of their 10 runs collapse late" in text
+    doc = tmp_path / "method.md"
+    assert not suite.write_block(doc, suite.METHOD_MARKERS, text)
+    start, end = suite.METHOD_MARKERS
+    doc.write_text(f"a\n{start}\nold\n{end}\nb\n")
+    assert suite.write_block(doc, suite.METHOD_MARKERS, "new")
+    assert doc.read_text() == f"a\n{start}\nnew\n{end}\nb\n"
+
+
+def test_method_md_carries_the_targets_block() -> None:
+    text = (REPO / "docs" / "method.md").read_text()
+    start, end = suite.METHOD_MARKERS
+    assert text.count(start) == 1 and text.count(end) == 1
