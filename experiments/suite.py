@@ -7,7 +7,15 @@ continued with ``--resume`` when it was interrupted, so this script keeps no jou
 own: it only runs the cells and reads their ``trials.csv``::
 
     python experiments/suite.py run --workloads digits_mlp --horizons 360 3600      # resumable
+    python experiments/suite.py run --workloads cifar10_cnn --horizons 2500 --seeds 1 --strategies grid_sgd
     python experiments/suite.py report                                      # docs/suite.md, docs/horizon.md
+
+A cell too long for one session is run in parts: ``--strategies ROW ...`` runs those rows only (``rthpo
+compare --strategies``) into ``CELL/parts/``, and ``--first-seed K`` adds seeds K, K+1, ... to a cell run
+before; ``report`` merges the parts that ran to their end into the cell (a part's (row, seed) pairs replace
+the same pairs of what was there) and keeps the result, so parts run in several sessions add up. A cell
+that still lacks rows or seeds is shown as partial and left out of the targets and the scores. Its rows'
+times then come from different sessions, perhaps different loads on the machine: read them as such.
 
 ``report`` writes ``docs/suite.md`` (per-cell tables, the targets, time to target in the AlgoPerf manner,
 performance profiles and the AlgoPerf score) and ``docs/horizon.md`` (the study behind the defaults,
@@ -160,11 +168,14 @@ def cell_dir(out: Path, workload: str, steps: int) -> Path:
 
 
 def compare_command(config: Path | str, folder: Path, *, sets: Sequence[str] = (), seeds: int | None = None,
-                    num_cpus: int | None = None) -> list[str]:
+                    num_cpus: int | None = None, strategies: Sequence[str] = ()) -> list[str]:
     """The ``rthpo compare`` command that runs comparison config ``config`` into ``folder`` (a cell), with
     ``--set`` overrides, ``--seeds`` and ``--num-cpus`` when given, and ``--resume`` when ``folder`` already
-    holds a run (its ``config.yaml``): a cell continues where it stopped."""
+    holds a run (its ``config.yaml``): a cell continues where it stopped. With ``strategies``, only those
+    rows of the config (``--strategies``)."""
     cmd = [sys.executable, "-m", "ray_rthpo.cli", "compare", str(config)]
+    if strategies:
+        cmd += ["--strategies", *strategies]
     for text in sets:
         cmd += ["--set", text]
     if seeds is not None:
@@ -187,28 +198,80 @@ def run_cell(cmd: Sequence[str], label: str) -> int:
     return rc
 
 
+def config_strategies(workload: str) -> list[str]:
+    """The names of the rows (strategies) of ``workload``'s comparison config, in its order."""
+    import yaml
+
+    data = yaml.safe_load((REPO / WORKLOADS[workload].config).read_text(encoding="utf-8"))
+    return [s["name"] for s in data.get("strategies", [])]
+
+
+def config_seeds(workload: str) -> tuple[int, int]:
+    """The seeds of ``workload``'s comparison config: its first searcher seed (``seed``) and its base run's
+    ``train.seed`` (0 where unset); repetition r of a cell uses ``seed + r`` and ``train.seed + r``."""
+    import yaml
+
+    data = yaml.safe_load((REPO / WORKLOADS[workload].config).read_text(encoding="utf-8"))
+    train = (data.get("base") or {}).get("train") or {}
+    return int(data.get("seed", 0)), int(train.get("seed", 0))
+
+
+def part_dir(out: Path, workload: str, steps: int, *, strategies: Sequence[str], first_seed: int,
+             seeds: int) -> Path:
+    """The folder of one part of a cell run piecewise: ``CELL/parts/ROW+ROW-seedsA-B`` (``all`` for every
+    row; ``Nrows-HASH`` for a long list), an ``rthpo compare --strategies`` experiment of its own that
+    ``report`` merges into the cell."""
+    import hashlib
+
+    rows = "+".join(strategies) or "all"
+    if len(rows) > 80:
+        rows = f"{len(strategies)}rows-{hashlib.sha1(rows.encode()).hexdigest()[:8]}"
+    return cell_dir(out, workload, steps) / "parts" / f"{rows}-seeds{first_seed}-{first_seed + seeds - 1}"
+
+
 def cell_command(workload: str, steps: int, out: Path, *, seeds: int | None = None,
-                 epochs: int | None = None) -> list[str]:
-    """The ``rthpo compare`` command of one cell (``--resume`` when its folder already holds a run)."""
+                 epochs: int | None = None, strategies: Sequence[str] = (),
+                 first_seed: int | None = None) -> list[str]:
+    """The ``rthpo compare`` command of one cell (``--resume`` when its folder already holds a run). With
+    ``strategies`` (some rows only, ``--strategies``) or ``first_seed`` (the seeds ``first_seed``,
+    ``first_seed + 1``, ...: ``--set seed=...``), the command of one part of the cell instead, into its
+    :func:`part_dir`: a cell too long for one session is assembled from parts run in several."""
     w = WORKLOADS[workload]
-    return compare_command(REPO / w.config, cell_dir(out, workload, steps),
-                           sets=[f"train.epochs={epochs if epochs is not None else w.horizons[steps]}"],
-                           seeds=seeds if seeds is not None else w.seeds)
+    seeds = seeds if seeds is not None else w.seeds
+    sets = [f"train.epochs={epochs if epochs is not None else w.horizons[steps]}"]
+    if not strategies and first_seed is None:
+        return compare_command(REPO / w.config, cell_dir(out, workload, steps), sets=sets, seeds=seeds)
+    seed, train_seed = config_seeds(workload)
+    first = seed if first_seed is None else first_seed
+    if first_seed is not None:  # the pairs of a whole run's repetitions first_seed - seed, ...: both seeds
+        sets += [f"seed={first_seed}", f"train.seed={train_seed + first_seed - seed}"]
+    folder = part_dir(out, workload, steps, strategies=strategies, first_seed=first, seeds=seeds)
+    return compare_command(REPO / w.config, folder, sets=sets, seeds=seeds, strategies=strategies)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run (or continue) every requested cell, one after the other."""
+    """Run (or continue) every requested cell, one after the other; with ``--strategies`` or
+    ``--first-seed``, only that part of each cell (:func:`cell_command`)."""
     out = Path(args.out).resolve()
     for name in args.workloads:
         if name not in WORKLOADS:
             raise SystemExit(f"suite: unknown workload {name!r}; choose from {', '.join(WORKLOADS)}.")
         w = WORKLOADS[name]
+        rows = config_strategies(name)
+        unknown = [s for s in args.strategies or () if s not in rows]
+        if unknown:
+            raise SystemExit(f"suite: {name} has no row {', '.join(map(repr, unknown))}; its rows "
+                             f"({w.config}): {', '.join(rows)}.")
+        if args.first_seed is not None and args.first_seed < 0:
+            raise SystemExit(f"suite: --first-seed must be >= 0, but got {args.first_seed}.")
         for steps in args.horizons or list(w.horizons):
             if steps not in w.horizons:
                 raise SystemExit(f"suite: {name} has horizons {', '.join(map(str, w.horizons))}, not "
                                  f"{steps}.")
-            cmd = cell_command(name, steps, out, seeds=args.seeds, epochs=args.epochs)
-            rc = run_cell(cmd, f"{name} h{steps}")
+            cmd = cell_command(name, steps, out, seeds=args.seeds, epochs=args.epochs,
+                               strategies=args.strategies or (), first_seed=args.first_seed)
+            rc = run_cell(cmd, f"{name} h{steps}" + (f" ({', '.join(args.strategies)})" if args.strategies
+                                                     else ""))
             if rc != 0:
                 return rc
     return 0
@@ -311,26 +374,69 @@ def cell_complete(folder: Path) -> bool:
     return trials.is_file() and summary.is_file() and summary.stat().st_mtime >= trials.stat().st_mtime
 
 
-def load_cells(out: Path, doc: str, archive: Path | None = None) -> dict[tuple[str, int], pd.DataFrame]:
-    """The ``trials.csv`` of every cell whose workload belongs to ``doc``: the run file under ``out`` where
-    this machine ran the cell to its end, else the copy an earlier ``report`` kept in ``archive`` (run
-    files are not committed; the archive is, so cells run on other machines or in earlier checkouts stay in
-    the documents), else the run file of a cell still unfinished here."""
-    cells = {}
-    for name, w in WORKLOADS.items():
-        if w.doc != doc:
+def load_cell(out: Path, workload: str, steps: int,
+              archive: Path | None = None) -> tuple[pd.DataFrame, str] | None:
+    """One cell's trials and where they came from. The run file under ``out`` where this machine ran the cell
+    to its end, else the copy an earlier ``report`` kept in ``archive`` (run files are not committed; the
+    archive is, so cells run on other machines or in earlier checkouts stay in the documents), else the run
+    file of a cell still unfinished here (:func:`cell_source`); then the complete parts of the cell
+    (:func:`complete_parts`, run piecewise, perhaps over several sessions) replace the (row, seed) pairs
+    they hold and add the others (:func:`merge_pairs`), kind ``"assembled"``. An unfinished whole-cell run
+    is not merged with parts. None when there is nothing."""
+    source = cell_source(out, workload, steps, archive)
+    parts = complete_parts(out, workload, steps)
+    if not parts:
+        return None if source is None else (pd.read_csv(source[1]), source[0])
+    frames = [pd.read_csv(source[1])] if source is not None and source[0] != "unfinished" else []
+    frames += [pd.read_csv(part / "trials.csv") for part in parts]
+    return merge_pairs(frames), "assembled"
+
+
+def complete_parts(out: Path, workload: str, steps: int) -> list[Path]:
+    """The parts of a cell (``CELL/parts/*``, :func:`part_dir`) that ran to their end
+    (:func:`cell_complete`), the one finished first first."""
+    root = cell_dir(out, workload, steps) / "parts"
+    if not root.is_dir():
+        return []
+    done = [p for p in root.iterdir() if p.is_dir() and cell_complete(p)]
+    return sorted(done, key=lambda p: ((p / "summary.md").stat().st_mtime, p.name))
+
+
+def merge_pairs(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The trials of several runs of one cell as one: each frame's (strategy, seed) pairs replace those of
+    the frames before it; the other pairs are kept."""
+    merged: pd.DataFrame | None = None
+    for frame in frames:
+        if merged is None:
+            merged = frame.copy()
             continue
-        for steps in w.horizons:
-            source = cell_source(out, name, steps, archive)
-            if source is not None:
-                cells[(name, steps)] = pd.read_csv(source[1])
-    return cells
+        pairs = pd.MultiIndex.from_frame(frame[["strategy", "seed"]].drop_duplicates())
+        kept = ~pd.MultiIndex.from_frame(merged[["strategy", "seed"]]).isin(pairs)
+        merged = pd.concat([merged[kept], frame], ignore_index=True)
+    if merged is None:
+        raise ValueError("merge_pairs needs at least one frame of trials.")
+    return merged
+
+
+def missing_rows(trials: pd.DataFrame, workload: str) -> list[str]:
+    """What a cell's ``trials`` lack against its workload's config: every row absent (its name), and every
+    row that lacks a seed another row has (``ROW (seeds A, B)``): an empty list for a whole cell."""
+    seeds = set(trials["seed"].unique()) if "seed" in trials else set()
+    have = trials.groupby("strategy")["seed"].unique().to_dict() if len(trials) else {}
+    lacking = []
+    for row in config_strategies(workload):
+        if row not in have:
+            lacking.append(row)
+        elif gap := sorted(seeds - set(have[row])):
+            lacking.append(f"{row} (seed{'s' if len(gap) > 1 else ''} {', '.join(str(int(g)) for g in gap)})")
+    return lacking
 
 
 def cell_source(out: Path, workload: str, steps: int, archive: Path | None = None) -> tuple[str, Path] | None:
-    """Where :func:`load_cells` reads a cell from, and what that is: ``("run", trials.csv)`` for a cell this
-    machine ran to its end under ``out``, else ``("kept", copy)`` for its copy in ``archive``, else
-    ``("unfinished", trials.csv)`` for a cell still running or interrupted here; None when there is none."""
+    """Where :func:`load_cell` reads a cell from before its parts, and what that is: ``("run", trials.csv)``
+    for a cell this machine ran to its end under ``out``, else ``("kept", copy)`` for its copy in
+    ``archive``, else ``("unfinished", trials.csv)`` for a cell still running or interrupted here; None when
+    there is none."""
     folder = cell_dir(out, workload, steps)
     kept = archive_path(archive, workload, steps) if archive is not None else None
     if cell_complete(folder):
@@ -467,13 +573,18 @@ def report(args: argparse.Namespace) -> int:
     out, docs = Path(args.out), Path(args.docs)
     figs = docs / "suite"
     archive = figs / "cells"
-    loaded = {doc: load_cells(out, doc, archive) for doc in ("suite", "horizon")}
-    # every cell this machine ran to its end is kept first, so that cells run in several sessions add up
-    for doc_cells in loaded.values():
-        for (name, steps), trials in sorted(doc_cells.items()):
+    sources = {doc: {(name, steps): found for name, w in WORKLOADS.items() if w.doc == doc
+                     for steps in w.horizons if (found := load_cell(out, name, steps, archive)) is not None}
+               for doc in ("suite", "horizon")}
+    loaded = {doc: {cell: found[0] for cell, found in doc_cells.items()}
+              for doc, doc_cells in sources.items()}
+    # every cell this machine ran to its end, and every cell with parts run here, is kept first, so that
+    # cells (and the parts of cells) run in several sessions add up
+    for doc_cells in sources.values():
+        for (name, steps), (trials, kind) in sorted(doc_cells.items()):
             folder, kept = cell_dir(out, name, steps), archive_path(archive, name, steps)
-            if cell_complete(folder) and archive_cell(trials, kept):  # load_cells read this run file
-                print(f"kept {folder / 'trials.csv'} in {kept}")
+            if kind in ("run", "assembled") and archive_cell(trials, kept):  # the frames load_cell read
+                print(f"kept {folder / ('trials.csv' if kind == 'run' else 'parts')} in {kept}")
     dropped = sorted(f"{n} h{s} ({doc}.md)" for doc, cells in loaded.items()
                      for n, s in documented_cells(docs / f"{doc}.md") - set(cells))
     if dropped and not args.allow_missing:
@@ -503,6 +614,7 @@ def report(args: argparse.Namespace) -> int:
                   "workload's default, and its command says so (`--seeds`). An unfinished cell (a run still "
                   "going or interrupted, continued by the same command) is marked; its rows are partial.", "",
                   "| cell | steps | seeds | wall of its runs | command |", "|---|---|---|---|---|"]
+        partial = {}
         for (name, steps), trials in sorted(cells.items()):
             wall = trials.groupby(["strategy", "seed"])["time/wall_elapsed_s"].max().sum() \
                 if "time/wall_elapsed_s" in trials else float("nan")
@@ -510,17 +622,25 @@ def report(args: argparse.Namespace) -> int:
             cmd = shlex.join(["python", "experiments/suite.py", "run", "--workloads", name,
                               "--horizons", str(steps),
                               *(["--seeds", str(seeds)] if seeds != WORKLOADS[name].seeds else [])])
-            source = cell_source(out, name, steps, archive)
-            mark = " (UNFINISHED)" if source is not None and source[0] == "unfinished" else ""
+            lacking = missing_rows(trials, name)
+            mark = " (UNFINISHED)" if sources[doc][(name, steps)][1] == "unfinished" else ""
+            if lacking:
+                partial[(name, steps)] = lacking
+                mark += f" (PARTIAL: {len(lacking)} row{'s' if len(lacking) > 1 else ''} to run)"
             lines.append(f"| {name}{mark} | {steps} | {seeds} | {wall / 60:.0f} min (summed) | `{cmd}` |")
         lines += ["", f"Missing: {', '.join(missing) if missing else 'none'}.", ""]
-        if doc == "suite" and cells:
-            lines += ["## Targets", "", *targets(cells), "", *cost_lines(docs), ""]
-            table = target_rows(cells)
+        for (name, steps), lacking in sorted(partial.items()):
+            lines += [_wrap(f"{name} h{steps} is partial (its rows are run piecewise: `suite.py run ... "
+                            f"--strategies ROW ... [--first-seed K]`); it is shown below but left out of the "
+                            f"targets and the scores until it is whole. To run: {', '.join(lacking)}."), ""]
+        whole = {cell: trials for cell, trials in cells.items() if cell not in partial}
+        if doc == "suite" and whole:
+            lines += ["## Targets", "", *targets(whole), "", *cost_lines(docs), ""]
+            table = target_rows(whole)
             if not table.empty and write_block(docs / "method.md", METHOD_MARKERS,
                                                _wrap(targets_sentence(table, sorted(set(table["cell"]))))):
                 print(f"wrote the suite's targets block of {docs / 'method.md'}")
-            med = medians_to_target(cells)
+            med = medians_to_target(whole)
             if not med.empty:
                 taus = np.linspace(1.0, R_MAX, 61)
                 profile = performance_profile(med.fillna(np.inf), taus)
@@ -616,6 +736,12 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--horizons", nargs="+", type=int, default=None, metavar="STEPS")
     p_run.add_argument("--seeds", type=int, default=None, help="seeds per row (default: the workload's)")
     p_run.add_argument("--epochs", type=int, default=None, help="override the horizon's epochs (smoke runs)")
+    p_run.add_argument("--strategies", nargs="+", default=None, metavar="ROW",
+                       help="run only these rows of each cell, as a part of it (rthpo compare "
+                            "--strategies) that report merges into the cell: a cell too long for one session")
+    p_run.add_argument("--first-seed", type=int, default=None, metavar="K",
+                       help="run the seeds K, K+1, ... (--seeds of them) as a part of the cell that report "
+                            "merges with the seeds run before (default: the config's seed, for a whole run)")
     p_run.add_argument("--out", default="runs/suite")
     p_rep = sub.add_parser("report", help="write docs/suite.md and docs/horizon.md from the run files")
     p_rep.add_argument("--out", default="runs/suite")

@@ -62,6 +62,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
      ["train-images-idx3-ubyte.gz", "truncated"]),
     ("compare", ["{exp}", "--resume"], ["--resume", "no experiment"]),
     ("run", ["{exp}", "--strategy", "zzz"], ["zzz"]),
+    ("compare", ["{exp}", "--strategies", "a", "zzz"], ["zzz", "this experiment has"]),
     ("run", ["{exp}", "--set", "budget_s=0.0"], ["budget_s", "0.0"]),
 ]
 CASES = [c for c in CASES if c[1] != ["--config-is-missing"]]
@@ -320,6 +321,7 @@ QUICK_ERRORS = [
     ["compare", "{exp}", "--set", "strategies.a.searcher=hyperband"],
     ["compare", "{exp}", "--num-cpus", "0"],
     ["run", "{exp}", "--strategy", "zzz"],
+    ["compare", "{exp}", "--strategies", "zzz"],
     ["train", "{exp}"],
     ["train", "{bad_yaml}"],
     ["train", "{digits}", "--set", "lr.bta=0.1"],

@@ -171,6 +171,8 @@ SMOKE: dict[str, Smoke] = {
     "rthpo compare configs/compare_digits.yaml --seeds 3":
         Smoke(DIGITS + " --seeds 2", covered_by="rthpo compare configs/compare_digits.yaml"),
     "rthpo run configs/compare_digits.yaml --strategy rthpo": Smoke(DIGITS),
+    "rthpo compare configs/compare_digits.yaml --strategies rthpo_default exp_grid":
+        Smoke(DIGITS, covered_by="rthpo compare configs/compare_digits.yaml"),
     "rthpo run configs/digits.yaml --set lr.method=hd_val": Smoke("--set train.epochs=1"),
     "rthpo compare configs/compare_digits.yaml --set budget_s=60 --set strategies.rthpo.num_samples=8":
         Smoke(DIGITS, covered_by="rthpo compare configs/compare_digits.yaml"),
@@ -240,6 +242,12 @@ SMOKE: dict[str, Smoke] = {
     "python experiments/suite.py run --workloads horizon_digits":
         Smoke("--horizons 360 --seeds 1 --epochs 1",
               covered_by="python experiments/suite.py run --workloads digits_mlp tabular_mlp"),
+    # one row and one more seed of the horizon study as a part (rthpo run --strategy --set seed=1), which the
+    # report below merges into the copy's kept cell
+    "python experiments/suite.py run --workloads cifar10_cnn --horizons 2500 --seeds 1 --strategies grid_sgd "
+    "optuna_sgd":
+        Smoke("--workloads horizon_digits --horizons 360 --strategies sgd_step01_exact_lo --first-seed 1 "
+              "--epochs 1"),
     # the copy's documents list every cell, the smoke run made one: the others are dropped in the copy
     "python experiments/suite.py report":
         Smoke("--allow-missing", after="python experiments/suite.py run --workloads digits_mlp tabular_mlp"),

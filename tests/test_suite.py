@@ -230,3 +230,88 @@ def test_method_md_carries_the_targets_block() -> None:
     text = (REPO / "docs" / "method.md").read_text()
     start, end = suite.METHOD_MARKERS
     assert text.count(start) == 1 and text.count(end) == 1
+
+
+def test_a_part_replaces_the_row_seed_pairs_it_holds_and_keeps_the_others() -> None:
+    before = pd.DataFrame(trial("grid", 0, "a", 0.0, [0.5], [0.4]) + trial("one", 0, "c", 0.0, [0.6], [0.5]))
+    part = pd.DataFrame(trial("one", 0, "d", 5.0, [0.9], [0.8]) + trial("one", 1, "e", 5.0, [0.7], [0.6]))
+    merged = suite.merge_pairs([before, part])
+    assert sorted(zip(merged["strategy"], merged["seed"], merged["trial_id"], strict=True)) == [
+        ("grid", 0, "a"), ("one", 0, "d"), ("one", 1, "e")]
+    with pytest.raises(ValueError, match="at least one frame"):
+        suite.merge_pairs([])
+
+
+def test_a_cell_lacks_the_rows_and_the_seeds_its_config_has_and_it_does_not() -> None:
+    rows = suite.config_strategies("char_lm_adamw")
+    assert rows[0] == "rthpo_adamw_lo" and "grid_adamw" in rows and "grid_sgd" not in rows
+    whole = pd.DataFrame([r for name in rows for r in trial(name, 0, f"{name}-0", 0.0, [0.5], [0.5])])
+    assert suite.missing_rows(whole, "char_lm_adamw") == []
+    lacking = pd.concat([whole[whole["strategy"] != "dog"],
+                         pd.DataFrame(trial("prodigy", 1, "p1", 0.0, [0.5], [0.5]))])
+    missing = suite.missing_rows(lacking, "char_lm_adamw")
+    assert "dog" in missing and "rthpo_adamw_lo (seed 1)" in missing
+    assert not any("prodigy" in m for m in missing)
+
+
+def test_a_part_of_a_cell_is_one_row_or_more_seeds_in_a_folder_of_its_own(tmp_path: Path) -> None:
+    cmd = suite.cell_command("cifar10_cnn", 2500, tmp_path, seeds=1, strategies=["grid_sgd", "dog"])
+    folder = tmp_path / "cifar10_cnn-h2500" / "parts" / "grid_sgd+dog-seeds0-0"
+    assert cmd[3:8] == ["compare", str(REPO / "configs" / "suite" / "cifar10_cnn.yaml"), "--strategies",
+                        "grid_sgd", "dog"]
+    assert cmd[-2:] == ["--output", str(folder)] and "train.epochs=10" in cmd
+    cmd = suite.cell_command("mnist_mlp", 4210, tmp_path, seeds=2, first_seed=1)
+    assert cmd[3] == "compare" and "seed=1" in cmd and cmd[cmd.index("--seeds") + 1] == "2"
+    assert suite.config_seeds("mnist_mlp") == (0, 0) and "train.seed=1" in cmd  # repetition 1's seeds
+    assert cmd[-1] == str(tmp_path / "mnist_mlp-h4210" / "parts" / "all-seeds1-2")
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("{}")
+    assert suite.cell_command("cifar10_cnn", 2500, tmp_path, seeds=1,
+                              strategies=["grid_sgd", "dog"])[-1] == "--resume"
+    rows = suite.config_strategies("cifar10_cnn")
+    every = suite.part_dir(tmp_path, "cifar10_cnn", 2500, strategies=rows, first_seed=0, seeds=1)
+    assert every.name.startswith(f"{len(rows)}rows-") and every.name.endswith("-seeds0-0")
+    with pytest.raises(SystemExit, match="no row 'grid_sdg'"):
+        suite.main(["run", "--workloads", "cifar10_cnn", "--strategies", "grid_sdg", "--out", str(tmp_path)])
+
+
+def test_a_cell_is_assembled_from_its_copy_and_the_parts_that_ran_to_their_end(tmp_path: Path) -> None:
+    import os
+
+    out, archive = tmp_path / "runs", tmp_path / "cells"
+    kept = suite.archive_path(archive, "digits_mlp", 360)
+    archive.mkdir()
+    pd.DataFrame(trial("grid_sgd", 0, "a", 0.0, [0.5], [0.4])).to_csv(kept, index=False)
+    assert suite.load_cell(out, "digits_mlp", 360, archive)[1] == "kept"
+    done = suite.part_dir(out, "digits_mlp", 360, strategies=["grid_sgd"], first_seed=1, seeds=1)
+    going = suite.part_dir(out, "digits_mlp", 360, strategies=["dog"], first_seed=0, seeds=1)
+    for folder, row, seed in ((done, "grid_sgd", 1), (going, "dog", 0)):
+        folder.mkdir(parents=True)
+        pd.DataFrame(trial(row, seed, f"{row}{seed}", 0.0, [0.6], [0.5])).to_csv(folder / "trials.csv",
+                                                                                  index=False)
+    (done / "summary.md").write_text("# done\n")
+    os.utime(done / "trials.csv", (1_000_000, 1_000_000))
+    frame, kind = suite.load_cell(out, "digits_mlp", 360, archive)
+    assert kind == "assembled"  # the finished part is merged with the copy, the running one is not
+    assert sorted(zip(frame["strategy"], frame["seed"], strict=True)) == [("grid_sgd", 0), ("grid_sgd", 1)]
+    assert suite.complete_parts(out, "digits_mlp", 360) == [done]
+
+
+def test_a_partial_cell_is_shown_but_left_out_of_the_targets_and_kept(tmp_path: Path) -> None:
+    """report over one kept cell that lacks a row: the cell's table is written, marked partial with what it
+    lacks, and no targets or scores are computed from it."""
+    docs, out = tmp_path / "docs", tmp_path / "runs"
+    cells = docs / "suite" / "cells"
+    cells.mkdir(parents=True)
+    source = REPO / "docs" / "suite" / "cells" / "tabular_mlp-h330.csv.gz"
+    whole = pd.read_csv(source)
+    whole[whole["strategy"] != "dog"].to_csv(cells / "tabular_mlp-h330.csv.gz", index=False)
+    assert suite.main(["report", "--out", str(out), "--docs", str(docs), "--allow-missing"]) == 0
+    text = (docs / "suite.md").read_text()
+    assert "| tabular_mlp (PARTIAL: 1 row to run) | 330 |" in text
+    assert "tabular_mlp h330 is partial" in text and "To run: dog." in text
+    assert "## tabular_mlp, 330 steps" in text and "## Targets" not in text
+    shutil.copy(source, cells / "tabular_mlp-h330.csv.gz")
+    assert suite.main(["report", "--out", str(out), "--docs", str(docs), "--allow-missing"]) == 0
+    text = (docs / "suite.md").read_text()
+    assert "PARTIAL" not in text and "## Targets" in text

@@ -42,7 +42,7 @@ def commands() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]
         "run": ("one strategy as one Ray Tune experiment (searcher + budget)", experiments.add_run_arguments,
                 experiments.run_command),
         "compare": ("several strategies under the same compute budget, with tables and plots",
-                    experiments.add_experiment_arguments, experiments.compare_command),
+                    experiments.add_compare_arguments, experiments.compare_command),
     }
 
 

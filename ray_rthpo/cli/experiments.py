@@ -2,6 +2,7 @@
 
     rthpo compare configs/compare_digits.yaml                       # every strategy, same budget
     rthpo run configs/compare_digits.yaml --strategy rthpo          # one strategy = one Tune experiment
+    rthpo compare configs/compare_digits.yaml --strategies rthpo_default exp_grid   # some strategies only
     rthpo compare configs/compare_mnist_mlp.yaml --set budget_s=120 --output runs/mnist
     rthpo compare configs/compare_digits.yaml --address auto        # on a running Ray cluster
     rthpo compare configs/compare_digits.yaml --output runs/x --resume   # continue a killed/interrupted one
@@ -40,6 +41,14 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
                              "and ranks (the same as --set seeds=N)")
 
 
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``rthpo compare``: those of :func:`add_experiment_arguments` and ``--strategies``."""
+    add_experiment_arguments(parser)
+    parser.add_argument("--strategies", nargs="+", default=None, metavar="NAME",
+                        help="run only these strategies of the config, in this order (default: every one); "
+                             "summary.md then compares these")
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``rthpo run``: those of compare and ``--strategy``."""
     add_experiment_arguments(parser)
@@ -68,7 +77,8 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
         names = [exp.strategy(strategy_name).name if strategy_name else exp.strategies[0].name]
         stem = f"{Path(args.config).stem}-{names[0]}"
     else:
-        names = [s.name for s in exp.strategies]
+        chosen = list(dict.fromkeys(getattr(args, "strategies", None) or []))
+        names = [exp.strategy(name).name for name in chosen] or [s.name for s in exp.strategies]
         stem = Path(args.config).stem
     from ray_rthpo.factories import workload_name
     from ray_rthpo.training.user_code import check_user_code
@@ -91,6 +101,8 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
     preflight(exp, out, strategies=strategies, resume=args.resume, joined=joining)
     again = shlex.join(["rthpo", command, args.config,
                         *(["--strategy", strategy_name] if strategy_name else []),
+                        *(["--strategies", *getattr(args, "strategies", None)]
+                          if getattr(args, "strategies", None) else []),
                         *[a for o in args.overrides for a in ("--set", o)],
                         *(["--address", args.address] if args.address else []),
                         "--output", str(out), "--resume"])
@@ -162,7 +174,8 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def compare_command(args: argparse.Namespace) -> int:
-    """``rthpo compare``: every strategy of an experiment config under the same compute budget."""
+    """``rthpo compare``: every strategy of an experiment config (or those ``--strategies`` names) under the
+    same compute budget."""
     return _execute(args, None, "compare")
 
 
@@ -221,5 +234,5 @@ def run_table1_command(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_experiment_arguments", "add_run_arguments", "add_table1_arguments", "run_command",
-           "compare_command", "run_table1_command", "check_experiment_file", "TABLE1_CONFIGS"]
+__all__ = ["add_experiment_arguments", "add_compare_arguments", "add_run_arguments", "add_table1_arguments",
+           "run_command", "compare_command", "run_table1_command", "check_experiment_file", "TABLE1_CONFIGS"]
