@@ -30,6 +30,7 @@ The analysis is pure functions over data frames (tested in tests/test_suite.py).
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import math
 import platform
@@ -42,9 +43,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from ray_rthpo.experiment.config import ExperimentConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -198,22 +203,25 @@ def run_cell(cmd: Sequence[str], label: str) -> int:
     return rc
 
 
+@functools.cache
+def workload_experiment(workload: str) -> ExperimentConfig:
+    """``workload``'s comparison config as ``rthpo compare`` reads it (every check and default; no data
+    resolved, no torch), read once per process."""
+    from ray_rthpo.experiment.config import load_experiment
+
+    return load_experiment(REPO / WORKLOADS[workload].config, [], resolve_data=False)
+
+
 def config_strategies(workload: str) -> list[str]:
     """The names of the rows (strategies) of ``workload``'s comparison config, in its order."""
-    import yaml
-
-    data = yaml.safe_load((REPO / WORKLOADS[workload].config).read_text(encoding="utf-8"))
-    return [s["name"] for s in data.get("strategies", [])]
+    return [s.name for s in workload_experiment(workload).strategies]
 
 
 def config_seeds(workload: str) -> tuple[int, int]:
     """The seeds of ``workload``'s comparison config: its first searcher seed (``seed``) and its base run's
-    ``train.seed`` (0 where unset); repetition r of a cell uses ``seed + r`` and ``train.seed + r``."""
-    import yaml
-
-    data = yaml.safe_load((REPO / WORKLOADS[workload].config).read_text(encoding="utf-8"))
-    train = (data.get("base") or {}).get("train") or {}
-    return int(data.get("seed", 0)), int(train.get("seed", 0))
+    ``train.seed``; repetition r of a cell uses ``seed + r`` and ``train.seed + r``."""
+    exp = workload_experiment(workload)
+    return int(exp.seed), int(exp.base.train.seed)
 
 
 def part_dir(out: Path, workload: str, steps: int, *, strategies: Sequence[str], first_seed: int,

@@ -70,6 +70,7 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
         raise RTHPOError(f"--num-cpus must be >= 1, but got {args.num_cpus}.")
     check_experiment_file(args.config, command)
     exp = load_experiment(args.config, args.overrides, resolve_data=False)  # every check, without torch
+    chosen = list(dict.fromkeys(getattr(args, "strategies", None) or []))  # rthpo compare --strategies
     if command == "run":
         if strategy_name is None and len(exp.strategies) > 1:
             raise RTHPOError(f"{args.config} has {len(exp.strategies)} strategies; pick one with --strategy "
@@ -77,7 +78,6 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
         names = [exp.strategy(strategy_name).name if strategy_name else exp.strategies[0].name]
         stem = f"{Path(args.config).stem}-{names[0]}"
     else:
-        chosen = list(dict.fromkeys(getattr(args, "strategies", None) or []))
         names = [exp.strategy(name).name for name in chosen] or [s.name for s in exp.strategies]
         stem = Path(args.config).stem
     from ray_rthpo.factories import workload_name
@@ -101,8 +101,7 @@ def _execute(args: argparse.Namespace, strategy_name: str | None, command: str) 
     preflight(exp, out, strategies=strategies, resume=args.resume, joined=joining)
     again = shlex.join(["rthpo", command, args.config,
                         *(["--strategy", strategy_name] if strategy_name else []),
-                        *(["--strategies", *getattr(args, "strategies", None)]
-                          if getattr(args, "strategies", None) else []),
+                        *(["--strategies", *chosen] if chosen else []),
                         *[a for o in args.overrides for a in ("--set", o)],
                         *(["--address", args.address] if args.address else []),
                         "--output", str(out), "--resume"])
