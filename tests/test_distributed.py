@@ -16,7 +16,6 @@ wrote with the single-process references computed here.
 from __future__ import annotations
 
 import os
-import socket
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +24,8 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from gloo_ranks import finish_rank, free_port, spawn_ranks
 from torch import nn
 
 from ray_rthpo.optim import RTHPO, ModelClosure
@@ -232,16 +231,9 @@ def _worker(rank: int, port: int, out: str) -> None:
         results = _cases_on_ranks(rank, Path(out))
     except BaseException:
         (Path(out) / f"error{rank}.txt").write_text(traceback.format_exc())
-        raise
-    finally:
         dist.destroy_process_group()
-    torch.save(results, Path(out) / f"rank{rank}.pt")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        raise
+    finish_rank(results, out, rank)
 
 
 @pytest.fixture(scope="module")
@@ -250,13 +242,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     env = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
-        mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+        return spawn_ranks(_worker, (free_port(), str(out)), WORLD, out)
     finally:
         if env is None:
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = env
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
 # ----------------------------------------------------------------------------------- comparisons

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import pytest
 import torch
+from gloo_ranks import finish_rank, free_port, spawn_ranks
 
 from ray_rthpo import metrics as M
 from ray_rthpo.config import config_from_dict
@@ -70,12 +70,6 @@ def test_shards_are_the_global_batch_and_their_heads_the_global_head(n: int, siz
 # ------------------------------------------------------------------------------- the Trainer, 2 processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _worker(rank: int, port: int, cases: dict[str, dict[str, Any]], out: str) -> None:
     import torch.distributed as dist
 
@@ -83,23 +77,20 @@ def _worker(rank: int, port: int, cases: dict[str, dict[str, Any]], out: str) ->
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        results: dict[str, Any] = {}
-        for name, raw in cases.items():
-            trainer = Trainer(config_from_dict(raw))
-            history = [trainer.run_epoch()]
-            saved = io.BytesIO()
-            torch.save(trainer.state_dict(), saved)  # after epoch 1, as Trainer.save writes it
-            history += [trainer.run_epoch() for _ in range(2)]
-            resumed = Trainer(config_from_dict(raw))
-            saved.seek(0)
-            resumed.load_state_dict(torch.load(saved, weights_only=False))
-            again = [resumed.run_epoch() for _ in range(2)]
-            weights = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
-            results[name] = {"history": history, "again": again, "weights": weights}
-        torch.save(results, os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    results: dict[str, Any] = {}
+    for name, raw in cases.items():
+        trainer = Trainer(config_from_dict(raw))
+        history = [trainer.run_epoch()]
+        saved = io.BytesIO()
+        torch.save(trainer.state_dict(), saved)  # after epoch 1, as Trainer.save writes it
+        history += [trainer.run_epoch() for _ in range(2)]
+        resumed = Trainer(config_from_dict(raw))
+        saved.seek(0)
+        resumed.load_state_dict(torch.load(saved, weights_only=False))
+        again = [resumed.run_epoch() for _ in range(2)]
+        weights = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
+        results[name] = {"history": history, "again": again, "weights": weights}
+    finish_rank(results, out, rank)
 
 
 CASES = {"rthpo": with_lr(), "rthpo_fractions": with_lr(hvp_batch_fraction=0.5, val_batch_fraction=0.5),
@@ -108,11 +99,8 @@ CASES = {"rthpo": with_lr(), "rthpo_fractions": with_lr(hvp_batch_fraction=0.5, 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    import torch.multiprocessing as mp
-
     out = tmp_path_factory.mktemp("ranks")
-    mp.spawn(_worker, args=(_free_port(), CASES, str(out)), nprocs=2, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return spawn_ranks(_worker, (free_port(), CASES, str(out)), 2, out)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
 
             dist.destroy_process_group()
     if not lead:
-        return 0
+        return _leave(0, joined)
     write_history_csv(trainer.history, out / "history.csv")  # again: a resumed run may have had none to add
     final = trainer.history[-1]
     atomic_write_text(out / "result.json", json.dumps(final, indent=2))
@@ -215,7 +215,20 @@ def run(args: argparse.Namespace) -> int:
           f"final lr {final[M.LR]:.5g}, "
           f"{final[M.TOTAL_SECONDS]:.1f}s compute" + (f" on each of {size} processes" if size > 1 else ""),
           flush=True)
-    return 0
+    return _leave(0, joined)
+
+
+def _leave(status: int, joined: bool) -> int:
+    """``status``; but a torchrun rank whose process group this run made (and has destroyed) ends here, with
+    ``os._exit(status)`` after flushing its output: at interpreter exit gloo's C++ threads can abort the
+    process (SIGABRT, "terminate called without an active exception") after every file is written, which
+    torchrun would report as a failed run. Nothing is left to do then: the tracker has ended, rank 0's files
+    are written atomically, and the group is gone."""
+    if not joined:
+        return status
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _barrier() -> None:
