@@ -115,7 +115,10 @@ def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
     try:
         return cls(**kwargs)
     except ConfigError as err:
-        if path and not str(err).startswith(path):
+        # a message that starts with one of this dataclass's own keys gets the path in front of it; one that
+        # names its subject itself ('data.name ...', 'strategy b: ...') is whole as it is
+        head = re.match(r"[A-Za-z_]\w*", str(err))
+        if path and head is not None and head.group(0) in fields and not str(err).startswith(path):
             raise ConfigError(f"{path}.{err}") from None
         raise
 

@@ -98,6 +98,21 @@ def test_bad_strategies_fail_with_the_fix(strategy: dict[str, Any], match: str) 
         E.experiment_from_dict(experiment(**strategy))
 
 
+#: A strategy's own checks name it once, as their whole message (not behind a list index, as in
+#: 'strategies[0].strategy s: ...').
+WHOLE_MESSAGES = [
+    (dict(space=3), r"^strategy s: space must be a mapping, but got 3\.$"),
+    (dict(name="a b"), r"^strategies\[\]\.name must be letters"),
+    (dict(num_samples=0), r"^strategy s: num_samples must be null or an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize(("strategy", "match"), WHOLE_MESSAGES)
+def test_a_strategys_own_errors_read_as_written(strategy: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        E.experiment_from_dict(experiment(**strategy))
+
+
 TOP_ERRORS = [
     ({"budget_s": 0}, r"budget_s must be a finite number of seconds > 0"),
     ({"budget_s": "1e3s"}, r"budget_s must be a number, but got '1e3s'"),
