@@ -248,6 +248,10 @@ SMOKE: dict[str, Smoke] = {
     "optuna_sgd":
         Smoke("--workloads horizon_digits --horizons 360 --strategies sgd_step01_exact_lo --first-seed 1 "
               "--epochs 1"),
+    "python experiments/trace_row.py configs/suite/mnist_lenet.yaml rthpo_sgd_hi --epochs 1 "
+    "--out runs/trace_lenet_sgd_hi.csv":
+        Smoke("--set data.train_subset=512 --set data.val_subset=128 --set data.test_subset=128",
+              needs="MNIST"),
     # the copy's documents list every cell, the smoke run made one: the others are dropped in the copy
     "python experiments/suite.py report":
         Smoke("--allow-missing", after="python experiments/suite.py run --workloads digits_mlp tabular_mlp"),
