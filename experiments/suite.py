@@ -533,6 +533,48 @@ def targets(cells: dict[tuple[str, int], pd.DataFrame]) -> list[str]:
     return lines
 
 
+def start_scale(workload: str, row: str) -> float:
+    """The scale ``row`` of ``workload``'s config starts from: its run config's ``lr.eta0``."""
+    exp = workload_experiment(workload)
+    return float(exp.run_config(next(s for s in exp.strategies if s.name == row)).lr.eta0)
+
+
+def scale_moves(cells: dict[tuple[str, int], pd.DataFrame]) -> pd.DataFrame:
+    """How far the untuned default rows moved their scale: per default row (index) and cell (columns), the
+    median over seeds of the tuned scale at the run's end over the scale it started from."""
+    moves: dict[str, dict[str, float]] = {}
+    for (name, steps), trials in sorted(cells.items()):
+        rows = seed_rows(trials)
+        for row in DEFAULT_ROWS:
+            last = rows.loc[rows.strategy == row, "scale_last"]
+            if len(last) and name in WORKLOADS:
+                moves.setdefault(f"{name} h{steps}", {})[row] = float(last.median()) / start_scale(name, row)
+    return pd.DataFrame(moves).reindex([r for r in DEFAULT_ROWS if any(r in m for m in moves.values())])
+
+
+def scale_move_lines(moves: pd.DataFrame) -> list[str]:
+    """The markdown of :func:`scale_moves`: a sentence with the range per start, then the table."""
+    if moves.empty:
+        return []
+    spans = []
+    for start in ("lo", "mid", "hi"):
+        values = moves.loc[[r for r in moves.index if r.endswith(f"_{start}")]].to_numpy().ravel()
+        values = values[np.isfinite(values)]
+        if values.size:
+            spans.append(f"{start} x{np.min(values):.2g} to x{np.max(values):.2g} (median "
+                         f"x{np.median(values):.2g})")
+    lines = ["## How far the defaults move the scale", "",
+             _wrap("The tuned scale at the end of each default run over the scale it started from (the row's "
+                   "lr.eta0), median over seeds. The starts lo, mid and hi are a decade apart, so defaults "
+                   "that reached the same scale from each would read about x10 more on lo than on mid and "
+                   "x10 less on hi. Over these cells: " + "; ".join(spans) + "."), "",
+             "| row | " + " | ".join(moves.columns) + " |", "|---|" + "---|" * len(moves.columns)]
+    for row, values in moves.iterrows():
+        lines.append(f"| {row} | " + " | ".join("–" if not math.isfinite(v) else f"x{v:.2g}" for v in values)
+                     + " |")
+    return lines
+
+
 #: The step-cost measurement of the run configs' default (docs/performance.md), relative to the docs folder.
 COST_JSON = "perf/bench_step_cost_cheap_cpu.json"
 COST_COMMAND = ("python experiments/bench_step_cost.py --device cpu --threads 1 --models mlp lenet cifar_cnn "
@@ -644,6 +686,7 @@ def report(args: argparse.Namespace) -> int:
         whole = {cell: trials for cell, trials in cells.items() if cell not in partial}
         if doc == "suite" and whole:
             lines += ["## Targets", "", *targets(whole), "", *cost_lines(docs), ""]
+            lines += [*scale_move_lines(scale_moves(whole)), ""]
             table = target_rows(whole)
             if not table.empty and write_block(docs / "method.md", METHOD_MARKERS,
                                                _wrap(targets_sentence(table, sorted(set(table["cell"]))))):

@@ -315,3 +315,22 @@ def test_a_partial_cell_is_shown_but_left_out_of_the_targets_and_kept(tmp_path: 
     assert suite.main(["report", "--out", str(out), "--docs", str(docs), "--allow-missing"]) == 0
     text = (docs / "suite.md").read_text()
     assert "PARTIAL" not in text and "## Targets" in text
+
+
+def test_the_scale_moves_are_the_end_over_the_rows_own_start() -> None:
+    def run(strategy: str, seed: int, scale: float) -> list[dict]:
+        return [{**r, "lr_scale": scale}
+                for r in trial(strategy, seed, f"{strategy}{seed}", 0.0, [0.9], [0.9])]
+
+    lo, hi = suite.start_scale("mnist_mlp", "rthpo_sgd_lo"), suite.start_scale("mnist_mlp", "rthpo_adamw_hi")
+    assert (lo, hi) == (0.01, 3.16e-2)  # configs/suite/mnist_mlp.yaml's lr.eta0 of the two rows
+    cell = pd.DataFrame(run("rthpo_sgd_lo", 0, 0.02) + run("rthpo_sgd_lo", 1, 0.04)
+                        + run("rthpo_sgd_lo", 2, 0.05) + run("rthpo_adamw_hi", 0, 3.16e-3)
+                        + run("grid_sgd", 0, 0.1))
+    moves = suite.scale_moves({("mnist_mlp", 421): cell})
+    assert list(moves.index) == ["rthpo_sgd_lo", "rthpo_adamw_hi"]  # default rows only, in their order
+    assert moves.loc["rthpo_sgd_lo", "mnist_mlp h421"] == pytest.approx(4.0)  # median of x2, x4, x5
+    assert moves.loc["rthpo_adamw_hi", "mnist_mlp h421"] == pytest.approx(0.1)
+    text = " ".join(suite.scale_move_lines(moves)).replace("\n", " ")  # the sentence is wrapped
+    assert "lo x4 to x4 (median x4); hi x0.1 to x0.1 (median x0.1)" in text
+    assert "| rthpo_sgd_lo | x4 |" in text and "| rthpo_adamw_hi | x0.1 |" in text
