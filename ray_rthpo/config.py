@@ -104,6 +104,7 @@ KEYS_READ_ONLY_BY: dict[str, tuple[str, ...]] = {
     "lr.beta": HYPERGRADIENT_METHODS, "lr.mu": ("marthe",), "lr.hypergrad_clip": HYPERGRADIENT_METHODS,
     "lr.gamma": ("exp_decay",), "lr.eta_min": ("cosine",), "lr.beta_horizon": HYPERGRADIENT_METHODS,
     "lr.tune_fraction": HYPERGRADIENT_METHODS, "lr.backoff": HYPERGRADIENT_METHODS,
+    "lr.backoff_rollback": HYPERGRADIENT_METHODS,
     "lr.schedule": HYPERGRADIENT_METHODS + PEAK_SCHEDULED_METHODS,
     "lr.warmup": HYPERGRADIENT_METHODS + PEAK_SCHEDULED_METHODS,
 }
@@ -309,6 +310,10 @@ class LRConfig:
     # exceeds backoff x the running mean of the losses (and that mean by a quarter of the first loss)
     # halves the tuned value, at most once every 10 steps. null: off (ray_rthpo/optim/rthpo.py).
     backoff: float | None = run_default("lr.backoff")
+    # With backoff: a spike also undoes the step that led to it (weights and optimizer state back to their
+    # copy from before it, SGD's momentum restarted), and later losses are compared with the loss of the
+    # point returned to. false: off (the suite's defaults; docs/method.md shows what it changes).
+    backoff_rollback: bool = run_default("lr.backoff_rollback")
     # MARTHE's discount of the tangent: z_{t+1} = mu (I - eta H) z_t - g_t. 1 = RT-HPO, 0 = First-order (Val).
     mu: float = run_default("lr.mu")
     # eta is kept within [0, eta_max] after every hypergradient step.

@@ -70,7 +70,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{path} must be true or false, but got {value!r}.")
+        raise ConfigError(f"{path} must be true or false, but got {value!r}; write true or false.")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

@@ -53,6 +53,9 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int], tuple[int, int], str]] =
     "sgd_bare_schedule_backoff": (
         dict(lr=2.0, momentum=0.9, weight_decay=1e-3, schedule="warmup_cosine", total_steps=STEPS,
              tune_fraction=0.75, backoff=1.5), (8, 8), (6, 6), "bare"),
+    "sgd_bare_schedule_rollback": (
+        dict(lr=2.0, momentum=0.9, weight_decay=1e-3, schedule="warmup_cosine", total_steps=STEPS,
+             tune_fraction=0.75, backoff=1.5, backoff_rollback=True), (8, 8), (6, 6), "bare"),
 }
 
 
@@ -279,8 +282,10 @@ def test_ranks_are_bitwise_equal_and_equal_one_process_on_the_whole_batch(runs: 
     _close(runs[0][case], reference)
     assert runs[0][case]["lr"] != CASES[case][0]["lr"]  # the learning rate was tuned
     assert runs[0][case]["global"]["step"] == STEPS
-    if case == "sgd_bare_schedule_backoff":
+    if case in ("sgd_bare_schedule_backoff", "sgd_bare_schedule_rollback"):
         assert reference["global"].get("backoffs", 0) >= 1  # the backoff decision was taken, alike
+    if case == "sgd_bare_schedule_rollback":
+        assert reference["global"].get("rollbacks", 0) >= 1  # and a step was undone, alike
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -78,7 +78,13 @@ VAL_MODES = settings.VAL_MODES
 SHARED = settings.SHARED
 #: Settings added after the first checkpoints were written, with the value that reproduces them: a state
 #: saved without them loads as a run with no horizon scaling and no known length.
-LATER_SETTINGS = {"beta_horizon": "step", "total_steps": None, "tune_fraction": 1.0, "backoff": None}
+LATER_SETTINGS = {"beta_horizon": "step", "total_steps": None, "tune_fraction": 1.0, "backoff": None,
+                  "backoff_rollback": False}
+#: ``backoff_rollback``: the per-parameter state keys of the copy kept before each tuning step are
+#: ``UNDO + key`` (``UNDO + "param"`` for the weights), its loss is the global state's ``"undo_loss"``; the
+#: momentum (and its tangent) restart from zero when a step is undone.
+UNDO = "undo_"
+RESTARTED = ("momentum_buffer", "u")
 #: ``backoff``: the tuned value is multiplied by this on a loss spike, and no other spike counts for the
 #: next BACKOFF_COOLDOWN steps; LOSS_EMA is the weight of a step's loss in the running mean it is compared
 #: with.
@@ -206,7 +212,8 @@ class RTHPO(torch.optim.Optimizer):
                  model: nn.Module | None = None, timing: bool = False,
                  schedule: str | schedules.Schedule | None = None, total_steps: int | None = None,
                  warmup: float = schedules.DEFAULT_WARMUP, beta_horizon: str = "step",
-                 tune_fraction: float = 1.0, backoff: float | None = None, process_group: Any = None) -> None:
+                 tune_fraction: float = 1.0, backoff: float | None = None, backoff_rollback: bool = False,
+                 process_group: Any = None) -> None:
         # The settings that decide others' defaults first (their range check names them); the rest are
         # checked with the groups (_check_group), against ray_rthpo/optim/settings.py.
         settings.check({"base": base, "hyper_update": hyper_update, "method": method, "schedule": schedule,
@@ -237,7 +244,7 @@ class RTHPO(torch.optim.Optimizer):
                         hvp_every=hvp_every, hvp_batch_fraction=hvp_batch_fraction, val_every=val_every,
                         val_batch_fraction=val_batch_fraction, momentum=momentum, weight_decay=weight_decay,
                         betas=tuple(betas), eps=eps, beta_horizon=beta_horizon, total_steps=total_steps,
-                        tune_fraction=tune_fraction, backoff=backoff)
+                        tune_fraction=tune_fraction, backoff=backoff, backoff_rollback=backoff_rollback)
         self.model = model
         self.timing = bool(timing)
         self.last_step: StepInfo | None = None
@@ -360,6 +367,9 @@ class RTHPO(torch.optim.Optimizer):
         with torch.enable_grad():
             loss, grads, hz = self._gradients(closure, params, z, want_hvp, first, clock)
         h: float | None = None
+        undo = False  # backoff_rollback: this step's loss spiked and the step before it is undone
+        rollback = tuning and first["backoff"] is not None and bool(first["backoff_rollback"])
+        can_undo = rollback and state.get("undo_loss") is not None
         # z_0 = 0, so h_0 = 0: skip the work
         hyper_due = tuning and t > 0 and t % int(first["val_every"]) == 0
         grad_e: list[torch.Tensor] | torch.Tensor | None = None
@@ -387,16 +397,26 @@ class RTHPO(torch.optim.Optimizer):
             for group in self.param_groups:
                 group["lr"] = scale
             state["last_hypergrad"] = h
+            value = values[0]
             if first["backoff"] is not None:
-                scale = self._backoff(values[0], scale, float(first["backoff"]))
+                scale, undo = self._backoff(value, scale, float(first["backoff"]), can_undo)
         elif tuning and first["backoff"] is not None:
             value = float(loss.detach())  # the one host sync of a step without a hypergradient
             if not math.isfinite(value):
                 return self._diverge(loss, scale * phi, None, clock)
-            scale = self._backoff(value, scale, float(first["backoff"]))
+            scale, undo = self._backoff(value, scale, float(first["backoff"]), can_undo)
         elif not bool(torch.isfinite(loss)):  # the one host sync of a step without a hypergradient
             return self._diverge(loss, scale * phi, None, clock)
         eta = scale * phi  # phi = 1 (no schedule): eta is the scale itself, bit for bit
+        if undo:  # back to the copy from before the last step; this step's update is not taken
+            self._roll_back(params)
+            state["step"] = t + 1
+            self.last_step = StepInfo(loss.detach(), eta, h, clock.seconds, False)
+            return loss.detach()
+        if rollback:
+            self._keep_copy(params, value)
+        elif state.get("undo_kept"):  # tuning is over (or the setting is off): the copy goes
+            self._drop_copy(params)
 
         start = 0
         for group, ps in groups:
@@ -481,12 +501,17 @@ class RTHPO(torch.optim.Optimizer):
         grad_e = None if local is None else (out[-1][0] if isinstance(local, torch.Tensor) else out[-1])
         return loss, grads, hz, grad_e
 
-    def _backoff(self, loss: float, scale: float, factor: float) -> float:
-        """The tuned value after ``backoff``'s check of this step's training loss (see the class doc)."""
+    def _backoff(self, loss: float, scale: float, factor: float, can_undo: bool) -> tuple[float, bool]:
+        """The tuned value after ``backoff``'s check of this step's training loss (see the class doc), and
+        whether the step before is to be undone (``backoff_rollback``, where a copy is kept: ``can_undo``).
+        An undone spike halves the value whatever the cooldown, and the running mean restarts from the loss
+        of the copy returned to; without ``can_undo`` this is the plain backoff."""
         state = self.state[GLOBAL]
         mean, cooldown = state.get("loss_mean"), int(state.get("backoff_cooldown", 0))
         first = float(state.setdefault("loss_first", loss))
-        if mean is not None and cooldown == 0 and loss > factor * mean and loss - mean > SPIKE_FLOOR * first:
+        spike = mean is not None and loss > factor * mean and loss - mean > SPIKE_FLOOR * first
+        undo = spike and can_undo
+        if spike and (cooldown == 0 or undo):
             scale *= BACKOFF_FACTOR
             for group in self.param_groups:
                 group["lr"] = scale
@@ -495,8 +520,51 @@ class RTHPO(torch.optim.Optimizer):
         else:
             cooldown = max(0, cooldown - 1)
         state["backoff_cooldown"] = cooldown
-        state["loss_mean"] = loss if mean is None else (1.0 - LOSS_EMA) * mean + LOSS_EMA * loss
-        return scale
+        if undo:
+            state["loss_mean"] = float(state["undo_loss"])
+            state["rollbacks"] = int(state.get("rollbacks", 0)) + 1
+        else:
+            state["loss_mean"] = loss if mean is None else (1.0 - LOSS_EMA) * mean + LOSS_EMA * loss
+        return scale, undo
+
+    def _keep_copy(self, params: list[torch.Tensor], loss: float) -> None:
+        """``backoff_rollback``: keep a copy of the weights and of every state tensor, and this step's loss
+        (the loss of these weights), before the step changes them."""
+        with torch.no_grad():
+            for p in params:
+                s = self.state[p]
+                tensors = [(k, v) for k, v in s.items()
+                           if isinstance(v, torch.Tensor) and not k.startswith(UNDO)]
+                for key, value in [("param", p), *tensors]:
+                    kept = s.get(UNDO + key)
+                    if kept is None or kept.shape != value.shape:
+                        s[UNDO + key] = value.detach().clone()
+                    else:
+                        kept.copy_(value)
+        self.state[GLOBAL].update(undo_loss=float(loss), undo_kept=True)
+
+    def _roll_back(self, params: list[torch.Tensor]) -> None:
+        """Weights and state back to the copy :meth:`_keep_copy` kept; the momentum (and its tangent) restart
+        from zero. The copy is used up: a spike at the next step undoes the step from it, which starts from
+        the same point (the copy is kept again before it)."""
+        with torch.no_grad():
+            for p in params:
+                s = self.state[p]
+                p.copy_(s[UNDO + "param"])
+                for key in [k for k in s if not k.startswith(UNDO)]:
+                    if key in RESTARTED and isinstance(s[key], torch.Tensor):
+                        s[key].zero_()
+                    elif UNDO + key in s:
+                        s[key].copy_(s[UNDO + key])
+        self.state[GLOBAL]["undo_loss"] = None
+
+    def _drop_copy(self, params: list[torch.Tensor]) -> None:
+        """Free the copy (tuning is over): the weights and state are held once again."""
+        for p in params:
+            s = self.state[p]
+            for key in [k for k in s if k.startswith(UNDO)]:
+                del s[key]
+        self.state[GLOBAL].update(undo_loss=None, undo_kept=False)
 
     def _diverge(self, loss: torch.Tensor, eta: float, h: float | None, clock: _Clock) -> torch.Tensor:
         self.state[GLOBAL]["diverged"] = True

@@ -182,6 +182,12 @@ _DECLARED = (
                                                                         "loss doubles",
             "While tuning, a training loss above backoff x its running mean halves the tuned value.",
             lambda v: v is None or (_number(v) and v > 1.0), "lr.backoff"),
+    Setting("backoff_rollback", False, "true or false", "write true or false",
+            "With `backoff`: a spike also undoes the step that led to it (the weights and the optimizer's "
+            "state go back to a copy kept before that step, SGD's momentum restarts) and later losses are "
+            "compared with the loss of the point returned to, so spikes in a row halve the rate again; a "
+            "copy of the weights and state per step while tuning, kept in `state_dict()`.",
+            lambda v: isinstance(v, bool), "lr.backoff_rollback"),
 )
 
 #: Every setting of RTHPO, by name, in the order of its signature.
