@@ -173,6 +173,13 @@ class RTHPO(torch.optim.Optimizer):
             :data:`SPIKE_FLOOR` times the first step's loss, halves the tuned value
             (:data:`BACKOFF_FACTOR`), at most once every :data:`BACKOFF_COOLDOWN` steps: a guard against a
             learning rate above the stable range, which the hypergradient sees only once the loss has risen.
+        backoff_rollback: with ``backoff``, a spike also undoes the step that led to it: the weights and
+            every state tensor go back to a copy kept before that step (SGD's momentum and its tangent
+            restart from zero), this step's update is not taken, the value halves whatever the cooldown,
+            and later losses are compared with the loss of the point returned to. Costs a copy of the
+            weights and state per tuning step (freed when tuning ends; saved by ``state_dict()``, so a
+            resume is exact). Measured in docs/method.md: it rescues SGD runs started far above the stable
+            range and costs accuracy over AdamW.
         process_group: data parallelism (docs/distributed.md). None: when ``torch.distributed`` is
             initialised, average over the default group; a ``torch.distributed.ProcessGroup``: over that
             group; False: never (each process steps on its own batch, as without ``torch.distributed``).
