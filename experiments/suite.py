@@ -536,7 +536,7 @@ def targets(cells: dict[tuple[str, int], pd.DataFrame]) -> list[str]:
 def start_scale(workload: str, row: str) -> float:
     """The scale ``row`` of ``workload``'s config starts from: its run config's ``lr.eta0``."""
     exp = workload_experiment(workload)
-    return float(exp.run_config(next(s for s in exp.strategies if s.name == row)).lr.eta0)
+    return float(exp.run_config(exp.strategy(row)).lr.eta0)
 
 
 def scale_moves(cells: dict[tuple[str, int], pd.DataFrame]) -> pd.DataFrame:

@@ -27,8 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ray_rthpo.config import parse_override  # noqa: E402
+from ray_rthpo.errors import ConfigError  # noqa: E402
 from ray_rthpo.experiment.config import load_experiment  # noqa: E402
 from ray_rthpo.optim import RTHPO  # noqa: E402
+from ray_rthpo.optim.rthpo import GLOBAL  # noqa: E402
 from ray_rthpo.training.trainer import Trainer  # noqa: E402
 
 #: The CSV's columns, in order.
@@ -46,10 +48,11 @@ def trace_row(config_path: str, row: str, epochs: int, overrides: Sequence[str] 
     on the run config); returns ``(steps, epochs)``: one dict per optimizer step (:data:`COLUMNS`) and the
     Trainer's per-epoch results."""
     exp = load_experiment(config_path, [f"base.train.epochs={epochs}"])
-    names = [s.name for s in exp.strategies]
-    if row not in names:
-        raise SystemExit(f"trace_row: no row {row!r} in {config_path}; it has: {', '.join(names)}.")
-    config = exp.run_config(next(s for s in exp.strategies if s.name == row))
+    try:
+        strategy = exp.strategy(row)
+    except ConfigError as err:
+        raise SystemExit(f"trace_row: {config_path}: {err}") from None
+    config = exp.run_config(strategy)
     if overrides:
         config = config.replace(**dict(parse_override(text) for text in overrides))
     trainer = Trainer(config)
@@ -63,7 +66,7 @@ def trace_row(config_path: str, row: str, epochs: int, overrides: Sequence[str] 
 
     def step(*args: Any, **kwargs: Any) -> Any:
         loss = inner_step(*args, **kwargs)
-        info, state = optimizer.last_step, optimizer.state.get("rthpo", {})
+        info, state = optimizer.last_step, optimizer.state.get(GLOBAL, {})
         tangents = [optimizer.state[p]["z"] for p in params if "z" in optimizer.state[p]]
         steps.append({"step": len(steps), "loss": float(info.loss) if info is not None else math.nan,
                       "eta": info.eta if info is not None else math.nan, "scale": optimizer.scale,

@@ -1,16 +1,17 @@
 """Tests that train on several ``torch.distributed`` processes (gloo, CPU) started by ``mp.spawn``.
 
-``spawn_ranks(worker, args, nprocs, out)`` runs ``worker(rank, port, *args, out)`` in ``nprocs`` spawned
-processes, each of which joins a gloo group on a free local port, computes its results and ends with
-``finish_rank(results, out, rank)``; the caller gets each rank's results back.
+``spawn_ranks(worker, args, nprocs, out)`` runs ``worker(rank, *args)`` in ``nprocs`` spawned processes
+(``args`` usually hold a :func:`free_port` for the gloo group and ``out``), each of which joins the group,
+computes its results and ends with ``finish_rank(results, out, rank)``; the caller gets each rank's results
+back.
 
 Why the helper: a gloo process can abort (SIGABRT, "terminate called without an active exception") while
 its C++ worker threads are torn down, after the last collective, in ``destroy_process_group`` or at
-interpreter exit. CI saw it twice in a few hundred runs (tests/test_train_workers.py, tests/
-test_train_torchrun.py), never during a collective. So a rank writes its results atomically *before* it
-tears the group down, then leaves with ``os._exit(0)`` (no interpreter finalisation), and a rank killed by
-a signal *after* its results file is whole is a warning, not a failed test: what the tests check is the
-results, which are all there. A rank that fails or dies before writing them still fails the test.
+interpreter exit. CI saw it twice, in two sessions (tests/test_train_workers.py, tests/
+test_train_torchrun.py), both times after the last collective. So a rank writes its results atomically
+*before* it tears the group down, then leaves with ``os._exit(0)`` (no interpreter finalisation), and a
+rank killed by a signal *after* its results file is whole is a warning, not a failed test: what the tests
+check is the results, which are all there. A rank that fails or dies before writing them still fails the test.
 """
 
 from __future__ import annotations
