@@ -27,7 +27,7 @@ ROOTS = ("torch", "pytest")
 #: The optimizer's tests (each imports torch and ray_rthpo.optim / ray_rthpo.hypergrad only).
 CORE_TESTS = ("tests/test_core_install.py", "tests/test_optim.py", "tests/test_adamw_tangent.py",
               "tests/test_schedule_scale.py", "tests/test_update_rules.py", "tests/test_distributed.py",
-              "tests/test_backoff_rollback.py")
+              "tests/test_backoff_rollback.py", "tests/test_hypergrad_average.py")
 #: Modules of the extra ``tune`` that must not be importable in the env.
 HARNESS = ("ray", "optuna", "skopt", "sklearn", "torchvision", "pandas", "matplotlib", "yaml")
 

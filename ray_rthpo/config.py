@@ -104,7 +104,8 @@ KEYS_READ_ONLY_BY: dict[str, tuple[str, ...]] = {
     "lr.beta": HYPERGRADIENT_METHODS, "lr.mu": ("marthe",), "lr.hypergrad_clip": HYPERGRADIENT_METHODS,
     "lr.gamma": ("exp_decay",), "lr.eta_min": ("cosine",), "lr.beta_horizon": HYPERGRADIENT_METHODS,
     "lr.tune_fraction": HYPERGRADIENT_METHODS, "lr.backoff": HYPERGRADIENT_METHODS,
-    "lr.backoff_rollback": HYPERGRADIENT_METHODS,
+    "lr.backoff_rollback": HYPERGRADIENT_METHODS, "lr.hypergrad_at": HYPERGRADIENT_METHODS,
+    "lr.average_window": HYPERGRADIENT_METHODS,
     "lr.schedule": HYPERGRADIENT_METHODS + PEAK_SCHEDULED_METHODS,
     "lr.warmup": HYPERGRADIENT_METHODS + PEAK_SCHEDULED_METHODS,
 }
@@ -314,6 +315,12 @@ class LRConfig:
     # copy from before it, SGD's momentum restarted), and later losses are compared with the loss of the
     # point returned to. false: off (the suite's defaults; docs/method.md shows what it changes).
     backoff_rollback: bool = run_default("lr.backoff_rollback")
+    # Where the hypergradient differentiates the validation loss: weights (the paper's RT-HPO, at the
+    # current weights) or average (at a running average of the weights, exactly along the average of the
+    # tangents; its time constant is lr.average_window x the run's steps). docs/method.md shows what it
+    # changes.
+    hypergrad_at: str = run_default("lr.hypergrad_at")
+    average_window: float = run_default("lr.average_window")
     # MARTHE's discount of the tangent: z_{t+1} = mu (I - eta H) z_t - g_t. 1 = RT-HPO, 0 = First-order (Val).
     mu: float = run_default("lr.mu")
     # eta is kept within [0, eta_max] after every hypergradient step.

@@ -56,6 +56,10 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int], tuple[int, int], str]] =
     "sgd_bare_schedule_rollback": (
         dict(lr=2.0, momentum=0.9, weight_decay=1e-3, schedule="warmup_cosine", total_steps=STEPS,
              tune_fraction=0.75, backoff=1.5, backoff_rollback=True), (8, 8), (6, 6), "bare"),
+    "adamw_schedule_average": (
+        dict(lr=0.01, base="adamw", weight_decay=0.01, schedule="warmup_cosine", total_steps=STEPS,
+             tune_fraction=0.75, hypergrad_at="average", average_window=0.3, val_every=2), (6, 10), (4, 8),
+        "model"),
 }
 
 

@@ -31,7 +31,7 @@ BAD: dict[str, tuple[Any, dict[str, Any]]] = {
     "val_mode": ("jvp", {}), "hvp_every": (0, {}), "hvp_batch_fraction": (1.5, {}), "val_every": (0, {}),
     "val_batch_fraction": (0.0, {}), "schedule": ("cosine_x", {}), "warmup": (1.5, {}),
     "beta_horizon": ("linear", {}), "tune_fraction": (0.0, {}), "backoff": (0.5, {}),
-    "backoff_rollback": ("yes", {}),
+    "backoff_rollback": ("yes", {}), "hypergrad_at": ("avg", {}), "average_window": (0.0, {}),
 }
 
 
@@ -122,7 +122,8 @@ REACH: dict[str, tuple[Any, list[str]]] = {
     "lr.hvp_every": (3, []), "lr.hvp_batch_fraction": (0.5, []), "lr.val_every": (2, []),
     "lr.val_batch_fraction": (0.5, []), "lr.schedule": ("warmup_linear", []),
     "lr.warmup": (7, ["lr.schedule=warmup_cosine"]), "lr.beta_horizon": ("step", []),
-    "lr.tune_fraction": (0.5, []), "lr.backoff": (3.0, []), "lr.backoff_rollback": (True, []), }
+    "lr.tune_fraction": (0.5, []), "lr.backoff": (3.0, []), "lr.backoff_rollback": (True, []),
+    "lr.hypergrad_at": ("average", []), "lr.average_window": (0.2, []), }
 
 
 def test_every_config_setting_has_a_value_to_reach_the_optimizer() -> None:

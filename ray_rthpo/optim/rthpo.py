@@ -37,7 +37,7 @@ import inspect
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -79,7 +79,10 @@ SHARED = settings.SHARED
 #: Settings added after the first checkpoints were written, with the value that reproduces them: a state
 #: saved without them loads as a run with no horizon scaling and no known length.
 LATER_SETTINGS = {"beta_horizon": "step", "total_steps": None, "tune_fraction": 1.0, "backoff": None,
-                  "backoff_rollback": False}
+                  "backoff_rollback": False, "hypergrad_at": "weights", "average_window": 0.1}
+#: ``hypergrad_at="average"``: the per-parameter state keys of the running average of the weights and of
+#: its tangent (kept while tuning, freed after it).
+AVERAGE = ("avg_w", "avg_z")
 #: ``backoff_rollback``: the per-parameter state keys of the copy kept before each tuning step are
 #: ``UNDO + key`` (``UNDO + "param"`` for the weights), its loss is the global state's ``"undo_loss"``; the
 #: momentum (and its tangent) restart from zero when a step is undone.
@@ -180,6 +183,18 @@ class RTHPO(torch.optim.Optimizer):
             weights and state per tuning step (freed when tuning ends; saved by ``state_dict()``, so a
             resume is exact). Measured in docs/method.md: it rescues SGD runs started far above the stable
             range and costs accuracy over AdamW.
+        hypergrad_at: ``"weights"`` (the paper's ``h_t = grad E(w_t) . z_t``) or ``"average"``: the
+            validation loss at a running average ``w-bar_t`` of the weights, differentiated along the same
+            average of the tangents, ``h_t = grad E(w-bar_t) . z-bar_t = dE(w-bar_t)/ds`` exactly (the
+            average is linear in the weights). The loss of a noisy iterate rises with the learning rate in
+            the short run even where a larger one ends lower once the schedule anneals, which biases the
+            hypergradient toward small rates; the average is nearer the point the run heads for. The weights
+            hold ``w-bar`` for the validation pass only; ``w-bar`` and ``z-bar`` are two more tensors per
+            parameter while tuning (saved by ``state_dict()``, freed when tuning ends). Not with
+            ``method="hd_train"``. Measured in docs/method.md.
+        average_window: with ``hypergrad_at="average"``, the average's time constant as a fraction of
+            ``total_steps`` (1000 steps assumed without it): after step ``n`` the new weights count
+            ``max(1/n, 1/(average_window T))``, the plain mean of the weights so far, then an exponential one.
         process_group: data parallelism (docs/distributed.md). None: when ``torch.distributed`` is
             initialised, average over the default group; a ``torch.distributed.ProcessGroup``: over that
             group; False: never (each process steps on its own batch, as without ``torch.distributed``).
@@ -220,6 +235,7 @@ class RTHPO(torch.optim.Optimizer):
                  schedule: str | schedules.Schedule | None = None, total_steps: int | None = None,
                  warmup: float = schedules.DEFAULT_WARMUP, beta_horizon: str = "step",
                  tune_fraction: float = 1.0, backoff: float | None = None, backoff_rollback: bool = False,
+                 hypergrad_at: str = "weights", average_window: float = 0.1,
                  process_group: Any = None) -> None:
         # The settings that decide others' defaults first (their range check names them); the rest are
         # checked with the groups (_check_group), against ray_rthpo/optim/settings.py.
@@ -251,7 +267,8 @@ class RTHPO(torch.optim.Optimizer):
                         hvp_every=hvp_every, hvp_batch_fraction=hvp_batch_fraction, val_every=val_every,
                         val_batch_fraction=val_batch_fraction, momentum=momentum, weight_decay=weight_decay,
                         betas=tuple(betas), eps=eps, beta_horizon=beta_horizon, total_steps=total_steps,
-                        tune_fraction=tune_fraction, backoff=backoff, backoff_rollback=backoff_rollback)
+                        tune_fraction=tune_fraction, backoff=backoff, backoff_rollback=backoff_rollback,
+                        hypergrad_at=hypergrad_at, average_window=average_window)
         self.model = model
         self.timing = bool(timing)
         self.last_step: StepInfo | None = None
@@ -385,8 +402,9 @@ class RTHPO(torch.optim.Optimizer):
                                                        params, z, first, clock)
         if hyper_due:
             clock.start()
-            with torch.enable_grad():
-                h_tensor, norms = self._hypergradient(grads, params, z, val_closure, first, groups, grad_e)
+            with torch.enable_grad(), self._at_point(params, first) as (_, z_at):
+                h_tensor, norms = self._hypergradient(grads, params, z_at or z, val_closure, first, groups,
+                                                      grad_e)
             values = torch.stack([loss.detach().double(), h_tensor.double(),
                                   *(n.double() for n in norms)]).tolist()
             clock.stop()
@@ -433,6 +451,12 @@ class RTHPO(torch.optim.Optimizer):
                 step(group, ps, grads[start:start + n], None if hz is None else hz[start:start + n], eta, mu,
                      phi, clock, tuning)
             start += n
+        if tuning and first["hypergrad_at"] == "average":
+            self._update_average(params, t + 1, first)
+        elif "avg_w" in self.state[params[0]]:  # tuning is over: the average goes
+            for p in params:
+                for key in AVERAGE:
+                    self.state[p].pop(key, None)
         state["step"] = t + 1
         self.last_step = StepInfo(loss.detach(), eta, h, clock.seconds, False)
         return loss.detach()
@@ -495,10 +519,11 @@ class RTHPO(torch.optim.Optimizer):
         local: list[torch.Tensor] | torch.Tensor | None = None
         if hyper_due and first["method"] != "hd_train":
             clock.start()
-            with torch.enable_grad():
-                local = self._validation_gradient(val_closure, params, z, first)
+            with torch.enable_grad(), self._at_point(params, first) as (_, z_at):
+                z_at = z_at or z
+                local = self._validation_gradient(val_closure, params, z_at, first)
             if isinstance(local, list) and first["hyper_update"] not in hyper_updates.NEEDS_NORMS:
-                local = fn.dot(local, z)  # one number instead of the vector
+                local = fn.dot(local, z_at)  # one number instead of the vector
             clock.stop()
             items.append((distributed.batch_size(val_closure, float(first["val_batch_fraction"])),
                           [local] if isinstance(local, torch.Tensor) else local))
@@ -573,6 +598,36 @@ class RTHPO(torch.optim.Optimizer):
                 del s[key]
         self.state[GLOBAL].update(undo_loss=None, undo_kept=False)
 
+    @contextlib.contextmanager
+    def _at_point(self, params: list[torch.Tensor], first: dict[str, Any]) -> Iterator[
+            tuple[list[torch.Tensor] | None, list[torch.Tensor] | None]]:
+        """``hypergrad_at="average"``: the weights hold their running average w̄ inside the block (restored
+        after it, also on an error), which yields ``(w̄, z̄)``; ``"weights"``: nothing changes, ``(None,
+        None)``. The validation term computed inside is then ∇E(w̄), to be dotted with z̄."""
+        if first["hypergrad_at"] != "average":
+            yield None, None
+            return
+        states = [self.state[p] for p in params]
+        avg_w, avg_z = [s["avg_w"] for s in states], [s["avg_z"] for s in states]
+        with torch.no_grad():
+            held = [p.detach().clone() for p in params]
+            torch._foreach_copy_(params, avg_w)
+        try:
+            yield avg_w, avg_z
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(params, held)
+
+    def _update_average(self, params: list[torch.Tensor], n: int, first: dict[str, Any]) -> None:
+        """w̄ <- w̄ + a (w - w̄) and z̄ <- z̄ + a (z - z̄) after step ``n`` (1-based), a = max(1/n, 1/(window T)):
+        the mean of the weights so far, then an exponential average; z̄ is exactly dw̄/ds."""
+        total = first["total_steps"] if first["total_steps"] is not None else hyper_updates.ASSUMED_HORIZON
+        weight = max(1.0 / n, 1.0 / max(1.0, float(first["average_window"]) * total))
+        states = [self.state[p] for p in params]
+        with torch.no_grad():
+            torch._foreach_lerp_([s["avg_w"] for s in states], [p.detach() for p in params], weight)
+            torch._foreach_lerp_([s["avg_z"] for s in states], [s["z"] for s in states], weight)
+
     def _diverge(self, loss: torch.Tensor, eta: float, h: float | None, clock: _Clock) -> torch.Tensor:
         self.state[GLOBAL]["diverged"] = True
         self.last_step = StepInfo(loss.detach(), eta, h, clock.seconds, True)
@@ -582,6 +637,11 @@ class RTHPO(torch.optim.Optimizer):
         for group, ps in groups:
             for p in ps:
                 s = self.state[p]
+                if group["hypergrad_at"] == "average" and "avg_w" not in s and self.tuning:
+                    # w-bar starts at the weights and z-bar at the tangent (z_0 = 0 on a fresh run)
+                    s["avg_w"] = p.detach().clone(memory_format=torch.preserve_format)
+                    s["avg_z"] = (s["z"].clone() if "z" in s
+                                  else torch.zeros_like(p, memory_format=torch.preserve_format))
                 if "z" in s:
                     continue
                 s["z"] = torch.zeros_like(p, memory_format=torch.preserve_format)

@@ -31,6 +31,9 @@ METHOD_MU = {"rthpo": 1.0, "hd_val": 0.0, "hd_train": 0.0}
 BASES = ("sgd", "adamw")
 HVP_ROUTES = ("auto", "double_backward", "forward_over_reverse", "forward_over_reverse_bn")
 VAL_MODES = ("backward", "forward")
+#: ``hypergrad_at``: where the validation loss is differentiated: the current weights, or their running
+#: average (the point an annealed run heads for, which a noisy iterate's loss understates).
+HYPERGRAD_POINTS = ("weights", "average")
 #: The defaults that follow ``base``, as torch's own optimizers have them (torch.optim.SGD / AdamW).
 BASE_DEFAULTS: dict[str, dict[str, float]] = {"sgd": {"lr": 1e-3, "weight_decay": 0.0},
                                                "adamw": {"lr": 1e-3, "weight_decay": 1e-2}}
@@ -188,6 +191,17 @@ _DECLARED = (
             "compared with the loss of the point returned to, so spikes in a row halve the rate again; a "
             "copy of the weights and state per step while tuning, kept in `state_dict()`.",
             lambda v: isinstance(v, bool), "lr.backoff_rollback"),
+    Setting("hypergrad_at", "weights", _one_of(HYPERGRAD_POINTS), "'weights' is the paper's RT-HPO",
+            "`weights`: h = ∇E(w_t) · z_t (paper eq. 5). `average`: the validation loss at a running average "
+            "w̄ of the weights, differentiated exactly along the average z̄ of the tangents, h = ∇E(w̄_t) · "
+            "z̄_t = dE(w̄_t)/ds; w̄ and z̄ are updated every tuning step (`average_window`), two more "
+            "tensors per parameter while tuning. Not with `method='hd_train'`.",
+            _choice(HYPERGRAD_POINTS), "lr.hypergrad_at"),
+    Setting("average_window", 0.1, "in (0, 1]", "0.1 averages over about a tenth of the run",
+            "With `hypergrad_at='average'`: the average's time constant as a fraction of T (`total_steps`, "
+            f"else {hyper_updates.ASSUMED_HORIZON} assumed): step t weighs the new weights by "
+            "max(1/t, 1/(average_window · T)), a plain mean until then an exponential one.",
+            lambda v: _number(v) and 0.0 < v <= 1.0, "lr.average_window"),
 )
 
 #: Every setting of RTHPO, by name, in the order of its signature.
@@ -242,6 +256,11 @@ def relation_problem(values: Mapping[str, Any], label: Callable[[str], str] = st
                             "which divides by |grad E|, a norm a forward-mode JVP does not give; set "
                             f"{label('val_mode')} to backward, or {label('hyper_update')} to adam_log "
                             "(or another rule that needs no norm).")
+    if has("hypergrad_at", "method") and values["hypergrad_at"] == "average" \
+            and values["method"] == "hd_train":
+        return "hypergrad_at", (f"must be weights with {label('method')} hd_train, which differentiates the "
+                                "training loss at the weights; set it to weights, or use a method with a "
+                                "validation term (rthpo).")
     if has("val_mode", "method") and values["val_mode"] == "forward" and values["method"] == "hd_train":
         return "val_mode", (f"must be backward with {label('method')} hd_train, which has no "
                             f"validation pass; set {label('val_mode')} to backward.")
