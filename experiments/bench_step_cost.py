@@ -166,6 +166,15 @@ VARIANTS: dict[str, Spec] = {
                                     "val_every": 10, "val_batch_fraction": 0.25}),
     "rthpo_adamw[every10,quarter]": Spec({"method": "rthpo", "hvp_every": 10, "hvp_batch_fraction": 0.25,
                                           "val_every": 10, "val_batch_fraction": 0.25}, "adamw"),
+    # the same with the hypergradient at the running average of the weights (lr.hypergrad_at: average): two
+    # more lerps per step while tuning, and the average swapped in for the validation pass
+    "rthpo[every10,quarter,average]": Spec({"method": "rthpo", "hvp_every": 10, "hvp_batch_fraction": 0.25,
+                                            "val_every": 10, "val_batch_fraction": 0.25,
+                                            "hypergrad_at": "average"}),
+    "rthpo_adamw[every10,quarter,average]": Spec({"method": "rthpo", "hvp_every": 10,
+                                                  "hvp_batch_fraction": 0.25, "val_every": 10,
+                                                  "val_batch_fraction": 0.25, "hypergrad_at": "average"},
+                                                 "adamw"),
     # a step after lr.tune_fraction of the run (the tuning is over: the base step alone, on the schedule)
     "rthpo[after_tuning]": Spec({"method": "rthpo", "tune_fraction": 1e-4, "schedule": "warmup_cosine"}),
     "rthpo_adamw[after_tuning]": Spec({"method": "rthpo", "tune_fraction": 1e-4, "schedule": "warmup_cosine"},
@@ -336,7 +345,8 @@ def build_entries(name: str, device: torch.device, methods: list[str]) -> tuple[
                                          "val_batch_fraction")}
             period = math.lcm(sub["hvp_every"], sub["val_every"])
             info.update({"hvp_route": group["hvp"], "val_mode": group["val_mode"], "subsampling": sub,
-                         "driver": spec.driver, "tune_fraction": group["tune_fraction"]})
+                         "driver": spec.driver, "tune_fraction": group["tune_fraction"],
+                         "hypergrad_at": group["hypergrad_at"]})
             what = json.dumps([group["method"], group["mu"], info], sort_keys=True)
         else:
             what = json.dumps([config.lr.method, info], sort_keys=True)

@@ -252,6 +252,13 @@ SMOKE: dict[str, Smoke] = {
     "--out runs/trace_lenet_sgd_hi.csv":
         Smoke("--set data.train_subset=512 --set data.val_subset=128 --set data.test_subset=128",
               needs="MNIST"),
+    "python experiments/trace_row.py configs/suite/mnist_mlp.yaml rthpo_sgd_lo --epochs 1 "
+    "--set lr.hypergrad_at=average --set train.seed=1 --out runs/trace_mlp_sgd_lo_average.csv":
+        Smoke("--set data.train_subset=512 --set data.val_subset=128 --set data.test_subset=128",
+              needs="MNIST"),
+    "python experiments/bench_step_cost.py --device cpu --threads 1 --models mlp lenet --methods sgd "
+    "'rthpo[every10,quarter]' 'rthpo[every10,quarter,average]' adamw 'rthpo_adamw[every10,quarter]' "
+    "'rthpo_adamw[every10,quarter,average]'": Smoke(BENCH),
     # the copy's documents list every cell, the smoke run made one: the others are dropped in the copy
     "python experiments/suite.py report":
         Smoke("--allow-missing", after="python experiments/suite.py run --workloads digits_mlp tabular_mlp"),
