@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,9 +55,11 @@ def _snapshot(model: nn.Module, opt: RTHPO) -> tuple[list[torch.Tensor], list[di
     return [p.detach().clone() for p in params], states
 
 
-def test_a_spike_undoes_the_step_before_it_restarts_momentum_and_halves_the_scale() -> None:
+@pytest.mark.parametrize("extra", [{}, {"hypergrad_at": "average"}], ids=["weights", "average"])
+def test_a_spike_undoes_the_step_before_it_restarts_momentum_and_halves_the_scale(extra: dict) -> None:
+    """With ``hypergrad_at="average"`` the running average and its tangent are state too: undone alike."""
     model = _model()
-    opt = _opt(model, 8.0, backoff_rollback=True)  # far above the stable range: the loss spikes in warmup
+    opt = _opt(model, 8.0, backoff_rollback=True, **extra)  # far above the stable range: spikes in warmup
     before: list[Any] = []
     undone = 0
     for t in range(STEPS):
@@ -66,6 +69,7 @@ def test_a_spike_undoes_the_step_before_it_restarts_momentum_and_halves_the_scal
         if int(opt.state[GLOBAL].get("rollbacks", 0)) == rollbacks + 1:
             undone += 1
             weights, states = before[t - 1]  # the copy kept before step t - 1
+            assert all(("avg_w" in st) == bool(extra) for st in states)
             for p, w, s in zip(model.parameters(), weights, states, strict=True):
                 assert torch.equal(p.detach(), w)
                 for key, value in s.items():
