@@ -402,7 +402,7 @@ class RTHPO(torch.optim.Optimizer):
                                                        params, z, first, clock)
         if hyper_due:
             clock.start()
-            with torch.enable_grad(), self._at_point(params, first) as (_, z_at):
+            with torch.enable_grad(), self._at_point(params, first, grad_e is None) as z_at:
                 h_tensor, norms = self._hypergradient(grads, params, z_at or z, val_closure, first, groups,
                                                       grad_e)
             values = torch.stack([loss.detach().double(), h_tensor.double(),
@@ -519,7 +519,7 @@ class RTHPO(torch.optim.Optimizer):
         local: list[torch.Tensor] | torch.Tensor | None = None
         if hyper_due and first["method"] != "hd_train":
             clock.start()
-            with torch.enable_grad(), self._at_point(params, first) as (_, z_at):
+            with torch.enable_grad(), self._at_point(params, first, True) as z_at:
                 z_at = z_at or z
                 local = self._validation_gradient(val_closure, params, z_at, first)
             if isinstance(local, list) and first["hyper_update"] not in hyper_updates.NEEDS_NORMS:
@@ -599,21 +599,25 @@ class RTHPO(torch.optim.Optimizer):
         self.state[GLOBAL].update(undo_loss=None, undo_kept=False)
 
     @contextlib.contextmanager
-    def _at_point(self, params: list[torch.Tensor], first: dict[str, Any]) -> Iterator[
-            tuple[list[torch.Tensor] | None, list[torch.Tensor] | None]]:
-        """``hypergrad_at="average"``: the weights hold their running average w̄ inside the block (restored
-        after it, also on an error), which yields ``(w̄, z̄)``; ``"weights"``: nothing changes, ``(None,
-        None)``. The validation term computed inside is then ∇E(w̄), to be dotted with z̄."""
+    def _at_point(self, params: list[torch.Tensor], first: dict[str, Any], swap: bool
+                  ) -> Iterator[list[torch.Tensor] | None]:
+        """The tangent the validation term is to be dotted with: ``hypergrad_at="average"`` yields z̄, and
+        with ``swap`` the weights hold their running average w̄ inside the block (restored after it, also
+        on an error), so that a validation gradient computed there is ∇E(w̄) (``swap=False``: it was
+        computed already, by the ranks); ``"weights"`` yields None and changes nothing."""
         if first["hypergrad_at"] != "average":
-            yield None, None
+            yield None
             return
         states = [self.state[p] for p in params]
-        avg_w, avg_z = [s["avg_w"] for s in states], [s["avg_z"] for s in states]
+        avg_z = [s["avg_z"] for s in states]
+        if not swap:
+            yield avg_z
+            return
         with torch.no_grad():
             held = [p.detach().clone() for p in params]
-            torch._foreach_copy_(params, avg_w)
+            torch._foreach_copy_(params, [s["avg_w"] for s in states])
         try:
-            yield avg_w, avg_z
+            yield avg_z
         finally:
             with torch.no_grad():
                 torch._foreach_copy_(params, held)
@@ -634,10 +638,11 @@ class RTHPO(torch.optim.Optimizer):
         return loss.detach()
 
     def _init_state(self, groups: list[tuple[dict[str, Any], list[torch.Tensor]]]) -> None:
+        tuning = self.tuning
         for group, ps in groups:
             for p in ps:
                 s = self.state[p]
-                if group["hypergrad_at"] == "average" and "avg_w" not in s and self.tuning:
+                if tuning and group["hypergrad_at"] == "average" and "avg_w" not in s:
                     # w-bar starts at the weights and z-bar at the tangent (z_0 = 0 on a fresh run)
                     s["avg_w"] = p.detach().clone(memory_format=torch.preserve_format)
                     s["avg_z"] = (s["z"].clone() if "z" in s
