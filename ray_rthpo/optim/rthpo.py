@@ -402,9 +402,8 @@ class RTHPO(torch.optim.Optimizer):
                                                        params, z, first, clock)
         if hyper_due:
             clock.start()
-            with torch.enable_grad(), self._at_point(params, first, grad_e is None) as z_at:
-                h_tensor, norms = self._hypergradient(grads, params, z_at or z, val_closure, first, groups,
-                                                      grad_e)
+            with torch.enable_grad(), self._at_point(params, z, first, grad_e is None) as z_at:
+                h_tensor, norms = self._hypergradient(grads, params, z_at, val_closure, first, groups, grad_e)
             values = torch.stack([loss.detach().double(), h_tensor.double(),
                                   *(n.double() for n in norms)]).tolist()
             clock.stop()
@@ -519,8 +518,7 @@ class RTHPO(torch.optim.Optimizer):
         local: list[torch.Tensor] | torch.Tensor | None = None
         if hyper_due and first["method"] != "hd_train":
             clock.start()
-            with torch.enable_grad(), self._at_point(params, first, True) as z_at:
-                z_at = z_at or z
+            with torch.enable_grad(), self._at_point(params, z, first, True) as z_at:
                 local = self._validation_gradient(val_closure, params, z_at, first)
             if isinstance(local, list) and first["hyper_update"] not in hyper_updates.NEEDS_NORMS:
                 local = fn.dot(local, z_at)  # one number instead of the vector
@@ -599,14 +597,14 @@ class RTHPO(torch.optim.Optimizer):
         self.state[GLOBAL].update(undo_loss=None, undo_kept=False)
 
     @contextlib.contextmanager
-    def _at_point(self, params: list[torch.Tensor], first: dict[str, Any], swap: bool
-                  ) -> Iterator[list[torch.Tensor] | None]:
-        """The tangent the validation term is to be dotted with: ``hypergrad_at="average"`` yields z̄, and
-        with ``swap`` the weights hold their running average w̄ inside the block (restored after it, also
-        on an error), so that a validation gradient computed there is ∇E(w̄) (``swap=False``: it was
-        computed already, by the ranks); ``"weights"`` yields None and changes nothing."""
+    def _at_point(self, params: list[torch.Tensor], z: list[torch.Tensor], first: dict[str, Any], swap: bool
+                  ) -> Iterator[list[torch.Tensor]]:
+        """The tangent the validation term is to be dotted with: ``hypergrad_at="weights"`` yields ``z`` and
+        changes nothing; ``"average"`` yields z̄, and with ``swap`` the weights hold their running average w̄
+        inside the block (restored after it, also on an error), so that a validation gradient computed there
+        is ∇E(w̄) (``swap=False``: it was computed already, by the ranks)."""
         if first["hypergrad_at"] != "average":
-            yield None
+            yield z
             return
         states = [self.state[p] for p in params]
         avg_z = [s["avg_z"] for s in states]
