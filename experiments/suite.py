@@ -24,6 +24,15 @@ It keeps a copy of each cell's ``trials.csv`` (the columns it reads, gzipped) in
 is committed while ``runs/`` is not: a checkout that lacks some cells' run files regenerates the documents
 from the copies, and a document that lists a cell neither here nor kept is not rewritten (the cells found
 are still kept, so cells run in several sessions add up; ``--allow-missing`` drops the missing ones).
+A candidate change of the defaults (``VARIANTS``: ``--set`` overrides) is measured with ``run --variant NAME``:
+the cell's default rows (or ``--strategies`` among them), same seeds, under the variant, into
+``CELL/variants/NAME/``, never merged into the cell. ``report`` compares each variant with the defaults on
+the same runs against the same grid (docs/suite.md, "Candidate defaults") and keeps its runs in
+``docs/suite/cells/variants/NAME/``::
+
+    python experiments/suite.py run --variant average_rollback --workloads digits_mlp --horizons 360 \
+        --strategies rthpo_sgd_lo rthpo_sgd_mid rthpo_sgd_hi
+
 The analysis is pure functions over data frames (tested in tests/test_suite.py).
 """
 
@@ -92,6 +101,26 @@ R_MAX = 4.0       # AlgoPerf's r_max
 LRFREE_ROWS = ("prodigy", "schedule_free_sgd", "schedule_free_adamw", "dog", "dadapt_adam")
 #: The README's block that ``report`` rewrites: the profile figure and one sentence of what it says.
 README_MARKERS = ("<!-- suite-profile:start -->", "<!-- suite-profile:end -->")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A candidate change of RT-HPO's defaults: ``--set`` overrides that ``run --variant NAME`` applies to a
+    cell's default rows (:data:`DEFAULT_ROWS`), run apart from the cell and reported beside its defaults."""
+
+    sets: tuple[str, ...]
+    what: str
+
+
+#: The candidate defaults the suite can measure before one is adopted (docs/method.md describes each).
+VARIANTS: dict[str, Variant] = {
+    "average": Variant(("lr.hypergrad_at=average",),
+                       "the hypergradient at a running average of the weights, along the averaged tangent"),
+    "rollback": Variant(("lr.backoff_rollback=true",),
+                        "a back-off also restores the weights and the optimizer state of before the spike"),
+    "average_rollback": Variant(("lr.hypergrad_at=average", "lr.backoff_rollback=true"),
+                                "both: the hypergradient at the average, and the rollback on a back-off"),
+}
 
 
 def profile_sentence(score: pd.Series, n_cells: int) -> str:
@@ -224,36 +253,61 @@ def config_seeds(workload: str) -> tuple[int, int]:
     return int(exp.seed), int(exp.base.train.seed)
 
 
+def parts_root(out: Path, workload: str, steps: int, variant: str | None = None) -> Path:
+    """Where a cell's parts live: ``CELL/parts`` (merged into the cell), or ``CELL/variants/NAME`` for the
+    parts run under variant ``NAME`` (:data:`VARIANTS`; reported beside the cell, never merged into it)."""
+    cell = cell_dir(out, workload, steps)
+    return cell / "parts" if variant is None else cell / "variants" / variant
+
+
 def part_dir(out: Path, workload: str, steps: int, *, strategies: Sequence[str], first_seed: int,
-             seeds: int) -> Path:
+             seeds: int, variant: str | None = None) -> Path:
     """The folder of one part of a cell run piecewise: ``CELL/parts/ROW+ROW-seedsA-B`` (``all`` for every
     row; ``Nrows-HASH`` for a long list), an ``rthpo compare --strategies`` experiment of its own that
-    ``report`` merges into the cell."""
+    ``report`` merges into the cell; under :func:`parts_root` ``CELL/variants/NAME`` for a variant's."""
     import hashlib
 
     rows = "+".join(strategies) or "all"
     if len(rows) > 80:
         rows = f"{len(strategies)}rows-{hashlib.sha1(rows.encode()).hexdigest()[:8]}"
-    return cell_dir(out, workload, steps) / "parts" / f"{rows}-seeds{first_seed}-{first_seed + seeds - 1}"
+    return parts_root(out, workload, steps, variant) / f"{rows}-seeds{first_seed}-{first_seed + seeds - 1}"
+
+
+def default_rows(workload: str) -> list[str]:
+    """The rows of ``workload``'s config that are RT-HPO's untuned defaults (:data:`DEFAULT_ROWS`)."""
+    return [row for row in config_strategies(workload) if row in DEFAULT_ROWS]
 
 
 def cell_command(workload: str, steps: int, out: Path, *, seeds: int | None = None,
                  epochs: int | None = None, strategies: Sequence[str] = (),
-                 first_seed: int | None = None) -> list[str]:
+                 first_seed: int | None = None, variant: str | None = None) -> list[str]:
     """The ``rthpo compare`` command of one cell (``--resume`` when its folder already holds a run). With
     ``strategies`` (some rows only, ``--strategies``) or ``first_seed`` (the seeds ``first_seed``,
     ``first_seed + 1``, ...: ``--set seed=...``), the command of one part of the cell instead, into its
-    :func:`part_dir`: a cell too long for one session is assembled from parts run in several."""
+    :func:`part_dir`: a cell too long for one session is assembled from parts run in several. With
+    ``variant`` (a name in :data:`VARIANTS`), the cell's default rows (or those of ``strategies``) under the
+    variant's ``--set`` overrides, into ``CELL/variants/NAME/``: the same seeds as the cell's rows."""
     w = WORKLOADS[workload]
     seeds = seeds if seeds is not None else w.seeds
     sets = [f"train.epochs={epochs if epochs is not None else w.horizons[steps]}"]
-    if not strategies and first_seed is None:
+    if variant is not None:
+        if variant not in VARIANTS:
+            raise SystemExit(f"suite: unknown variant {variant!r}; choose from {', '.join(VARIANTS)}.")
+        rows = default_rows(workload)
+        other = [s for s in strategies if s not in rows]
+        if other:
+            raise SystemExit(f"suite: a variant runs RT-HPO's default rows only; "
+                             f"{', '.join(map(repr, other))} is not one of {workload}'s: {', '.join(rows)}.")
+        strategies = list(strategies) or rows
+        sets += list(VARIANTS[variant].sets)
+    elif not strategies and first_seed is None:
         return compare_command(REPO / w.config, cell_dir(out, workload, steps), sets=sets, seeds=seeds)
     seed, train_seed = config_seeds(workload)
     first = seed if first_seed is None else first_seed
     if first_seed is not None:  # the pairs of a whole run's repetitions first_seed - seed, ...: both seeds
         sets += [f"seed={first_seed}", f"train.seed={train_seed + first_seed - seed}"]
-    folder = part_dir(out, workload, steps, strategies=strategies, first_seed=first, seeds=seeds)
+    folder = part_dir(out, workload, steps, strategies=strategies, first_seed=first, seeds=seeds,
+                      variant=variant)
     return compare_command(REPO / w.config, folder, sets=sets, seeds=seeds, strategies=strategies)
 
 
@@ -277,9 +331,10 @@ def run(args: argparse.Namespace) -> int:
                 raise SystemExit(f"suite: {name} has horizons {', '.join(map(str, w.horizons))}, not "
                                  f"{steps}.")
             cmd = cell_command(name, steps, out, seeds=args.seeds, epochs=args.epochs,
-                               strategies=args.strategies or (), first_seed=args.first_seed)
-            rc = run_cell(cmd, f"{name} h{steps}" + (f" ({', '.join(args.strategies)})" if args.strategies
-                                                     else ""))
+                               strategies=args.strategies or (), first_seed=args.first_seed,
+                               variant=args.variant)
+            label = f"{name} h{steps}" + (f" ({', '.join(args.strategies)})" if args.strategies else "")
+            rc = run_cell(cmd, label + (f" [{args.variant}]" if args.variant else ""))
             if rc != 0:
                 return rc
     return 0
@@ -400,14 +455,99 @@ def load_cell(out: Path, workload: str, steps: int,
     return merge_pairs(frames), "assembled"
 
 
-def complete_parts(out: Path, workload: str, steps: int) -> list[Path]:
-    """The parts of a cell (``CELL/parts/*``, :func:`part_dir`) that ran to their end
-    (:func:`cell_complete`), the one finished first first."""
-    root = cell_dir(out, workload, steps) / "parts"
+def complete_parts(out: Path, workload: str, steps: int, variant: str | None = None) -> list[Path]:
+    """The parts of a cell (``CELL/parts/*``, :func:`part_dir`; a variant's: ``CELL/variants/NAME/*``) that
+    ran to their end (:func:`cell_complete`), the one finished first first."""
+    root = parts_root(out, workload, steps, variant)
     if not root.is_dir():
         return []
     done = [p for p in root.iterdir() if p.is_dir() and cell_complete(p)]
     return sorted(done, key=lambda p: ((p / "summary.md").stat().st_mtime, p.name))
+
+
+def variant_archive(archive: Path, variant: str) -> Path:
+    """Where ``report`` keeps a variant's cells: ``ARCHIVE/variants/NAME`` (:func:`archive_path` below it)."""
+    return archive / "variants" / variant
+
+
+def load_variant(out: Path, workload: str, steps: int, variant: str,
+                 archive: Path | None = None) -> pd.DataFrame | None:
+    """The trials variant ``variant`` ran on one cell: its copy kept by an earlier ``report``, then its parts
+    that ran to their end here (:func:`complete_parts`) replacing the (row, seed) pairs they hold. None when
+    it has not run on this cell."""
+    kept = archive_path(variant_archive(archive, variant), workload, steps) if archive is not None else None
+    frames = [pd.read_csv(kept)] if kept is not None and kept.is_file() else []
+    frames += [pd.read_csv(part / "trials.csv") for part in complete_parts(out, workload, steps, variant)]
+    return merge_pairs(frames) if frames else None
+
+
+def variant_targets(cell: pd.DataFrame, ran: pd.DataFrame, key: tuple[str, int]) -> pd.DataFrame:
+    """A variant's targets on one cell beside the defaults' on the same runs: :func:`target_rows` of the
+    cell's trials ``cell`` with its default rows kept to the (row, seed) pairs the variant ran (``ran``), and
+    of the same with those pairs replaced by the variant's; one row per default row the variant ran, with
+    ``value``/``met``/``collapses`` of the defaults and ``variant``/``variant_met``/``variant_collapses``,
+    against the same grid (all its seeds). ``key`` is the cell's ``(workload, steps)``."""
+    pairs = pd.MultiIndex.from_frame(ran[["strategy", "seed"]].drop_duplicates())
+    own = pd.MultiIndex.from_frame(cell[["strategy", "seed"]])
+    base = cell[~cell["strategy"].isin(DEFAULT_ROWS) | own.isin(pairs)]
+    before = target_rows({key: base}).set_index("row")
+    after = target_rows({key: merge_pairs([base, ran])}).set_index("row")
+    rows = [r for r in after.index if r in set(ran["strategy"])]
+    table = before.loc[rows, ["cell", "metric", "grid", "value", "met", "runs", "collapses"]].copy()
+    table["variant"] = after.loc[rows, "value"]
+    table["variant_met"] = after.loc[rows, "met"]
+    table["variant_collapses"] = after.loc[rows, "collapses"]
+    return table.reset_index()
+
+
+def variant_lines(name: str, tables: Sequence[pd.DataFrame]) -> list[str]:
+    """The markdown of one variant over the cells it ran (:func:`variant_targets` of each): what it sets, a
+    sentence of the targets met by the defaults and by it on the same runs (per base optimizer), and the
+    table."""
+    v = VARIANTS[name]
+    table = pd.concat(tables, ignore_index=True)
+    sets = " ".join(f"--set {s}" for s in v.sets)
+    counts = []
+    for base in ("sgd", "adamw"):
+        mine = table[table["row"].str.startswith(f"rthpo_{base}_")]
+        if len(mine):
+            counts.append(f"over {base.upper() if base == 'sgd' else 'AdamW'} {int(mine['met'].sum())} → "
+                          f"{int(mine['variant_met'].sum())} of {len(mine)}")
+    lines = [f"### {name}: {v.what}", "",
+             _wrap(f"`{sets}` on the default rows (`python experiments/suite.py run --variant {name} "
+                   f"--workloads W --horizons N [--strategies ROW ...]`), over {table['cell'].nunique()} "
+                   f"cells. Within target, defaults → {name} on the same runs: {'; '.join(counts)}; late "
+                   f"collapses {int(table['collapses'].sum())} → {int(table['variant_collapses'].sum())} "
+                   f"of {int(table['runs'].sum())} runs."), "",
+             "| cell | row | runs | metric | defaults | variant | grid | within target | collapses |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        met = f"{'met' if r.met else 'NOT met'} → {'met' if r.variant_met else 'NOT met'}"
+        lines.append(f"| {r.cell} | {r.row} | {r.runs} | {r.metric} | {_metric(r.value, r.metric)} | "
+                     f"{_metric(r.variant, r.metric)} | {_metric(r.grid, r.metric)} | {met} | "
+                     f"{r.collapses} → {r.variant_collapses} |")
+    return lines
+
+
+def candidate_lines(variants: dict[str, dict[tuple[str, int], pd.DataFrame]],
+                    whole: dict[tuple[str, int], pd.DataFrame]) -> list[str]:
+    """docs/suite.md's section on the candidate defaults: each variant (name -> cell -> its trials) over the
+    whole cells ``whole`` it ran on (:func:`variant_lines`); nothing when none ran on a whole cell."""
+    ran = {v: {cell: trials for cell, trials in by_cell.items() if cell in whole}
+           for v, by_cell in variants.items()}
+    if not any(ran.values()):
+        return []
+    lines = ["## Candidate defaults", "",
+             _wrap("Candidate changes of the defaults (`VARIANTS` in experiments/suite.py), each run on the "
+                   "default rows of some whole cells apart from the cells (`suite.py run --variant NAME`, "
+                   "into `CELL/variants/NAME/`; kept in `docs/suite/cells/variants/`). Each is compared with "
+                   "the defaults on the same runs (the same rows and seeds) against the same grid; the cells "
+                   "and the targets above are the defaults'."), ""]
+    for name, by_cell in ran.items():
+        if by_cell:
+            tables = [variant_targets(whole[cell], trials, cell) for cell, trials in sorted(by_cell.items())]
+            lines += [*variant_lines(name, tables), ""]
+    return lines[:-1]
 
 
 def merge_pairs(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
@@ -635,6 +775,16 @@ def report(args: argparse.Namespace) -> int:
             folder, kept = cell_dir(out, name, steps), archive_path(archive, name, steps)
             if kind in ("run", "assembled") and archive_cell(trials, kept):  # the frames load_cell read
                 print(f"kept {folder / ('trials.csv' if kind == 'run' else 'parts')} in {kept}")
+    variants: dict[str, dict[tuple[str, int], pd.DataFrame]] = {}
+    for variant in VARIANTS:  # each variant's runs, kept as the cells are (parts here + the kept copy)
+        for name, steps in sources["suite"]:
+            ran = load_variant(out, name, steps, variant, archive)
+            if ran is None:
+                continue
+            variants.setdefault(variant, {})[(name, steps)] = ran
+            kept = archive_path(variant_archive(archive, variant), name, steps)
+            if complete_parts(out, name, steps, variant) and archive_cell(ran, kept):
+                print(f"kept {parts_root(out, name, steps, variant)} in {kept}")
     dropped = sorted(f"{n} h{s} ({doc}.md)" for doc, cells in loaded.items()
                      for n, s in documented_cells(docs / f"{doc}.md") - set(cells))
     if dropped and not args.allow_missing:
@@ -687,6 +837,7 @@ def report(args: argparse.Namespace) -> int:
         if doc == "suite" and whole:
             lines += ["## Targets", "", *targets(whole), "", *cost_lines(docs), ""]
             lines += [*scale_move_lines(scale_moves(whole)), ""]
+            lines += [*candidate_lines(variants, whole), ""]
             table = target_rows(whole)
             if not table.empty and write_block(docs / "method.md", METHOD_MARKERS,
                                                _wrap(targets_sentence(table, sorted(set(table["cell"]))))):
@@ -793,6 +944,9 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--first-seed", type=int, default=None, metavar="K",
                        help="run the seeds K, K+1, ... (--seeds of them) as a part of the cell that report "
                             "merges with the seeds run before (default: the config's seed, for a whole run)")
+    p_run.add_argument("--variant", default=None, choices=list(VARIANTS),
+                       help="run the cell's default rows (or --strategies among them) under this candidate "
+                            "change of the defaults, apart from the cell; report shows it beside the cell")
     p_run.add_argument("--out", default="runs/suite")
     p_rep = sub.add_parser("report", help="write docs/suite.md and docs/horizon.md from the run files")
     p_rep.add_argument("--out", default="runs/suite")

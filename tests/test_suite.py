@@ -334,3 +334,83 @@ def test_the_scale_moves_are_the_end_over_the_rows_own_start() -> None:
     text = " ".join(suite.scale_move_lines(moves)).replace("\n", " ")  # the sentence is wrapped
     assert "lo x4 to x4 (median x4); hi x0.1 to x0.1 (median x0.1)" in text
     assert "| rthpo_sgd_lo | x4 |" in text and "| rthpo_adamw_hi | x0.1 |" in text
+
+
+def test_a_variant_runs_the_default_rows_under_its_sets_apart_from_the_cell(tmp_path: Path) -> None:
+    cmd = suite.cell_command("digits_mlp", 360, tmp_path, variant="average_rollback",
+                             strategies=["rthpo_sgd_lo", "rthpo_sgd_hi"])
+    at = cmd.index("--strategies")
+    assert cmd[at + 1:at + 3] == ["rthpo_sgd_lo", "rthpo_sgd_hi"] and "train.epochs=9" in cmd
+    assert "lr.hypergrad_at=average" in cmd and "lr.backoff_rollback=true" in cmd
+    assert cmd[cmd.index("--seeds") + 1] == "3"  # the cell's seeds: compared run for run with its rows
+    folder = tmp_path / "digits_mlp-h360" / "variants" / "average_rollback"
+    folder = folder / "rthpo_sgd_lo+rthpo_sgd_hi-seeds0-2"
+    assert cmd[-1] == str(folder)
+    every = suite.cell_command("char_lm_adamw", 200, tmp_path, variant="average")  # all its default rows
+    assert every[every.index("--strategies") + 1:every.index("--set")] == [
+        "rthpo_adamw_lo", "rthpo_adamw_mid", "rthpo_adamw_hi"]
+    with pytest.raises(SystemExit, match="default rows only; 'grid_sgd' is not one of digits_mlp's"):
+        suite.cell_command("digits_mlp", 360, tmp_path, variant="average", strategies=["grid_sgd"])
+    with pytest.raises(SystemExit, match="unknown variant 'avg'; choose from average, "):
+        suite.cell_command("digits_mlp", 360, tmp_path, variant="avg")
+    for variant in suite.VARIANTS.values():  # every variant's sets are settings the configs accept
+        from ray_rthpo.experiment.config import load_experiment
+
+        exp = load_experiment(REPO / "configs" / "suite" / "digits_mlp.yaml", list(variant.sets),
+                              resolve_data=False)
+        lr = exp.run_config(exp.strategy("rthpo_sgd_hi")).lr
+        assert all(str(getattr(lr, s.split("=")[0].split(".")[1])).lower() == s.split("=")[1]
+                   for s in variant.sets)
+
+
+def test_a_variant_is_held_against_the_defaults_on_the_same_runs() -> None:
+    cell = pd.DataFrame(trial("grid_sgd", 0, "g0", 0.0, [0.9], [0.975])
+                        + trial("grid_sgd", 1, "g1", 0.0, [0.9], [0.975])
+                        + trial("rthpo_sgd_lo", 0, "l0", 0.0, [0.9], [0.90])
+                        + trial("rthpo_sgd_lo", 1, "l1", 0.0, [0.9], [0.99])
+                        + trial("rthpo_sgd_hi", 0, "h0", 0.0, [0.9, 0.95], [0.97, 0.97]))
+    ran = pd.DataFrame(trial("rthpo_sgd_lo", 0, "v0", 0.0, [0.9], [0.97])
+                       + trial("rthpo_sgd_hi", 0, "v1", 0.0, [0.95, 0.9], [0.97, 0.97]))
+    table = suite.variant_targets(cell, ran, ("digits_mlp", 360)).set_index("row")
+    # the defaults on seed 0 only (0.90, not the mean 0.945 of seeds 0 and 1), the grid over both seeds
+    lo, hi = table.loc["rthpo_sgd_lo"], table.loc["rthpo_sgd_hi"]
+    assert lo["value"] == pytest.approx(0.90) and not lo["met"]
+    assert lo["variant"] == pytest.approx(0.97) and lo["variant_met"]
+    assert lo["grid"] == pytest.approx(0.975) and lo["runs"] == 1
+    assert hi["collapses"] == 0 and hi["variant_collapses"] == 1 and hi["met"] and hi["variant_met"]
+    text = "\n".join(suite.variant_lines("average", [table.reset_index()]))
+    assert "over SGD 1 → 2 of 2; late collapses 0 → 1 of 2 runs" in " ".join(text.split())
+    assert ("| digits_mlp h360 | rthpo_sgd_lo | 1 | test % | 90.0 | 97.0 | 97.5 | NOT met → met | 0 → 0 |"
+            in text)
+
+
+def test_report_shows_a_variant_beside_the_whole_cells_and_keeps_its_runs(tmp_path: Path) -> None:
+    import os
+
+    docs, out = tmp_path / "docs", tmp_path / "runs"
+    cells = docs / "suite" / "cells"
+    cells.mkdir(parents=True)
+    source = REPO / "docs" / "suite" / "cells" / "tabular_mlp-h330.csv.gz"
+    shutil.copy(source, cells / source.name)
+    whole = pd.read_csv(source)
+    ran = whole[whole["strategy"].isin(["rthpo_sgd_hi"])].copy()
+    ran["test/acc"] = 0.25  # the variant's runs: far below the grid
+    part = suite.part_dir(out, "tabular_mlp", 330, strategies=["rthpo_sgd_hi"], first_seed=0, seeds=3,
+                          variant="rollback")
+    part.mkdir(parents=True)
+    ran.to_csv(part / "trials.csv", index=False)
+    (part / "summary.md").write_text("# done\n")
+    os.utime(part / "trials.csv", (1_000_000, 1_000_000))
+    assert suite.main(["report", "--out", str(out), "--docs", str(docs), "--allow-missing"]) == 0
+    text = (docs / "suite.md").read_text()
+    assert "## Candidate defaults" in text and "### rollback: " in text
+    assert "| tabular_mlp h330 | rthpo_sgd_hi | 3 | test % |" in text and "| 25.0 |" in text
+    kept = suite.archive_path(suite.variant_archive(cells, "rollback"), "tabular_mlp", 330)
+    assert kept.is_file()
+    own = next(line for line in suite.cell_table(suite.seed_rows(whole))
+               if line.startswith("| rthpo_sgd_hi |"))
+    assert own in text.split("## tabular_mlp, 330 steps")[1]  # the cell's own rows: the defaults' runs
+    assert "25.0" not in own
+    shutil.rmtree(out)  # the variant's run files gone: the document is the same from the kept copy
+    assert suite.main(["report", "--out", str(out), "--docs", str(docs), "--allow-missing"]) == 0
+    assert (docs / "suite.md").read_text() == text
