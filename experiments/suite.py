@@ -24,8 +24,8 @@ It keeps a copy of each cell's ``trials.csv`` (the columns it reads, gzipped) in
 is committed while ``runs/`` is not: a checkout that lacks some cells' run files regenerates the documents
 from the copies, and a document that lists a cell neither here nor kept is not rewritten (the cells found
 are still kept, so cells run in several sessions add up; ``--allow-missing`` drops the missing ones).
-A candidate change of the defaults (``VARIANTS``: ``--set`` overrides) is measured with ``run --variant NAME``:
-the cell's default rows (or ``--strategies`` among them), same seeds, under the variant, into
+A candidate change of the defaults (``VARIANTS``: ``--set`` overrides) is measured with ``run --variant
+NAME``: the cell's default rows (or ``--strategies`` among them), same seeds, under the variant, into
 ``CELL/variants/NAME/``, never merged into the cell. ``report`` compares each variant with the defaults on
 the same runs against the same grid (docs/suite.md, "Candidate defaults") and keeps its runs in
 ``docs/suite/cells/variants/NAME/``::
@@ -507,18 +507,26 @@ def variant_lines(name: str, tables: Sequence[pd.DataFrame]) -> list[str]:
     v = VARIANTS[name]
     table = pd.concat(tables, ignore_index=True)
     sets = " ".join(f"--set {s}" for s in v.sets)
-    counts = []
+    counts, moves = [], []
     for base in ("sgd", "adamw"):
         mine = table[table["row"].str.startswith(f"rthpo_{base}_")]
+        label = "SGD" if base == "sgd" else "AdamW"
         if len(mine):
-            counts.append(f"over {base.upper() if base == 'sgd' else 'AdamW'} {int(mine['met'].sum())} → "
-                          f"{int(mine['variant_met'].sum())} of {len(mine)}")
+            counts.append(f"over {label} {int(mine['met'].sum())} → {int(mine['variant_met'].sum())} of "
+                          f"{len(mine)}")
+        acc = mine[mine["metric"] == "test %"]
+        if len(acc):  # the mean change of test accuracy, per start (the LM's losses are in the table)
+            change = 100 * (acc["variant"] - acc["value"])
+            starts = ", ".join(f"{k} {change[acc['row'].str.endswith('_' + k)].mean():+.1f}"
+                               for k in ("lo", "mid", "hi") if acc["row"].str.endswith("_" + k).any())
+            moves.append(f"over {label} {change.mean():+.1f} points ({starts})")
     lines = [f"### {name}: {v.what}", "",
              _wrap(f"`{sets}` on the default rows (`python experiments/suite.py run --variant {name} "
                    f"--workloads W --horizons N [--strategies ROW ...]`), over {table['cell'].nunique()} "
                    f"cells. Within target, defaults → {name} on the same runs: {'; '.join(counts)}; late "
                    f"collapses {int(table['collapses'].sum())} → {int(table['variant_collapses'].sum())} "
-                   f"of {int(table['runs'].sum())} runs."), "",
+                   f"of {int(table['runs'].sum())} runs. Mean change of the test accuracy over those cells' "
+                   f"(row, cell) pairs: {'; '.join(moves) or 'none (losses only)'}."), "",
              "| cell | row | runs | metric | defaults | variant | grid | within target | collapses |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():

@@ -380,6 +380,8 @@ def test_a_variant_is_held_against_the_defaults_on_the_same_runs() -> None:
     assert hi["collapses"] == 0 and hi["variant_collapses"] == 1 and hi["met"] and hi["variant_met"]
     text = "\n".join(suite.variant_lines("average", [table.reset_index()]))
     assert "over SGD 1 → 2 of 2; late collapses 0 → 1 of 2 runs" in " ".join(text.split())
+    assert "test accuracy over those cells' (row, cell) pairs: over SGD +3.5 points (lo +7.0, hi +0.0)." in \
+        " ".join(text.split())
     assert ("| digits_mlp h360 | rthpo_sgd_lo | 1 | test % | 90.0 | 97.0 | 97.5 | NOT met → met | 0 → 0 |"
             in text)
 
