@@ -69,6 +69,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "lr.backoff": 2.0,  # the loss-spike guard on (RTHPO: off)
     "lr.mu": 1.0,  # read only by marthe (RTHPO: None, required for marthe)
     "optim.weight_decay": 0.0,  # the same for both bases (RTHPO: the base optimizer's)
+    "lr.backoff_rollback": None,  # the base optimizer's, as RTHPO's (the config's base is known later)
     # null: the value of lr.preset (RTHPO: every step, on the whole batch)
     "lr.hvp_every": None, "lr.hvp_batch_fraction": None, "lr.val_every": None, "lr.val_batch_fraction": None,
 }
@@ -313,8 +314,9 @@ class LRConfig:
     backoff: float | None = run_default("lr.backoff")
     # With backoff: a spike also undoes the step that led to it (weights and optimizer state back to their
     # copy from before it, SGD's momentum restarted), and later losses are compared with the loss of the
-    # point returned to. false: off (the suite's defaults; docs/method.md shows what it changes).
-    backoff_rollback: bool = run_default("lr.backoff_rollback")
+    # point returned to. null: the base optimizer's default (ray_rthpo/optim/settings.py, BASE_DEFAULTS);
+    # docs/method.md shows what it changes.
+    backoff_rollback: bool | None = run_default("lr.backoff_rollback")
     # Where the hypergradient differentiates the validation loss: weights (the paper's RT-HPO, at the
     # current weights) or average (at a running average of the weights, exactly along the average of the
     # tangents; its time constant is lr.average_window x the run's steps). docs/method.md shows what it

@@ -100,6 +100,10 @@ def test_defaults_follow_the_base_as_torch_s_optimizers(base: str) -> None:
     torch_opt = (torch.optim.SGD if base == "sgd" else torch.optim.AdamW)(model.parameters())
     assert group["lr"] == torch_opt.param_groups[0]["lr"] == 1e-3
     assert group["weight_decay"] == torch_opt.param_groups[0]["weight_decay"]
+    # the base's own default where none is given (settings.BASE_DEFAULTS), as the run config's null
+    assert group["backoff_rollback"] == settings.BASE_DEFAULTS[base]["backoff_rollback"]
+    config = load_config(None, [f"optim.base={base}", "data.train_subset=64", "train.device=cpu"])
+    assert config.lr.backoff_rollback is None
 
 
 def test_the_run_config_s_defaults_are_rthpo_s_unless_declared_otherwise() -> None:

@@ -182,7 +182,8 @@ class RTHPO(torch.optim.Optimizer):
             and later losses are compared with the loss of the point returned to. Costs a copy of the
             weights and state per tuning step (freed when tuning ends; saved by ``state_dict()``, so a
             resume is exact). Measured in docs/method.md: it rescues SGD runs started far above the stable
-            range and costs accuracy over AdamW.
+            range and costs accuracy over AdamW. None: the base's default
+            (ray_rthpo/optim/settings.py, ``BASE_DEFAULTS``).
         hypergrad_at: ``"weights"`` (the paper's ``h_t = grad E(w_t) . z_t``) or ``"average"``: the
             validation loss at a running average ``w-bar_t`` of the weights, differentiated along the same
             average of the tangents, ``h_t = grad E(w-bar_t) . z-bar_t = dE(w-bar_t)/ds`` exactly (the
@@ -234,7 +235,8 @@ class RTHPO(torch.optim.Optimizer):
                  model: nn.Module | None = None, timing: bool = False,
                  schedule: str | schedules.Schedule | None = None, total_steps: int | None = None,
                  warmup: float = schedules.DEFAULT_WARMUP, beta_horizon: str = "step",
-                 tune_fraction: float = 1.0, backoff: float | None = None, backoff_rollback: bool = False,
+                 tune_fraction: float = 1.0, backoff: float | None = None,
+                 backoff_rollback: bool | None = None,
                  hypergrad_at: str = "weights", average_window: float = 0.1,
                  process_group: Any = None) -> None:
         # The settings that decide others' defaults first (their range check names them); the rest are
@@ -243,6 +245,8 @@ class RTHPO(torch.optim.Optimizer):
                         "warmup": warmup})
         lr = settings.default("lr", base) if lr is None else lr
         weight_decay = settings.default("weight_decay", base) if weight_decay is None else weight_decay
+        if backoff_rollback is None:
+            backoff_rollback = settings.default("backoff_rollback", base)
         if beta is None:  # an unknown beta_horizon is refused with the other settings, by _check_group
             beta = hyper_updates.default_beta(hyper_update, beta_horizon)
         if mu is None:

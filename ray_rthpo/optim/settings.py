@@ -34,9 +34,12 @@ VAL_MODES = ("backward", "forward")
 #: ``hypergrad_at``: where the validation loss is differentiated: the current weights, or their running
 #: average (the point an annealed run heads for, which a noisy iterate's loss understates).
 HYPERGRAD_POINTS = ("weights", "average")
-#: The defaults that follow ``base``, as torch's own optimizers have them (torch.optim.SGD / AdamW).
-BASE_DEFAULTS: dict[str, dict[str, float]] = {"sgd": {"lr": 1e-3, "weight_decay": 0.0},
-                                               "adamw": {"lr": 1e-3, "weight_decay": 1e-2}}
+#: The defaults that follow ``base``: ``lr`` and ``weight_decay`` as torch's own optimizers have them
+#: (torch.optim.SGD / AdamW); ``backoff_rollback`` as the suite measured it (docs/method.md).
+BASE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sgd": {"lr": 1e-3, "weight_decay": 0.0, "backoff_rollback": False},
+    "adamw": {"lr": 1e-3, "weight_decay": 1e-2, "backoff_rollback": False},
+}
 
 
 def _number(value: Any) -> bool:
@@ -185,12 +188,14 @@ _DECLARED = (
                                                                         "loss doubles",
             "While tuning, a training loss above backoff x its running mean halves the tuned value.",
             lambda v: v is None or (_number(v) and v > 1.0), "lr.backoff"),
-    Setting("backoff_rollback", False, "true or false", "write true or false",
+    Setting("backoff_rollback", {b: d["backoff_rollback"] for b, d in BASE_DEFAULTS.items()},
+            "true or false", "write true or false",
             "With `backoff`: a spike also undoes the step that led to it (the weights and the optimizer's "
             "state go back to a copy kept before that step, SGD's momentum restarts) and later losses are "
             "compared with the loss of the point returned to, so spikes in a row halve the rate again; a "
-            "copy of the weights and state per step while tuning, kept in `state_dict()`.",
-            lambda v: isinstance(v, bool), "lr.backoff_rollback"),
+            "copy of the weights and state per step while tuning, kept in `state_dict()`. None: the "
+            "base's default.",
+            lambda v: v is None or isinstance(v, bool), "lr.backoff_rollback"),
     Setting("hypergrad_at", "weights", _one_of(HYPERGRAD_POINTS), "'weights' is the paper's RT-HPO",
             "`weights`: h = ∇E(w_t) · z_t (paper eq. 5). `average`: the validation loss at a running average "
             "w̄ of the weights, differentiated exactly along the average z̄ of the tangents, h = ∇E(w̄_t) · "
@@ -223,7 +228,8 @@ class SettingError(ValueError):
 
 
 def default(name: str, base: str = "sgd") -> Any:
-    """RTHPO's default of setting ``name`` (for ``lr`` and ``weight_decay``: the ``base`` optimizer's)."""
+    """RTHPO's default of setting ``name`` (for the settings of :data:`BASE_DEFAULTS`: the ``base``
+    optimizer's)."""
     value = SETTINGS[name].default
     return value[base] if isinstance(value, dict) else value
 
