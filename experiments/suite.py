@@ -30,7 +30,7 @@ NAME``: the cell's default rows (or ``--strategies`` among them), same seeds, un
 the same runs against the same grid (docs/suite.md, "Candidate defaults") and keeps its runs in
 ``docs/suite/cells/variants/NAME/``::
 
-    python experiments/suite.py run --variant average_rollback --workloads digits_mlp --horizons 360 \
+    python experiments/suite.py run --variant beta3 --workloads digits_mlp --horizons 360 \
         --strategies rthpo_sgd_lo rthpo_sgd_mid rthpo_sgd_hi
 
 The analysis is pure functions over data frames (tested in tests/test_suite.py).
@@ -116,10 +116,13 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     "average": Variant(("lr.hypergrad_at=average",),
                        "the hypergradient at a running average of the weights, along the averaged tangent"),
-    "rollback": Variant(("lr.backoff_rollback=true",),
-                        "a back-off also restores the weights and the optimizer state of before the spike"),
-    "average_rollback": Variant(("lr.hypergrad_at=average", "lr.backoff_rollback=true"),
-                                "both: the hypergradient at the average, and the rollback on a back-off"),
+    # the default until 2026-12-07 (backoff_rollback then became the default over SGD): its runs are the rows
+    # the rollback's runs replaced in the cells
+    "no_rollback": Variant(("lr.backoff_rollback=false",),
+                           "a back-off halves the scale and goes on from the spike (no rollback over SGD)"),
+    "beta3": Variant(("lr.beta=3.0",),
+                     "the hyper-learning rate 3 per sqrt(T) steps instead of 1: a start a decade off can "
+                     "move further"),
 }
 
 

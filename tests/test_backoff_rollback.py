@@ -5,7 +5,7 @@
 * a run in which no spike fires is the same, bit for bit, with and without the setting, and the copy is
   freed once tuning is over;
 * a state saved while a copy is kept resumes exactly;
-* off (the default), spikes only halve the scale, as before.
+* off, spikes only halve the scale, as before; left out (None), it is on over SGD and off over AdamW.
 The data-parallel case (the ranks roll back alike) is in tests/test_distributed.py.
 """
 
@@ -97,7 +97,7 @@ def test_without_a_spike_the_run_is_the_same_with_and_without_rollback() -> None
 
 def test_off_a_spike_halves_the_scale_and_the_run_goes_on_from_it() -> None:
     model = _model()
-    opt = _opt(model, 8.0)
+    opt = _opt(model, 8.0, backoff_rollback=False)
     for t in range(STEPS):
         _step(opt, model, t)
     assert opt.state[GLOBAL].get("backoffs", 0) >= 1 and "rollbacks" not in opt.state[GLOBAL]
@@ -125,3 +125,15 @@ def test_a_state_saved_while_a_copy_is_kept_resumes_exactly() -> None:
     resumed.load_state_dict(state["opt"])
     assert [_step(resumed, again, t) for t in range(7, STEPS)] == losses[7:]
     assert all(torch.equal(a, b) for a, b in zip(again.parameters(), model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("base", ["sgd", "adamw"])
+def test_left_out_it_follows_the_base_on_over_sgd_off_over_adamw(base: str) -> None:
+    model = _model()
+    opt = RTHPO(model.parameters(), lr=8.0 if base == "sgd" else 0.5, base=base, schedule="warmup_cosine",
+                total_steps=STEPS, tune_fraction=0.75, backoff=1.5, beta=0.1)
+    assert opt.param_groups[0]["backoff_rollback"] is (base == "sgd")
+    for t in range(STEPS):
+        _step(opt, model, t)
+    assert opt.state[GLOBAL].get("backoffs", 0) >= 1  # spikes fired on both bases
+    assert (opt.state[GLOBAL].get("rollbacks", 0) >= 1) is (base == "sgd")

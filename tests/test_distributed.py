@@ -52,7 +52,7 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, int], tuple[int, int], str]] =
                                "model"),
     "sgd_bare_schedule_backoff": (
         dict(lr=2.0, momentum=0.9, weight_decay=1e-3, schedule="warmup_cosine", total_steps=STEPS,
-             tune_fraction=0.75, backoff=1.5), (8, 8), (6, 6), "bare"),
+             tune_fraction=0.75, backoff=1.5, backoff_rollback=False), (8, 8), (6, 6), "bare"),
     "sgd_bare_schedule_rollback": (
         dict(lr=2.0, momentum=0.9, weight_decay=1e-3, schedule="warmup_cosine", total_steps=STEPS,
              tune_fraction=0.75, backoff=1.5, backoff_rollback=True), (8, 8), (6, 6), "bare"),

@@ -249,7 +249,7 @@ SMOKE: dict[str, Smoke] = {
         Smoke("--workloads horizon_digits --horizons 360 --strategies sgd_step01_exact_lo --first-seed 1 "
               "--epochs 1"),
     # a candidate default on the default rows of a cell: the same rthpo compare as the cell's, with --set
-    "python experiments/suite.py run --variant average_rollback --workloads digits_mlp --horizons 360 "
+    "python experiments/suite.py run --variant beta3 --workloads digits_mlp --horizons 360 "
     "--strategies rthpo_sgd_lo rthpo_sgd_mid rthpo_sgd_hi":
         Smoke("--seeds 1 --epochs 1",
               covered_by="python experiments/suite.py run --workloads digits_mlp tabular_mlp"),

@@ -126,7 +126,7 @@ REACH: dict[str, tuple[Any, list[str]]] = {
     "lr.hvp_every": (3, []), "lr.hvp_batch_fraction": (0.5, []), "lr.val_every": (2, []),
     "lr.val_batch_fraction": (0.5, []), "lr.schedule": ("warmup_linear", []),
     "lr.warmup": (7, ["lr.schedule=warmup_cosine"]), "lr.beta_horizon": ("step", []),
-    "lr.tune_fraction": (0.5, []), "lr.backoff": (3.0, []), "lr.backoff_rollback": (True, []),
+    "lr.tune_fraction": (0.5, []), "lr.backoff": (3.0, []), "lr.backoff_rollback": (False, []),
     "lr.hypergrad_at": ("average", []), "lr.average_window": (0.2, []), }
 
 

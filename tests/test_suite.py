@@ -337,13 +337,13 @@ def test_the_scale_moves_are_the_end_over_the_rows_own_start() -> None:
 
 
 def test_a_variant_runs_the_default_rows_under_its_sets_apart_from_the_cell(tmp_path: Path) -> None:
-    cmd = suite.cell_command("digits_mlp", 360, tmp_path, variant="average_rollback",
+    cmd = suite.cell_command("digits_mlp", 360, tmp_path, variant="no_rollback",
                              strategies=["rthpo_sgd_lo", "rthpo_sgd_hi"])
     at = cmd.index("--strategies")
     assert cmd[at + 1:at + 3] == ["rthpo_sgd_lo", "rthpo_sgd_hi"] and "train.epochs=9" in cmd
-    assert "lr.hypergrad_at=average" in cmd and "lr.backoff_rollback=true" in cmd
+    assert "lr.backoff_rollback=false" in cmd
     assert cmd[cmd.index("--seeds") + 1] == "3"  # the cell's seeds: compared run for run with its rows
-    folder = tmp_path / "digits_mlp-h360" / "variants" / "average_rollback"
+    folder = tmp_path / "digits_mlp-h360" / "variants" / "no_rollback"
     folder = folder / "rthpo_sgd_lo+rthpo_sgd_hi-seeds0-2"
     assert cmd[-1] == str(folder)
     every = suite.cell_command("char_lm_adamw", 200, tmp_path, variant="average")  # all its default rows
@@ -398,16 +398,16 @@ def test_report_shows_a_variant_beside_the_whole_cells_and_keeps_its_runs(tmp_pa
     ran = whole[whole["strategy"].isin(["rthpo_sgd_hi"])].copy()
     ran["test/acc"] = 0.25  # the variant's runs: far below the grid
     part = suite.part_dir(out, "tabular_mlp", 330, strategies=["rthpo_sgd_hi"], first_seed=0, seeds=3,
-                          variant="rollback")
+                          variant="no_rollback")
     part.mkdir(parents=True)
     ran.to_csv(part / "trials.csv", index=False)
     (part / "summary.md").write_text("# done\n")
     os.utime(part / "trials.csv", (1_000_000, 1_000_000))
     assert suite.main(["report", "--out", str(out), "--docs", str(docs), "--allow-missing"]) == 0
     text = (docs / "suite.md").read_text()
-    assert "## Candidate defaults" in text and "### rollback: " in text
+    assert "## Candidate defaults" in text and "### no_rollback: " in text
     assert "| tabular_mlp h330 | rthpo_sgd_hi | 3 | test % |" in text and "| 25.0 |" in text
-    kept = suite.archive_path(suite.variant_archive(cells, "rollback"), "tabular_mlp", 330)
+    kept = suite.archive_path(suite.variant_archive(cells, "no_rollback"), "tabular_mlp", 330)
     assert kept.is_file()
     own = next(line for line in suite.cell_table(suite.seed_rows(whole))
                if line.startswith("| rthpo_sgd_hi |"))
