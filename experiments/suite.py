@@ -123,6 +123,9 @@ VARIANTS: dict[str, Variant] = {
     "beta3": Variant(("lr.beta=3.0",),
                      "the hyper-learning rate 3 per sqrt(T) steps instead of 1: a start a decade off can "
                      "move further"),
+    "agree8": Variant(("lr.agreement_gain=8",),
+                      "the multiplicative step times the count of agreeing hypergradient signs in a row (at "
+                      "most 8): a consistent hypergradient moves further, a noisy one as far as before"),
 }
 
 

@@ -106,7 +106,7 @@ KEYS_READ_ONLY_BY: dict[str, tuple[str, ...]] = {
     "lr.gamma": ("exp_decay",), "lr.eta_min": ("cosine",), "lr.beta_horizon": HYPERGRADIENT_METHODS,
     "lr.tune_fraction": HYPERGRADIENT_METHODS, "lr.backoff": HYPERGRADIENT_METHODS,
     "lr.backoff_rollback": HYPERGRADIENT_METHODS, "lr.hypergrad_at": HYPERGRADIENT_METHODS,
-    "lr.average_window": HYPERGRADIENT_METHODS,
+    "lr.average_window": HYPERGRADIENT_METHODS, "lr.agreement_gain": HYPERGRADIENT_METHODS,
     "lr.schedule": HYPERGRADIENT_METHODS + PEAK_SCHEDULED_METHODS,
     "lr.warmup": HYPERGRADIENT_METHODS + PEAK_SCHEDULED_METHODS,
 }
@@ -323,6 +323,9 @@ class LRConfig:
     # changes.
     hypergrad_at: str = run_default("lr.hypergrad_at")
     average_window: float = run_default("lr.average_window")
+    # With the multiplicative rule: a hypergradient agreeing in sign with the r - 1 before it moves the scale
+    # min(r, agreement_gain) times as far; 1 is off (ray_rthpo/hypergrad/hyper_updates.py, docs/method.md).
+    agreement_gain: float = run_default("lr.agreement_gain")
     # MARTHE's discount of the tangent: z_{t+1} = mu (I - eta H) z_t - g_t. 1 = RT-HPO, 0 = First-order (Val).
     mu: float = run_default("lr.mu")
     # eta is kept within [0, eta_max] after every hypergradient step.

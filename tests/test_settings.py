@@ -32,6 +32,7 @@ BAD: dict[str, tuple[Any, dict[str, Any]]] = {
     "val_batch_fraction": (0.0, {}), "schedule": ("cosine_x", {}), "warmup": (1.5, {}),
     "beta_horizon": ("linear", {}), "tune_fraction": (0.0, {}), "backoff": (0.5, {}),
     "backoff_rollback": ("yes", {}), "hypergrad_at": ("avg", {}), "average_window": (0.0, {}),
+    "agreement_gain": (0.5, {}),
 }
 
 
@@ -127,7 +128,8 @@ REACH: dict[str, tuple[Any, list[str]]] = {
     "lr.val_batch_fraction": (0.5, []), "lr.schedule": ("warmup_linear", []),
     "lr.warmup": (7, ["lr.schedule=warmup_cosine"]), "lr.beta_horizon": ("step", []),
     "lr.tune_fraction": (0.5, []), "lr.backoff": (3.0, []), "lr.backoff_rollback": (False, []),
-    "lr.hypergrad_at": ("average", []), "lr.average_window": (0.2, []), }
+    "lr.hypergrad_at": ("average", []), "lr.average_window": (0.2, []),
+    "lr.agreement_gain": (3.0, []), }
 
 
 def test_every_config_setting_has_a_value_to_reach_the_optimizer() -> None:

@@ -17,7 +17,14 @@ steps the hypergradient stands for when it is only computed every ``k``-th step:
       c   = h / (|grad E| |z| + eps)          # a cosine in [-1, 1]
       eta <- clip(eta (1 - k beta c), 0, eta_max)
 
-  ``beta`` is the largest relative change of eta per step (unit-free).
+  ``beta`` is the largest relative change of eta per step (unit-free). With ``agreement_gain`` G > 1 (off
+  by default) the step grows while consecutive cosines agree in sign::
+
+      r   <- r + sign(c) if sign(c) = sign(r) != 0, else sign(c)     # the signed run of agreeing signs
+      eta <- clip(eta exp(-k beta min(|r|, G) c), 0, eta_max)
+
+  in log space, so that a long run of agreement never takes eta through 0; a sign change starts the run
+  again at 1, so a noisy hypergradient moves as with G = 1 and a consistent one up to G times further.
 * ``adam_log`` (Adam on ``theta = log eta``, whose gradient is ``eta h``)::
 
       g = eta h;  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  n <- n + 1
@@ -75,6 +82,9 @@ ADAM_EPS = 1e-12
 SIGN_MOMENTUM = 0.99
 SIGN_MIX = 0.9
 NORM_EPS = 1e-12
+#: ``agreement_gain`` when none is given: off (the multiplicative rule as it always was). docs/method.md
+#: measures larger values.
+DEFAULT_AGREEMENT_GAIN = 1.0
 
 
 def initial_state() -> dict[str, Any]:
@@ -105,18 +115,29 @@ def clip_hypergradient(h: float, clip: float | None) -> float:
     return h if clip is None else max(-clip, min(clip, h))
 
 
+def sign_run(run: int, cosine: float) -> int:
+    """The signed count of consecutive hypergradients of one sign after one more of ``cosine``: ``run``
+    extended by one when ``cosine`` has its sign, else restarted at ``sign(cosine)`` (0 for 0)."""
+    sign = (cosine > 0) - (cosine < 0)
+    if sign != 0 and run * sign > 0:
+        return run + sign
+    return sign
+
+
 def _in_range(eta: float, eta_max: float) -> float:
     return float(min(eta_max, max(0.0, eta)))
 
 
 def update(rule: str, eta: float, h: float, state: dict[str, Any], *, beta: float, eta_max: float,
            k: int = 1, clip: float | None = None, grad_norm: float | None = None,
-           z_norm: float | None = None) -> tuple[float, dict[str, Any]]:
+           z_norm: float | None = None, agreement_gain: float = DEFAULT_AGREEMENT_GAIN,
+           ) -> tuple[float, dict[str, Any]]:
     """One learning-rate update by ``rule`` (see the module doc); returns ``(eta, new state)``.
 
     ``h`` must be finite (a non-finite hypergradient is divergence, decided by the caller); it is
     clipped to ``[-clip, clip]`` first. ``grad_norm`` and ``z_norm`` (``|grad E|``, ``|z|``) are needed by
-    ``multiplicative`` only. ``state`` is not modified; the returned one replaces it.
+    ``multiplicative`` only, and so is ``agreement_gain`` (1: off; its run is ``state["n"]``). ``state`` is
+    not modified; the returned one replaces it.
     """
     if not math.isfinite(h):
         raise ValueError(f"the hypergradient must be finite, but got {h!r}; treat it as divergence.")
@@ -130,7 +151,11 @@ def update(rule: str, eta: float, h: float, state: dict[str, Any], *, beta: floa
         if grad_norm is None or z_norm is None:
             raise ValueError("hyper_update 'multiplicative' needs grad_norm and z_norm (|grad E| and |z|).")
         cosine = h / (grad_norm * z_norm + NORM_EPS)
-        return _in_range(eta * (1.0 - step * cosine), eta_max), dict(state)
+        if agreement_gain <= 1.0:
+            return _in_range(eta * (1.0 - step * cosine), eta_max), dict(state)
+        run = sign_run(int(state["n"]), cosine)
+        gain = min(float(abs(run)), agreement_gain)
+        return _in_range(eta * math.exp(-step * gain * cosine), eta_max), {**state, "n": run}
     g = eta * h  # d E / d log eta
     if rule == "adam_log":
         b1, b2 = ADAM_BETAS
@@ -147,5 +172,6 @@ def update(rule: str, eta: float, h: float, state: dict[str, Any], *, beta: floa
 
 
 __all__ = ["HYPER_UPDATES", "NEEDS_NORMS", "DEFAULT_HYPER_UPDATE", "DEFAULT_BETA", "BETA_HORIZONS",
-           "ASSUMED_HORIZON", "DEFAULT_BETA_SQRT", "default_beta", "initial_state", "per_step_beta",
+           "ASSUMED_HORIZON", "DEFAULT_BETA_SQRT", "DEFAULT_AGREEMENT_GAIN", "default_beta",
+           "initial_state", "per_step_beta", "sign_run",
            "clip_hypergradient", "update"]

@@ -79,7 +79,8 @@ SHARED = settings.SHARED
 #: Settings added after the first checkpoints were written, with the value that reproduces them: a state
 #: saved without them loads as a run with no horizon scaling and no known length.
 LATER_SETTINGS = {"beta_horizon": "step", "total_steps": None, "tune_fraction": 1.0, "backoff": None,
-                  "backoff_rollback": False, "hypergrad_at": "weights", "average_window": 0.1}
+                  "backoff_rollback": False, "hypergrad_at": "weights", "average_window": 0.1,
+                  "agreement_gain": 1.0}
 #: ``hypergrad_at="average"``: the per-parameter state keys of the running average of the weights and of
 #: its tangent (kept while tuning, freed after it).
 AVERAGE = ("avg_w", "avg_z")
@@ -196,6 +197,10 @@ class RTHPO(torch.optim.Optimizer):
         average_window: with ``hypergrad_at="average"``, the average's time constant as a fraction of
             ``total_steps`` (1000 steps assumed without it): after step ``n`` the new weights count
             ``max(1/n, 1/(average_window T))``, the plain mean of the weights so far, then an exponential one.
+        agreement_gain: with ``hyper_update="multiplicative"``, how much further a hypergradient that
+            agrees in sign with the ones before it moves the scale: ``min(r, agreement_gain)`` times, ``r``
+            the count of agreeing signs in a row (in log space; ray_rthpo/hypergrad/hyper_updates.py). 1
+            (the default): off. Measured in docs/method.md.
         process_group: data parallelism (docs/distributed.md). None: when ``torch.distributed`` is
             initialised, average over the default group; a ``torch.distributed.ProcessGroup``: over that
             group; False: never (each process steps on its own batch, as without ``torch.distributed``).
@@ -238,6 +243,7 @@ class RTHPO(torch.optim.Optimizer):
                  tune_fraction: float = 1.0, backoff: float | None = None,
                  backoff_rollback: bool | None = None,
                  hypergrad_at: str = "weights", average_window: float = 0.1,
+                 agreement_gain: float = hyper_updates.DEFAULT_AGREEMENT_GAIN,
                  process_group: Any = None) -> None:
         # The settings that decide others' defaults first (their range check names them); the rest are
         # checked with the groups (_check_group), against ray_rthpo/optim/settings.py.
@@ -272,7 +278,8 @@ class RTHPO(torch.optim.Optimizer):
                         val_batch_fraction=val_batch_fraction, momentum=momentum, weight_decay=weight_decay,
                         betas=tuple(betas), eps=eps, beta_horizon=beta_horizon, total_steps=total_steps,
                         tune_fraction=tune_fraction, backoff=backoff, backoff_rollback=backoff_rollback,
-                        hypergrad_at=hypergrad_at, average_window=average_window)
+                        hypergrad_at=hypergrad_at, average_window=average_window,
+                        agreement_gain=agreement_gain)
         self.model = model
         self.timing = bool(timing)
         self.last_step: StepInfo | None = None
@@ -421,7 +428,8 @@ class RTHPO(torch.optim.Optimizer):
                 first["hyper_update"], scale, h, state["hyper"], beta=beta,
                 eta_max=float(first["eta_max"]), k=int(first["val_every"]), clip=first["hypergrad_clip"],
                 grad_norm=values[2] if len(values) > 2 else None,
-                z_norm=values[3] if len(values) > 3 else None)
+                z_norm=values[3] if len(values) > 3 else None,
+                agreement_gain=float(first["agreement_gain"]))
             for group in self.param_groups:
                 group["lr"] = scale
             state["last_hypergrad"] = h

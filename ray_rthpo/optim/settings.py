@@ -208,6 +208,11 @@ _DECLARED = (
             f"else {hyper_updates.ASSUMED_HORIZON} assumed): step t weighs the new weights by "
             "max(1/t, 1/(average_window · T)), a plain mean until then an exponential one.",
             lambda v: _number(v) and 0.0 < v <= 1.0, "lr.average_window"),
+    Setting("agreement_gain", hyper_updates.DEFAULT_AGREEMENT_GAIN, "a finite number >= 1", "1 turns it off",
+            "With `hyper_update='multiplicative'`: a hypergradient whose sign agrees with the r − 1 before "
+            "it moves the scale min(r, agreement_gain) times as far (in log space); a sign change starts the "
+            "count again. 1: the rule as it is. Not a default: docs/method.md measures it.",
+            lambda v: _number(v) and v >= 1.0, "lr.agreement_gain"),
 )
 
 #: Every setting of RTHPO, by name, in the order of its signature.
@@ -268,6 +273,11 @@ def relation_problem(values: Mapping[str, Any], label: Callable[[str], str] = st
         return "hypergrad_at", (f"must be weights with {label('method')} hd_train, which differentiates the "
                                 "training loss at the weights; set it to weights, or use a method with a "
                                 "validation term (rthpo).")
+    if has("agreement_gain", "hyper_update") and _number(values["agreement_gain"]) \
+            and values["agreement_gain"] > 1.0 and values["hyper_update"] != "multiplicative":
+        return "agreement_gain", (f"must be 1 with {label('hyper_update')} {values['hyper_update']}, which "
+                                  "has no cosine whose sign runs it counts; set it to 1, or "
+                                  f"{label('hyper_update')} to multiplicative.")
     if has("val_mode", "method") and values["val_mode"] == "forward" and values["method"] == "hd_train":
         return "val_mode", (f"must be backward with {label('method')} hd_train, which has no "
                             f"validation pass; set {label('val_mode')} to backward.")
