@@ -261,6 +261,10 @@ SMOKE: dict[str, Smoke] = {
     "--set lr.hypergrad_at=average --set train.seed=1 --out runs/trace_mlp_sgd_lo_average.csv":
         Smoke("--set data.train_subset=512 --set data.val_subset=128 --set data.test_subset=128",
               needs="MNIST"),
+    "python experiments/trace_row.py configs/suite/mnist_mlp.yaml rthpo_sgd_lo --epochs 1 "
+    "--set lr.agreement_gain=8 --out runs/trace_mlp_sgd_lo_agree8.csv":
+        Smoke("--set data.train_subset=512 --set data.val_subset=128 --set data.test_subset=128",
+              needs="MNIST"),
     "python experiments/bench_step_cost.py --device cpu --threads 1 --models mlp lenet --methods sgd "
     "'rthpo[every10,quarter]' 'rthpo[every10,quarter,average]' adamw 'rthpo_adamw[every10,quarter]' "
     "'rthpo_adamw[every10,quarter,average]'": Smoke(BENCH),
