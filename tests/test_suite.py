@@ -359,8 +359,13 @@ def test_a_variant_runs_the_default_rows_under_its_sets_apart_from_the_cell(tmp_
         exp = load_experiment(REPO / "configs" / "suite" / "digits_mlp.yaml", list(variant.sets),
                               resolve_data=False)
         lr = exp.run_config(exp.strategy("rthpo_sgd_hi")).lr
-        assert all(str(getattr(lr, s.split("=")[0].split(".")[1])).lower() == s.split("=")[1]
-                   for s in variant.sets)
+        for assignment in variant.sets:
+            key, text = assignment.split("=")
+            value = getattr(lr, key.split(".")[1])
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                assert value == float(text), (assignment, value)
+            else:
+                assert str(value).lower() == text, (assignment, value)
 
 
 def test_a_variant_is_held_against_the_defaults_on_the_same_runs() -> None:
